@@ -1,0 +1,473 @@
+//! ed25519 keys and signatures with a domain per message kind.
+//!
+//! A signature is over `len(domain) || domain || len(chain_id) || chain_id || message`
+//! (lengths as one byte), so a vote can never be replayed as a transaction, nor anything
+//! signed for one chain on another.
+//!
+//! **Validity rule.** A signature is valid iff ed25519-dalek's `verify_strict` accepts it
+//! (canonical `s`, no small-order `R` or public key). [`verify_batch`] is a fast path: when
+//! the batch equation fails, every signature is checked with `verify_strict` to name the
+//! bad ones. Known gap: dalek's batch equation is cofactorless with random weights, so a
+//! signature *crafted* with a torsion component can pass a batch (probability 1/8 per try)
+//! that `verify_strict` rejects. Honest signers never produce such signatures; closing
+//! the gap needs cofactored single and batch verification (ZIP-215 rules).
+//!
+//! The x25519 key of a node (its WireGuard static key) is derived from its ed25519 key:
+//! secret `SigningKey::to_scalar_bytes()`, public `VerifyingKey::to_montgomery()`. Only raw
+//! 32-byte values cross crate boundaries, because boringtun and libp2p use different
+//! curve25519-dalek major versions.
+
+use std::fmt;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::Zeroizing;
+
+use crate::CryptoError;
+
+/// What a signature is for. Each kind of signed message has its own domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SigDomain {
+    /// A transaction signed by its sender.
+    Transaction,
+    /// A consensus proposal (Tendermint PROPOSAL, PBFT PRE-PREPARE, Raft append).
+    Proposal,
+    /// Tendermint PREVOTE.
+    Prevote,
+    /// Tendermint PRECOMMIT (the vote that certificates collect).
+    Precommit,
+    /// PBFT PREPARE.
+    Prepare,
+    /// PBFT COMMIT (the vote that certificates collect).
+    Commit,
+    /// PBFT VIEW-CHANGE and NEW-VIEW messages.
+    ViewChange,
+    /// Raft follower acknowledgement of a header (the vote that certificates collect).
+    RaftAck,
+    /// Raft (pre-)vote requests and answers.
+    RaftElection,
+    /// An auditor's cosignature over a checkpoint of the log.
+    Checkpoint,
+}
+
+impl SigDomain {
+    /// Every domain, for tests that check they are distinct.
+    pub const ALL: [SigDomain; 10] = [
+        SigDomain::Transaction,
+        SigDomain::Proposal,
+        SigDomain::Prevote,
+        SigDomain::Precommit,
+        SigDomain::Prepare,
+        SigDomain::Commit,
+        SigDomain::ViewChange,
+        SigDomain::RaftAck,
+        SigDomain::RaftElection,
+        SigDomain::Checkpoint,
+    ];
+
+    /// The domain string that prefixes the signed bytes.
+    pub const fn context(self) -> &'static str {
+        match self {
+            SigDomain::Transaction => "pyralog v1 sig transaction",
+            SigDomain::Proposal => "pyralog v1 sig proposal",
+            SigDomain::Prevote => "pyralog v1 sig prevote",
+            SigDomain::Precommit => "pyralog v1 sig precommit",
+            SigDomain::Prepare => "pyralog v1 sig prepare",
+            SigDomain::Commit => "pyralog v1 sig commit",
+            SigDomain::ViewChange => "pyralog v1 sig view change",
+            SigDomain::RaftAck => "pyralog v1 sig raft ack",
+            SigDomain::RaftElection => "pyralog v1 sig raft election",
+            SigDomain::Checkpoint => "pyralog v1 sig checkpoint",
+        }
+    }
+
+    /// The exact bytes a signature in this domain covers.
+    ///
+    /// # Panics
+    /// If `chain_id` is longer than 255 bytes (callers validate chain ids first).
+    pub fn signing_bytes(self, chain_id: &str, message: &[u8]) -> Vec<u8> {
+        let domain = self.context().as_bytes();
+        assert!(
+            chain_id.len() <= u8::MAX as usize,
+            "chain id longer than 255 bytes"
+        );
+        let mut out = Vec::with_capacity(2 + domain.len() + chain_id.len() + message.len());
+        out.push(domain.len() as u8);
+        out.extend_from_slice(domain);
+        out.push(chain_id.len() as u8);
+        out.extend_from_slice(chain_id.as_bytes());
+        out.extend_from_slice(message);
+        out
+    }
+}
+
+/// An ed25519 public key (validated: a point on the curve).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PublicKey(VerifyingKey);
+
+impl PublicKey {
+    /// Parses 32 bytes; fails if they are not a valid curve point.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<PublicKey, CryptoError> {
+        VerifyingKey::from_bytes(bytes)
+            .map(PublicKey)
+            .map_err(|_| CryptoError::InvalidPublicKey)
+    }
+
+    /// Parses 64 hex characters.
+    pub fn from_hex(text: &str) -> Result<PublicKey, CryptoError> {
+        PublicKey::from_bytes(&crate::parse_hex("public key", text)?)
+    }
+
+    /// The 32 raw bytes.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// The raw bytes, borrowed.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.0.as_bytes()
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0.as_bytes())
+    }
+
+    /// The x25519 public key (WireGuard static public key) of the same identity.
+    pub fn x25519_public(&self) -> [u8; 32] {
+        self.0.to_montgomery().to_bytes()
+    }
+
+    /// Checks `signature` over `message` in `domain` on `chain_id` (strict rules).
+    pub fn verify(
+        &self,
+        domain: SigDomain,
+        chain_id: &str,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), CryptoError> {
+        let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
+        self.0
+            .verify_strict(&domain.signing_bytes(chain_id, message), &sig)
+            .map_err(|_| CryptoError::BadSignature)
+    }
+}
+
+impl PartialOrd for PublicKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PublicKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl std::hash::Hash for PublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for PublicKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        PublicKey::from_hex(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A 64-byte ed25519 signature.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signature(pub [u8; 64]);
+
+impl Signature {
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses 128 hex characters.
+    pub fn from_hex(text: &str) -> Result<Signature, CryptoError> {
+        crate::parse_hex("signature", text).map(Signature)
+    }
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({})", self.to_hex())
+    }
+}
+
+impl Serialize for Signature {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Signature {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Signature::from_hex(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An ed25519 signing key with its public key. `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct Keypair {
+    signing: SigningKey,
+}
+
+impl Keypair {
+    /// The key pair whose secret is this 32-byte seed (RFC 8032 private key).
+    pub fn from_seed(seed: &[u8; 32]) -> Keypair {
+        Keypair {
+            signing: SigningKey::from_bytes(seed),
+        }
+    }
+
+    /// A new key pair from the operating system's random number generator.
+    ///
+    /// The only use of ambient randomness in this crate; deterministic code takes seeds.
+    pub fn generate() -> Result<Keypair, CryptoError> {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        getrandom::fill(seed.as_mut()).map_err(|e| CryptoError::Randomness(e.to_string()))?;
+        Ok(Keypair::from_seed(&seed))
+    }
+
+    /// The 32-byte secret seed. Handle with care: it is the whole secret.
+    pub fn seed(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.signing.to_bytes())
+    }
+
+    /// The public key.
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.signing.verifying_key())
+    }
+
+    /// Signs `message` in `domain` on `chain_id`.
+    pub fn sign(&self, domain: SigDomain, chain_id: &str, message: &[u8]) -> Signature {
+        use ed25519_dalek::Signer;
+        Signature(
+            self.signing
+                .sign(&domain.signing_bytes(chain_id, message))
+                .to_bytes(),
+        )
+    }
+
+    /// The x25519 static secret (WireGuard) of the same identity: the clamped-to-be
+    /// ed25519 scalar bytes, `SigningKey::to_scalar_bytes()`.
+    pub fn x25519_secret(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.signing.to_scalar_bytes())
+    }
+}
+
+impl fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Keypair {{ public: {}, secret: <redacted> }}",
+            self.public().to_hex()
+        )
+    }
+}
+
+/// One signature to check in a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchItem<'a> {
+    /// The signer.
+    pub public_key: &'a PublicKey,
+    /// The signature's domain.
+    pub domain: SigDomain,
+    /// The chain it was made for.
+    pub chain_id: &'a str,
+    /// The message (without domain and chain prefix).
+    pub message: &'a [u8],
+    /// The signature.
+    pub signature: &'a Signature,
+}
+
+/// Checks many signatures at once. `Ok(())` if all are valid; otherwise the indices of
+/// the invalid ones (found by checking each with the strict single rule).
+pub fn verify_batch_report(items: &[BatchItem<'_>]) -> Result<(), Vec<usize>> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let messages: Vec<Vec<u8>> = items
+        .iter()
+        .map(|i| i.domain.signing_bytes(i.chain_id, i.message))
+        .collect();
+    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    let sigs: Vec<ed25519_dalek::Signature> = items
+        .iter()
+        .map(|i| ed25519_dalek::Signature::from_bytes(&i.signature.0))
+        .collect();
+    let keys: Vec<VerifyingKey> = items.iter().map(|i| i.public_key.0).collect();
+    let weak = keys.iter().any(VerifyingKey::is_weak);
+    if !weak && ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok() {
+        return Ok(());
+    }
+    let bad: Vec<usize> = (0..items.len())
+        .filter(|&i| keys[i].verify_strict(&messages[i], &sigs[i]).is_err())
+        .collect();
+    if bad.is_empty() { Ok(()) } else { Err(bad) }
+}
+
+/// Checks many signatures at once; fails if any is invalid.
+pub fn verify_batch(items: &[BatchItem<'_>]) -> Result<(), CryptoError> {
+    verify_batch_report(items).map_err(|_| CryptoError::BadSignature)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn kp(n: u8) -> Keypair {
+        Keypair::from_seed(&[n; 32])
+    }
+
+    #[test]
+    fn sign_verify_and_domain_separation() {
+        let k = kp(1);
+        let sig = k.sign(SigDomain::Transaction, "test-chain", b"hello");
+        k.public()
+            .verify(SigDomain::Transaction, "test-chain", b"hello", &sig)
+            .unwrap();
+        // Every other domain, another chain, another message, another key: rejected.
+        for d in SigDomain::ALL
+            .iter()
+            .filter(|d| **d != SigDomain::Transaction)
+        {
+            assert!(
+                k.public().verify(*d, "test-chain", b"hello", &sig).is_err(),
+                "{d:?}"
+            );
+        }
+        assert!(
+            k.public()
+                .verify(SigDomain::Transaction, "other", b"hello", &sig)
+                .is_err()
+        );
+        assert!(
+            k.public()
+                .verify(SigDomain::Transaction, "test-chain", b"hellO", &sig)
+                .is_err()
+        );
+        assert!(
+            kp(2)
+                .public()
+                .verify(SigDomain::Transaction, "test-chain", b"hello", &sig)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn framing_is_unambiguous() {
+        // Moving bytes between chain id and message changes the signed bytes.
+        let a = SigDomain::Prevote.signing_bytes("ab", b"c");
+        let b = SigDomain::Prevote.signing_bytes("a", b"bc");
+        assert_ne!(a, b);
+        let contexts: HashSet<_> = SigDomain::ALL.iter().map(|d| d.context()).collect();
+        assert_eq!(contexts.len(), SigDomain::ALL.len());
+    }
+
+    #[test]
+    fn batch_accepts_valid_and_names_invalid() {
+        let keys: Vec<Keypair> = (0..16).map(kp).collect();
+        let pubs: Vec<PublicKey> = keys.iter().map(Keypair::public).collect();
+        let msgs: Vec<Vec<u8>> = (0..16u8).map(|i| vec![i; 10]).collect();
+        let mut sigs: Vec<Signature> = keys
+            .iter()
+            .zip(&msgs)
+            .map(|(k, m)| k.sign(SigDomain::Precommit, "c", m))
+            .collect();
+        let items = |sigs: &[Signature]| -> Vec<(usize, Signature)> {
+            sigs.iter().copied().enumerate().collect()
+        };
+        let check = |sigs: &[Signature]| {
+            let owned = items(sigs);
+            let batch: Vec<BatchItem<'_>> = owned
+                .iter()
+                .map(|(i, s)| BatchItem {
+                    public_key: &pubs[*i],
+                    domain: SigDomain::Precommit,
+                    chain_id: "c",
+                    message: &msgs[*i],
+                    signature: s,
+                })
+                .collect();
+            verify_batch_report(&batch)
+        };
+        assert_eq!(check(&sigs), Ok(()));
+        sigs[3].0[0] ^= 1;
+        sigs[11] = keys[11].sign(SigDomain::Prevote, "c", &msgs[11]);
+        assert_eq!(check(&sigs), Err(vec![3, 11]));
+        assert_eq!(verify_batch(&[]).ok(), Some(()));
+    }
+
+    #[test]
+    fn x25519_keys_agree() {
+        use curve25519_dalek::montgomery::MontgomeryPoint;
+        for n in 0..8 {
+            let k = kp(n);
+            let derived = MontgomeryPoint::mul_base_clamped(*k.x25519_secret());
+            assert_eq!(derived.to_bytes(), k.public().x25519_public());
+        }
+        // Diffie-Hellman between two identities gives one shared secret.
+        let (a, b) = (kp(1), kp(2));
+        let ab = MontgomeryPoint(b.public().x25519_public()).mul_clamped(*a.x25519_secret());
+        let ba = MontgomeryPoint(a.public().x25519_public()).mul_clamped(*b.x25519_secret());
+        assert_eq!(ab, ba);
+    }
+
+    #[test]
+    fn invalid_public_key_bytes_are_rejected() {
+        // y = 2 is not on the curve.
+        let mut bytes = [0u8; 32];
+        bytes[0] = 2;
+        assert!(PublicKey::from_bytes(&bytes).is_err());
+        assert!(PublicKey::from_hex("zz").is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let k = kp(7);
+        let shown = format!("{k:?}");
+        assert!(!shown.contains(&hex::encode(*k.seed())));
+        assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn rfc8032_test_vector_1() {
+        let seed = crate::parse_hex::<32>(
+            "seed",
+            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+        )
+        .unwrap();
+        let k = Keypair::from_seed(&seed);
+        assert_eq!(
+            k.public().to_hex(),
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+        );
+    }
+}
