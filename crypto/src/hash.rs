@@ -79,6 +79,8 @@ pub enum HashDomain {
     Tx,
     /// Header hash (the block's identity).
     Header,
+    /// Certificate hash (committed by the next header).
+    Certificate,
     /// Genesis document hash.
     Genesis,
     /// Validator set hash.
@@ -105,9 +107,10 @@ pub enum HashDomain {
 
 impl HashDomain {
     /// Every domain, for tests that check they are distinct.
-    pub const ALL: [HashDomain; 13] = [
+    pub const ALL: [HashDomain; 14] = [
         HashDomain::Tx,
         HashDomain::Header,
+        HashDomain::Certificate,
         HashDomain::Genesis,
         HashDomain::ValidatorSet,
         HashDomain::TxTreeLeaf,
@@ -126,6 +129,7 @@ impl HashDomain {
         match self {
             HashDomain::Tx => "pyralog v1 tx",
             HashDomain::Header => "pyralog v1 header",
+            HashDomain::Certificate => "pyralog v1 certificate",
             HashDomain::Genesis => "pyralog v1 genesis",
             HashDomain::ValidatorSet => "pyralog v1 validator set",
             HashDomain::TxTreeLeaf => "pyralog v1 tx tree leaf",

@@ -1,0 +1,386 @@
+//! Deterministic execution of transactions against the state and the log.
+//!
+//! Rules:
+//! - a transaction's chain id must be the chain's;
+//! - nonces are per sender and strictly sequential from 0: a nonce below the next
+//!   expected one is a replay, above it a gap; both are typed errors;
+//! - `Notarize` records `digest → (tx hash, height, index, log index, time, sender)`; a
+//!   digest is notarized once, later attempts fail with the first record's position;
+//! - `Put` sets a key, `Delete` removes an existing key (deleting a missing key fails);
+//! - size limits are those of [`crate::tx`].
+//!
+//! A failed transaction changes nothing, so a proposer can skip it and go on
+//! ([`BlockExecutor::apply`]); a block whose transactions do not all apply is invalid
+//! ([`apply_block`]).
+
+use std::collections::BTreeMap;
+
+use pyralog_crypto::PublicKey;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{CodecError, Decode, Decoder, Encode};
+use crate::log::{LogNodes, NodeId};
+use crate::merkle::TxTree;
+use crate::state::{Namespace, StateNode, StateNodes, state_key};
+use crate::{Block, ChainId, Hash, Payload, StoreError, Transaction, log, state};
+
+/// The committed chain state a block executes on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tip {
+    /// Height of the last committed block (0 before block 1).
+    pub height: u64,
+    /// Number of log entries.
+    pub log_size: u64,
+    /// State root.
+    pub state_root: Hash,
+}
+
+impl Tip {
+    /// The state before block 1: empty log, empty state.
+    pub fn genesis() -> Tip {
+        Tip {
+            height: 0,
+            log_size: 0,
+            state_root: state::EMPTY_ROOT,
+        }
+    }
+}
+
+/// A sender's account state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// The nonce its next transaction must carry.
+    pub next_nonce: u64,
+}
+
+impl Encode for Account {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(1);
+        out.extend_from_slice(&self.next_nonce.to_be_bytes());
+    }
+}
+
+impl Decode for Account {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        d.version("account", 1)?;
+        Ok(Account {
+            next_nonce: d.u64("next nonce")?,
+        })
+    }
+}
+
+/// What the state records for a notarized digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotarizationRecord {
+    /// Hash of the notarizing transaction.
+    pub tx_hash: Hash,
+    /// Height of its block.
+    pub height: u64,
+    /// Its index in the block.
+    pub index: u32,
+    /// Its position in the log.
+    pub log_index: u64,
+    /// The block's BFT time.
+    pub time_ms: u64,
+    /// The sender.
+    pub sender: PublicKey,
+}
+
+impl Encode for NotarizationRecord {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(1);
+        self.tx_hash.encode(out);
+        out.extend_from_slice(&self.height.to_be_bytes());
+        out.extend_from_slice(&self.index.to_be_bytes());
+        out.extend_from_slice(&self.log_index.to_be_bytes());
+        out.extend_from_slice(&self.time_ms.to_be_bytes());
+        out.extend_from_slice(self.sender.as_bytes());
+    }
+}
+
+impl Decode for NotarizationRecord {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        d.version("notarization record", 1)?;
+        Ok(NotarizationRecord {
+            tx_hash: d.hash("tx hash")?,
+            height: d.u64("height")?,
+            index: d.u32("index")?,
+            log_index: d.u64("log index")?,
+            time_ms: d.u64("time")?,
+            sender: d.public_key("sender")?,
+        })
+    }
+}
+
+/// Why a transaction cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxError {
+    /// The transaction names another chain.
+    #[error("transaction is for chain {found}, this is {expected}")]
+    WrongChain {
+        /// This chain.
+        expected: ChainId,
+        /// The transaction's chain.
+        found: ChainId,
+    },
+    /// The nonce was already used.
+    #[error("nonce {found} was already used: the sender's next nonce is {expected}")]
+    NonceReplayed {
+        /// The next nonce the sender must use.
+        expected: u64,
+        /// The nonce found.
+        found: u64,
+    },
+    /// The nonce skips ahead.
+    #[error("nonce {found} skips ahead: the sender's next nonce is {expected}")]
+    NonceGap {
+        /// The next nonce the sender must use.
+        expected: u64,
+        /// The nonce found.
+        found: u64,
+    },
+    /// The digest is already notarized.
+    #[error("digest already notarized at height {} index {}", .0.height, .0.index)]
+    AlreadyNotarized(Box<NotarizationRecord>),
+    /// `Delete` of a key that has no value.
+    #[error("key not found")]
+    KeyNotFound,
+    /// A field over its size limit.
+    #[error("transaction breaks a limit: {0}")]
+    Limit(#[from] CodecError),
+}
+
+/// Why a block could not be executed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    /// A transaction of the block is invalid.
+    #[error("transaction {index} of the block is invalid: {error}")]
+    Tx {
+        /// Its index in the block.
+        index: usize,
+        /// Why.
+        error: TxError,
+    },
+    /// The block has more transactions than one block may hold.
+    #[error("block has {count} transactions, over the limit of {max}")]
+    TooManyTxs {
+        /// Transactions in the block.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Reading state or log failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The result of executing a block: the roots its header must carry, and what to store.
+#[derive(Clone, Debug)]
+pub struct Execution {
+    /// Merkle root of the block's transaction hashes.
+    pub tx_root: Hash,
+    /// Number of transactions.
+    pub tx_count: u32,
+    /// Log size after the block.
+    pub log_size: u64,
+    /// Log root after the block.
+    pub log_root: Hash,
+    /// State root after the block.
+    pub state_root: Hash,
+    /// Hashes of the executed transactions, in order.
+    pub tx_hashes: Vec<Hash>,
+    /// Log nodes to store.
+    pub log_writes: Vec<(NodeId, Hash)>,
+    /// State nodes to store.
+    pub state_writes: Vec<(Hash, StateNode)>,
+}
+
+impl Execution {
+    /// The state after this block.
+    pub fn tip(&self, height: u64) -> Tip {
+        Tip {
+            height,
+            log_size: self.log_size,
+            state_root: self.state_root,
+        }
+    }
+}
+
+/// Executes transactions one at a time on top of a committed tip.
+pub struct BlockExecutor<'a, S: ?Sized, L: ?Sized> {
+    state: &'a S,
+    log: &'a L,
+    tip: Tip,
+    chain_id: ChainId,
+    height: u64,
+    time_ms: u64,
+    updates: BTreeMap<Hash, Option<Vec<u8>>>,
+    tx_hashes: Vec<Hash>,
+}
+
+impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
+    /// Starts block `tip.height + 1` with BFT time `time_ms`.
+    pub fn new(state: &'a S, log: &'a L, tip: Tip, chain_id: ChainId, time_ms: u64) -> Self {
+        let height = tip.height + 1;
+        BlockExecutor {
+            state,
+            log,
+            tip,
+            chain_id,
+            height,
+            time_ms,
+            updates: BTreeMap::new(),
+            tx_hashes: Vec::new(),
+        }
+    }
+
+    /// Number of transactions applied so far.
+    pub fn len(&self) -> usize {
+        self.tx_hashes.len()
+    }
+
+    /// Whether no transaction was applied yet.
+    pub fn is_empty(&self) -> bool {
+        self.tx_hashes.is_empty()
+    }
+
+    fn read(&self, key: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.updates.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => state::get(self.state, &self.tip.state_root, key),
+        }
+    }
+
+    fn read_decoded<T: Decode>(&self, key: &Hash) -> Result<Option<T>, StoreError> {
+        self.read(key)?
+            .map(|bytes| {
+                T::from_bytes(&bytes).map_err(|e| StoreError::Corrupt {
+                    what: "state value",
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// The next nonce of `sender` including this block's transactions so far.
+    pub fn next_nonce(&self, sender: &PublicKey) -> Result<u64, StoreError> {
+        let key = state_key(Namespace::Account, sender.as_bytes());
+        Ok(self
+            .read_decoded::<Account>(&key)?
+            .map_or(0, |a| a.next_nonce))
+    }
+
+    /// Applies `tx` (whose signature the caller has checked). On error nothing changes.
+    pub fn apply(&mut self, tx: &Transaction) -> Result<(), ExecError> {
+        let fail = |error: TxError| ExecError::Tx {
+            index: self.tx_hashes.len(),
+            error,
+        };
+        if tx.chain_id != self.chain_id {
+            return Err(fail(TxError::WrongChain {
+                expected: self.chain_id.clone(),
+                found: tx.chain_id.clone(),
+            }));
+        }
+        tx.payload
+            .check_limits()
+            .map_err(|e| fail(TxError::Limit(e)))?;
+        let expected = self.next_nonce(&tx.sender)?;
+        if tx.nonce < expected {
+            return Err(fail(TxError::NonceReplayed {
+                expected,
+                found: tx.nonce,
+            }));
+        }
+        if tx.nonce > expected {
+            return Err(fail(TxError::NonceGap {
+                expected,
+                found: tx.nonce,
+            }));
+        }
+        let tx_hash = tx.hash();
+        let index = self.tx_hashes.len() as u32;
+        let (key, value) = match &tx.payload {
+            Payload::Notarize { digest, .. } => {
+                let key = state_key(Namespace::Notarization, &digest.0);
+                if let Some(first) = self.read_decoded::<NotarizationRecord>(&key)? {
+                    return Err(fail(TxError::AlreadyNotarized(Box::new(first))));
+                }
+                let record = NotarizationRecord {
+                    tx_hash,
+                    height: self.height,
+                    index,
+                    log_index: self.tip.log_size + index as u64,
+                    time_ms: self.time_ms,
+                    sender: tx.sender,
+                };
+                (key, Some(record.to_bytes()))
+            }
+            Payload::Put { key, value } => (state_key(Namespace::Kv, key), Some(value.clone())),
+            Payload::Delete { key } => {
+                let key = state_key(Namespace::Kv, key);
+                if self.read(&key)?.is_none() {
+                    return Err(fail(TxError::KeyNotFound));
+                }
+                (key, None)
+            }
+        };
+        self.updates.insert(key, value);
+        let account = Account {
+            next_nonce: expected + 1,
+        };
+        self.updates.insert(
+            state_key(Namespace::Account, tx.sender.as_bytes()),
+            Some(account.to_bytes()),
+        );
+        self.tx_hashes.push(tx_hash);
+        Ok(())
+    }
+
+    /// Computes the roots and the nodes to store.
+    pub fn finish(self) -> Result<Execution, StoreError> {
+        let tx_root = TxTree::new(&self.tx_hashes).root();
+        let (log_writes, log_root) =
+            log::append_with_root(self.log, self.tip.log_size, &self.tx_hashes)?;
+        let (state_root, state_writes) =
+            state::update(self.state, &self.tip.state_root, &self.updates)?;
+        Ok(Execution {
+            tx_root,
+            tx_count: self.tx_hashes.len() as u32,
+            log_size: self.tip.log_size + self.tx_hashes.len() as u64,
+            log_root,
+            state_root,
+            tx_hashes: self.tx_hashes,
+            log_writes,
+            state_writes,
+        })
+    }
+}
+
+/// Executes every transaction of `block` on `tip`; fails on the first invalid one.
+/// Signatures are not checked here: the caller verifies them once (batched) and
+/// remembers them by hash.
+pub fn apply_block<S: StateNodes + ?Sized, L: LogNodes + ?Sized>(
+    state: &S,
+    log: &L,
+    tip: &Tip,
+    block: &Block,
+) -> Result<Execution, ExecError> {
+    if block.txs.len() > crate::block::MAX_BLOCK_TXS {
+        return Err(ExecError::TooManyTxs {
+            count: block.txs.len(),
+            max: crate::block::MAX_BLOCK_TXS,
+        });
+    }
+    let mut exec = BlockExecutor::new(
+        state,
+        log,
+        tip.clone(),
+        block.header.chain_id.clone(),
+        block.header.time_ms,
+    );
+    for tx in &block.txs {
+        exec.apply(tx)?;
+    }
+    Ok(exec.finish()?)
+}

@@ -1,0 +1,473 @@
+//! The authenticated state: a sparse Merkle tree over 256-bit keys with compressed paths.
+//!
+//! ```text
+//!                 root                  key bits decide left (0) / right (1)
+//!               /      \
+//!          node          leaf(k3)       a subtree holding one key is that key's leaf,
+//!         /    \                        placed as high as its unique prefix allows
+//!   leaf(k1)  leaf(k2)                  an empty subtree is EMPTY (all-zero hash)
+//! ```
+//!
+//! - `leaf = H_leaf(key || H_value(value))`, `node = H_node(left || right)`, empty = zero.
+//! - A node always has two non-empty children, or one internal child beside an empty one;
+//!   a lone leaf moves up (Diem's sparse Merkle tree). With keys that are BLAKE3 outputs,
+//!   a path is O(log n) long, so an update costs O(log n) hashes, not 256.
+//! - Nodes are stored by their hash and never change, so the tree at every height stays
+//!   readable from that height's root: proofs of a value or of absence work at any height.
+//!
+//! A key is `H_key(namespace || application key)` ([`state_key`]). Proofs carry the
+//! sibling hashes from the root down and the leaf met at the end of the key's path; see
+//! [`verify_state_proof`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use pyralog_crypto::HashDomain;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{CodecError, Decode, Decoder, Encode, put_bytes};
+use crate::tx::MAX_VALUE_BYTES;
+use crate::{Hash, StoreError};
+
+/// The root of the empty tree, and the hash of every empty subtree.
+pub const EMPTY_ROOT: Hash = Hash::ZERO;
+
+/// Largest value a state leaf may hold.
+pub const MAX_STATE_VALUE_BYTES: usize = MAX_VALUE_BYTES + 1024;
+
+/// The namespaces of the state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Namespace {
+    /// Accounts: sender public key → next nonce.
+    Account = 1,
+    /// Notarizations: content digest → position, time and sender.
+    Notarization = 2,
+    /// Key-value store: application key → value.
+    Kv = 3,
+}
+
+/// The tree key of `key` in `namespace`.
+pub fn state_key(namespace: Namespace, key: &[u8]) -> Hash {
+    let mut h = HashDomain::StateKey.hasher();
+    h.update(&[namespace as u8]);
+    h.update(key);
+    h.finalize()
+}
+
+/// Hash of a stored value (committed in its leaf).
+pub fn value_hash(value: &[u8]) -> Hash {
+    HashDomain::StateValue.hash(value)
+}
+
+/// Hash of the leaf of `key` with value hash `value_hash`.
+pub fn leaf_hash(key: &Hash, value_hash: &Hash) -> Hash {
+    HashDomain::StateLeaf.hash_pair(key, value_hash)
+}
+
+fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    HashDomain::StateNode.hash_pair(left, right)
+}
+
+/// A stored node of the state tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateNode {
+    /// A key and its value.
+    Leaf {
+        /// The tree key.
+        key: Hash,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// An inner node (either child may be [`EMPTY_ROOT`], not both).
+    Internal {
+        /// Hash of the subtree whose next key bit is 0.
+        left: Hash,
+        /// Hash of the subtree whose next key bit is 1.
+        right: Hash,
+    },
+}
+
+impl StateNode {
+    /// The node's hash (its storage key).
+    pub fn hash(&self) -> Hash {
+        match self {
+            StateNode::Leaf { key, value } => leaf_hash(key, &value_hash(value)),
+            StateNode::Internal { left, right } => node_hash(left, right),
+        }
+    }
+}
+
+impl Encode for StateNode {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            StateNode::Leaf { key, value } => {
+                out.push(1);
+                key.encode(out);
+                put_bytes(out, value);
+            }
+            StateNode::Internal { left, right } => {
+                out.push(2);
+                left.encode(out);
+                right.encode(out);
+            }
+        }
+    }
+}
+
+impl Decode for StateNode {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        match d.u8("state node tag")? {
+            1 => Ok(StateNode::Leaf {
+                key: d.hash("leaf key")?,
+                value: d.bytes("leaf value", MAX_STATE_VALUE_BYTES)?.to_vec(),
+            }),
+            2 => Ok(StateNode::Internal {
+                left: d.hash("left")?,
+                right: d.hash("right")?,
+            }),
+            tag => Err(CodecError::BadTag {
+                what: "state node",
+                tag,
+            }),
+        }
+    }
+}
+
+/// Read access to stored state nodes.
+pub trait StateNodes {
+    /// The node whose hash is `hash`, if stored.
+    fn state_node(&self, hash: &Hash) -> Result<Option<StateNode>, StoreError>;
+}
+
+fn load<S: StateNodes + ?Sized>(store: &S, hash: &Hash) -> Result<StateNode, StoreError> {
+    store
+        .state_node(hash)?
+        .ok_or_else(|| StoreError::MissingNode {
+            what: "state node",
+            at: hash.to_hex(),
+        })
+}
+
+/// State nodes in memory (tests and tools).
+#[derive(Clone, Debug, Default)]
+pub struct MemState {
+    nodes: HashMap<Hash, StateNode>,
+}
+
+impl MemState {
+    /// An empty store.
+    pub fn new() -> MemState {
+        MemState::default()
+    }
+
+    /// Stores nodes returned by [`update`].
+    pub fn insert_all(&mut self, nodes: Vec<(Hash, StateNode)>) {
+        self.nodes.extend(nodes);
+    }
+
+    /// Number of stored nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether no node is stored.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+impl StateNodes for MemState {
+    fn state_node(&self, hash: &Hash) -> Result<Option<StateNode>, StoreError> {
+        Ok(self.nodes.get(hash).cloned())
+    }
+}
+
+/// The value of `key` in the tree with root `root`.
+pub fn get<S: StateNodes + ?Sized>(
+    store: &S,
+    root: &Hash,
+    key: &Hash,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut current = *root;
+    let mut depth = 0;
+    while current != EMPTY_ROOT {
+        match load(store, &current)? {
+            StateNode::Leaf { key: k, value } => return Ok((k == *key).then_some(value)),
+            StateNode::Internal { left, right } => {
+                current = if key.bit(depth) { right } else { left };
+                depth += 1;
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// What a subtree became after an update: its hash, and its leaf if it is a lone leaf
+/// (lone leaves move up to replace a parent whose other child is empty).
+#[derive(Clone)]
+enum Sub {
+    Empty,
+    Leaf(Hash),
+    Internal(Hash),
+}
+
+impl Sub {
+    fn hash(&self) -> Hash {
+        match self {
+            Sub::Empty => EMPTY_ROOT,
+            Sub::Leaf(h) | Sub::Internal(h) => *h,
+        }
+    }
+}
+
+/// Applies `updates` (key → new value, `None` = delete) to the tree with root `root`.
+/// Returns the new root and the new nodes to store (old nodes stay valid for old roots).
+pub fn update<S: StateNodes + ?Sized>(
+    store: &S,
+    root: &Hash,
+    updates: &BTreeMap<Hash, Option<Vec<u8>>>,
+) -> Result<(Hash, Vec<(Hash, StateNode)>), StoreError> {
+    let updates: Vec<(&Hash, &Option<Vec<u8>>)> = updates.iter().collect();
+    let mut writes = Vec::new();
+    let sub = update_at(store, *root, 0, &updates, &mut writes)?;
+    Ok((sub.hash(), writes))
+}
+
+fn put(writes: &mut Vec<(Hash, StateNode)>, node: StateNode) -> Hash {
+    let h = node.hash();
+    writes.push((h, node));
+    h
+}
+
+fn update_at<S: StateNodes + ?Sized>(
+    store: &S,
+    current: Hash,
+    depth: usize,
+    updates: &[(&Hash, &Option<Vec<u8>>)],
+    writes: &mut Vec<(Hash, StateNode)>,
+) -> Result<Sub, StoreError> {
+    if updates.is_empty() {
+        return Ok(match current {
+            h if h == EMPTY_ROOT => Sub::Empty,
+            h => match load(store, &h)? {
+                StateNode::Leaf { .. } => Sub::Leaf(h),
+                StateNode::Internal { .. } => Sub::Internal(h),
+            },
+        });
+    }
+    if current == EMPTY_ROOT {
+        let leaves: Vec<(&Hash, &[u8])> = updates
+            .iter()
+            .filter_map(|(k, v)| v.as_deref().map(|v| (*k, v)))
+            .collect();
+        return Ok(build(depth, &leaves, writes));
+    }
+    match load(store, &current)? {
+        StateNode::Leaf { key, value } => {
+            // Merge the existing leaf into the updates unless an update replaces it.
+            let mut leaves: Vec<(&Hash, &[u8])> = updates
+                .iter()
+                .filter_map(|(k, v)| v.as_deref().map(|v| (*k, v)))
+                .collect();
+            if !updates.iter().any(|(k, _)| **k == key) {
+                let pos = leaves.partition_point(|(k, _)| **k < key);
+                leaves.insert(pos, (&key, value.as_slice()));
+                if leaves.len() == 1 {
+                    return Ok(Sub::Leaf(current));
+                }
+            }
+            Ok(build(depth, &leaves, writes))
+        }
+        StateNode::Internal { left, right } => {
+            let split = updates.partition_point(|(k, _)| !k.bit(depth));
+            let l = update_at(store, left, depth + 1, &updates[..split], writes)?;
+            let r = update_at(store, right, depth + 1, &updates[split..], writes)?;
+            Ok(join(l, r, writes))
+        }
+    }
+}
+
+/// A parent of two updated subtrees, collapsing a lone leaf upwards.
+fn join(l: Sub, r: Sub, writes: &mut Vec<(Hash, StateNode)>) -> Sub {
+    match (&l, &r) {
+        (Sub::Empty, Sub::Empty) => Sub::Empty,
+        (Sub::Leaf(_), Sub::Empty) => l,
+        (Sub::Empty, Sub::Leaf(_)) => r,
+        _ => Sub::Internal(put(
+            writes,
+            StateNode::Internal {
+                left: l.hash(),
+                right: r.hash(),
+            },
+        )),
+    }
+}
+
+/// The subtree at `depth` holding exactly `leaves` (sorted by key, distinct).
+fn build(depth: usize, leaves: &[(&Hash, &[u8])], writes: &mut Vec<(Hash, StateNode)>) -> Sub {
+    match leaves {
+        [] => Sub::Empty,
+        [(key, value)] => Sub::Leaf(put(
+            writes,
+            StateNode::Leaf {
+                key: **key,
+                value: value.to_vec(),
+            },
+        )),
+        _ => {
+            let split = leaves.partition_point(|(k, _)| !k.bit(depth));
+            let l = build(depth + 1, &leaves[..split], writes);
+            let r = build(depth + 1, &leaves[split..], writes);
+            join(l, r, writes)
+        }
+    }
+}
+
+/// Proof of a key's value, or of its absence, against a state root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateProof {
+    /// The leaf at the end of the key's path: `(key, value hash)`, or `None` if the path
+    /// ends in an empty subtree.
+    pub leaf: Option<(Hash, Hash)>,
+    /// Sibling hashes from the root down to the end of the path.
+    pub siblings: Vec<Hash>,
+}
+
+impl Encode for StateProof {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(1);
+        match &self.leaf {
+            None => out.push(0),
+            Some((k, v)) => {
+                out.push(1);
+                k.encode(out);
+                v.encode(out);
+            }
+        }
+        crate::codec::put_seq(out, &self.siblings);
+    }
+}
+
+impl Decode for StateProof {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        d.version("state proof", 1)?;
+        let leaf = if d.bool("proof leaf")? {
+            Some((d.hash("leaf key")?, d.hash("leaf value")?))
+        } else {
+            None
+        };
+        Ok(StateProof {
+            leaf,
+            siblings: d.seq("siblings", 256)?,
+        })
+    }
+}
+
+/// Builds the proof for `key` in the tree with root `root`, with the value if present.
+pub fn prove<S: StateNodes + ?Sized>(
+    store: &S,
+    root: &Hash,
+    key: &Hash,
+) -> Result<(Option<Vec<u8>>, StateProof), StoreError> {
+    let mut siblings = Vec::new();
+    let mut current = *root;
+    while current != EMPTY_ROOT {
+        match load(store, &current)? {
+            StateNode::Leaf { key: k, value } => {
+                let proof = StateProof {
+                    leaf: Some((k, value_hash(&value))),
+                    siblings,
+                };
+                return Ok(((k == *key).then_some(value), proof));
+            }
+            StateNode::Internal { left, right } => {
+                let (next, sibling) = if key.bit(siblings.len()) {
+                    (right, left)
+                } else {
+                    (left, right)
+                };
+                siblings.push(sibling);
+                current = next;
+            }
+        }
+    }
+    Ok((
+        None,
+        StateProof {
+            leaf: None,
+            siblings,
+        },
+    ))
+}
+
+/// Why a state proof was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateProofError {
+    /// More siblings than key bits.
+    #[error("state proof has {0} siblings, more than 256")]
+    TooLong(usize),
+    /// The proof's leaf is another key whose path does not cover the queried key.
+    #[error("proof leaf is for another key that does not share the proven path")]
+    LeafNotOnPath,
+    /// A value was claimed but the proof shows none, or another value.
+    #[error("the proof does not show the claimed value")]
+    ValueMismatch,
+    /// Absence was claimed but the proof shows the key with a value.
+    #[error("the key is present, not absent")]
+    KeyPresent,
+    /// The recomputed root differs.
+    #[error("recomputed state root {computed} does not match {expected}")]
+    RootMismatch {
+        /// Root the proof leads to.
+        computed: Hash,
+        /// Root it should lead to.
+        expected: Hash,
+    },
+}
+
+/// Checks that `key` has `value` (or, with `None`, is absent) in the tree with `root`.
+pub fn verify_state_proof(
+    root: &Hash,
+    key: &Hash,
+    value: Option<&[u8]>,
+    proof: &StateProof,
+) -> Result<(), StateProofError> {
+    let depth = proof.siblings.len();
+    if depth > 256 {
+        return Err(StateProofError::TooLong(depth));
+    }
+    let mut current = match (&proof.leaf, value) {
+        (Some((k, vh)), Some(v)) => {
+            if k != key || *vh != value_hash(v) {
+                return Err(StateProofError::ValueMismatch);
+            }
+            leaf_hash(k, vh)
+        }
+        (Some((k, vh)), None) => {
+            if k == key {
+                return Err(StateProofError::KeyPresent);
+            }
+            // Another key's leaf proves absence only if it sits on our key's path.
+            if (0..depth).any(|i| k.bit(i) != key.bit(i)) {
+                return Err(StateProofError::LeafNotOnPath);
+            }
+            leaf_hash(k, vh)
+        }
+        (None, Some(_)) => return Err(StateProofError::ValueMismatch),
+        (None, None) => EMPTY_ROOT,
+    };
+    for (i, sibling) in proof.siblings.iter().enumerate().rev() {
+        current = if key.bit(i) {
+            node_hash(sibling, &current)
+        } else {
+            node_hash(&current, sibling)
+        };
+    }
+    if current != *root {
+        return Err(StateProofError::RootMismatch {
+            computed: current,
+            expected: *root,
+        });
+    }
+    Ok(())
+}

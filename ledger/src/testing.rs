@@ -1,0 +1,239 @@
+//! Builders of real, signed and certified chains for tests (feature `test-utils`).
+
+use pyralog_crypto::{Hash, Keypair};
+
+use crate::exec::{BlockExecutor, Execution, Tip};
+use crate::log::{self, MemLog};
+use crate::merkle::TxTree;
+use crate::state::MemState;
+use crate::{
+    Block, Certificate, ChainId, ChainParams, CommitSig, EngineId, Genesis, GenesisValidator,
+    Header, Payload, Receipt, Transaction, ValidatorSet, Vote,
+};
+
+/// A deterministic test user key.
+pub fn user(n: u64) -> Keypair {
+    let mut seed = [0x55u8; 32];
+    seed[..8].copy_from_slice(&n.to_be_bytes());
+    Keypair::from_seed(&seed)
+}
+
+/// A chain built in memory: every block executed and certified by all validators.
+pub struct TestChain {
+    /// The genesis document.
+    pub genesis: Genesis,
+    /// Validator keys, in the validator set's canonical order.
+    pub validator_keys: Vec<Keypair>,
+    /// The validator set (constant in test chains).
+    pub validators: ValidatorSet,
+    /// State nodes.
+    pub state: MemState,
+    /// Log nodes.
+    pub log: MemLog,
+    /// The committed tip.
+    pub tip: Tip,
+    /// Committed blocks, `blocks[h - 1]` at height `h`.
+    pub blocks: Vec<Block>,
+    /// Their certificates.
+    pub certs: Vec<Certificate>,
+    /// Their executions.
+    pub executions: Vec<Execution>,
+}
+
+impl TestChain {
+    /// A chain named `test-chain` with `n` validators of power 10 under `engine`.
+    pub fn new(n: usize, engine: EngineId) -> TestChain {
+        let mut keys: Vec<Keypair> = (0..n)
+            .map(|i| Keypair::from_seed(&[i as u8 + 1; 32]))
+            .collect();
+        keys.sort_by_key(|k| k.public());
+        let genesis = Genesis {
+            chain_id: ChainId::new("test-chain").expect("valid chain id"),
+            genesis_time_ms: 1_700_000_000_000,
+            engine,
+            validators: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| GenesisValidator {
+                    public_key: k.public(),
+                    power: 10,
+                    name: Some(format!("v{i}")),
+                })
+                .collect(),
+            params: ChainParams::default(),
+        };
+        let validators = genesis.validator_set().expect("valid set");
+        TestChain {
+            genesis,
+            validator_keys: keys,
+            validators,
+            state: MemState::new(),
+            log: MemLog::new(),
+            tip: Tip::genesis(),
+            blocks: Vec::new(),
+            certs: Vec::new(),
+            executions: Vec::new(),
+        }
+    }
+
+    /// The chain id.
+    pub fn chain_id(&self) -> ChainId {
+        self.genesis.chain_id.clone()
+    }
+
+    /// A signed notarization of `digest` by `key` with `nonce`.
+    pub fn notarize(&self, key: &Keypair, nonce: u64, digest: Hash, meta: &str) -> Transaction {
+        Transaction::new_signed(
+            key,
+            self.chain_id(),
+            nonce,
+            Payload::Notarize {
+                digest,
+                meta: meta.into(),
+            },
+        )
+        .expect("within limits")
+    }
+
+    /// A signed put.
+    pub fn put(&self, key: &Keypair, nonce: u64, k: &[u8], v: &[u8]) -> Transaction {
+        Transaction::new_signed(
+            key,
+            self.chain_id(),
+            nonce,
+            Payload::Put {
+                key: k.to_vec(),
+                value: v.to_vec(),
+            },
+        )
+        .expect("within limits")
+    }
+
+    /// The next block over `txs` (not committed) and its execution.
+    pub fn make_block(&self, txs: Vec<Transaction>) -> (Block, Execution) {
+        let height = self.tip.height + 1;
+        let (time_ms, prev_hash, last_certificate) = match (self.blocks.last(), self.certs.last()) {
+            (Some(b), Some(c)) => (
+                c.bft_time(&self.validators).expect("known validators"),
+                b.header.hash(),
+                Some(c.clone()),
+            ),
+            _ => (
+                self.genesis.genesis_time_ms + 1,
+                self.genesis.hash().expect("valid genesis"),
+                None,
+            ),
+        };
+        let mut exec = BlockExecutor::new(
+            &self.state,
+            &self.log,
+            self.tip.clone(),
+            self.chain_id(),
+            time_ms,
+        );
+        for tx in &txs {
+            exec.apply(tx).expect("test transactions are valid");
+        }
+        let execution = exec.finish().expect("in-memory stores");
+        let header = Header {
+            chain_id: self.chain_id(),
+            height,
+            time_ms,
+            prev_hash,
+            last_certificate_hash: last_certificate.as_ref().map_or(Hash::ZERO, |c| c.hash()),
+            tx_root: execution.tx_root,
+            tx_count: execution.tx_count,
+            log_size: execution.log_size,
+            log_root: execution.log_root,
+            state_root: execution.state_root,
+            validators_hash: self.validators.hash(),
+            next_validators_hash: self.validators.hash(),
+            engine: self.genesis.engine,
+            proposer: self.validator_keys[(height as usize) % self.validator_keys.len()].public(),
+        };
+        (
+            Block {
+                header,
+                last_certificate,
+                txs,
+            },
+            execution,
+        )
+    }
+
+    /// A certificate of `header` signed by the validators at `signers` (canonical indices).
+    pub fn certify(&self, header: &Header, signers: &[usize]) -> Certificate {
+        let mut cert = Certificate {
+            height: header.height,
+            round: 0,
+            header_hash: header.hash(),
+            votes: vec![],
+        };
+        for &i in signers {
+            let time_ms = header.time_ms + 500 + i as u64;
+            let vote = Vote {
+                kind: header.engine.commit_vote_kind(),
+                height: header.height,
+                round: 0,
+                block: Some(cert.header_hash),
+                time_ms,
+            };
+            let signature = vote.sign(&self.validator_keys[i], &header.chain_id);
+            cert.votes.push(CommitSig {
+                validator: i as u32,
+                time_ms,
+                signature,
+            });
+        }
+        cert
+    }
+
+    /// Builds, certifies (all validators) and commits the next block.
+    pub fn commit(&mut self, txs: Vec<Transaction>) -> &Block {
+        let (block, execution) = self.make_block(txs);
+        let all: Vec<usize> = (0..self.validator_keys.len()).collect();
+        let cert = self.certify(&block.header, &all);
+        self.apply_committed(block, cert, execution)
+    }
+
+    /// Stores a block that was certified elsewhere.
+    pub fn apply_committed(
+        &mut self,
+        block: Block,
+        cert: Certificate,
+        execution: Execution,
+    ) -> &Block {
+        self.state.insert_all(execution.state_writes.clone());
+        self.log
+            .append(&execution.tx_hashes)
+            .expect("in-memory log");
+        self.tip = execution.tip(block.header.height);
+        self.blocks.push(block);
+        self.certs.push(cert);
+        self.executions.push(execution);
+        self.blocks.last().expect("just pushed")
+    }
+
+    /// A receipt for the transaction at `index` of block `height`.
+    pub fn receipt(&self, height: u64, index: u32) -> Receipt {
+        let block = &self.blocks[height as usize - 1];
+        let tx_hashes: Vec<Hash> = block.txs.iter().map(Transaction::hash).collect();
+        let tx_proof = TxTree::new(&tx_hashes)
+            .inclusion_proof(index as usize)
+            .expect("in range");
+        let log_index = block.header.log_size - block.header.tx_count as u64 + index as u64;
+        let log_proof =
+            log::inclusion_proof(&self.log, log_index, block.header.log_size).expect("stored");
+        Receipt::new(
+            &block.txs[index as usize],
+            index,
+            log_index,
+            &block.header,
+            &self.certs[height as usize - 1],
+            tx_proof,
+            log_proof,
+            vec![],
+        )
+        .expect("a notarization")
+    }
+}
