@@ -1,0 +1,469 @@
+//! Execution rules, certificate and header checks, and receipts, on real signed chains.
+
+use pyralog_crypto::{Hash, content_digest};
+use pyralog_ledger::codec::{Decode, Encode};
+use pyralog_ledger::exec::{BlockExecutor, ExecError, TxError};
+use pyralog_ledger::state::{self, Namespace, state_key};
+use pyralog_ledger::testing::{TestChain, user};
+use pyralog_ledger::verify::{self, VerifyError};
+use pyralog_ledger::{
+    EngineId, Header, Receipt, ReceiptError, apply_block, log, verify_receipt, verify_tx_signatures,
+};
+
+fn exec_error(chain: &TestChain, txs: &[pyralog_ledger::Transaction]) -> TxError {
+    let mut exec = BlockExecutor::new(
+        &chain.state,
+        &chain.log,
+        chain.tip.clone(),
+        chain.chain_id(),
+        1,
+    );
+    for (i, tx) in txs.iter().enumerate() {
+        match exec.apply(tx) {
+            Ok(()) => continue,
+            Err(ExecError::Tx { index, error }) => {
+                assert_eq!(index, i);
+                return error;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("all transactions applied");
+}
+
+#[test]
+fn nonces_are_strictly_sequential() {
+    let mut chain = TestChain::new(4, EngineId::Tendermint);
+    let alice = user(1);
+    let d = |n: u8| content_digest(&[n]);
+    chain.commit(vec![
+        chain.notarize(&alice, 0, d(0), ""),
+        chain.notarize(&alice, 1, d(1), ""),
+    ]);
+    assert_eq!(
+        exec_error(&chain, &[chain.notarize(&alice, 1, d(2), "")]),
+        TxError::NonceReplayed {
+            expected: 2,
+            found: 1
+        }
+    );
+    assert_eq!(
+        exec_error(&chain, &[chain.notarize(&alice, 3, d(2), "")]),
+        TxError::NonceGap {
+            expected: 2,
+            found: 3
+        }
+    );
+    // The same transaction twice in one block is a replay.
+    let tx = chain.notarize(&alice, 2, d(2), "");
+    assert_eq!(
+        exec_error(&chain, &[tx.clone(), tx]),
+        TxError::NonceReplayed {
+            expected: 3,
+            found: 2
+        }
+    );
+    // Another sender starts at 0.
+    let bob = user(2);
+    assert_eq!(
+        exec_error(&chain, &[chain.notarize(&bob, 1, d(9), "")]),
+        TxError::NonceGap {
+            expected: 0,
+            found: 1
+        }
+    );
+}
+
+#[test]
+fn digests_are_notarized_once_and_failed_transactions_change_nothing() {
+    let mut chain = TestChain::new(4, EngineId::Tendermint);
+    let (alice, bob) = (user(1), user(2));
+    let digest = content_digest(b"contract.pdf");
+    chain.commit(vec![chain.notarize(&alice, 0, digest, "contract")]);
+    match exec_error(&chain, &[chain.notarize(&bob, 0, digest, "mine")]) {
+        TxError::AlreadyNotarized(first) => {
+            assert_eq!(
+                (first.height, first.index, first.sender),
+                (1, 0, alice.public())
+            );
+        }
+        e => panic!("{e}"),
+    }
+    // A failed transaction leaves the block's pending state as it was.
+    let mut exec = BlockExecutor::new(
+        &chain.state,
+        &chain.log,
+        chain.tip.clone(),
+        chain.chain_id(),
+        5,
+    );
+    assert!(exec.apply(&chain.notarize(&bob, 0, digest, "")).is_err());
+    assert_eq!(exec.next_nonce(&bob.public()).unwrap(), 0);
+    exec.apply(&chain.notarize(&bob, 0, content_digest(b"other"), ""))
+        .unwrap();
+    assert_eq!(exec.next_nonce(&bob.public()).unwrap(), 1);
+    assert_eq!(exec.len(), 1);
+}
+
+#[test]
+fn put_delete_and_limits() {
+    let mut chain = TestChain::new(1, EngineId::Raft);
+    let alice = user(1);
+    chain.commit(vec![chain.put(&alice, 0, b"k", b"v1")]);
+    let root_1 = chain.tip.state_root;
+    let del = pyralog_ledger::Transaction::new_signed(
+        &alice,
+        chain.chain_id(),
+        1,
+        pyralog_ledger::Payload::Delete { key: b"k".to_vec() },
+    )
+    .unwrap();
+    chain.commit(vec![del]);
+    let kv = state_key(Namespace::Kv, b"k");
+    assert_eq!(
+        state::get(&chain.state, &root_1, &kv).unwrap(),
+        Some(b"v1".to_vec())
+    );
+    assert_eq!(
+        state::get(&chain.state, &chain.tip.state_root, &kv).unwrap(),
+        None
+    );
+    let del_again = pyralog_ledger::Transaction::new_signed(
+        &alice,
+        chain.chain_id(),
+        2,
+        pyralog_ledger::Payload::Delete { key: b"k".to_vec() },
+    )
+    .unwrap();
+    assert_eq!(exec_error(&chain, &[del_again]), TxError::KeyNotFound);
+    // A transaction for another chain.
+    let mut other = TestChain::new(1, EngineId::Raft);
+    other.genesis.chain_id = pyralog_ledger::ChainId::new("other").unwrap();
+    let foreign = other.put(&alice, 2, b"x", b"y");
+    assert!(matches!(
+        exec_error(&chain, &[foreign]),
+        TxError::WrongChain { .. }
+    ));
+}
+
+#[test]
+fn re_execution_reproduces_every_header_and_certificates_verify() {
+    let mut chain = TestChain::new(4, EngineId::Tendermint);
+    let users: Vec<_> = (0..5).map(user).collect();
+    for h in 0..6u64 {
+        let txs = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| chain.notarize(u, h, content_digest(&[h as u8, i as u8]), "x"))
+            .collect();
+        chain.commit(txs);
+    }
+    chain.commit(vec![]);
+    // A fresh replica re-executes every block and gets the same roots.
+    let mut replica = TestChain::new(4, EngineId::Tendermint);
+    for (i, block) in chain.blocks.iter().enumerate() {
+        let exec = apply_block(&replica.state, &replica.log, &replica.tip, block).unwrap();
+        verify::verify_execution(&block.header, &exec).unwrap();
+        verify_tx_signatures(&block.txs).unwrap();
+        if i == 0 {
+            verify::verify_first_header(&chain.genesis, &block.header).unwrap();
+        } else {
+            let prev = &chain.blocks[i - 1].header;
+            verify::verify_header_step(prev, &block.header, &chain.validators, &chain.certs[i])
+                .unwrap();
+            verify::verify_bft_time(
+                &block.header,
+                block.last_certificate.as_ref().unwrap(),
+                &chain.validators,
+            )
+            .unwrap();
+            let proof =
+                log::consistency_proof(&chain.log, prev.log_size, block.header.log_size).unwrap();
+            verify::verify_log_consistency(prev, &block.header, &proof).unwrap();
+        }
+        verify::verify_certificate(
+            EngineId::Tendermint,
+            &chain.validators,
+            &block.header,
+            &chain.certs[i],
+        )
+        .unwrap();
+        let cert = chain.certs[i].clone();
+        replica.apply_committed(block.clone(), cert, exec);
+    }
+    // A header whose state root was altered no longer matches re-execution.
+    let mut bad = chain.blocks[2].clone();
+    bad.header.state_root.0[0] ^= 1;
+    let mut fresh = TestChain::new(4, EngineId::Tendermint);
+    for b in &chain.blocks[..2] {
+        let exec = apply_block(&fresh.state, &fresh.log, &fresh.tip, b).unwrap();
+        fresh.apply_committed(b.clone(), chain.certs[0].clone(), exec);
+    }
+    let exec = apply_block(&fresh.state, &fresh.log, &fresh.tip, &bad).unwrap();
+    assert!(matches!(
+        verify::verify_execution(&bad.header, &exec),
+        Err(VerifyError::ExecutionMismatch {
+            field: "state_root",
+            ..
+        })
+    ));
+    // State proofs against a certified header.
+    let alice = &users[0];
+    let header = &chain.blocks.last().unwrap().header;
+    let key = state_key(Namespace::Account, alice.public().as_bytes());
+    let (value, proof) = state::prove(&chain.state, &header.state_root, &key).unwrap();
+    verify::verify_state(
+        header,
+        Namespace::Account,
+        alice.public().as_bytes(),
+        value.as_deref(),
+        &proof,
+    )
+    .unwrap();
+    let account = pyralog_ledger::exec::Account::from_bytes(&value.unwrap()).unwrap();
+    assert_eq!(account.next_nonce, 6);
+    let (none, proof) = state::prove(
+        &chain.state,
+        &header.state_root,
+        &state_key(Namespace::Kv, b"nope"),
+    )
+    .unwrap();
+    assert!(none.is_none());
+    verify::verify_state(header, Namespace::Kv, b"nope", None, &proof).unwrap();
+}
+
+#[test]
+fn certificates_need_a_quorum_of_valid_signatures() {
+    let mut chain = TestChain::new(4, EngineId::Tendermint);
+    chain.commit(vec![]);
+    let header = chain.blocks[0].header.clone();
+    let engine = EngineId::Tendermint;
+    // 3 of 4 (power 30 of 40) is a quorum; 2 of 4 is not.
+    verify::verify_certificate(
+        engine,
+        &chain.validators,
+        &header,
+        &chain.certify(&header, &[0, 1, 3]),
+    )
+    .unwrap();
+    assert_eq!(
+        verify::verify_certificate(
+            engine,
+            &chain.validators,
+            &header,
+            &chain.certify(&header, &[0, 2])
+        ),
+        Err(VerifyError::InsufficientPower {
+            have: 20,
+            need: 27,
+            total: 40
+        })
+    );
+    // Raft's rule: 3 of 4 as well (more than half), but 2 of 4 is not.
+    // A bad signature names its validator.
+    let mut cert = chain.certify(&header, &[0, 1, 2, 3]);
+    cert.votes[2].signature.0[5] ^= 1;
+    assert_eq!(
+        verify::verify_certificate(engine, &chain.validators, &header, &cert),
+        Err(VerifyError::BadVoteSignatures {
+            keys: vec![chain.validator_keys[2].public()]
+        })
+    );
+    // A vote whose time was changed no longer verifies either.
+    let mut cert = chain.certify(&header, &[0, 1, 2]);
+    cert.votes[0].time_ms += 1;
+    assert!(matches!(
+        verify::verify_certificate(engine, &chain.validators, &header, &cert),
+        Err(VerifyError::BadVoteSignatures { .. })
+    ));
+    let mut cert = chain.certify(&header, &[0, 1, 2]);
+    cert.votes[2].validator = 9;
+    assert_eq!(
+        verify::verify_certificate(engine, &chain.validators, &header, &cert),
+        Err(VerifyError::UnknownValidator { index: 9, len: 4 })
+    );
+    // The certificate of one header does not certify another.
+    let mut other = header.clone();
+    other.time_ms += 1;
+    assert!(matches!(
+        verify::verify_certificate(engine, &chain.validators, &other, &chain.certs[0]),
+        Err(VerifyError::HashMismatch {
+            what: "certified header hash",
+            ..
+        })
+    ));
+    // Votes of another engine's kind (same keys) are not commit votes here.
+    assert!(
+        verify::verify_certificate(EngineId::Pbft, &chain.validators, &header, &chain.certs[0])
+            .is_err()
+    );
+}
+
+#[test]
+fn header_links_are_checked() {
+    let mut chain = TestChain::new(4, EngineId::Tendermint);
+    chain.commit(vec![]);
+    chain.commit(vec![]);
+    let (h1, h2) = (
+        chain.blocks[0].header.clone(),
+        chain.blocks[1].header.clone(),
+    );
+    verify::verify_header_link(&h1, &h2).unwrap();
+    let tweak = |f: &dyn Fn(&mut Header)| {
+        let mut h = h2.clone();
+        f(&mut h);
+        verify::verify_header_link(&h1, &h).unwrap_err()
+    };
+    assert!(matches!(
+        tweak(&|h| h.height = 3),
+        VerifyError::WrongHeight { .. }
+    ));
+    assert!(matches!(
+        tweak(&|h| h.prev_hash = Hash::ZERO),
+        VerifyError::HashMismatch { .. }
+    ));
+    assert!(matches!(
+        tweak(&|h| h.time_ms = h1.time_ms),
+        VerifyError::TimeNotMonotonic { .. }
+    ));
+    assert!(matches!(
+        tweak(&|h| h.validators_hash = Hash::ZERO),
+        VerifyError::HashMismatch { .. }
+    ));
+    assert!(matches!(
+        tweak(&|h| h.engine = EngineId::Raft),
+        VerifyError::WrongEngine { .. }
+    ));
+    let mut wrong_genesis = chain.genesis.clone();
+    wrong_genesis.genesis_time_ms += 1;
+    assert!(verify::verify_first_header(&wrong_genesis, &h1).is_err());
+}
+
+fn receipt_chain() -> (TestChain, Receipt, Hash) {
+    let mut chain = TestChain::new(4, EngineId::Tendermint);
+    let alice = user(1);
+    let file = b"the file's bytes";
+    let digest = content_digest(file);
+    chain.commit(vec![chain.put(&alice, 0, b"a", b"b")]);
+    let bob = user(2);
+    chain.commit(vec![
+        chain.notarize(&bob, 0, content_digest(b"x"), ""),
+        chain.notarize(&alice, 1, digest, "signed contract"),
+        chain.notarize(&bob, 1, content_digest(b"y"), ""),
+    ]);
+    let receipt = chain.receipt(2, 1);
+    (chain, receipt, digest)
+}
+
+#[test]
+fn a_receipt_verifies_offline_and_says_what_it_proves() {
+    let (chain, receipt, digest) = receipt_chain();
+    let json = receipt.to_json();
+    let parsed = Receipt::from_json(&json).unwrap();
+    let proven = verify_receipt(&chain.genesis, &parsed, Some(&digest)).unwrap();
+    assert_eq!(proven.digest, digest);
+    assert_eq!(proven.signer, user(1).public());
+    assert_eq!((proven.height, proven.index, proven.log_index), (2, 1, 2));
+    assert_eq!(proven.time_ms, chain.blocks[1].header.time_ms);
+    assert_eq!(proven.meta, "signed contract");
+    assert_eq!(
+        verify_receipt(
+            &chain.genesis,
+            &parsed,
+            Some(&content_digest(b"another file"))
+        ),
+        Err(ReceiptError::FileDigestMismatch {
+            file: content_digest(b"another file"),
+            notarized: digest
+        })
+    );
+    // Another chain's genesis does not accept it.
+    let other = TestChain::new(4, EngineId::Tendermint);
+    let mut g = other.genesis.clone();
+    g.chain_id = pyralog_ledger::ChainId::new("other").unwrap();
+    assert!(verify_receipt(&g, &parsed, None).is_err());
+    // Validators of another chain (same name, other keys) do not certify it.
+    let stranger = TestChain::new(3, EngineId::Tendermint);
+    assert!(verify_receipt(&stranger.genesis, &parsed, None).is_err());
+}
+
+/// Changing any single field of a receipt's JSON makes verification fail.
+#[test]
+fn every_receipt_field_is_bound() {
+    let (chain, receipt, _) = receipt_chain();
+    let json: serde_json::Value = serde_json::from_str(&receipt.to_json()).unwrap();
+    let obj = json.as_object().unwrap();
+    let mut checked = 0;
+    for (field, value) in obj {
+        let mut variants: Vec<serde_json::Value> = Vec::new();
+        match value {
+            serde_json::Value::Number(n) => {
+                let n = n.as_u64().unwrap();
+                variants.push((n + 1).into());
+                if n > 0 {
+                    variants.push((n - 1).into());
+                }
+            }
+            serde_json::Value::String(s) if field == "chain_id" => {
+                variants.push(format!("{s}x").into())
+            }
+            serde_json::Value::String(s) => {
+                // Flip one hex digit at several places, including inside signatures.
+                for pos in [0, s.len() / 3, s.len() / 2, s.len() - 1] {
+                    let mut chars: Vec<char> = s.chars().collect();
+                    chars[pos] = if chars[pos] == '0' { '1' } else { '0' };
+                    variants.push(chars.into_iter().collect::<String>().into());
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for i in 0..items.len() {
+                    let mut changed = items.clone();
+                    let h = changed[i].as_str().unwrap();
+                    changed[i] =
+                        format!("{}{}", if h.starts_with('0') { '1' } else { '0' }, &h[1..]).into();
+                    variants.push(changed.into());
+                    let mut shorter = items.clone();
+                    shorter.remove(i);
+                    variants.push(shorter.into());
+                }
+                variants.push(serde_json::Value::Array(vec![]));
+            }
+            _ => {}
+        }
+        for variant in variants {
+            let mut altered = obj.clone();
+            altered.insert(field.clone(), variant.clone());
+            let text = serde_json::Value::Object(altered).to_string();
+            let outcome = Receipt::from_json(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|r| verify_receipt(&chain.genesis, &r, None).map_err(|e| e.to_string()));
+            if field == "validator_set_changes" && variant == serde_json::Value::Array(vec![]) {
+                continue; // already empty: not a change
+            }
+            assert!(
+                outcome.is_err(),
+                "receipt with {field} = {variant} still verifies"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "only {checked} alterations tried");
+    // An extra, unknown field is refused too rather than silently ignored.
+    let mut extra = obj.clone();
+    extra.insert("note".into(), "trust me".into());
+    assert!(Receipt::from_json(&serde_json::Value::Object(extra).to_string()).is_err());
+}
+
+#[test]
+fn a_receipt_with_a_forged_certificate_fails_at_the_certificate_step() {
+    let (chain, mut receipt, _) = receipt_chain();
+    let header = Header::from_bytes(&receipt.header).unwrap();
+    receipt.certificate = chain.certify(&header, &[0, 1]).to_bytes();
+    match verify_receipt(&chain.genesis, &receipt, None) {
+        Err(ReceiptError::Verify {
+            step: "header certificate",
+            error: VerifyError::InsufficientPower { .. },
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
