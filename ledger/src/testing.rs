@@ -3,9 +3,9 @@
 use pyralog_crypto::{Hash, Keypair};
 
 use crate::exec::{BlockExecutor, Execution, Tip};
-use crate::log::{self, MemLog};
+use crate::log::{self, LogNodes, MemLog};
 use crate::merkle::TxTree;
-use crate::state::MemState;
+use crate::state::{MemState, StateNodes};
 use crate::{
     Block, Certificate, ChainId, ChainParams, CommitSig, EngineId, Genesis, GenesisValidator,
     Header, Payload, Receipt, Transaction, ValidatorSet, Vote,
@@ -111,30 +111,38 @@ impl TestChain {
 
     /// The next block over `txs` (not committed) and its execution.
     pub fn make_block(&self, txs: Vec<Transaction>) -> (Block, Execution) {
-        let height = self.tip.height + 1;
-        let (time_ms, prev_hash, last_certificate) = match (self.blocks.last(), self.certs.last()) {
-            (Some(b), Some(c)) => (
+        let prev = self.blocks.last().map(|b| &b.header).zip(self.certs.last());
+        self.build_block(&self.state, &self.log, &self.tip, prev, txs)
+    }
+
+    /// The block after `prev` (header and certificate; `None` for block 1) over `txs`,
+    /// executed on any stores holding the chain at `tip`.
+    pub fn build_block<S: StateNodes + ?Sized, L: LogNodes + ?Sized>(
+        &self,
+        state: &S,
+        log: &L,
+        tip: &Tip,
+        prev: Option<(&Header, &Certificate)>,
+        txs: Vec<Transaction>,
+    ) -> (Block, Execution) {
+        let height = tip.height + 1;
+        let (time_ms, prev_hash, last_certificate) = match prev {
+            Some((h, c)) => (
                 c.bft_time(&self.validators).expect("known validators"),
-                b.header.hash(),
+                h.hash(),
                 Some(c.clone()),
             ),
-            _ => (
+            None => (
                 self.genesis.genesis_time_ms + 1,
                 self.genesis.hash().expect("valid genesis"),
                 None,
             ),
         };
-        let mut exec = BlockExecutor::new(
-            &self.state,
-            &self.log,
-            self.tip.clone(),
-            self.chain_id(),
-            time_ms,
-        );
+        let mut exec = BlockExecutor::new(state, log, tip.clone(), self.chain_id(), time_ms);
         for tx in &txs {
             exec.apply(tx).expect("test transactions are valid");
         }
-        let execution = exec.finish().expect("in-memory stores");
+        let execution = exec.finish().expect("readable stores");
         let header = Header {
             chain_id: self.chain_id(),
             height,
@@ -159,6 +167,12 @@ impl TestChain {
             },
             execution,
         )
+    }
+
+    /// A certificate of `header` signed by all validators.
+    pub fn certify_all(&self, header: &Header) -> Certificate {
+        let all: Vec<usize> = (0..self.validator_keys.len()).collect();
+        self.certify(header, &all)
     }
 
     /// A certificate of `header` signed by the validators at `signers` (canonical indices).
@@ -191,8 +205,7 @@ impl TestChain {
     /// Builds, certifies (all validators) and commits the next block.
     pub fn commit(&mut self, txs: Vec<Transaction>) -> &Block {
         let (block, execution) = self.make_block(txs);
-        let all: Vec<usize> = (0..self.validator_keys.len()).collect();
-        let cert = self.certify(&block.header, &all);
+        let cert = self.certify_all(&block.header);
         self.apply_committed(block, cert, execution)
     }
 

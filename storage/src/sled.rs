@@ -1,0 +1,249 @@
+//! [`Store`] on sled 0.34: one tree, keys prefixed by record kind.
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `b` | height (u64 BE) | canonical block |
+//! | `h` | height | canonical header |
+//! | `c` | height | canonical certificate |
+//! | `t` | transaction hash | height, index, log index |
+//! | `l` | level (u8), index (u64 BE) | log node hash |
+//! | `s` | node hash | canonical state node |
+//! | `m` | name | node-local metadata ([`Store::meta`]) |
+//! | `T` | (none) | the committed tip: height, log size, state root |
+//!
+//! One tree keeps every commit a single atomic `Batch` (sled's multi-tree transactions are
+//! slower and the sled notes advise few trees). Durability comes from `flush()` after each
+//! batch: sled otherwise persists only every 500 ms.
+
+use std::path::Path;
+
+use pyralog_ledger::codec::{Decode, Encode};
+use pyralog_ledger::log::{LogNodes, NodeId};
+use pyralog_ledger::state::{StateNode, StateNodes};
+use pyralog_ledger::{Block, Certificate, Execution, Hash, Header, StoreError, Tip};
+
+use crate::{StorageError, Store, TxLocation};
+
+const TIP_KEY: &[u8] = b"T";
+
+/// A [`Store`] in a sled database directory.
+pub struct SledStore {
+    db: ::sled::Db,
+}
+
+fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+fn height_key(prefix: u8, height: u64) -> Vec<u8> {
+    key(prefix, &height.to_be_bytes())
+}
+
+fn log_key(id: NodeId) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[0] = b'l';
+    k[1] = id.level;
+    k[2..].copy_from_slice(&id.index.to_be_bytes());
+    k
+}
+
+fn encode_tip(tip: &Tip) -> Vec<u8> {
+    let mut out = Vec::with_capacity(49);
+    out.push(1);
+    out.extend_from_slice(&tip.height.to_be_bytes());
+    out.extend_from_slice(&tip.log_size.to_be_bytes());
+    out.extend_from_slice(&tip.state_root.0);
+    out
+}
+
+fn decode_tip(bytes: &[u8]) -> Result<Tip, StorageError> {
+    let mut d = pyralog_ledger::codec::Decoder::new(bytes);
+    let tip = (|| {
+        d.version("tip", 1)?;
+        let tip = Tip {
+            height: d.u64("height")?,
+            log_size: d.u64("log size")?,
+            state_root: d.hash("state root")?,
+        };
+        d.finish()?;
+        Ok::<_, pyralog_ledger::CodecError>(tip)
+    })();
+    tip.map_err(|e| StorageError::Corrupt {
+        what: "tip",
+        reason: e.to_string(),
+    })
+}
+
+fn decode<T: Decode>(what: &'static str, bytes: &[u8]) -> Result<T, StorageError> {
+    T::from_bytes(bytes).map_err(|e| StorageError::Corrupt {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+fn encode_location(loc: &TxLocation) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    out[..8].copy_from_slice(&loc.height.to_be_bytes());
+    out[8..12].copy_from_slice(&loc.index.to_be_bytes());
+    out[12..].copy_from_slice(&loc.log_index.to_be_bytes());
+    out
+}
+
+fn decode_location(bytes: &[u8]) -> Result<TxLocation, StorageError> {
+    let b: &[u8; 20] = bytes.try_into().map_err(|_| StorageError::Corrupt {
+        what: "transaction index",
+        reason: format!("{} bytes, expected 20", bytes.len()),
+    })?;
+    let u64_at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+    Ok(TxLocation {
+        height: u64_at(0),
+        index: u32::from_be_bytes(b[8..12].try_into().unwrap_or([0; 4])),
+        log_index: u64_at(12),
+    })
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in directory `path`.
+    pub fn open(path: &Path) -> Result<SledStore, StorageError> {
+        let db = ::sled::Config::new()
+            .path(path)
+            .cache_capacity(128 << 20)
+            .open()?;
+        Ok(SledStore { db })
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StorageError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    fn get_decoded<T: Decode>(
+        &self,
+        what: &'static str,
+        k: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        self.db.get(k)?.map(|v| decode(what, &v)).transpose()
+    }
+}
+
+fn backend(e: ::sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl LogNodes for SledStore {
+    fn log_node(&self, id: NodeId) -> Result<Option<Hash>, StoreError> {
+        match self.db.get(log_key(id)).map_err(backend)? {
+            None => Ok(None),
+            Some(v) => <[u8; 32]>::try_from(v.as_ref())
+                .map(|h| Some(Hash(h)))
+                .map_err(|_| StoreError::Corrupt {
+                    what: "log node",
+                    reason: format!("{} bytes", v.len()),
+                }),
+        }
+    }
+}
+
+impl StateNodes for SledStore {
+    fn state_node(&self, hash: &Hash) -> Result<Option<StateNode>, StoreError> {
+        match self.db.get(key(b's', &hash.0)).map_err(backend)? {
+            None => Ok(None),
+            Some(v) => StateNode::from_bytes(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    what: "state node",
+                    reason: e.to_string(),
+                }),
+        }
+    }
+}
+
+impl Store for SledStore {
+    fn tip(&self) -> Result<Tip, StorageError> {
+        match self.db.get(TIP_KEY)? {
+            None => Ok(Tip::genesis()),
+            Some(v) => decode_tip(&v),
+        }
+    }
+
+    fn commit_block(
+        &self,
+        block: &Block,
+        cert: &Certificate,
+        execution: &Execution,
+    ) -> Result<(), StorageError> {
+        let tip = self.tip()?;
+        let height = block.header.height;
+        if height != tip.height + 1 {
+            return Err(StorageError::NotNext {
+                height,
+                tip: tip.height,
+            });
+        }
+        if execution.tx_hashes.len() != block.txs.len()
+            || execution.state_root != block.header.state_root
+            || execution.log_root != block.header.log_root
+            || execution.log_size != block.header.log_size
+            || execution.log_size != tip.log_size + block.txs.len() as u64
+        {
+            return Err(StorageError::ExecutionMismatch {
+                height,
+                reason: "roots, sizes or transaction count differ from the header".into(),
+            });
+        }
+        let mut batch = ::sled::Batch::default();
+        batch.insert(height_key(b'b', height), block.to_bytes());
+        batch.insert(height_key(b'h', height), block.header.to_bytes());
+        batch.insert(height_key(b'c', height), cert.to_bytes());
+        for (index, tx_hash) in execution.tx_hashes.iter().enumerate() {
+            let loc = TxLocation {
+                height,
+                index: index as u32,
+                log_index: tip.log_size + index as u64,
+            };
+            batch.insert(key(b't', &tx_hash.0), &encode_location(&loc)[..]);
+        }
+        for (id, hash) in &execution.log_writes {
+            batch.insert(&log_key(*id)[..], &hash.0[..]);
+        }
+        for (hash, node) in &execution.state_writes {
+            batch.insert(key(b's', &hash.0), node.to_bytes());
+        }
+        batch.insert(TIP_KEY, encode_tip(&execution.tip(height)));
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn block(&self, height: u64) -> Result<Option<Block>, StorageError> {
+        self.get_decoded("block", &height_key(b'b', height))
+    }
+
+    fn header(&self, height: u64) -> Result<Option<Header>, StorageError> {
+        self.get_decoded("header", &height_key(b'h', height))
+    }
+
+    fn certificate(&self, height: u64) -> Result<Option<Certificate>, StorageError> {
+        self.get_decoded("certificate", &height_key(b'c', height))
+    }
+
+    fn tx_location(&self, tx_hash: &Hash) -> Result<Option<TxLocation>, StorageError> {
+        self.db
+            .get(key(b't', &tx_hash.0))?
+            .map(|v| decode_location(&v))
+            .transpose()
+    }
+
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get(key(b'm', name.as_bytes()))?.map(|v| v.to_vec()))
+    }
+
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.db.insert(key(b'm', name.as_bytes()), value)?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
