@@ -182,7 +182,7 @@ impl ValidatorSet {
                 "must have 1 to {MAX_VALIDATORS} validators"
             )));
         }
-        validators.sort_by(|a, b| a.public_key.cmp(&b.public_key));
+        validators.sort_by_key(|v| v.public_key);
         let mut total: u64 = 0;
         for (i, v) in validators.iter().enumerate() {
             if v.power == 0 {

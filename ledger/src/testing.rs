@@ -1,4 +1,8 @@
 //! Builders of real, signed and certified chains for tests (feature `test-utils`).
+//!
+//! A test kit: it panics on misuse (an invalid test transaction, a missing node) so that
+//! tests fail loudly at the line that built the bad input.
+#![allow(clippy::expect_used)]
 
 use pyralog_crypto::{Hash, Keypair};
 

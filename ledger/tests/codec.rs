@@ -1,6 +1,8 @@
 //! Canonical encoding: decode(encode(x)) = x, one encoding per value, and decoders that
 //! reject trailing bytes, bad tags and oversize lengths without panicking.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use proptest::prelude::*;
 use pyralog_crypto::{Hash, Keypair, Signature};
 use pyralog_ledger::codec::{CodecError, Decode, Encode};

@@ -1,6 +1,8 @@
 //! The log tree and transaction tree against an independent RFC 6962 implementation
 //! (ct-merkle), for every size up to 1,000, with tampered proofs rejected.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use ct_merkle::mem_backed_tree::MemoryBackedTree;
 use digest::consts::U32;
 use digest::{FixedOutput, HashMarker, Output, OutputSizeUser, Update};

@@ -1,6 +1,8 @@
 //! The sparse Merkle state tree against a plain map model: values and absence proven at
 //! every version, deletes collapse, tampering fails, and updates cost O(log n) nodes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;

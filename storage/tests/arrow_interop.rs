@@ -1,6 +1,8 @@
 //! Arrow export read back by a real reader: pyarrow (installed by `scripts/test`) must see
 //! the same rows, types and values that the store holds.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::Command;

@@ -3,6 +3,8 @@
 //! block, certificate, index entry and tree node of that height, and with no commit the
 //! child reported lost.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::Read;

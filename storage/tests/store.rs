@@ -1,5 +1,7 @@
 //! The sled store keeps what was committed and serves every proof at every height.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use pyralog_crypto::content_digest;
 use pyralog_ledger::codec::Encode;
 use pyralog_ledger::state::{self, Namespace, state_key};

@@ -1,5 +1,7 @@
 //! Helpers shared by the storage tests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use pyralog_crypto::content_digest;
 use pyralog_ledger::EngineId;
 use pyralog_ledger::testing::{TestChain, user};
