@@ -142,6 +142,9 @@ pub enum TxError {
     /// The digest is already notarized.
     #[error("digest already notarized at height {} index {}", .0.height, .0.index)]
     AlreadyNotarized(Box<NotarizationRecord>),
+    /// The sender used every nonce up to `u64::MAX`.
+    #[error("the sender's nonces are exhausted")]
+    NonceExhausted,
     /// `Delete` of a key that has no value.
     #[error("key not found")]
     KeyNotFound,
@@ -298,6 +301,9 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
                 found: tx.nonce,
             }));
         }
+        let next_nonce = expected
+            .checked_add(1)
+            .ok_or_else(|| fail(TxError::NonceExhausted))?;
         let tx_hash = tx.hash();
         let index = self.tx_hashes.len() as u32;
         let (key, value) = match &tx.payload {
@@ -326,9 +332,7 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
             }
         };
         self.updates.insert(key, value);
-        let account = Account {
-            next_nonce: expected + 1,
-        };
+        let account = Account { next_nonce };
         self.updates.insert(
             state_key(Namespace::Account, tx.sender.as_bytes()),
             Some(account.to_bytes()),

@@ -149,7 +149,8 @@ pub fn verify_inclusion(
 /// RFC 9162 §2.1.4.2: checks that the tree of `new_size` entries with root `new_root`
 /// extends the tree of `old_size` entries with root `old_root`.
 ///
-/// Equal sizes need an empty proof and equal roots; every tree extends the empty tree.
+/// Equal sizes need an empty proof and equal roots; every tree extends the empty tree
+/// (whose root must then be the empty root).
 pub fn verify_consistency(
     tree: TreeHasher,
     old_size: u64,
@@ -170,6 +171,12 @@ pub fn verify_consistency(
     if old_size == 0 || old_size == new_size {
         if !proof.is_empty() {
             return Err(ProofError::WrongLength { len: proof.len() });
+        }
+        if old_size == 0 && *old_root != tree.empty_root() {
+            return Err(ProofError::RootMismatch {
+                computed: tree.empty_root(),
+                expected: *old_root,
+            });
         }
         if old_size == new_size && old_root != new_root {
             return Err(ProofError::RootMismatch {

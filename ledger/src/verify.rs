@@ -7,7 +7,7 @@ use pyralog_crypto::{BatchItem, PublicKey};
 use crate::exec::Execution;
 use crate::merkle::{ProofError, TreeHasher, verify_consistency, verify_inclusion};
 use crate::state::{Namespace, StateProof, StateProofError, state_key, verify_state_proof};
-use crate::{Certificate, ChainId, EngineId, Genesis, Hash, Header, ValidatorSet};
+use crate::{Block, Certificate, ChainId, EngineId, Genesis, Hash, Header, ValidatorSet};
 
 /// What failed when checking headers, certificates or proofs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +72,12 @@ pub enum VerifyError {
         /// The set's size.
         len: usize,
     },
+    /// A block above height 1 without the certificate of the previous height.
+    #[error("block carries no certificate of the previous height")]
+    MissingLastCertificate,
+    /// A block at height 1 that carries a previous certificate.
+    #[error("block 1 carries a certificate of a previous height, which does not exist")]
+    UnexpectedLastCertificate,
     /// Certificate votes not in strictly increasing validator order.
     #[error("certificate votes out of order or repeated at validator index {index}")]
     VotesOutOfOrder {
@@ -325,14 +331,38 @@ pub fn verify_header_step(
     verify_certificate(prev.engine, next_validators, next, cert)
 }
 
-/// Checks that `header.time_ms` is the BFT time of `last_cert` (the previous height's
-/// certificate, signed by `prev_validators`).
-pub fn verify_bft_time(
-    header: &Header,
-    last_cert: &Certificate,
-    prev_validators: &ValidatorSet,
+/// Checks the certificate of the previous height that `block` carries, and the BFT time
+/// it fixes: at height 1 there is none (and `last_certificate_hash` is zero); above, it
+/// must be the one the header commits to (`last_certificate_hash`), it must certify
+/// `prev` under `prev_validators`, and the header's time must be its BFT time (the
+/// power-weighted median of its vote times).
+pub fn verify_last_certificate(
+    block: &Block,
+    prev: Option<(&Header, &ValidatorSet)>,
 ) -> Result<(), VerifyError> {
-    let expected = last_cert
+    let header = &block.header;
+    let Some((prev_header, prev_validators)) = prev else {
+        if block.last_certificate.is_some() {
+            return Err(VerifyError::UnexpectedLastCertificate);
+        }
+        return expect_hash(
+            "last certificate hash",
+            Hash::ZERO,
+            header.last_certificate_hash,
+        );
+    };
+    let cert = block
+        .last_certificate
+        .as_ref()
+        .ok_or(VerifyError::MissingLastCertificate)?;
+    expect_hash(
+        "last certificate hash",
+        header.last_certificate_hash,
+        cert.hash(),
+    )?;
+    verify_certificate(prev_header.engine, prev_validators, prev_header, cert)?;
+    // verify_certificate checked every vote index against the set, so this is Some.
+    let expected = cert
         .bft_time(prev_validators)
         .ok_or(VerifyError::UnknownValidator {
             index: u32::MAX,

@@ -169,16 +169,12 @@ fn re_execution_reproduces_every_header_and_certificates_verify() {
         verify_tx_signatures(&block.txs).unwrap();
         if i == 0 {
             verify::verify_first_header(&chain.genesis, &block.header).unwrap();
+            verify::verify_last_certificate(block, None).unwrap();
         } else {
             let prev = &chain.blocks[i - 1].header;
             verify::verify_header_step(prev, &block.header, &chain.validators, &chain.certs[i])
                 .unwrap();
-            verify::verify_bft_time(
-                &block.header,
-                block.last_certificate.as_ref().unwrap(),
-                &chain.validators,
-            )
-            .unwrap();
+            verify::verify_last_certificate(block, Some((prev, &chain.validators))).unwrap();
             let proof =
                 log::consistency_proof(&chain.log, prev.log_size, block.header.log_size).unwrap();
             verify::verify_log_consistency(prev, &block.header, &proof).unwrap();
@@ -468,4 +464,61 @@ fn a_receipt_with_a_forged_certificate_fails_at_the_certificate_step() {
         }) => {}
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn the_carried_last_certificate_is_bound_and_checked() {
+    let mut chain = TestChain::new(4, EngineId::Tendermint);
+    chain.commit(vec![]);
+    chain.commit(vec![]);
+    let prev = chain.blocks[0].header.clone();
+    let block = chain.blocks[1].clone();
+    let ok = Some((&prev, &chain.validators));
+    verify::verify_last_certificate(&block, ok).unwrap();
+    // Swapping in another valid certificate of the same header (other signers, other
+    // times) breaks the binding to last_certificate_hash.
+    let mut swapped = block.clone();
+    swapped.last_certificate = Some(chain.certify(&prev, &[0, 1, 2]));
+    assert!(matches!(
+        verify::verify_last_certificate(&swapped, ok),
+        Err(VerifyError::HashMismatch {
+            what: "last certificate hash",
+            ..
+        })
+    ));
+    // A proposer who forges vote times (invalid signatures) and commits to that
+    // certificate in its header is caught by the certificate check.
+    let mut forged = block.clone();
+    let mut cert = chain.certs[0].clone();
+    for v in &mut cert.votes {
+        v.time_ms += 1_000_000;
+    }
+    forged.header.last_certificate_hash = cert.hash();
+    forged.header.time_ms = cert.bft_time(&chain.validators).unwrap();
+    forged.last_certificate = Some(cert);
+    assert!(matches!(
+        verify::verify_last_certificate(&forged, ok),
+        Err(VerifyError::BadVoteSignatures { .. })
+    ));
+    // A header time that is not the BFT time of a valid certificate.
+    let mut late = block.clone();
+    late.header.time_ms += 1;
+    assert!(matches!(
+        verify::verify_last_certificate(&late, ok),
+        Err(VerifyError::WrongBftTime { .. })
+    ));
+    // Missing at height 2; present at height 1.
+    let mut missing = block.clone();
+    missing.last_certificate = None;
+    assert_eq!(
+        verify::verify_last_certificate(&missing, ok),
+        Err(VerifyError::MissingLastCertificate)
+    );
+    let mut first = chain.blocks[0].clone();
+    verify::verify_last_certificate(&first, None).unwrap();
+    first.last_certificate = Some(chain.certs[0].clone());
+    assert_eq!(
+        verify::verify_last_certificate(&first, None),
+        Err(VerifyError::UnexpectedLastCertificate)
+    );
 }

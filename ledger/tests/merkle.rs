@@ -120,6 +120,8 @@ fn trivial_consistency_cases() {
     let r10 = ours.root(10).unwrap();
     let r0 = ours.root(0).unwrap();
     verify_consistency(TreeHasher::LOG_TREE, 0, &r0, 10, &r10, &[]).unwrap();
+    // The empty tree has one root; any other "size 0" root is rejected.
+    assert!(verify_consistency(TreeHasher::LOG_TREE, 0, &r10, 10, &r10, &[]).is_err());
     verify_consistency(TreeHasher::LOG_TREE, 10, &r10, 10, &r10, &[]).unwrap();
     let r9 = ours.root(9).unwrap();
     assert!(verify_consistency(TreeHasher::LOG_TREE, 10, &r10, 10, &r9, &[]).is_err());

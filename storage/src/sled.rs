@@ -29,6 +29,8 @@ const TIP_KEY: &[u8] = b"T";
 /// A [`Store`] in a sled database directory.
 pub struct SledStore {
     db: ::sled::Db,
+    /// Serialises commits: the tip check and the batch must not interleave.
+    commit_lock: std::sync::Mutex<()>,
 }
 
 fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
@@ -112,7 +114,10 @@ impl SledStore {
             .path(path)
             .cache_capacity(128 << 20)
             .open()?;
-        Ok(SledStore { db })
+        Ok(SledStore {
+            db,
+            commit_lock: std::sync::Mutex::new(()),
+        })
     }
 
     /// Bytes the database occupies on disk.
@@ -175,24 +180,44 @@ impl Store for SledStore {
         cert: &Certificate,
         execution: &Execution,
     ) -> Result<(), StorageError> {
+        // A poisoned lock only means another commit panicked; the tip check below still
+        // protects the store, so go on.
+        let _guard = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         let tip = self.tip()?;
-        let height = block.header.height;
+        let header = &block.header;
+        let height = header.height;
         if height != tip.height + 1 {
             return Err(StorageError::NotNext {
                 height,
                 tip: tip.height,
             });
         }
-        if execution.tx_hashes.len() != block.txs.len()
-            || execution.state_root != block.header.state_root
-            || execution.log_root != block.header.log_root
-            || execution.log_size != block.header.log_size
+        let mismatch = |reason: &str| {
+            Err(StorageError::ExecutionMismatch {
+                height,
+                reason: reason.to_string(),
+            })
+        };
+        if cert.height != height || cert.header_hash != header.hash() {
+            return mismatch("the certificate is not for this header");
+        }
+        if execution.tx_root != header.tx_root
+            || execution.tx_count != header.tx_count
+            || execution.state_root != header.state_root
+            || execution.log_root != header.log_root
+            || execution.log_size != header.log_size
             || execution.log_size != tip.log_size + block.txs.len() as u64
         {
-            return Err(StorageError::ExecutionMismatch {
-                height,
-                reason: "roots, sizes or transaction count differ from the header".into(),
-            });
+            return mismatch("roots, sizes or transaction count differ from the header");
+        }
+        if execution.tx_hashes.len() != block.txs.len()
+            || execution
+                .tx_hashes
+                .iter()
+                .zip(&block.txs)
+                .any(|(h, tx)| *h != tx.hash())
+        {
+            return mismatch("executed transactions differ from the block's");
         }
         let mut batch = ::sled::Batch::default();
         batch.insert(height_key(b'b', height), block.to_bytes());

@@ -112,6 +112,23 @@ fn only_the_next_height_can_be_committed() {
         store.commit_block(&wrong, &cert, &exec),
         Err(StorageError::ExecutionMismatch { .. })
     ));
+    // A certificate of another header is refused.
+    assert!(matches!(
+        store.commit_block(&block, &chain.certs[1], &exec),
+        Err(StorageError::ExecutionMismatch { .. })
+    ));
+    // An execution of other transactions is refused.
+    let (other_block, other_exec) = chain.make_block(vec![chain.put(
+        &pyralog_ledger::testing::user(7),
+        0,
+        b"k",
+        b"v",
+    )]);
+    assert!(matches!(
+        store.commit_block(&block, &cert, &other_exec),
+        Err(StorageError::ExecutionMismatch { .. })
+    ));
+    let _ = other_block;
     store.commit_block(&block, &cert, &exec).unwrap();
     assert_eq!(store.tip().unwrap().height, 3);
 }
