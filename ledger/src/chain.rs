@@ -392,17 +392,8 @@ pub struct Genesis {
 impl Genesis {
     /// Parses and validates a genesis file's text.
     pub fn from_json(text: &str) -> Result<Genesis, CodecError> {
-        if text.len() > MAX_GENESIS_JSON_BYTES {
-            return Err(CodecError::TooLong {
-                what: "genesis file",
-                len: text.len() as u64,
-                max: MAX_GENESIS_JSON_BYTES as u64,
-            });
-        }
-        let genesis: Genesis = serde_json::from_str(text).map_err(|e| CodecError::Invalid {
-            what: "genesis file",
-            reason: e.to_string(),
-        })?;
+        let genesis: Genesis =
+            crate::codec::from_json_limited("genesis file", text, MAX_GENESIS_JSON_BYTES)?;
         genesis.validator_set()?;
         if genesis.params.max_block_txs == 0 || genesis.params.max_block_bytes == 0 {
             return Err(CodecError::Invalid {

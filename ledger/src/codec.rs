@@ -66,6 +66,25 @@ pub enum CodecError {
     },
 }
 
+/// Parses a human-facing JSON file (genesis, receipt) of at most `max` bytes.
+pub fn from_json_limited<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    text: &str,
+    max: usize,
+) -> Result<T, CodecError> {
+    if text.len() > max {
+        return Err(CodecError::TooLong {
+            what,
+            len: text.len() as u64,
+            max: max as u64,
+        });
+    }
+    serde_json::from_str(text).map_err(|e| CodecError::Invalid {
+        what,
+        reason: e.to_string(),
+    })
+}
+
 /// Types with a canonical encoding.
 pub trait Encode {
     /// Appends the canonical encoding of `self` to `out`.

@@ -169,17 +169,7 @@ fn same<T: PartialEq + std::fmt::Display>(
 impl Receipt {
     /// Parses receipt JSON (at most [`MAX_RECEIPT_JSON_BYTES`]).
     pub fn from_json(text: &str) -> Result<Receipt, CodecError> {
-        if text.len() > MAX_RECEIPT_JSON_BYTES {
-            return Err(CodecError::TooLong {
-                what: "receipt",
-                len: text.len() as u64,
-                max: MAX_RECEIPT_JSON_BYTES as u64,
-            });
-        }
-        serde_json::from_str(text).map_err(|e| CodecError::Invalid {
-            what: "receipt",
-            reason: e.to_string(),
-        })
+        crate::codec::from_json_limited("receipt", text, MAX_RECEIPT_JSON_BYTES)
     }
 
     /// Pretty JSON, as written to receipt files.

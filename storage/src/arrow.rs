@@ -76,6 +76,10 @@ pub fn blocks_schema() -> SchemaRef {
     ]))
 }
 
+fn record_batch(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch, StorageError> {
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| StorageError::Export(e.to_string()))
+}
+
 #[derive(Default)]
 struct TxColumns {
     height: UInt64Builder,
@@ -147,8 +151,7 @@ impl TxColumns {
             Arc::new(self.key.finish()),
             Arc::new(self.value.finish()),
         ];
-        RecordBatch::try_new(schema.clone(), columns)
-            .map_err(|e| StorageError::Export(e.to_string()))
+        record_batch(schema, columns)
     }
 }
 
@@ -204,8 +207,7 @@ impl BlockColumns {
             Arc::new(self.round.finish()),
             Arc::new(self.votes.finish()),
         ];
-        RecordBatch::try_new(schema.clone(), columns)
-            .map_err(|e| StorageError::Export(e.to_string()))
+        record_batch(schema, columns)
     }
 }
 
