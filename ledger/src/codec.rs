@@ -219,14 +219,7 @@ impl<'a> Decoder<'a> {
 
     /// Reads a length-prefixed byte string of at most `max` bytes.
     pub fn bytes(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], CodecError> {
-        let len = self.u32(what)? as usize;
-        if len > max {
-            return Err(CodecError::TooLong {
-                what,
-                len: len as u64,
-                max: max as u64,
-            });
-        }
+        let len = self.count(what, max)?;
         self.take(len, what)
     }
 
@@ -238,7 +231,7 @@ impl<'a> Decoder<'a> {
         })
     }
 
-    /// Reads a sequence count of at most `max` items.
+    /// Reads a `u32` length or item count of at most `max`.
     pub fn count(&mut self, what: &'static str, max: usize) -> Result<usize, CodecError> {
         let n = self.u32(what)? as usize;
         if n > max {
