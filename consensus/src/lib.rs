@@ -1,4 +1,12 @@
 //! Order blocks in a Byzantine environment with pluggable, deterministic consensus engines.
 //!
-//! Not built yet: this crate compiles so the workspace has its final shape. Its contents
-//! arrive with the issue that introduces it (see the issue tracker and ARCHITECTURE.md).
+//! Built so far: [`signer`], the signer with a crash-safe double-sign guard that every
+//! engine signs through. Coming next (see the issue tracker): the `Engine` contract, the
+//! Tendermint, PBFT and Raft engines, and the deterministic simulator.
+//!
+//! Like `ledger`, this crate reads no clock, disk or global randomness and never spawns:
+//! time, persistence and randomness come in through parameters and traits.
+
+pub mod signer;
+
+pub use signer::{LastSigned, MemSignerStore, Signer, SignerError, SignerStore, Step};
