@@ -76,31 +76,29 @@ impl Payload {
     }
 
     fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
-        let key = |d: &mut Decoder<'_>| -> Result<Vec<u8>, CodecError> {
-            let key = d.bytes("key", MAX_KEY_BYTES)?;
-            if key.is_empty() {
-                return Err(CodecError::Invalid {
-                    what: "key",
-                    reason: "empty".into(),
-                });
-            }
-            Ok(key.to_vec())
-        };
-        match d.u8("payload tag")? {
-            1 => Ok(Payload::Notarize {
+        // Lengths are bounded while reading; the remaining rules (non-empty keys) are
+        // those of check_limits, applied once the payload is built.
+        let payload = match d.u8("payload tag")? {
+            1 => Payload::Notarize {
                 digest: d.hash("digest")?,
                 meta: d.text("meta", MAX_META_BYTES)?.to_string(),
-            }),
-            2 => Ok(Payload::Put {
-                key: key(d)?,
+            },
+            2 => Payload::Put {
+                key: d.bytes("key", MAX_KEY_BYTES)?.to_vec(),
                 value: d.bytes("value", MAX_VALUE_BYTES)?.to_vec(),
-            }),
-            3 => Ok(Payload::Delete { key: key(d)? }),
-            tag => Err(CodecError::BadTag {
-                what: "payload",
-                tag,
-            }),
-        }
+            },
+            3 => Payload::Delete {
+                key: d.bytes("key", MAX_KEY_BYTES)?.to_vec(),
+            },
+            tag => {
+                return Err(CodecError::BadTag {
+                    what: "payload",
+                    tag,
+                });
+            }
+        };
+        payload.check_limits()?;
+        Ok(payload)
     }
 
     /// Checks the size limits the decoder enforces, for payloads built in memory.

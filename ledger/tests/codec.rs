@@ -250,6 +250,14 @@ fn bad_tags_and_oversize_lengths_are_rejected() {
         Transaction::from_bytes(&bytes),
         Err(CodecError::TooLong { what: "key", .. })
     ));
+    // An empty key is refused when decoding (key length 0 at offset 47).
+    let mut empty_key = tx.to_bytes()[..47].to_vec();
+    empty_key.extend_from_slice(&0u32.to_be_bytes());
+    empty_key.extend_from_slice(&tx.signature.0);
+    assert!(matches!(
+        Transaction::from_bytes(&empty_key),
+        Err(CodecError::Invalid { what: "key", .. })
+    ));
     // Limits are checked when building too.
     let big = Payload::Put {
         key: vec![1; 257],

@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use pyralog_crypto::content_digest;
-use pyralog_ledger::codec::Encode;
 use pyralog_ledger::state::{self, Namespace, state_key};
 use pyralog_ledger::testing::TestChain;
 use pyralog_ledger::{Tip, TxTree, log, verify, verify_receipt};
@@ -118,7 +117,7 @@ fn only_the_next_height_can_be_committed() {
         Err(StorageError::ExecutionMismatch { .. })
     ));
     // An execution of other transactions is refused.
-    let (other_block, other_exec) = chain.make_block(vec![chain.put(
+    let (_, other_exec) = chain.make_block(vec![chain.put(
         &pyralog_ledger::testing::user(7),
         0,
         b"k",
@@ -128,7 +127,6 @@ fn only_the_next_height_can_be_committed() {
         store.commit_block(&block, &cert, &other_exec),
         Err(StorageError::ExecutionMismatch { .. })
     ));
-    let _ = other_block;
     store.commit_block(&block, &cert, &exec).unwrap();
     assert_eq!(store.tip().unwrap().height, 3);
 }
@@ -147,5 +145,4 @@ fn meta_values_are_kept_and_separate_from_the_tip() {
     assert_eq!(store.meta("tip").unwrap(), Some(b"not the tip".to_vec()));
     assert_eq!(store.tip().unwrap().height, 1);
     assert!(store.meta("nothing").unwrap().is_none());
-    let _ = store.header(1).unwrap().unwrap().to_bytes();
 }
