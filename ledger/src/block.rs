@@ -101,7 +101,7 @@ impl Decode for Header {
 }
 
 /// The kinds of consensus vote. Each has its own signature domain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VoteKind {
     /// Tendermint prevote.

@@ -12,11 +12,13 @@
 //!   consistency proofs at any size.
 //! - [`state`]: the versioned sparse Merkle tree with proofs of values and of absence.
 //! - [`exec`]: deterministic execution of blocks.
+//! - [`evidence`]: proof that a validator signed two conflicting votes.
 //! - [`verify`]: the checks of headers, certificates and proofs; [`receipt`]: receipts.
 
 pub mod block;
 pub mod chain;
 pub mod codec;
+pub mod evidence;
 pub mod exec;
 pub mod log;
 pub mod merkle;
@@ -32,6 +34,7 @@ pub use chain::{
     ChainId, ChainParams, EngineId, Genesis, GenesisValidator, Validator, ValidatorSet,
 };
 pub use codec::{CodecError, Decode, Encode};
+pub use evidence::{DuplicateVote, EvidenceError};
 pub use exec::{BlockExecutor, ExecError, Execution, Tip, TxError, apply_block};
 pub use merkle::{ProofError, TxTree};
 pub use pyralog_crypto::Hash;

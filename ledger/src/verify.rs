@@ -377,6 +377,37 @@ pub fn verify_last_certificate(
     Ok(())
 }
 
+/// Checks that a block's body is the one its header commits to: the transaction count
+/// and Merkle root, and the hash of the carried last certificate. After this, the header
+/// hash identifies the whole block, so a relay cannot swap transactions under a signed
+/// header. (Whether the transactions *execute* to the header's roots is
+/// [`verify_execution`]'s job.)
+pub fn verify_block_contents(block: &Block) -> Result<(), VerifyError> {
+    let header = &block.header;
+    if header.tx_count as usize != block.txs.len() {
+        return Err(VerifyError::ExecutionMismatch {
+            field: "tx_count",
+            in_header: header.tx_count.to_string(),
+            computed: block.txs.len().to_string(),
+        });
+    }
+    let hashes: Vec<Hash> = block.txs.iter().map(crate::Transaction::hash).collect();
+    expect_hash(
+        "transaction root",
+        header.tx_root,
+        crate::TxTree::new(&hashes).root(),
+    )?;
+    let carried = block
+        .last_certificate
+        .as_ref()
+        .map_or(Hash::ZERO, Certificate::hash);
+    expect_hash(
+        "last certificate hash",
+        header.last_certificate_hash,
+        carried,
+    )
+}
+
 /// Checks the header's roots against the result of re-executing its block.
 pub fn verify_execution(header: &Header, exec: &Execution) -> Result<(), VerifyError> {
     let mismatch = |field, in_header: String, computed: String| {

@@ -1,0 +1,188 @@
+//! Tendermint's wire messages: canonical, versioned, size-limited.
+
+use pyralog_crypto::{CryptoError, Keypair, PublicKey, SigDomain, Signature};
+use pyralog_ledger::codec::{CodecError, Decode, Decoder, Encode};
+use pyralog_ledger::{Block, Certificate, ChainId, Vote};
+
+/// Format version of Tendermint messages.
+pub const MESSAGE_VERSION: u8 = 1;
+/// Largest message accepted (a full block plus its certificate and framing).
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// ⟨PROPOSAL, h, r, v, vr⟩ of Algorithm 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proposal {
+    /// Height `h`.
+    pub height: u64,
+    /// Round `r`.
+    pub round: u32,
+    /// `vr`: the round in which the proposer saw a polka for this block (`None` = −1).
+    pub valid_round: Option<u32>,
+    /// The proposed value `v`.
+    pub block: Block,
+}
+
+impl Proposal {
+    /// The bytes the proposer signs: everything but the block body, which the header hash
+    /// binds (see [`pyralog_ledger::verify::verify_block_contents`]).
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = vec![MESSAGE_VERSION];
+        out.extend_from_slice(&self.height.to_be_bytes());
+        out.extend_from_slice(&self.round.to_be_bytes());
+        put_round(&mut out, self.valid_round);
+        self.block.header.hash().encode(&mut out);
+        out
+    }
+
+    /// Signs the proposal with a raw key. Validators sign through the
+    /// [`crate::Signer`]; this is for tests and the simulator's adversaries.
+    pub fn sign(&self, key: &Keypair, chain_id: &ChainId) -> Signature {
+        key.sign(
+            SigDomain::Proposal,
+            chain_id.as_str(),
+            &self.signing_bytes(),
+        )
+    }
+
+    /// Checks `signature` on this proposal by `key`.
+    pub fn verify(
+        &self,
+        key: &PublicKey,
+        chain_id: &ChainId,
+        signature: &Signature,
+    ) -> Result<(), CryptoError> {
+        key.verify(
+            SigDomain::Proposal,
+            chain_id.as_str(),
+            &self.signing_bytes(),
+            signature,
+        )
+    }
+}
+
+fn put_round(out: &mut Vec<u8>, round: Option<u32>) {
+    match round {
+        None => out.push(0),
+        Some(r) => {
+            out.push(1);
+            out.extend_from_slice(&r.to_be_bytes());
+        }
+    }
+}
+
+/// A vote with the index of the validator that signed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignedVote {
+    /// The signer's index in the validator set.
+    pub validator: u32,
+    /// The vote.
+    pub vote: Vote,
+    /// The signature over the vote.
+    pub signature: Signature,
+}
+
+/// A Tendermint message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// A signed proposal.
+    Proposal {
+        /// The proposal.
+        proposal: Proposal,
+        /// The proposer's signature over [`Proposal::signing_bytes`].
+        signature: Signature,
+    },
+    /// A signed prevote or precommit.
+    Vote(SignedVote),
+    /// A committed block and the certificate that decided it, for validators that are
+    /// behind (its authority is the certificate, not the sender).
+    Decision {
+        /// The block.
+        block: Block,
+        /// Its certificate.
+        certificate: Certificate,
+    },
+}
+
+impl Message {
+    /// Decodes a message received from the network, refusing oversized input first.
+    pub fn decode_limited(bytes: &[u8]) -> Result<Message, CodecError> {
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(CodecError::Invalid {
+                what: "consensus message",
+                reason: format!("{} bytes, over the {MAX_MESSAGE_BYTES} limit", bytes.len()),
+            });
+        }
+        Message::from_bytes(bytes)
+    }
+}
+
+impl Encode for Message {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(MESSAGE_VERSION);
+        match self {
+            Message::Proposal {
+                proposal,
+                signature,
+            } => {
+                out.push(1);
+                out.extend_from_slice(&proposal.height.to_be_bytes());
+                out.extend_from_slice(&proposal.round.to_be_bytes());
+                put_round(out, proposal.valid_round);
+                proposal.block.encode(out);
+                out.extend_from_slice(&signature.0);
+            }
+            Message::Vote(v) => {
+                out.push(2);
+                out.extend_from_slice(&v.validator.to_be_bytes());
+                v.vote.encode(out);
+                out.extend_from_slice(&v.signature.0);
+            }
+            Message::Decision { block, certificate } => {
+                out.push(3);
+                block.encode(out);
+                certificate.encode(out);
+            }
+        }
+    }
+}
+
+impl Decode for Message {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        d.version("consensus message", MESSAGE_VERSION)?;
+        match d.u8("message kind")? {
+            1 => {
+                let height = d.u64("height")?;
+                let round = d.u32("round")?;
+                let valid_round = if d.bool("valid round")? {
+                    Some(d.u32("valid round")?)
+                } else {
+                    None
+                };
+                let block = Block::decode(d)?;
+                let signature = d.signature("proposal signature")?;
+                Ok(Message::Proposal {
+                    proposal: Proposal {
+                        height,
+                        round,
+                        valid_round,
+                        block,
+                    },
+                    signature,
+                })
+            }
+            2 => Ok(Message::Vote(SignedVote {
+                validator: d.u32("validator index")?,
+                vote: Vote::decode(d)?,
+                signature: d.signature("vote signature")?,
+            })),
+            3 => Ok(Message::Decision {
+                block: Block::decode(d)?,
+                certificate: Certificate::decode(d)?,
+            }),
+            tag => Err(CodecError::BadTag {
+                what: "message kind",
+                tag,
+            }),
+        }
+    }
+}

@@ -1,0 +1,638 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Table-style tests of the Tendermint round state machine: one engine (validator 1 of 4,
+//! equal power) is fed crafted, correctly signed messages, and each case checks the
+//! rule of Algorithm 1 it names.
+
+use std::collections::BTreeSet;
+
+use pyralog_consensus::engine::{Engine, Input, Output, Timeout};
+use pyralog_consensus::proposer::ProposerRotation;
+use pyralog_consensus::sim::app::App;
+use pyralog_consensus::sim::sim_params;
+use pyralog_consensus::tendermint::{
+    self, Message, Proposal, RoundStep, SignedVote, Tendermint, timer,
+};
+use pyralog_consensus::{MemSignerStore, Signer};
+use pyralog_crypto::{Hash, Keypair};
+use pyralog_ledger::codec::Encode;
+use pyralog_ledger::verify::verify_certificate;
+use pyralog_ledger::{
+    Block, ChainId, EngineId, Genesis, GenesisValidator, Validator, ValidatorSet, Vote, VoteKind,
+};
+
+const ME: u32 = 1;
+const T0: u64 = 1_700_000_010_000;
+
+struct Harness {
+    keys: Vec<Keypair>,
+    set: ValidatorSet,
+    chain_id: ChainId,
+    engine: Tendermint<MemSignerStore>,
+    app: App,
+    /// Blocks the host calls invalid.
+    invalid: BTreeSet<Hash>,
+    now: u64,
+    outputs: Vec<Output>,
+}
+
+fn genesis(keys: &[Keypair]) -> Genesis {
+    Genesis {
+        chain_id: ChainId::new("table-chain").unwrap(),
+        genesis_time_ms: T0 - 10_000,
+        engine: EngineId::Tendermint,
+        validators: keys
+            .iter()
+            .map(|k| GenesisValidator {
+                public_key: k.public(),
+                power: 10,
+                name: None,
+            })
+            .collect(),
+        params: sim_params(),
+    }
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let mut keys: Vec<Keypair> = (0..4u8)
+            .map(|i| Keypair::from_seed(&[i + 40; 32]))
+            .collect();
+        keys.sort_by_key(|k| k.public());
+        let g = genesis(&keys);
+        let set = g.validator_set().unwrap();
+        let signer = Signer::open(
+            keys[ME as usize].clone(),
+            g.chain_id.clone(),
+            MemSignerStore::default(),
+            0,
+        )
+        .unwrap();
+        let engine = Tendermint::new(
+            tendermint::Config {
+                chain_id: g.chain_id.clone(),
+                validators: set.clone(),
+                params: g.params.clone(),
+            },
+            Some(signer),
+        );
+        let mut h = Harness {
+            app: App::new(g.clone(), set.clone()),
+            keys,
+            set,
+            chain_id: g.chain_id,
+            engine,
+            invalid: BTreeSet::new(),
+            now: T0,
+            outputs: vec![],
+        };
+        h.input(Input::Start {
+            height: 1,
+            persisted: None,
+        });
+        h
+    }
+
+    /// Feeds an input and answers validation requests (valid unless listed invalid).
+    fn input(&mut self, input: Input) {
+        let mut pending = vec![input];
+        while let Some(input) = pending.pop() {
+            let outs = self.engine.handle(self.now, input);
+            for o in &outs {
+                if let Output::ValidateBlock(b) = o {
+                    let hash = b.header.hash();
+                    pending.push(Input::BlockValidated {
+                        height: b.header.height,
+                        block: hash,
+                        valid: !self.invalid.contains(&hash),
+                    });
+                }
+            }
+            self.outputs.extend(outs);
+        }
+    }
+
+    fn block(&self, salt: u64) -> Block {
+        let proposer = self.keys[0].public();
+        let users: Vec<Keypair> = vec![Keypair::from_seed(&[9; 32])];
+        self.app.build_block(proposer, &users, 1, salt).unwrap()
+    }
+
+    fn proposal(&mut self, round: u32, vr: Option<u32>, block: &Block, from: u32) {
+        let p = Proposal {
+            height: 1,
+            round,
+            valid_round: vr,
+            block: block.clone(),
+        };
+        let signature = p.sign(&self.keys[from as usize], &self.chain_id);
+        let bytes = Message::Proposal {
+            proposal: p,
+            signature,
+        }
+        .to_bytes();
+        self.input(Input::Message(bytes));
+    }
+
+    fn signed_vote(&self, kind: VoteKind, round: u32, block: Option<Hash>, from: u32) -> Vec<u8> {
+        let vote = Vote {
+            kind,
+            height: 1,
+            round,
+            block,
+            time_ms: self.now + u64::from(from),
+        };
+        let signature = vote.sign(&self.keys[from as usize], &self.chain_id);
+        Message::Vote(SignedVote {
+            validator: from,
+            vote,
+            signature,
+        })
+        .to_bytes()
+    }
+
+    fn vote(&mut self, kind: VoteKind, round: u32, block: Option<Hash>, from: &[u32]) {
+        for &i in from {
+            let bytes = self.signed_vote(kind, round, block, i);
+            self.input(Input::Message(bytes));
+        }
+    }
+
+    fn timeout(&mut self, kind: u8, round: u32) {
+        self.input(Input::Timeout(Timeout {
+            height: 1,
+            round,
+            kind,
+        }));
+    }
+
+    /// The votes this engine broadcast since the last call, as (kind, round, block).
+    fn my_votes(&mut self) -> Vec<(VoteKind, u32, Option<Hash>)> {
+        let outs = std::mem::take(&mut self.outputs);
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Broadcast(b) => match Message::decode_limited(b) {
+                    Ok(Message::Vote(sv)) if sv.validator == ME => {
+                        Some((sv.vote.kind, sv.vote.round, sv.vote.block))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn scheduled(&self, kind: u8) -> Vec<(u32, u64)> {
+        self.outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::ScheduleTimeout { timeout, after_ms } if timeout.kind == kind => {
+                    Some((timeout.round, *after_ms))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Locks the engine on `block` in `round` (L36) with prevotes from 0, 2, 3.
+    fn lock_on(&mut self, round: u32, block: &Block) {
+        let proposer = proposer_of(&self.set, round);
+        self.proposal(round, None, block, proposer);
+        self.vote(
+            VoteKind::Prevote,
+            round,
+            Some(block.header.hash()),
+            &[0, 2, 3],
+        );
+        assert_eq!(self.engine.locked(), Some((round, block.header.hash())));
+    }
+
+    /// Moves the engine to `round` through nil precommits and the precommit timeout.
+    fn advance_to_round(&mut self, round: u32) {
+        while self.engine.round() < round {
+            let r = self.engine.round();
+            self.vote(VoteKind::Precommit, r, None, &[0, 2, 3]);
+            self.timeout(timer::PRECOMMIT, r);
+        }
+        self.outputs.clear();
+    }
+}
+
+fn proposer_of(set: &ValidatorSet, round: u32) -> u32 {
+    ProposerRotation::new(set).proposer_at_round(round)
+}
+
+fn round_where_proposer_is_not(set: &ValidatorSet, me: u32, from: u32) -> u32 {
+    (from..100).find(|r| proposer_of(set, *r) != me).unwrap()
+}
+
+#[test]
+fn l22_prevotes_a_valid_proposal_when_unlocked() {
+    let mut h = Harness::new();
+    let b = h.block(1);
+    h.proposal(0, None, &b, proposer_of(&h.set, 0));
+    assert_eq!(
+        h.my_votes(),
+        vec![(VoteKind::Prevote, 0, Some(b.header.hash()))]
+    );
+    assert_eq!(h.engine.step(), RoundStep::Prevote);
+}
+
+#[test]
+fn l26_prevotes_nil_for_an_invalid_proposal() {
+    let mut h = Harness::new();
+    let b = h.block(1);
+    h.invalid.insert(b.header.hash());
+    h.proposal(0, None, &b, proposer_of(&h.set, 0));
+    assert_eq!(h.my_votes(), vec![(VoteKind::Prevote, 0, None)]);
+}
+
+#[test]
+fn l26_prevotes_nil_when_locked_on_another_value() {
+    let mut h = Harness::new();
+    let locked = h.block(1);
+    h.lock_on(0, &locked);
+    h.advance_to_round(1);
+    let r = round_where_proposer_is_not(&h.set, ME, 1);
+    h.advance_to_round(r);
+    let other = h.block(2);
+    h.proposal(r, None, &other, proposer_of(&h.set, r));
+    assert_eq!(h.my_votes(), vec![(VoteKind::Prevote, r, None)]);
+}
+
+#[test]
+fn l30_prevotes_a_proposal_with_a_newer_polka_than_the_lock() {
+    let mut h = Harness::new();
+    let locked = h.block(1);
+    h.lock_on(0, &locked);
+    let r = round_where_proposer_is_not(&h.set, ME, 2);
+    h.advance_to_round(r);
+    // A polka for `other` in round 1 (after the lock in round 0), which this node missed.
+    let other = h.block(2);
+    h.vote(VoteKind::Prevote, 1, Some(other.header.hash()), &[0, 2, 3]);
+    h.proposal(r, Some(1), &other, proposer_of(&h.set, r));
+    assert_eq!(
+        h.my_votes(),
+        vec![(VoteKind::Prevote, r, Some(other.header.hash()))]
+    );
+}
+
+#[test]
+fn l32_prevotes_nil_when_the_claimed_polka_is_older_than_the_lock() {
+    let mut h = Harness::new();
+    let early = h.block(2);
+    // Polka for `early` in round 0 that this node does not act on (it is past round 0).
+    let locked = h.block(1);
+    h.advance_to_round(1);
+    h.vote(VoteKind::Prevote, 0, Some(early.header.hash()), &[0, 2, 3]);
+    h.lock_on(1, &locked);
+    let r = round_where_proposer_is_not(&h.set, ME, 2);
+    h.advance_to_round(r);
+    h.proposal(r, Some(0), &early, proposer_of(&h.set, r));
+    assert_eq!(h.my_votes(), vec![(VoteKind::Prevote, r, None)]);
+}
+
+#[test]
+fn l28_waits_for_the_claimed_polka() {
+    let mut h = Harness::new();
+    let r = round_where_proposer_is_not(&h.set, ME, 1);
+    h.advance_to_round(r);
+    let b = h.block(3);
+    h.proposal(r, Some(0), &b, proposer_of(&h.set, r));
+    assert!(
+        h.my_votes().is_empty(),
+        "no prevote before the polka is seen"
+    );
+    h.vote(VoteKind::Prevote, 0, Some(b.header.hash()), &[0, 2, 3]);
+    assert_eq!(
+        h.my_votes(),
+        vec![(VoteKind::Prevote, r, Some(b.header.hash()))]
+    );
+}
+
+#[test]
+fn l57_timeout_propose_prevotes_nil() {
+    let mut h = Harness::new();
+    h.timeout(timer::PROPOSE, 0);
+    assert_eq!(h.my_votes(), vec![(VoteKind::Prevote, 0, None)]);
+    // A stale timeout (other round) does nothing.
+    h.timeout(timer::PROPOSE, 5);
+    assert!(h.my_votes().is_empty());
+}
+
+#[test]
+fn l36_a_polka_locks_and_precommits() {
+    let mut h = Harness::new();
+    let b = h.block(1);
+    h.proposal(0, None, &b, proposer_of(&h.set, 0));
+    h.vote(VoteKind::Prevote, 0, Some(b.header.hash()), &[0]);
+    assert_eq!(
+        h.engine.locked(),
+        None,
+        "2 of 4 (with its own) is not a quorum"
+    );
+    h.vote(VoteKind::Prevote, 0, Some(b.header.hash()), &[2]);
+    assert_eq!(h.engine.locked(), Some((0, b.header.hash())));
+    assert_eq!(h.engine.valid(), Some((0, b.header.hash())));
+    let votes = h.my_votes();
+    assert_eq!(
+        votes.last(),
+        Some(&(VoteKind::Precommit, 0, Some(b.header.hash())))
+    );
+    assert_eq!(h.engine.step(), RoundStep::Precommit);
+}
+
+#[test]
+fn l42_a_polka_seen_after_precommitting_nil_updates_only_the_valid_value() {
+    let mut h = Harness::new();
+    let b = h.block(1);
+    h.timeout(timer::PROPOSE, 0);
+    h.timeout(timer::PREVOTE, 0);
+    assert_eq!(h.engine.step(), RoundStep::Precommit);
+    h.proposal(0, None, &b, proposer_of(&h.set, 0));
+    h.vote(VoteKind::Prevote, 0, Some(b.header.hash()), &[0, 2, 3]);
+    assert_eq!(h.engine.locked(), None);
+    assert_eq!(h.engine.valid(), Some((0, b.header.hash())));
+}
+
+#[test]
+fn l44_a_nil_polka_precommits_nil() {
+    let mut h = Harness::new();
+    h.timeout(timer::PROPOSE, 0);
+    h.my_votes();
+    h.vote(VoteKind::Prevote, 0, None, &[0, 2]);
+    assert_eq!(h.my_votes(), vec![(VoteKind::Precommit, 0, None)]);
+}
+
+#[test]
+fn l34_l61_mixed_prevotes_schedule_the_prevote_timeout_which_precommits_nil() {
+    let mut h = Harness::new();
+    let b = h.block(1);
+    h.timeout(timer::PROPOSE, 0);
+    h.outputs.clear();
+    h.vote(VoteKind::Prevote, 0, Some(b.header.hash()), &[0]);
+    h.vote(VoteKind::Prevote, 0, None, &[2]);
+    assert_eq!(h.scheduled(timer::PREVOTE), vec![(0, 150)]);
+    h.timeout(timer::PREVOTE, 0);
+    assert_eq!(h.my_votes(), vec![(VoteKind::Precommit, 0, None)]);
+}
+
+#[test]
+fn l47_l65_precommits_of_any_kind_schedule_the_next_round() {
+    let mut h = Harness::new();
+    h.outputs.clear();
+    h.vote(VoteKind::Precommit, 0, None, &[0, 2]);
+    assert!(h.scheduled(timer::PRECOMMIT).is_empty());
+    h.vote(VoteKind::Precommit, 0, Some(Hash([1; 32])), &[3]);
+    assert_eq!(h.scheduled(timer::PRECOMMIT), vec![(0, 150)]);
+    h.timeout(timer::PRECOMMIT, 0);
+    assert_eq!((h.engine.round(), h.engine.step()), (1, RoundStep::Propose));
+}
+
+#[test]
+fn timeouts_grow_with_the_round() {
+    let mut h = Harness::new();
+    let base = sim_params();
+    for r in 1..4u32 {
+        h.advance_to_round(r);
+        h.vote(VoteKind::Precommit, r, None, &[0, 2, 3]);
+        let precommit = h.scheduled(timer::PRECOMMIT);
+        assert_eq!(
+            precommit,
+            vec![(
+                r,
+                base.timeout_precommit_ms + u64::from(r) * base.timeout_delta_ms
+            )]
+        );
+    }
+}
+
+#[test]
+fn l49_decides_with_a_certificate_the_light_client_accepts() {
+    let mut h = Harness::new();
+    let b = h.block(1);
+    h.proposal(0, None, &b, proposer_of(&h.set, 0));
+    h.vote(VoteKind::Precommit, 0, Some(b.header.hash()), &[0, 2, 3]);
+    let commit = h.outputs.iter().find_map(|o| match o {
+        Output::Commit { block, certificate } => Some((block.clone(), certificate.clone())),
+        _ => None,
+    });
+    let (block, cert) = commit.expect("decided");
+    assert_eq!(block.header.hash(), b.header.hash());
+    verify_certificate(EngineId::Tendermint, &h.set, &block.header, &cert).unwrap();
+    assert_eq!(h.engine.height(), 2);
+}
+
+#[test]
+fn l49_decides_in_an_earlier_round_than_the_current_one() {
+    let mut h = Harness::new();
+    let b = h.block(1);
+    h.proposal(0, None, &b, proposer_of(&h.set, 0));
+    h.advance_to_round(2);
+    h.vote(VoteKind::Precommit, 0, Some(b.header.hash()), &[0, 2, 3]);
+    assert_eq!(h.engine.height(), 2);
+}
+
+#[test]
+fn l55_f_plus_one_messages_of_a_later_round_skip_to_it() {
+    let mut h = Harness::new();
+    h.vote(VoteKind::Prevote, 3, None, &[0]);
+    assert_eq!(h.engine.round(), 0, "one validator (f) is not enough");
+    h.vote(VoteKind::Precommit, 3, None, &[2]);
+    assert_eq!(h.engine.round(), 3);
+}
+
+#[test]
+fn proposals_not_from_the_rounds_proposer_are_rejected() {
+    let mut h = Harness::new();
+    let b = h.block(1);
+    let wrong = (proposer_of(&h.set, 0) + 2) % 4;
+    h.proposal(0, None, &b, wrong);
+    assert!(
+        h.outputs
+            .iter()
+            .any(|o| matches!(o, Output::Rejected { reason } if reason.contains("not signed by its proposer")))
+    );
+    assert!(h.my_votes().is_empty());
+}
+
+#[test]
+fn a_tampered_body_under_a_signed_header_is_rejected() {
+    let mut h = Harness::new();
+    let mut b = h.block(1);
+    b.txs.clear(); // the header still commits to one transaction
+    h.proposal(0, None, &b, proposer_of(&h.set, 0));
+    assert!(h.my_votes().is_empty());
+    assert_eq!(h.engine.step(), RoundStep::Propose);
+}
+
+#[test]
+fn conflicting_votes_give_evidence_that_verifies() {
+    let mut h = Harness::new();
+    let b = h.block(1);
+    h.vote(VoteKind::Prevote, 0, Some(b.header.hash()), &[2]);
+    h.vote(VoteKind::Prevote, 0, None, &[2]);
+    h.vote(VoteKind::Prevote, 0, Some(Hash([3; 32])), &[2]); // reported once only
+    let evidence: Vec<_> = h
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Evidence(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(evidence.len(), 1);
+    evidence[0].verify(&h.chain_id, &h.set).unwrap();
+    assert_eq!(evidence[0].validator, h.keys[2].public());
+}
+
+#[test]
+fn precommit_time_is_after_the_block_time() {
+    let mut h = Harness::new();
+    let b = h.block(1);
+    h.now = b.header.time_ms - 5_000; // a clock behind the block's BFT time
+    h.proposal(0, None, &b, proposer_of(&h.set, 0));
+    h.vote(VoteKind::Prevote, 0, Some(b.header.hash()), &[0, 2, 3]);
+    let time = h.outputs.iter().find_map(|o| match o {
+        Output::Broadcast(bytes) => match Message::decode_limited(bytes) {
+            Ok(Message::Vote(sv)) if sv.vote.kind == VoteKind::Precommit => Some(sv.vote.time_ms),
+            _ => None,
+        },
+        _ => None,
+    });
+    assert_eq!(time, Some(b.header.time_ms + 1));
+}
+
+#[test]
+fn a_decision_with_a_valid_certificate_commits_and_a_forged_one_is_rejected() {
+    let mut h = Harness::new();
+    let b = h.block(1);
+    // The certificate: precommits of 0, 2, 3.
+    let mut votes = vec![];
+    for i in [0u32, 2, 3] {
+        let vote = Vote {
+            kind: VoteKind::Precommit,
+            height: 1,
+            round: 0,
+            block: Some(b.header.hash()),
+            time_ms: T0 + 1,
+        };
+        votes.push(pyralog_ledger::CommitSig {
+            validator: i,
+            time_ms: vote.time_ms,
+            signature: vote.sign(&h.keys[i as usize], &h.chain_id),
+        });
+    }
+    let cert = pyralog_ledger::Certificate {
+        height: 1,
+        round: 0,
+        header_hash: b.header.hash(),
+        votes,
+    };
+    let mut forged = cert.clone();
+    forged.votes.truncate(2); // below the quorum
+    let bytes = h.engine.decision_message(&b, &forged);
+    h.input(Input::Message(bytes));
+    assert_eq!(h.engine.height(), 1);
+    let bytes = h.engine.decision_message(&b, &cert);
+    h.input(Input::Message(bytes));
+    assert_eq!(h.engine.height(), 2);
+}
+
+#[test]
+fn a_restart_keeps_the_lock() {
+    let mut h = Harness::new();
+    let locked = h.block(1);
+    h.lock_on(0, &locked);
+    let persisted = h
+        .outputs
+        .iter()
+        .rev()
+        .find_map(|o| match o {
+            Output::Persist(b) => Some(b.clone()),
+            _ => None,
+        })
+        .unwrap();
+    // Restart: a new engine on the same signer store and the persisted state.
+    let store = h.engine.signer().unwrap().store().clone();
+    let signer = Signer::open(h.keys[ME as usize].clone(), h.chain_id.clone(), store, 0).unwrap();
+    h.engine = Tendermint::new(
+        tendermint::Config {
+            chain_id: h.chain_id.clone(),
+            validators: h.set.clone(),
+            params: sim_params(),
+        },
+        Some(signer),
+    );
+    h.outputs.clear();
+    h.input(Input::Start {
+        height: 1,
+        persisted: Some(persisted),
+    });
+    assert_eq!(h.engine.locked(), Some((0, locked.header.hash())));
+    // Its signed precommit is re-sent (crash between persist and send).
+    assert_eq!(
+        h.my_votes(),
+        vec![
+            (VoteKind::Prevote, 0, Some(locked.header.hash())),
+            (VoteKind::Precommit, 0, Some(locked.header.hash()))
+        ]
+    );
+    let r = round_where_proposer_is_not(&h.set, ME, 1);
+    h.advance_to_round(r);
+    let other = h.block(2);
+    h.proposal(r, None, &other, proposer_of(&h.set, r));
+    assert_eq!(h.my_votes(), vec![(VoteKind::Prevote, r, None)]);
+}
+
+#[test]
+fn proposer_rotation_is_weighted_by_power_and_periodic() {
+    let mut keys: Vec<Keypair> = (0..4u8)
+        .map(|i| Keypair::from_seed(&[i + 70; 32]))
+        .collect();
+    keys.sort_by_key(|k| k.public());
+    let powers = [10u64, 20, 30, 40];
+    let set = ValidatorSet::new(
+        keys.iter()
+            .zip(powers)
+            .map(|(k, power)| Validator {
+                public_key: k.public(),
+                power,
+            })
+            .collect(),
+    )
+    .unwrap();
+    let mut rotation = ProposerRotation::new(&set);
+    let mut counts = [0u32; 4];
+    let picks: Vec<u32> = (0..10).map(|_| rotation.advance()).collect();
+    for p in &picks {
+        counts[*p as usize] += 1;
+    }
+    // Period total/gcd = 10: each proposes power/10 times.
+    assert_eq!(counts, [1, 2, 3, 4]);
+    // Spread out: the heaviest never proposes more than twice in a row.
+    assert!(picks.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])));
+    // Jumping to a height gives the same proposer as stepping there.
+    let mut stepped = ProposerRotation::new(&set);
+    for h in 1..40u64 {
+        assert_eq!(
+            ProposerRotation::at_height(&set, h).current(),
+            stepped.current(),
+            "height {h}"
+        );
+        stepped.advance();
+    }
+}
+
+#[test]
+fn the_wire_format_round_trips_and_rejects_trailing_bytes() {
+    let h = Harness::new();
+    let b = h.block(1);
+    let bytes = h.signed_vote(VoteKind::Prevote, 0, Some(b.header.hash()), 2);
+    let m = Message::decode_limited(&bytes).unwrap();
+    assert_eq!(m.to_bytes(), bytes);
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(Message::decode_limited(&longer).is_err());
+    let huge = vec![0u8; tendermint::MAX_MESSAGE_BYTES + 1];
+    assert!(Message::decode_limited(&huge).is_err());
+}
