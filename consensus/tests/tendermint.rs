@@ -636,3 +636,36 @@ fn the_wire_format_round_trips_and_rejects_trailing_bytes() {
     let huge = vec![0u8; tendermint::MAX_MESSAGE_BYTES + 1];
     assert!(Message::decode_limited(&huge).is_err());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+    /// Untrusted bytes never panic the engine: random input, and every single-bit flip
+    /// of valid messages, are rejected or ignored.
+    #[test]
+    fn garbage_and_bit_flips_never_panic(
+        random in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        flip in 0usize..4096,
+        bit in 0u8..8,
+    ) {
+        let mut h = Harness::new();
+        h.input(Input::Message(random));
+        let b = h.block(1);
+        let p = Proposal { height: 1, round: 0, valid_round: None, block: b.clone() };
+        let signature = p.sign(&h.keys[proposer_of(&h.set, 0) as usize], &h.chain_id);
+        let messages = [
+            Message::Proposal { proposal: p, signature }.to_bytes(),
+            h.signed_vote(VoteKind::Precommit, 0, Some(b.header.hash()), 2),
+            h.engine.decision_message(&b, &pyralog_ledger::Certificate {
+                height: 1, round: 0, header_hash: b.header.hash(), votes: vec![],
+            }),
+        ];
+        for m in messages {
+            let mut bad = m.clone();
+            let i = flip % bad.len();
+            bad[i] ^= 1 << bit;
+            h.input(Input::Message(bad));
+        }
+        proptest::prop_assert_eq!(h.engine.height(), 1);
+    }
+}
