@@ -669,3 +669,128 @@ proptest::proptest! {
         proptest::prop_assert_eq!(h.engine.height(), 1);
     }
 }
+
+impl Harness {
+    /// A certificate of `block` signed by validators 0, 2 and 3.
+    fn certify(&self, block: &Block) -> pyralog_ledger::Certificate {
+        let mut votes = vec![];
+        for i in [0u32, 2, 3] {
+            let vote = Vote {
+                kind: VoteKind::Precommit,
+                height: block.header.height,
+                round: 0,
+                block: Some(block.header.hash()),
+                time_ms: block.header.time_ms + 1 + u64::from(i),
+            };
+            votes.push(pyralog_ledger::CommitSig {
+                validator: i,
+                time_ms: vote.time_ms,
+                signature: vote.sign(&self.keys[i as usize], &self.chain_id),
+            });
+        }
+        pyralog_ledger::Certificate {
+            height: block.header.height,
+            round: 0,
+            header_hash: block.header.hash(),
+            votes,
+        }
+    }
+
+    /// Decision messages for heights 1..=n of a chain built elsewhere.
+    fn decisions(&self, n: u64) -> Vec<Vec<u8>> {
+        let mut other = self.app.clone();
+        let users: Vec<Keypair> = vec![Keypair::from_seed(&[9; 32])];
+        (1..=n)
+            .map(|h| {
+                let block = other
+                    .build_block(self.keys[0].public(), &users, 1, h)
+                    .unwrap();
+                let cert = self.certify(&block);
+                let message = self.engine.decision_message(&block, &cert);
+                other.commit(block, cert).unwrap();
+                message
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_burst_of_decisions_is_kept_and_committed_in_order() {
+    let mut h = Harness::new();
+    let decisions = h.decisions(3);
+    for m in decisions.into_iter().rev() {
+        h.input(Input::Message(m)); // worst order: the latest first
+    }
+    let committed: Vec<u64> = h
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Commit { block, .. } => Some(block.header.height),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(committed, vec![1, 2, 3]);
+    assert_eq!(h.engine.height(), 4);
+}
+
+#[test]
+fn replayed_old_votes_trigger_at_most_one_sync_per_window() {
+    let mut h = Harness::new();
+    for m in h.decisions(3) {
+        h.input(Input::Message(m));
+    }
+    assert_eq!(h.engine.height(), 4);
+    h.outputs.clear();
+    for i in 0..6u64 {
+        let vote = Vote {
+            kind: VoteKind::Prevote,
+            height: 1 + i % 2,
+            round: 0,
+            block: None,
+            time_ms: T0,
+        };
+        let signature = vote.sign(&h.keys[2], &h.chain_id);
+        let bytes = Message::Vote(SignedVote {
+            validator: 2,
+            vote,
+            signature,
+        })
+        .to_bytes();
+        h.input(Input::Message(bytes));
+    }
+    let syncs = h
+        .outputs
+        .iter()
+        .filter(|o| matches!(o, Output::SyncPeer { to: 2, .. }))
+        .count();
+    assert_eq!(syncs, 1);
+}
+
+#[test]
+fn l55_also_pulls_a_validator_that_fell_far_behind() {
+    let mut h = Harness::new();
+    let far = tendermint::MAX_ROUNDS_AHEAD + 100;
+    h.vote(VoteKind::Prevote, far, None, &[0]);
+    h.vote(VoteKind::Precommit, far + 7, None, &[2]);
+    // f+1 validators are at round `far` or beyond: at least one honest one is.
+    assert_eq!(h.engine.round(), far);
+}
+
+#[test]
+fn oversized_proposals_are_rejected_before_anything_is_kept() {
+    let mut h = Harness::new();
+    let mut b = h.block(1);
+    let tx = b.txs[0].clone();
+    b.txs = vec![tx; sim_params().max_block_txs as usize + 1];
+    h.proposal(0, None, &b, proposer_of(&h.set, 0));
+    assert!(
+        h.outputs
+            .iter()
+            .any(|o| matches!(o, Output::Rejected { .. }))
+    );
+    assert!(
+        !h.outputs
+            .iter()
+            .any(|o| matches!(o, Output::ValidateBlock(_)))
+    );
+}

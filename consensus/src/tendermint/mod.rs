@@ -73,6 +73,10 @@ pub const MAX_ROUNDS_AHEAD: u32 = 64;
 const MAX_FUTURE_MESSAGES: usize = 4096;
 /// Decisions of later heights kept while this node catches up.
 const MAX_FUTURE_DECISIONS: u64 = 64;
+/// Bytes of messages and decisions kept for later heights.
+const MAX_FUTURE_BYTES: usize = 64 << 20;
+/// Room for the header, certificate and framing around a block's transactions.
+const PROPOSAL_OVERHEAD_BYTES: u64 = 256 << 10;
 /// Distinct proposals kept per round (an equivocating proposer sends several).
 const MAX_PROPOSALS_PER_ROUND: usize = 4;
 
@@ -282,7 +286,8 @@ pub struct Tendermint<S: SignerStore> {
     validity: BTreeMap<Hash, Validity>,
     proposals: BTreeMap<u32, Vec<(Hash, Option<u32>)>>,
     votes: BTreeMap<(u32, VoteKind), VoteSet>,
-    senders: BTreeMap<u32, BTreeSet<u32>>,
+    /// The highest round of this height each validator sent a verified message for.
+    highest: BTreeMap<u32, u32>,
     fired: BTreeSet<(u32, u8)>,
     evidence_seen: BTreeSet<(u32, u32, VoteKind)>,
     decision: Option<(Hash, Certificate)>,
@@ -293,7 +298,8 @@ pub struct Tendermint<S: SignerStore> {
     proposers: BTreeMap<u32, u32>,
     future: Vec<Vec<u8>>,
     future_decisions: BTreeMap<u64, Vec<u8>>,
-    synced: BTreeMap<u32, (u64, u64)>,
+    synced: BTreeMap<u32, u64>,
+    future_bytes: usize,
 }
 
 impl<S: SignerStore> Tendermint<S> {
@@ -324,7 +330,7 @@ impl<S: SignerStore> Tendermint<S> {
             validity: BTreeMap::new(),
             proposals: BTreeMap::new(),
             votes: BTreeMap::new(),
-            senders: BTreeMap::new(),
+            highest: BTreeMap::new(),
             fired: BTreeSet::new(),
             evidence_seen: BTreeSet::new(),
             decision: None,
@@ -334,6 +340,7 @@ impl<S: SignerStore> Tendermint<S> {
             future: Vec::new(),
             future_decisions: BTreeMap::new(),
             synced: BTreeMap::new(),
+            future_bytes: 0,
         }
     }
 
@@ -415,7 +422,7 @@ impl<S: SignerStore> Tendermint<S> {
         self.validity.clear();
         self.proposals.clear();
         self.votes.clear();
-        self.senders.clear();
+        self.highest.clear();
         self.fired.clear();
         self.evidence_seen.clear();
         self.decision = None;
@@ -430,6 +437,7 @@ impl<S: SignerStore> Tendermint<S> {
         self.running = true;
         self.future.clear();
         self.future_decisions.clear();
+        self.future_bytes = 0;
         if let Some(signer) = &mut self.signer {
             signer.note_committed(height - 1);
         }
@@ -567,10 +575,7 @@ impl<S: SignerStore> Tendermint<S> {
             .entry(proposal.round)
             .or_default()
             .push((hash, proposal.valid_round));
-        self.senders
-            .entry(proposal.round)
-            .or_default()
-            .insert(proposer);
+        self.note_round(proposer, proposal.round);
         self.blocks.entry(hash).or_insert(proposal.block);
         self.request_validation(hash, validity);
     }
@@ -667,10 +672,12 @@ impl<S: SignerStore> Tendermint<S> {
             .entry((sv.vote.round, sv.vote.kind))
             .or_default()
             .add(sv.validator, power, sv.vote, sv.signature, known);
-        self.senders
-            .entry(sv.vote.round)
-            .or_default()
-            .insert(sv.validator);
+        self.note_round(sv.validator, sv.vote.round);
+    }
+
+    fn note_round(&mut self, validator: u32, round: u32) {
+        let r = self.highest.entry(validator).or_insert(round);
+        *r = (*r).max(round);
     }
 
     /// The signed prevotes that make the polka for `block` in `round`, as messages to
@@ -700,9 +707,10 @@ impl<S: SignerStore> Tendermint<S> {
     }
 
     /// L49-L54: decide `hash` with `certificate`, move to the next height.
-    fn decide(&mut self, hash: Hash, certificate: Certificate) {
+    /// Returns false (and changes nothing) if the block is not known.
+    fn decide(&mut self, hash: Hash, certificate: Certificate) -> bool {
         let Some(block) = self.blocks.remove(&hash) else {
-            return;
+            return false;
         };
         let decided = self.height;
         self.out.push(Output::Commit {
@@ -731,6 +739,9 @@ impl<S: SignerStore> Tendermint<S> {
         for h in stale {
             self.future_decisions.remove(&h);
         }
+        self.future_bytes = self.future.iter().map(Vec::len).sum::<usize>()
+            + self.future_decisions.values().map(Vec::len).sum::<usize>();
+        true
     }
 
     // ----- incoming messages ------------------------------------------------------
@@ -751,7 +762,11 @@ impl<S: SignerStore> Tendermint<S> {
     }
 
     fn buffer_future(&mut self, height: u64, bytes: Vec<u8>) {
-        if height == self.height + 1 && self.future.len() < MAX_FUTURE_MESSAGES {
+        if height == self.height + 1
+            && self.future.len() < MAX_FUTURE_MESSAGES
+            && self.future_bytes + bytes.len() <= MAX_FUTURE_BYTES
+        {
+            self.future_bytes += bytes.len();
             self.future.push(bytes);
         }
     }
@@ -774,7 +789,7 @@ impl<S: SignerStore> Tendermint<S> {
         };
         if v.height < self.height {
             // The sender is behind: once its signature checks, send it what it misses.
-            if self.sync_due(sv.validator, v.height)
+            if self.sync_due(sv.validator)
                 && v.verify(&key, &self.cfg.chain_id, &sv.signature).is_ok()
             {
                 self.sync(sv.validator, v.height);
@@ -785,6 +800,12 @@ impl<S: SignerStore> Tendermint<S> {
             return self.buffer_future(v.height, bytes);
         }
         if v.round > self.round.saturating_add(MAX_ROUNDS_AHEAD) {
+            // Too far ahead to keep, but it still tells us where that validator is (L55).
+            if self.highest.get(&sv.validator).is_none_or(|r| *r < v.round)
+                && v.verify(&key, &self.cfg.chain_id, &sv.signature).is_ok()
+            {
+                self.note_round(sv.validator, v.round);
+            }
             return;
         }
         let (first, already) = self
@@ -843,6 +864,13 @@ impl<S: SignerStore> Tendermint<S> {
         if p.round > self.round.saturating_add(MAX_ROUNDS_AHEAD) {
             return;
         }
+        let limit = u64::from(self.cfg.params.max_block_bytes) + PROPOSAL_OVERHEAD_BYTES;
+        if bytes.len() as u64 > limit {
+            return self.reject(format!(
+                "proposal of {} bytes, over the chain's block limit",
+                bytes.len()
+            ));
+        }
         if p.valid_round.is_some_and(|vr| vr >= p.round) {
             return self.reject(format!(
                 "proposal for round {} names valid round {:?}",
@@ -869,21 +897,28 @@ impl<S: SignerStore> Tendermint<S> {
                 p.round
             ));
         }
-        if let Err(e) = self.check_block_shape(&p.block) {
+        if let Err(e) = self.check_block_shape(&p.block, self.height) {
             return self.reject(format!("proposal from {key}: {e}"));
         }
         self.record_proposal(proposer, p, Validity::Pending);
     }
 
-    fn check_block_shape(&self, block: &Block) -> Result<(), String> {
+    fn check_block_shape(&self, block: &Block, height: u64) -> Result<(), String> {
         let h = &block.header;
         if h.chain_id != self.cfg.chain_id {
             return Err(format!("block of chain {}", h.chain_id));
         }
-        if h.height != self.height {
+        if h.height != height {
             return Err(format!(
-                "block at height {} where {} is decided",
-                h.height, self.height
+                "block at height {} where {height} is expected",
+                h.height
+            ));
+        }
+        if block.txs.len() > self.cfg.params.max_block_txs as usize {
+            return Err(format!(
+                "{} transactions, over the chain's {} per block",
+                block.txs.len(),
+                self.cfg.params.max_block_txs
             ));
         }
         if h.engine != EngineId::Tendermint {
@@ -894,16 +929,14 @@ impl<S: SignerStore> Tendermint<S> {
 
     fn on_decision(&mut self, block: Block, certificate: Certificate, bytes: Vec<u8>) {
         let height = block.header.height;
-        if height < self.height || self.decision.is_some() {
+        if height < self.height
+            || (height == self.height && self.decision.is_some())
+            || height > self.height + MAX_FUTURE_DECISIONS
+            || self.future_decisions.contains_key(&height)
+        {
             return;
         }
-        if height > self.height {
-            if height <= self.height + MAX_FUTURE_DECISIONS {
-                self.future_decisions.entry(height).or_insert(bytes);
-            }
-            return;
-        }
-        if let Err(e) = self.check_block_shape(&block) {
+        if let Err(e) = self.check_block_shape(&block, height) {
             return self.reject(format!("decision: {e}"));
         }
         // The light-client check: a quorum of this set certified this header.
@@ -915,26 +948,32 @@ impl<S: SignerStore> Tendermint<S> {
         ) {
             return self.reject(format!("decision certificate: {e}"));
         }
+        if height > self.height {
+            // Certified, so it is the decision of that height: keep it for later.
+            if self.future_bytes + bytes.len() <= MAX_FUTURE_BYTES {
+                self.future_bytes += bytes.len();
+                self.future_decisions.insert(height, bytes);
+            }
+            return;
+        }
         let hash = block.header.hash();
         self.blocks.entry(hash).or_insert(block);
         self.decision = Some((hash, certificate));
         self.request_validation(hash, Validity::Pending);
     }
 
-    fn sync_due(&self, validator: u32, height: u64) -> bool {
-        if Some(validator) == self.me {
-            return false;
-        }
-        match self.synced.get(&validator) {
-            Some(&(h, at)) => {
-                h != height || self.now.saturating_sub(at) >= self.cfg.params.timeout_propose_ms
-            }
-            None => true,
-        }
+    /// At most one sync per validator per `timeout_propose_ms`, whatever height its
+    /// (possibly replayed) message names.
+    fn sync_due(&self, validator: u32) -> bool {
+        Some(validator) != self.me
+            && self
+                .synced
+                .get(&validator)
+                .is_none_or(|at| self.now.saturating_sub(*at) >= self.cfg.params.timeout_propose_ms)
     }
 
     fn sync(&mut self, validator: u32, height: u64) {
-        self.synced.insert(validator, (height, self.now));
+        self.synced.insert(validator, self.now);
         self.out.push(Output::SyncPeer {
             to: validator,
             height,
@@ -999,7 +1038,7 @@ impl<S: SignerStore> Tendermint<S> {
             return; // the round moved on while the host built the block
         }
         self.awaiting_proposal = None;
-        if let Err(e) = self.check_block_shape(&block) {
+        if let Err(e) = self.check_block_shape(&block, self.height) {
             return self.reject(format!("host built a bad proposal: {e}"));
         }
         self.propose(block, None); // L19 with validRound_p = −1
@@ -1052,8 +1091,7 @@ impl<S: SignerStore> Tendermint<S> {
             && self.is_valid(hash) == Some(true)
         {
             let (hash, cert) = (*hash, cert.clone());
-            self.decide(hash, cert);
-            return true;
+            return self.decide(hash, cert);
         }
         let mut found = None;
         for ((round, kind), set) in &self.votes {
@@ -1088,30 +1126,33 @@ impl<S: SignerStore> Tendermint<S> {
                 })
                 .collect(),
         };
-        self.decide(hash, certificate);
-        true
+        self.decide(hash, certificate)
     }
 
     /// L55-L56: f+1 ⟨∗, h_p, round, ∗, ∗⟩ with round > round_p: StartRound(round).
+    ///
+    /// Counted as "validators holding f+1 power have sent verified messages at rounds ≥
+    /// R" (their highest round each), jumping to the largest such R: at least one honest
+    /// validator is at R or beyond, which is what the rule relies on. This also covers
+    /// validators more than [`MAX_ROUNDS_AHEAD`] rounds ahead, whose messages are not
+    /// kept, so a validator that fell far behind still catches up.
     fn rule_round_skip(&mut self) -> bool {
-        let mut target = None;
-        for (round, senders) in self.senders.range(self.round + 1..) {
-            let power: u64 = senders
-                .iter()
-                .filter_map(|i| self.cfg.validators.get(*i as usize))
-                .map(|v| v.power)
-                .sum();
+        let mut ahead: Vec<(u32, u64)> = self
+            .highest
+            .iter()
+            .filter(|(_, r)| **r > self.round)
+            .filter_map(|(i, r)| Some((*r, self.cfg.validators.get(*i as usize)?.power)))
+            .collect();
+        ahead.sort_unstable_by_key(|(round, _)| std::cmp::Reverse(*round));
+        let mut power = 0u64;
+        for (round, p) in ahead {
+            power += p;
             if power >= self.one_third {
-                target = Some(*round);
-            }
-        }
-        match target {
-            Some(round) => {
                 self.start_round(round);
-                true
+                return true;
             }
-            None => false,
         }
+        false
     }
 
     /// L22-L27 (vr = −1) and L28-L33 (vr ≥ 0), on the first proposal of the round.
