@@ -232,4 +232,9 @@ fn more_than_f_silent_validators_stop_progress_and_the_checker_says_so() {
 fn an_unusable_scenario_is_reported_not_panicked() {
     let report = Scenario::new(4).powers(vec![10, 0, 10, 10]).run();
     assert!(matches!(report.violations[..], [Violation::Scenario(_)]));
+    let report = Scenario::new(4).crash(9, 100, 200).run();
+    assert!(
+        matches!(report.violations[..], [Violation::Scenario(_)]),
+        "{report}"
+    );
 }

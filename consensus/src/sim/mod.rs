@@ -619,6 +619,21 @@ impl<'a> Sim<'a> {
     fn new(sc: &'a Scenario) -> Result<Sim<'a>, String> {
         let mut rng = Rng::new(sc.seed);
         let n = sc.powers.len();
+        let named = sc
+            .crashes
+            .iter()
+            .map(|c| c.node)
+            .chain(sc.byzantine.keys().copied())
+            .chain(
+                sc.partitions
+                    .iter()
+                    .flat_map(|p| p.groups.iter().flatten().copied()),
+            );
+        for node in named {
+            if node as usize >= n {
+                return Err(format!("node {node} named, but there are {n} validators"));
+            }
+        }
         let mut keys: Vec<Keypair> = (0..n)
             .map(|i| {
                 let mut seed = [0u8; 32];
