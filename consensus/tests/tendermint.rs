@@ -506,28 +506,7 @@ fn precommit_time_is_after_the_block_time() {
 fn a_decision_with_a_valid_certificate_commits_and_a_forged_one_is_rejected() {
     let mut h = Harness::new();
     let b = h.block(1);
-    // The certificate: precommits of 0, 2, 3.
-    let mut votes = vec![];
-    for i in [0u32, 2, 3] {
-        let vote = Vote {
-            kind: VoteKind::Precommit,
-            height: 1,
-            round: 0,
-            block: Some(b.header.hash()),
-            time_ms: T0 + 1,
-        };
-        votes.push(pyralog_ledger::CommitSig {
-            validator: i,
-            time_ms: vote.time_ms,
-            signature: vote.sign(&h.keys[i as usize], &h.chain_id),
-        });
-    }
-    let cert = pyralog_ledger::Certificate {
-        height: 1,
-        round: 0,
-        header_hash: b.header.hash(),
-        votes,
-    };
+    let cert = h.certify(&b); // precommits of 0, 2, 3
     let mut forged = cert.clone();
     forged.votes.truncate(2); // below the quorum
     let bytes = h.engine.decision_message(&b, &forged);

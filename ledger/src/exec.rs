@@ -22,7 +22,10 @@ use crate::codec::{CodecError, Decode, Decoder, Encode};
 use crate::log::{LogNodes, NodeId};
 use crate::merkle::TxTree;
 use crate::state::{Namespace, StateNode, StateNodes, state_key};
-use crate::{Block, ChainId, Hash, Payload, StoreError, Transaction, log, state};
+use crate::{
+    Block, Certificate, ChainId, EngineId, Genesis, Hash, Header, Payload, StoreError, Transaction,
+    ValidatorSet, log, state,
+};
 
 /// The committed chain state a block executes on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -387,4 +390,92 @@ pub fn apply_block<S: StateNodes + ?Sized, L: LogNodes + ?Sized>(
         exec.apply(tx)?;
     }
     Ok(exec.finish()?)
+}
+
+/// What the next block's header takes from the chain before any transaction runs: its
+/// height, BFT time and parent, and the certificate of the previous height it carries.
+///
+/// A proposer calls [`BlockContext::next`], executes transactions at
+/// [`BlockContext::time_ms`] with a [`BlockExecutor`], then [`BlockContext::seal`]s the
+/// block with the execution's roots.
+#[derive(Clone, Debug)]
+pub struct BlockContext {
+    /// The chain.
+    pub chain_id: ChainId,
+    /// The engine.
+    pub engine: EngineId,
+    /// The new block's height.
+    pub height: u64,
+    /// Its BFT time: the previous certificate's weighted median, or genesis time + 1.
+    pub time_ms: u64,
+    /// The previous header's hash (the genesis hash at height 1).
+    pub prev_hash: Hash,
+    /// The certificate of the previous height (`None` at height 1).
+    pub last_certificate: Option<Certificate>,
+    /// Hash of the validator set (fixed for the chain's life in this version).
+    pub validators_hash: Hash,
+}
+
+impl BlockContext {
+    /// The context of the block after `prev` (its header and certificate; `None` for
+    /// block 1) on the chain of `genesis`, whose validators are `validators`.
+    pub fn next(
+        genesis: &Genesis,
+        validators: &ValidatorSet,
+        prev: Option<(&Header, &Certificate)>,
+    ) -> Result<BlockContext, crate::VerifyError> {
+        let (height, time_ms, prev_hash, last_certificate) = match prev {
+            Some((header, cert)) => {
+                let time =
+                    cert.bft_time(validators)
+                        .ok_or(crate::VerifyError::UnknownValidator {
+                            index: cert.votes.iter().map(|v| v.validator).max().unwrap_or(0),
+                            len: validators.len(),
+                        })?;
+                (header.height + 1, time, header.hash(), Some(cert.clone()))
+            }
+            None => {
+                let hash = genesis
+                    .hash()
+                    .map_err(|e| crate::VerifyError::Genesis(e.to_string()))?;
+                (1, genesis.genesis_time_ms + 1, hash, None)
+            }
+        };
+        Ok(BlockContext {
+            chain_id: genesis.chain_id.clone(),
+            engine: genesis.engine,
+            height,
+            time_ms,
+            prev_hash,
+            last_certificate,
+            validators_hash: validators.hash(),
+        })
+    }
+
+    /// The block over `txs`, whose execution is `execution`, proposed by `proposer`.
+    pub fn seal(self, execution: &Execution, proposer: PublicKey, txs: Vec<Transaction>) -> Block {
+        Block {
+            header: Header {
+                chain_id: self.chain_id,
+                height: self.height,
+                time_ms: self.time_ms,
+                prev_hash: self.prev_hash,
+                last_certificate_hash: self
+                    .last_certificate
+                    .as_ref()
+                    .map_or(Hash::ZERO, Certificate::hash),
+                tx_root: execution.tx_root,
+                tx_count: execution.tx_count,
+                log_size: execution.log_size,
+                log_root: execution.log_root,
+                state_root: execution.state_root,
+                validators_hash: self.validators_hash,
+                next_validators_hash: self.validators_hash,
+                engine: self.engine,
+                proposer,
+            },
+            last_certificate: self.last_certificate,
+            txs,
+        }
+    }
 }

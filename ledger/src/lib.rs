@@ -35,7 +35,7 @@ pub use chain::{
 };
 pub use codec::{CodecError, Decode, Encode};
 pub use evidence::{DuplicateVote, EvidenceError};
-pub use exec::{BlockExecutor, ExecError, Execution, Tip, TxError, apply_block};
+pub use exec::{BlockContext, BlockExecutor, ExecError, Execution, Tip, TxError, apply_block};
 pub use merkle::{ProofError, TxTree};
 pub use pyralog_crypto::Hash;
 pub use receipt::{ProvenNotarization, Receipt, ReceiptError, verify_receipt};

@@ -6,7 +6,7 @@
 
 use pyralog_crypto::{Hash, Keypair};
 
-use crate::exec::{BlockExecutor, Execution, Tip};
+use crate::exec::{BlockContext, BlockExecutor, Execution, Tip};
 use crate::log::{self, LogNodes, MemLog};
 use crate::merkle::TxTree;
 use crate::state::{MemState, StateNodes};
@@ -129,48 +129,16 @@ impl TestChain {
         prev: Option<(&Header, &Certificate)>,
         txs: Vec<Transaction>,
     ) -> (Block, Execution) {
-        let height = tip.height + 1;
-        let (time_ms, prev_hash, last_certificate) = match prev {
-            Some((h, c)) => (
-                c.bft_time(&self.validators).expect("known validators"),
-                h.hash(),
-                Some(c.clone()),
-            ),
-            None => (
-                self.genesis.genesis_time_ms + 1,
-                self.genesis.hash().expect("valid genesis"),
-                None,
-            ),
-        };
-        let mut exec = BlockExecutor::new(state, log, tip.clone(), self.chain_id(), time_ms);
+        let ctx = BlockContext::next(&self.genesis, &self.validators, prev)
+            .expect("a valid previous block");
+        let proposer =
+            self.validator_keys[(ctx.height as usize) % self.validator_keys.len()].public();
+        let mut exec = BlockExecutor::new(state, log, tip.clone(), self.chain_id(), ctx.time_ms);
         for tx in &txs {
             exec.apply(tx).expect("test transactions are valid");
         }
         let execution = exec.finish().expect("readable stores");
-        let header = Header {
-            chain_id: self.chain_id(),
-            height,
-            time_ms,
-            prev_hash,
-            last_certificate_hash: last_certificate.as_ref().map_or(Hash::ZERO, |c| c.hash()),
-            tx_root: execution.tx_root,
-            tx_count: execution.tx_count,
-            log_size: execution.log_size,
-            log_root: execution.log_root,
-            state_root: execution.state_root,
-            validators_hash: self.validators.hash(),
-            next_validators_hash: self.validators.hash(),
-            engine: self.genesis.engine,
-            proposer: self.validator_keys[(height as usize) % self.validator_keys.len()].public(),
-        };
-        (
-            Block {
-                header,
-                last_certificate,
-                txs,
-            },
-            execution,
-        )
+        (ctx.seal(&execution, proposer, txs), execution)
     }
 
     /// A certificate of `header` signed by all validators.

@@ -66,6 +66,15 @@ pub struct Recipients<'a> {
     pub right: &'a [u32],
 }
 
+impl Recipients<'_> {
+    /// Everyone but this validator and the right side.
+    fn left(&self) -> Vec<u32> {
+        Adversary::others(self.all, self.me)
+            .filter(|i| !self.right.contains(i))
+            .collect()
+    }
+}
+
 /// One Byzantine validator's state.
 pub struct Adversary {
     behavior: Behavior,
@@ -213,9 +222,7 @@ impl Adversary {
                         (proposal.block.header.hash(), alt_hash),
                     );
                     // The left side and the coalition get the engine's block.
-                    let left: Vec<u32> = Self::others(to.all, me)
-                        .filter(|i| !to.right.contains(i))
-                        .collect();
+                    let left = to.left();
                     Self::send_to(&left, me, bytes, &mut out);
                     Self::send_to(to.right, me, &alt_bytes, &mut out);
                 } else {
@@ -231,9 +238,7 @@ impl Adversary {
                 Some((a, b)) => {
                     let for_a = self.resign_vote(&sv, Some(a));
                     let for_b = self.resign_vote(&sv, Some(b));
-                    let left: Vec<u32> = Self::others(to.all, me)
-                        .filter(|i| !to.right.contains(i))
-                        .collect();
+                    let left = to.left();
                     Self::send_to(&left, me, &for_a, &mut out);
                     Self::send_to(to.right, me, &for_b, &mut out);
                 }

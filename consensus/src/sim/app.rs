@@ -11,7 +11,7 @@ use pyralog_ledger::verify::{
     verify_last_certificate,
 };
 use pyralog_ledger::{
-    Block, BlockExecutor, Certificate, Execution, Genesis, Header, Payload, Tip, Transaction,
+    Block, BlockContext, BlockExecutor, Certificate, Execution, Genesis, Payload, Tip, Transaction,
     ValidatorSet, apply_block, verify_tx_signatures,
 };
 
@@ -67,25 +67,16 @@ impl App {
         tx_count: usize,
         salt: u64,
     ) -> Result<Block, String> {
-        let height = self.tip.height + 1;
-        let (time_ms, prev_hash, last_certificate) = match self.prev() {
-            Some((b, c)) => (
-                c.bft_time(&self.validators).unwrap_or(b.header.time_ms + 1),
-                b.header.hash(),
-                Some(c.clone()),
-            ),
-            None => (
-                self.genesis.genesis_time_ms + 1,
-                self.genesis.hash().unwrap_or(Hash::ZERO),
-                None,
-            ),
-        };
+        let prev = self.prev().map(|(b, c)| (&b.header, c));
+        let ctx = BlockContext::next(&self.genesis, &self.validators, prev)
+            .map_err(|e| format!("building block: {e}"))?;
+        let height = ctx.height;
         let mut exec = BlockExecutor::new(
             &self.state,
             &self.log,
             self.tip.clone(),
             self.genesis.chain_id.clone(),
-            time_ms,
+            ctx.time_ms,
         );
         let mut txs = Vec::new();
         for i in 0..tx_count.min(users.len()) {
@@ -110,27 +101,7 @@ impl App {
             }
         }
         let execution = exec.finish().map_err(|e| format!("building block: {e}"))?;
-        let set_hash = self.validators.hash();
-        Ok(Block {
-            header: Header {
-                chain_id: self.genesis.chain_id.clone(),
-                height,
-                time_ms,
-                prev_hash,
-                last_certificate_hash: last_certificate.as_ref().map_or(Hash::ZERO, |c| c.hash()),
-                tx_root: execution.tx_root,
-                tx_count: execution.tx_count,
-                log_size: execution.log_size,
-                log_root: execution.log_root,
-                state_root: execution.state_root,
-                validators_hash: set_hash,
-                next_validators_hash: set_hash,
-                engine: self.genesis.engine,
-                proposer,
-            },
-            last_certificate,
-            txs,
-        })
+        Ok(ctx.seal(&execution, proposer, txs))
     }
 
     /// Everything a node checks before voting for a block: it extends the committed chain

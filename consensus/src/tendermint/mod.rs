@@ -94,6 +94,17 @@ pub mod timer {
     pub const REBROADCAST: u8 = 5;
 }
 
+/// Where a validator's own vote is kept in its message log: by round and step (the
+/// step numbers are those of the step's timer).
+fn own_key(round: u32, kind: VoteKind) -> (u32, u8) {
+    let step = if kind == VoteKind::Prevote {
+        timer::PREVOTE
+    } else {
+        timer::PRECOMMIT
+    };
+    (round, step)
+}
+
 /// What a Tendermint engine needs to know about its chain.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -484,12 +495,7 @@ impl<S: SignerStore> Tendermint<S> {
         let Some(me) = self.me else { return };
         match Message::decode_limited(&bytes) {
             Ok(Message::Vote(sv)) if sv.validator == me && sv.vote.height == self.height => {
-                let step = if sv.vote.kind == VoteKind::Prevote {
-                    timer::PREVOTE
-                } else {
-                    timer::PRECOMMIT
-                };
-                self.own.insert((sv.vote.round, step), bytes);
+                self.own.insert(own_key(sv.vote.round, sv.vote.kind), bytes);
                 self.add_vote(sv);
             }
             Ok(Message::Proposal { proposal, .. }) if proposal.height == self.height => {
@@ -650,12 +656,7 @@ impl<S: SignerStore> Tendermint<S> {
             signature,
         };
         let bytes = Message::Vote(signed).to_bytes();
-        let step = if kind == VoteKind::Prevote {
-            timer::PREVOTE
-        } else {
-            timer::PRECOMMIT
-        };
-        self.own.insert((self.round, step), bytes.clone());
+        self.own.insert(own_key(self.round, kind), bytes.clone());
         self.persist();
         self.out.push(Output::Broadcast(bytes));
         self.add_vote(signed);
