@@ -1,8 +1,5 @@
-//! `pyralog-node`: Run a Pyralog validator, full node or auditor: networking, consensus, storage and RPC wired together.
-//!
-//! Not built yet: the command exists so the workspace has its final shape.
+//! `pyralog-node`: run a Pyralog validator or full node. See `pyralog-node --help`.
 
 fn main() -> std::process::ExitCode {
-    eprintln!("pyralog-node: not available yet in this build; see README.md for what works today");
-    std::process::ExitCode::from(2)
+    pyralog_node::cli::main_with_args(std::env::args_os())
 }

@@ -1,4 +1,598 @@
-//! Carry Pyralog's gossip and block sync over libp2p inside userspace WireGuard tunnels.
+//! Pyralog's peer-to-peer layer: gossip and request-response sync over libp2p.
 //!
-//! Not built yet: this crate compiles so the workspace has its final shape. Its contents
-//! arrive with the issue that introduces it (see the issue tracker and ARCHITECTURE.md).
+//! [`spawn`] starts one networking task that owns a libp2p swarm and returns a
+//! [`Network`] handle (publish, request, respond, penalise) and a bounded stream of
+//! [`Event`]s. The swarm runs these protocols:
+//!
+//! - **gossipsub** on three topics ([`Topic`]): transactions, consensus messages and
+//!   evidence. Payloads are opaque bytes; every consensus message is signed by a
+//!   validator key inside, so the transport is never trusted for authenticity.
+//! - **request-response** (`/pyralog/<network>/sync/1`) for block and certificate sync,
+//!   with length-prefixed frames and size limits in both directions.
+//! - **identify** and **ping**.
+//!
+//! Protection against misbehaving peers lives here too: per-message size limits (gossip
+//! messages and sync frames), a per-peer rate limit on inbound gossip and requests (a
+//! token bucket; messages over it are dropped and cost score), a per-peer score the
+//! node lowers with [`Network::penalize`] when a peer relays something invalid, and a
+//! temporary ban (disconnect, refuse reconnection) when the score falls below
+//! [`BAN_SCORE`].
+//!
+//! The transport is chosen by [`TransportKind`]; TCP with noise and yamux today. The
+//! WireGuard transport plugs in at the same place.
+
+mod codec;
+mod limits;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, StreamProtocol, Swarm, allow_block_list, gossipsub, identify, identity, noise, ping,
+    request_response, tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot};
+
+pub use libp2p::{Multiaddr as Address, PeerId};
+
+use crate::codec::SyncCodec;
+use crate::limits::{PeerLimits, Verdict};
+
+/// A peer whose score falls to this value is disconnected and banned for a while.
+pub const BAN_SCORE: i32 = -100;
+
+/// Errors of the p2p layer.
+#[derive(Debug, thiserror::Error)]
+pub enum P2pError {
+    /// The node key could not be turned into a libp2p identity.
+    #[error("node key: {0}")]
+    Key(String),
+    /// The transport or behaviour could not be built.
+    #[error("building the network: {0}")]
+    Build(String),
+    /// Listening on an address failed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// The networking task has stopped.
+    #[error("the networking task has stopped")]
+    Stopped,
+    /// A request failed (timeout, connection closed, unsupported protocol...).
+    #[error("request to {peer} failed: {reason}")]
+    Request {
+        /// The peer asked.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Which transport carries libp2p.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TransportKind {
+    /// Plain TCP, authenticated and encrypted with noise, multiplexed with yamux.
+    #[default]
+    Tcp,
+}
+
+/// Configuration of the p2p layer.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Names the network: topics and the sync protocol carry it, so two chains on one
+    /// machine never mix.
+    pub network: String,
+    /// The transport.
+    pub transport: TransportKind,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start and redial while disconnected.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Largest gossip message accepted or sent.
+    pub max_gossip_bytes: usize,
+    /// Largest sync request accepted or sent.
+    pub max_request_bytes: usize,
+    /// Largest sync response accepted or sent.
+    pub max_response_bytes: usize,
+    /// Most connected peers; connections over it are closed.
+    pub max_peers: usize,
+    /// Inbound gossip messages plus requests allowed per peer per second (burst: twice).
+    pub peer_messages_per_sec: u32,
+    /// How long a banned peer stays banned.
+    pub ban: Duration,
+    /// Redial interval for bootstrap peers that are not connected.
+    pub redial: Duration,
+    /// Timeout of one sync request.
+    pub request_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            network: "pyralog".into(),
+            transport: TransportKind::Tcp,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            max_gossip_bytes: 4 << 20,
+            max_request_bytes: 64 << 10,
+            max_response_bytes: 32 << 20,
+            max_peers: 64,
+            peer_messages_per_sec: 2000,
+            ban: Duration::from_secs(60),
+            redial: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A gossip topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Batches of signed transactions.
+    Txs,
+    /// Consensus engine messages.
+    Consensus,
+    /// Evidence of validator misbehaviour.
+    Evidence,
+}
+
+impl Topic {
+    const ALL: [Topic; 3] = [Topic::Txs, Topic::Consensus, Topic::Evidence];
+
+    fn name(self, network: &str) -> String {
+        let t = match self {
+            Topic::Txs => "txs",
+            Topic::Consensus => "consensus",
+            Topic::Evidence => "evidence",
+        };
+        format!("/pyralog/{network}/{t}/1")
+    }
+}
+
+/// Identifies an inbound request until it is answered with [`Network::respond`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InboundId(u64);
+
+/// Something the network observed.
+#[derive(Debug)]
+pub enum Event {
+    /// A gossip message, relayed by `from`.
+    Gossip {
+        /// The peer that relayed it (not necessarily its author).
+        from: PeerId,
+        /// The peer that published it (gossip signs messages with the author's key).
+        author: Option<PeerId>,
+        /// Its topic.
+        topic: Topic,
+        /// The payload.
+        data: Vec<u8>,
+    },
+    /// A sync request; answer it with [`Network::respond`].
+    Request {
+        /// The asking peer.
+        from: PeerId,
+        /// The id to answer with.
+        id: InboundId,
+        /// The request bytes.
+        data: Vec<u8>,
+    },
+    /// A connection to a peer was established.
+    PeerConnected(PeerId),
+    /// The last connection to a peer closed.
+    PeerDisconnected(PeerId),
+    /// The node listens on this address.
+    Listening(Multiaddr),
+}
+
+enum Command {
+    Publish(Topic, Vec<u8>),
+    Request(PeerId, Vec<u8>, oneshot::Sender<Result<Vec<u8>, P2pError>>),
+    Respond(InboundId, Vec<u8>),
+    Penalize(PeerId, i32, String),
+    Peers(oneshot::Sender<Vec<PeerId>>),
+}
+
+/// A handle on the networking task. Cheap to clone.
+#[derive(Clone)]
+pub struct Network {
+    commands: mpsc::Sender<Command>,
+    local: PeerId,
+}
+
+impl Network {
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// Publishes `data` on `topic`.
+    pub async fn publish(&self, topic: Topic, data: Vec<u8>) -> Result<(), P2pError> {
+        self.send(Command::Publish(topic, data)).await
+    }
+
+    /// Sends a sync request to `peer` and waits for its answer.
+    pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, P2pError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Request(peer, data, tx)).await?;
+        rx.await.map_err(|_| P2pError::Stopped)?
+    }
+
+    /// Answers the inbound request `id`.
+    pub async fn respond(&self, id: InboundId, data: Vec<u8>) -> Result<(), P2pError> {
+        self.send(Command::Respond(id, data)).await
+    }
+
+    /// Lowers `peer`'s score by `points` because of `reason` (it relayed something
+    /// invalid); at [`BAN_SCORE`] the peer is disconnected and banned.
+    pub async fn penalize(&self, peer: PeerId, points: i32, reason: String) {
+        let _ = self.send(Command::Penalize(peer, points, reason)).await;
+    }
+
+    /// The connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerId>, P2pError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Peers(tx)).await?;
+        rx.await.map_err(|_| P2pError::Stopped)
+    }
+
+    async fn send(&self, c: Command) -> Result<(), P2pError> {
+        self.commands.send(c).await.map_err(|_| P2pError::Stopped)
+    }
+}
+
+/// The libp2p peer id of an ed25519 node key given by its 32-byte seed.
+pub fn peer_id_from_seed(seed: &[u8; 32]) -> Result<PeerId, P2pError> {
+    Ok(keypair_from_seed(seed)?.public().to_peer_id())
+}
+
+/// The libp2p peer id of an ed25519 node public key.
+pub fn peer_id_from_public(public: &[u8; 32]) -> Result<PeerId, P2pError> {
+    let pk = identity::ed25519::PublicKey::try_from_bytes(public)
+        .map_err(|e| P2pError::Key(e.to_string()))?;
+    Ok(identity::PublicKey::from(pk).to_peer_id())
+}
+
+fn keypair_from_seed(seed: &[u8; 32]) -> Result<identity::Keypair, P2pError> {
+    let mut bytes = *seed;
+    identity::Keypair::ed25519_from_bytes(&mut bytes).map_err(|e| P2pError::Key(e.to_string()))
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gossip: gossipsub::Behaviour,
+    sync: request_response::Behaviour<SyncCodec>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+}
+
+/// Starts the networking task with the node key's `seed`. Returns the handle and the
+/// event stream (bounded: if the node stops reading, the network applies backpressure).
+/// Must be called inside a tokio runtime.
+pub async fn spawn(
+    seed: &[u8; 32],
+    config: Config,
+) -> Result<(Network, mpsc::Receiver<Event>), P2pError> {
+    let key = keypair_from_seed(seed)?;
+    let local = key.public().to_peer_id();
+    let mut swarm = build_swarm(key, &config)?;
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| P2pError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    let topics: HashMap<gossipsub::TopicHash, Topic> = Topic::ALL
+        .iter()
+        .map(|t| {
+            (
+                gossipsub::IdentTopic::new(t.name(&config.network)).hash(),
+                *t,
+            )
+        })
+        .collect();
+    for t in Topic::ALL {
+        swarm
+            .behaviour_mut()
+            .gossip
+            .subscribe(&gossipsub::IdentTopic::new(t.name(&config.network)))
+            .map_err(|e| P2pError::Build(e.to_string()))?;
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(4096);
+    let (ev_tx, ev_rx) = mpsc::channel(4096);
+    let actor = Actor {
+        limits: PeerLimits::new(config.peer_messages_per_sec, config.ban),
+        config,
+        swarm,
+        topics,
+        events: ev_tx,
+        pending: HashMap::new(),
+        inbound: HashMap::new(),
+        next_inbound: 0,
+    };
+    tokio::spawn(actor.run(cmd_rx));
+    Ok((
+        Network {
+            commands: cmd_tx,
+            local,
+        },
+        ev_rx,
+    ))
+}
+
+fn build_swarm(key: identity::Keypair, config: &Config) -> Result<Swarm<Behaviour>, P2pError> {
+    let build = |e: &dyn std::fmt::Display| P2pError::Build(e.to_string());
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .max_transmit_size(config.max_gossip_bytes)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .heartbeat_interval(Duration::from_millis(700))
+        // Small validator networks: keep every peer in the mesh.
+        .mesh_n_low(1)
+        .mesh_outbound_min(0)
+        .build()
+        .map_err(|e| build(&e))?;
+    let network = config.network.clone();
+    let sync_protocol = StreamProtocol::try_from_owned(format!("/pyralog/{network}/sync/1"))
+        .map_err(|e| build(&e))?;
+    let codec = SyncCodec::new(config.max_request_bytes, config.max_response_bytes);
+    let request_timeout = config.request_timeout;
+    let swarm = match config.transport {
+        TransportKind::Tcp => libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| build(&e))?
+            .with_behaviour(|key| {
+                let gossip = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossip_config,
+                )?;
+                Ok(Behaviour {
+                    gossip,
+                    sync: request_response::Behaviour::with_codec(
+                        codec,
+                        [(sync_protocol, request_response::ProtocolSupport::Full)],
+                        request_response::Config::default().with_request_timeout(request_timeout),
+                    ),
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        format!("/pyralog/{network}/1"),
+                        key.public(),
+                    )),
+                    ping: ping::Behaviour::new(ping::Config::new()),
+                    blocked: allow_block_list::Behaviour::default(),
+                })
+            })
+            .map_err(|e| build(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build(),
+    };
+    Ok(swarm)
+}
+
+struct Actor {
+    config: Config,
+    swarm: Swarm<Behaviour>,
+    topics: HashMap<gossipsub::TopicHash, Topic>,
+    events: mpsc::Sender<Event>,
+    pending:
+        HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, P2pError>>>,
+    inbound: HashMap<InboundId, request_response::ResponseChannel<Vec<u8>>>,
+    next_inbound: u64,
+    limits: PeerLimits,
+}
+
+impl Actor {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        self.dial_bootstrap();
+        let mut redial = tokio::time::interval(self.config.redial);
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                ev = self.swarm.select_next_some() => {
+                    if !self.swarm_event(ev).await {
+                        break;
+                    }
+                }
+                _ = redial.tick() => self.dial_bootstrap(),
+                _ = housekeeping.tick() => self.housekeeping(),
+            }
+        }
+        tracing::debug!("p2p task stopped");
+    }
+
+    fn dial_bootstrap(&mut self) {
+        let local = *self.swarm.local_peer_id();
+        for addr in self.config.bootstrap.clone() {
+            let peer = addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            });
+            if peer == Some(local) || peer.is_some_and(|p| self.swarm.is_connected(&p)) {
+                continue;
+            }
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, error = %e, "dial failed");
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        for peer in self.limits.expired_bans() {
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            tracing::info!(%peer, "ban lifted");
+        }
+        // Answers the node never gave (it should always answer) are dropped eventually.
+        if self.inbound.len() > 10_000 {
+            self.inbound.clear();
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Publish(topic, data) => {
+                if data.len() > self.config.max_gossip_bytes {
+                    tracing::warn!(
+                        ?topic,
+                        len = data.len(),
+                        "not publishing an oversize message"
+                    );
+                    return;
+                }
+                let t = gossipsub::IdentTopic::new(topic.name(&self.config.network));
+                match self.swarm.behaviour_mut().gossip.publish(t, data) {
+                    Ok(_) => {}
+                    // Alone, or a repeat: nothing to do.
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+                    | Err(gossipsub::PublishError::Duplicate) => {}
+                    Err(e) => tracing::debug!(?topic, error = %e, "publish failed"),
+                }
+            }
+            Command::Request(peer, data, reply) => {
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, data);
+                self.pending.insert(id, reply);
+            }
+            Command::Respond(id, data) => {
+                if let Some(ch) = self.inbound.remove(&id) {
+                    let _ = self.swarm.behaviour_mut().sync.send_response(ch, data);
+                }
+            }
+            Command::Penalize(peer, points, reason) => self.penalize(peer, points, &reason),
+            Command::Peers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+        }
+    }
+
+    fn penalize(&mut self, peer: PeerId, points: i32, reason: &str) {
+        tracing::debug!(%peer, points, reason, "peer penalised");
+        if self.limits.penalize(peer, points) {
+            tracing::warn!(%peer, reason, "peer banned: score too low");
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+        }
+    }
+
+    /// Handles one swarm event; false when the node stopped listening to events.
+    async fn swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) -> bool {
+        let event = match ev {
+            SwarmEvent::NewListenAddr { address, .. } => Some(Event::Listening(address)),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if self.swarm.connected_peers().count() > self.config.max_peers {
+                    tracing::debug!(peer = %peer_id, "too many peers: closing");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    None
+                } else if num_established.get() == 1 {
+                    self.swarm
+                        .behaviour_mut()
+                        .gossip
+                        .add_explicit_peer(&peer_id);
+                    Some(Event::PeerConnected(peer_id))
+                } else {
+                    None
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => Some(Event::PeerDisconnected(peer_id)),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
+            })) => self.gossip(propagation_source, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.sync_event(ev),
+            _ => None,
+        };
+        match event {
+            Some(e) => self.events.send(e).await.is_ok(),
+            None => true,
+        }
+    }
+
+    fn gossip(&mut self, from: PeerId, message: gossipsub::Message) -> Option<Event> {
+        let topic = *self.topics.get(&message.topic)?;
+        match self.limits.admit(from) {
+            Verdict::Admit => Some(Event::Gossip {
+                from,
+                author: message.source,
+                topic,
+                data: message.data,
+            }),
+            Verdict::Drop => None,
+            Verdict::Ban => {
+                tracing::warn!(peer = %from, "peer banned: over its message rate");
+                self.swarm.behaviour_mut().blocked.block_peer(from);
+                None
+            }
+        }
+    }
+
+    fn sync_event(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>) -> Option<Event> {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    match self.limits.admit(peer) {
+                        Verdict::Admit => {}
+                        Verdict::Drop => return None,
+                        Verdict::Ban => {
+                            self.swarm.behaviour_mut().blocked.block_peer(peer);
+                            return None;
+                        }
+                    }
+                    let id = InboundId(self.next_inbound);
+                    self.next_inbound += 1;
+                    self.inbound.insert(id, channel);
+                    Some(Event::Request {
+                        from: peer,
+                        id,
+                        data: request,
+                    })
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.pending.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                    None
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(P2pError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The node's committed chain on storage: building the next block from the mempool,
+//! validating proposals and synced blocks with the ledger's checks, and committing.
+//!
+//! The checks are the simulator host's (`consensus::sim::app`) and the light client's:
+//! the same `ledger::verify` functions, here over the sled store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pyralog_crypto::PublicKey;
+use pyralog_ledger::state::{self, Namespace, state_key};
+use pyralog_ledger::verify::{
+    verify_block_contents, verify_certificate, verify_execution, verify_first_header,
+    verify_header_link, verify_last_certificate,
+};
+use pyralog_ledger::{
+    Block, BlockContext, BlockExecutor, Certificate, Decode, Encode, ExecError, Execution, Genesis,
+    Hash, Header, Tip, Transaction, TxError, ValidatorSet, apply_block, verify_tx_signatures,
+};
+use pyralog_storage::{SledStore, Store};
+
+use crate::mempool::Mempool;
+
+/// A fatal storage failure: the node must stop rather than run with an unknown state.
+#[derive(Debug, thiserror::Error)]
+#[error("storage failed: {0}")]
+pub struct Fatal(pub String);
+
+/// What a commit changed, for the mempool, waiters and subscribers.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    /// The header.
+    pub header: Header,
+    /// Its hash.
+    pub hash: Hash,
+    /// (transaction hash, sender) in block order.
+    pub txs: Vec<(Hash, PublicKey)>,
+    /// Log index of the block's first transaction.
+    pub first_log_index: u64,
+}
+
+/// The committed chain.
+pub struct Chain {
+    genesis: Genesis,
+    validators: ValidatorSet,
+    store: Arc<SledStore>,
+    tip: Tip,
+    last: Option<(Header, Certificate)>,
+    validated: HashMap<Hash, Execution>,
+}
+
+impl Chain {
+    /// Opens the chain stored in `store`.
+    pub fn open(genesis: Genesis, store: Arc<SledStore>) -> anyhow::Result<Chain> {
+        let validators = genesis.validator_set()?;
+        let tip = store.tip()?;
+        let last = if tip.height == 0 {
+            None
+        } else {
+            let header = store
+                .header(tip.height)?
+                .ok_or_else(|| anyhow::anyhow!("store has no header at its tip {}", tip.height))?;
+            let cert = store.certificate(tip.height)?.ok_or_else(|| {
+                anyhow::anyhow!("store has no certificate at its tip {}", tip.height)
+            })?;
+            if height_one_prev(&genesis, &store)? != Some(true) && tip.height >= 1 {
+                anyhow::bail!(
+                    "the stored chain does not start at this genesis (block 1 does not link to it)"
+                );
+            }
+            Some((header, cert))
+        };
+        Ok(Chain {
+            genesis,
+            validators,
+            store,
+            tip,
+            last,
+            validated: HashMap::new(),
+        })
+    }
+
+    /// The genesis.
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+
+    /// The validator set.
+    pub fn validators(&self) -> &ValidatorSet {
+        &self.validators
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<SledStore> {
+        &self.store
+    }
+
+    /// The committed height.
+    pub fn height(&self) -> u64 {
+        self.tip.height
+    }
+
+    /// The last committed header and certificate.
+    pub fn last(&self) -> Option<&(Header, Certificate)> {
+        self.last.as_ref()
+    }
+
+    /// The sender's next nonce on the committed chain.
+    pub fn next_nonce(&self, sender: &PublicKey) -> Result<u64, Fatal> {
+        let exec = self.executor(0);
+        exec.next_nonce(sender).map_err(|e| Fatal(e.to_string()))
+    }
+
+    /// The height at which `digest` was notarized, if it was.
+    pub fn notarized_at(&self, digest: &Hash) -> Result<Option<u64>, Fatal> {
+        let key = state_key(Namespace::Notarization, &digest.0);
+        let value = state::get(&*self.store, &self.tip.state_root, &key)
+            .map_err(|e| Fatal(e.to_string()))?;
+        Ok(value.and_then(|v| {
+            pyralog_ledger::exec::NotarizationRecord::from_bytes(&v)
+                .ok()
+                .map(|r| r.height)
+        }))
+    }
+
+    fn executor(&self, time_ms: u64) -> BlockExecutor<'_, SledStore, SledStore> {
+        BlockExecutor::new(
+            &*self.store,
+            &*self.store,
+            self.tip.clone(),
+            self.genesis.chain_id.clone(),
+            time_ms,
+        )
+    }
+
+    fn context(&self) -> Result<BlockContext, String> {
+        let prev = self.last.as_ref().map(|(h, c)| (h, c));
+        BlockContext::next(&self.genesis, &self.validators, prev).map_err(|e| e.to_string())
+    }
+
+    /// Builds the next block from the mempool, within the chain's block limits, proposed
+    /// by `proposer`. Returns the block and the hashes of pool transactions that can never
+    /// execute (to drop from the pool).
+    pub fn build_block(
+        &mut self,
+        proposer: PublicKey,
+        pool: &Mempool,
+    ) -> Result<(Block, Vec<Hash>), Fatal> {
+        let ctx = self.context().map_err(Fatal)?;
+        let params = &self.genesis.params;
+        let (max_txs, max_bytes) = (
+            params.max_block_txs as usize,
+            params.max_block_bytes as usize,
+        );
+        let mut exec = self.executor(ctx.time_ms);
+        let mut txs = Vec::new();
+        let mut bytes = 0usize;
+        let mut dead = Vec::new();
+        let mut skipped = true;
+        let mut included = std::collections::HashSet::new();
+        // A few passes: a transaction skipped for a nonce gap may run after a later one.
+        for _ in 0..3 {
+            if !skipped || txs.len() >= max_txs {
+                break;
+            }
+            skipped = false;
+            for (hash, tx) in pool.iter() {
+                if txs.len() >= max_txs {
+                    break;
+                }
+                if included.contains(hash) {
+                    continue;
+                }
+                let len = tx.to_bytes().len();
+                if bytes + len > max_bytes {
+                    continue;
+                }
+                match exec.apply(tx) {
+                    Ok(()) => {
+                        bytes += len;
+                        included.insert(*hash);
+                        txs.push(tx.clone());
+                    }
+                    Err(ExecError::Tx {
+                        error: TxError::NonceGap { .. },
+                        ..
+                    }) => skipped = true,
+                    Err(ExecError::Tx { .. }) | Err(ExecError::TooManyTxs { .. }) => {
+                        dead.push(*hash)
+                    }
+                    Err(ExecError::Store(e)) => return Err(Fatal(e.to_string())),
+                }
+            }
+        }
+        let execution = exec.finish().map_err(|e| Fatal(e.to_string()))?;
+        let block = ctx.seal(&execution, proposer, txs);
+        self.validated.insert(block.header.hash(), execution);
+        Ok((block, dead))
+    }
+
+    /// Everything a node checks before voting for a block: it extends the committed
+    /// chain (link, validator set, BFT time from the carried certificate), its body
+    /// matches its header, its transactions are signed and execute to its roots.
+    pub fn validate(&mut self, block: &Block) -> Result<(), String> {
+        let header = &block.header;
+        let hash = header.hash();
+        if self.validated.contains_key(&hash) {
+            return Ok(());
+        }
+        if header.height != self.tip.height + 1 {
+            return Err(format!(
+                "block at height {} does not follow committed height {}",
+                header.height, self.tip.height
+            ));
+        }
+        let prev = self.last.as_ref().map(|(h, _)| h);
+        match prev {
+            None => verify_first_header(&self.genesis, header),
+            Some(p) => verify_header_link(p, header),
+        }
+        .map_err(|e| e.to_string())?;
+        if header.next_validators_hash != self.validators.hash() {
+            return Err("the next validator set changes, which this chain does not allow".into());
+        }
+        if self.validators.index_of(&header.proposer).is_none() {
+            return Err("the proposer is not a validator".into());
+        }
+        let params = &self.genesis.params;
+        if block.txs.len() > params.max_block_txs as usize {
+            return Err(format!(
+                "{} transactions, over the chain's limit of {}",
+                block.txs.len(),
+                params.max_block_txs
+            ));
+        }
+        let bytes: usize = block.txs.iter().map(|t| t.to_bytes().len()).sum();
+        if bytes > params.max_block_bytes as usize {
+            return Err(format!(
+                "{bytes} bytes of transactions, over the chain's limit of {}",
+                params.max_block_bytes
+            ));
+        }
+        verify_last_certificate(block, prev.map(|p| (p, &self.validators)))
+            .map_err(|e| e.to_string())?;
+        verify_block_contents(block).map_err(|e| e.to_string())?;
+        verify_tx_signatures(&block.txs)
+            .map_err(|bad| format!("bad transaction signatures at {bad:?}"))?;
+        let execution = apply_block(&*self.store, &*self.store, &self.tip, block)
+            .map_err(|e| format!("execution: {e}"))?;
+        verify_execution(header, &execution).map_err(|e| e.to_string())?;
+        self.validated.insert(hash, execution);
+        Ok(())
+    }
+
+    /// Checks a block received through sync (certificate by this chain's validators,
+    /// then everything [`Chain::validate`] checks) and commits it.
+    pub fn commit_synced(
+        &mut self,
+        block: Block,
+        cert: Certificate,
+    ) -> Result<Result<Committed, String>, Fatal> {
+        if let Err(e) =
+            verify_certificate(self.genesis.engine, &self.validators, &block.header, &cert)
+        {
+            return Ok(Err(format!("certificate: {e}")));
+        }
+        self.commit(block, cert)
+    }
+
+    /// Commits a decided block with its certificate: one atomic, flushed storage batch.
+    /// An invalid block is an `Ok(Err)`; a storage failure is fatal.
+    pub fn commit(
+        &mut self,
+        block: Block,
+        cert: Certificate,
+    ) -> Result<Result<Committed, String>, Fatal> {
+        if let Err(e) = self.validate(&block) {
+            return Ok(Err(e));
+        }
+        let hash = block.header.hash();
+        let Some(execution) = self.validated.remove(&hash) else {
+            return Ok(Err("validated execution missing".into()));
+        };
+        self.store
+            .commit_block(&block, &cert, &execution)
+            .map_err(|e| Fatal(e.to_string()))?;
+        let first_log_index = self.tip.log_size;
+        self.tip = execution.tip(block.header.height);
+        let txs = block
+            .txs
+            .iter()
+            .zip(&execution.tx_hashes)
+            .map(|(t, h)| (*h, t.sender))
+            .collect();
+        self.validated.clear();
+        let header = block.header;
+        self.last = Some((header.clone(), cert));
+        Ok(Ok(Committed {
+            header,
+            hash,
+            txs,
+            first_log_index,
+        }))
+    }
+
+    /// Verifies the signature, chain and size of one transaction before the mempool.
+    pub fn check_tx(&self, tx: &Transaction) -> Result<(), crate::mempool::Reject> {
+        use crate::mempool::Reject;
+        if tx.chain_id != self.genesis.chain_id {
+            return Err(Reject::WrongChain {
+                expected: self.genesis.chain_id.to_string(),
+                found: tx.chain_id.to_string(),
+            });
+        }
+        tx.verify_signature().map_err(|_| Reject::BadSignature)
+    }
+}
+
+/// Whether the stored block 1 links to `genesis` (`None` if there is no block 1).
+fn height_one_prev(genesis: &Genesis, store: &SledStore) -> anyhow::Result<Option<bool>> {
+    let Some(h1) = store.header(1)? else {
+        return Ok(None);
+    };
+    Ok(Some(verify_first_header(genesis, &h1).is_ok()))
+}
+
+/// Decodes a transaction from untrusted bytes.
+pub fn decode_tx(bytes: &[u8]) -> Result<Transaction, crate::mempool::Reject> {
+    use crate::mempool::Reject;
+    if bytes.len() > pyralog_ledger::tx::MAX_TX_BYTES {
+        return Err(Reject::Oversize {
+            len: bytes.len(),
+            max: pyralog_ledger::tx::MAX_TX_BYTES,
+        });
+    }
+    Transaction::from_bytes(bytes).map_err(|e| Reject::Malformed(e.to_string()))
+}

@@ -1,0 +1,902 @@
+//! The consensus driver: one task that owns the engine, the committed chain and the
+//! mempool, and carries out the engine's outputs in order (persist before send).
+//!
+//! Inputs come from the network (gossip, sync requests and answers), from RPC (submitted
+//! transactions, status), and from timers. Everything that mutates the chain happens
+//! here, so commits are serialised; RPC reads the store directly.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pyralog_consensus::{Engine, Input, Output, Signer, SignerStore, Timeout};
+use pyralog_crypto::{BatchItem, Keypair, PublicKey, SigDomain, verify_batch_report};
+use pyralog_ledger::{Decode, DuplicateVote, Encode, Hash, Header, Transaction};
+use pyralog_p2p::{Event, InboundId, Network, PeerId, Topic};
+use pyralog_storage::{SledStore, Store};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::chain::{Chain, Committed, Fatal};
+use crate::mempool::{Admitted, Mempool, Reject};
+use crate::metrics::{Metrics, set};
+use crate::wire::{self, SyncRequest, SyncResponse};
+
+/// Meta key of the engine's persisted state.
+const ENGINE_STATE_KEY: &str = "consensus_state";
+/// Meta key of the signer's last signed position.
+const SIGNER_KEY: &str = "signer";
+/// Meta key of the evidence this node has seen.
+const EVIDENCE_KEY: &str = "evidence";
+/// Most evidence items kept.
+const MAX_EVIDENCE: usize = 1000;
+/// Flush the transaction gossip batch at least this often.
+const TX_FLUSH: Duration = Duration::from_millis(20);
+/// ... or once it holds this many bytes.
+const TX_FLUSH_BYTES: usize = 1 << 20;
+/// Score lost by a peer that authored an invalid message.
+const BAD_MESSAGE_PENALTY: i32 = 20;
+
+/// The signer's durable position, in the node's store.
+pub struct StoreSigner(pub Arc<SledStore>);
+
+impl SignerStore for StoreSigner {
+    fn load(&self) -> Result<Option<pyralog_consensus::LastSigned>, String> {
+        match self.0.meta(SIGNER_KEY).map_err(|e| e.to_string())? {
+            None => Ok(None),
+            Some(b) => pyralog_consensus::LastSigned::from_bytes(&b)
+                .map(Some)
+                .map_err(|e| format!("signer state unreadable: {e}")),
+        }
+    }
+
+    fn save(&mut self, state: &pyralog_consensus::LastSigned) -> Result<(), String> {
+        self.0
+            .put_meta(SIGNER_KEY, &state.to_bytes())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Where a committed transaction is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TxCommitted {
+    /// Its hash.
+    #[serde(serialize_with = "crate::rpc::ser_hash")]
+    pub hash: Hash,
+    /// Block height.
+    pub height: u64,
+    /// Index in the block.
+    pub index: u32,
+    /// Position in the log.
+    pub log_index: u64,
+}
+
+/// What happened to a submitted transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Added to the mempool (or already there).
+    Pending {
+        /// It was already pending.
+        already: bool,
+    },
+    /// It was committed before.
+    Committed(TxCommitted),
+}
+
+/// A request from RPC to the driver.
+pub enum Request {
+    /// Admit a transaction (already decoded; signature not yet checked). With `waiter`,
+    /// also send its commit there.
+    Submit {
+        /// The transaction.
+        tx: Box<Transaction>,
+        /// Its encoded length.
+        len: usize,
+        /// Answered with the admission.
+        reply: oneshot::Sender<Result<Submitted, Reject>>,
+        /// Answered when it commits.
+        waiter: Option<oneshot::Sender<TxCommitted>>,
+    },
+}
+
+/// The node's live status, for RPC.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    /// Committed height.
+    pub height: u64,
+    /// Consensus round at the next height.
+    pub round: u32,
+    /// Hash of the last committed header (hex; empty before block 1).
+    pub latest_hash: String,
+    /// BFT time of the last committed header.
+    pub latest_time_ms: u64,
+    /// Log size at the tip.
+    pub log_size: u64,
+    /// State root at the tip (hex).
+    pub state_root: String,
+    /// Connected peers.
+    pub peers: usize,
+    /// Pending transactions.
+    pub mempool_txs: usize,
+    /// Pending bytes.
+    pub mempool_bytes: usize,
+    /// Whether the node is fetching blocks from peers.
+    pub catching_up: bool,
+}
+
+/// Channels the driver publishes on, shared with RPC.
+#[derive(Clone)]
+pub struct Feeds {
+    /// New committed headers.
+    pub headers: broadcast::Sender<Header>,
+    /// Committed transactions.
+    pub txs: broadcast::Sender<TxCommitted>,
+    /// Live status.
+    pub status: watch::Receiver<Status>,
+}
+
+/// What the driver needs.
+pub struct DriverConfig {
+    /// The validator key, if this node votes.
+    pub validator: Option<Keypair>,
+    /// Mempool limits.
+    pub mempool: crate::config::MempoolConfig,
+}
+
+struct Timers {
+    due: BTreeMap<(Instant, u64), Timeout>,
+    seq: u64,
+}
+
+struct SyncState {
+    in_flight: bool,
+    catching_up: bool,
+    last_progress: Instant,
+}
+
+/// The driver task.
+pub struct Driver {
+    engine: Box<dyn Engine + Send>,
+    chain: Chain,
+    pool: Mempool,
+    net: Network,
+    metrics: Arc<Metrics>,
+    proposer: Option<PublicKey>,
+    timers: Timers,
+    outbox: Vec<Vec<u8>>,
+    outbox_bytes: usize,
+    waiters: HashMap<Hash, Vec<oneshot::Sender<TxCommitted>>>,
+    headers: broadcast::Sender<Header>,
+    tx_feed: broadcast::Sender<TxCommitted>,
+    status: watch::Sender<Status>,
+    height_started: Instant,
+    peers: usize,
+    sync: SyncState,
+    sync_tx: mpsc::Sender<(PeerId, SyncResponse)>,
+    sync_rx: mpsc::Receiver<(PeerId, SyncResponse)>,
+    evidence: Vec<DuplicateVote>,
+}
+
+/// Milliseconds since the Unix epoch (the engine's clock input).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Driver {
+    /// Builds the driver and its feeds. `chain` is the opened committed chain.
+    pub fn new(
+        cfg: DriverConfig,
+        chain: Chain,
+        net: Network,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<(Driver, Feeds)> {
+        let genesis = chain.genesis().clone();
+        let validators = chain.validators().clone();
+        let proposer = cfg.validator.as_ref().map(Keypair::public);
+        let signer = match cfg.validator {
+            Some(key) => {
+                if validators.index_of(&key.public()).is_none() {
+                    anyhow::bail!(
+                        "validator key {} is not in the genesis validator set (start with --mode full to follow the chain)",
+                        key.public().to_hex()
+                    );
+                }
+                Some(
+                    Signer::open(
+                        key,
+                        genesis.chain_id.clone(),
+                        StoreSigner(chain.store().clone()),
+                        chain.height(),
+                    )
+                    .map_err(|e| anyhow::anyhow!("opening the signer: {e}"))?,
+                )
+            }
+            None => None,
+        };
+        let engine: Box<dyn Engine + Send> = match genesis.engine {
+            pyralog_ledger::EngineId::Tendermint => {
+                Box::new(pyralog_consensus::tendermint::Tendermint::new(
+                    pyralog_consensus::tendermint::Config {
+                        chain_id: genesis.chain_id.clone(),
+                        validators,
+                        params: genesis.params.clone(),
+                    },
+                    signer,
+                ))
+            }
+            other => anyhow::bail!(
+                "genesis asks for the {} engine, which this build does not have yet",
+                other.name()
+            ),
+        };
+        let evidence = match chain.store().meta(EVIDENCE_KEY)? {
+            Some(b) => decode_evidence(&b).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let (headers, _) = broadcast::channel(1024);
+        let (tx_feed, _) = broadcast::channel(16384);
+        let (status, status_rx) = watch::channel(Status::default());
+        let (sync_tx, sync_rx) = mpsc::channel(16);
+        let driver = Driver {
+            engine,
+            pool: Mempool::new(cfg.mempool),
+            chain,
+            net,
+            metrics,
+            proposer,
+            timers: Timers {
+                due: BTreeMap::new(),
+                seq: 0,
+            },
+            outbox: Vec::new(),
+            outbox_bytes: 0,
+            waiters: HashMap::new(),
+            headers: headers.clone(),
+            tx_feed: tx_feed.clone(),
+            status,
+            height_started: Instant::now(),
+            peers: 0,
+            sync: SyncState {
+                in_flight: false,
+                catching_up: false,
+                last_progress: Instant::now(),
+            },
+            sync_tx,
+            sync_rx,
+            evidence,
+        };
+        let feeds = Feeds {
+            headers,
+            txs: tx_feed,
+            status: status_rx,
+        };
+        Ok((driver, feeds))
+    }
+
+    /// The evidence seen so far (shared with RPC through the store's meta).
+    pub fn evidence_key() -> &'static str {
+        EVIDENCE_KEY
+    }
+
+    /// Runs until `shutdown` fires or a fatal error. Storage failures are fatal.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        mut requests: mpsc::Receiver<Request>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), Fatal> {
+        let persisted = self
+            .chain
+            .store()
+            .meta(ENGINE_STATE_KEY)
+            .map_err(|e| Fatal(e.to_string()))?;
+        let start = Input::Start {
+            height: self.chain.height() + 1,
+            persisted,
+        };
+        self.input(start).await?;
+        self.publish_status();
+        let mut flush = tokio::time::interval(TX_FLUSH);
+        let mut sync_tick = tokio::time::interval(Duration::from_millis(1000));
+        loop {
+            let next_timer = self.timers.due.keys().next().map(|(t, _)| *t);
+            let sleep = tokio::time::sleep_until(
+                next_timer
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+                    .into(),
+            );
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                ev = events.recv() => match ev {
+                    Some(ev) => self.network_event(ev).await?,
+                    None => return Err(Fatal("the networking task stopped".into())),
+                },
+                req = requests.recv() => {
+                    if let Some(r) = req {
+                        self.request(r)?;
+                        if self.outbox_bytes >= TX_FLUSH_BYTES {
+                            self.flush_txs().await;
+                        }
+                    }
+                }
+                _ = sleep, if next_timer.is_some() => self.fire_timers().await?,
+                Some((peer, resp)) = self.sync_rx.recv() => self.synced(peer, resp).await?,
+                _ = flush.tick() => self.flush_txs().await,
+                _ = sync_tick.tick() => self.start_sync(),
+            }
+        }
+        self.flush_txs().await;
+        Ok(())
+    }
+
+    async fn fire_timers(&mut self) -> Result<(), Fatal> {
+        let now = Instant::now();
+        while let Some((&(at, seq), _)) = self.timers.due.iter().next() {
+            if at > now {
+                break;
+            }
+            if let Some(t) = self.timers.due.remove(&(at, seq)) {
+                self.input(Input::Timeout(t)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds one input to the engine and carries out the outputs, in order; inputs that
+    /// outputs produce (proposal ready, block validated) follow once the list is done.
+    async fn input(&mut self, first: Input) -> Result<(), Fatal> {
+        let mut inputs = VecDeque::from([first]);
+        while let Some(input) = inputs.pop_front() {
+            let outputs = self.engine.handle(now_ms(), input);
+            for output in outputs {
+                if let Some(next) = self.output(output).await? {
+                    inputs.push_back(next);
+                }
+            }
+        }
+        set(&self.metrics.round, u64::from(self.engine.round()));
+        Ok(())
+    }
+
+    async fn output(&mut self, output: Output) -> Result<Option<Input>, Fatal> {
+        match output {
+            Output::Persist(bytes) => {
+                self.chain
+                    .store()
+                    .put_meta(ENGINE_STATE_KEY, &bytes)
+                    .map_err(|e| Fatal(e.to_string()))?;
+            }
+            Output::Send { message, .. } | Output::Broadcast(message) => {
+                let _ = self.net.publish(Topic::Consensus, message).await;
+            }
+            Output::ScheduleTimeout { timeout, after_ms } => {
+                let at = Instant::now() + Duration::from_millis(after_ms);
+                self.timers.seq += 1;
+                self.timers.due.insert((at, self.timers.seq), timeout);
+            }
+            Output::RequestProposal { height, round } => {
+                let Some(proposer) = self.proposer else {
+                    return Ok(None);
+                };
+                if height != self.chain.height() + 1 {
+                    return Ok(None);
+                }
+                let (block, dead) = self.chain.build_block(proposer, &self.pool)?;
+                for h in dead {
+                    self.pool.remove(&h);
+                }
+                tracing::debug!(height, round, txs = block.txs.len(), "proposing");
+                return Ok(Some(Input::ProposalReady {
+                    height,
+                    round,
+                    block: Box::new(block),
+                }));
+            }
+            Output::ValidateBlock(block) => {
+                let height = block.header.height;
+                let hash = block.header.hash();
+                let valid = match self.chain.validate(&block) {
+                    Ok(()) => true,
+                    Err(reason) => {
+                        tracing::warn!(height, block = %hash.to_hex(), %reason, "invalid proposal");
+                        false
+                    }
+                };
+                return Ok(Some(Input::BlockValidated {
+                    height,
+                    block: hash,
+                    valid,
+                }));
+            }
+            Output::Commit { block, certificate } => {
+                let height = block.header.height;
+                if height <= self.chain.height() {
+                    return Ok(None);
+                }
+                match self.chain.commit(*block, certificate)? {
+                    Ok(c) => self.committed(c, false),
+                    Err(reason) => {
+                        tracing::error!(height, %reason, "the validators decided a block this node finds invalid: not committing it");
+                    }
+                }
+            }
+            Output::SyncPeer { height, .. } => {
+                let store = self.chain.store();
+                if let (Ok(Some(b)), Ok(Some(c))) = (store.block(height), store.certificate(height))
+                {
+                    let m = self.engine.decision_message(&b, &c);
+                    let _ = self.net.publish(Topic::Consensus, m).await;
+                }
+            }
+            Output::Evidence(ev) => {
+                let bytes = ev.to_bytes();
+                self.record_evidence(*ev)?;
+                let _ = self.net.publish(Topic::Evidence, bytes).await;
+            }
+            Output::SignerRefused(e) => tracing::warn!(error = %e, "signer refused"),
+            Output::Rejected { reason } => {
+                self.metrics.rejected_messages.inc();
+                tracing::debug!(%reason, "consensus message rejected");
+            }
+        }
+        Ok(None)
+    }
+
+    fn record_evidence(&mut self, ev: DuplicateVote) -> Result<(), Fatal> {
+        let hash = ev.hash();
+        if self.evidence.iter().any(|e| e.hash() == hash) || self.evidence.len() >= MAX_EVIDENCE {
+            return Ok(());
+        }
+        tracing::warn!(
+            validator = %ev.validator.to_hex(), height = ev.first.0.height,
+            "evidence of a double vote"
+        );
+        self.evidence.push(ev);
+        self.chain
+            .store()
+            .put_meta(EVIDENCE_KEY, &encode_evidence(&self.evidence))
+            .map_err(|e| Fatal(e.to_string()))
+    }
+
+    fn committed(&mut self, c: Committed, synced: bool) {
+        let height = c.header.height;
+        let latency = self.height_started.elapsed();
+        self.height_started = Instant::now();
+        self.sync.last_progress = Instant::now();
+        let chain = &self.chain;
+        self.pool
+            .committed(&c.txs, |sender| chain.next_nonce(sender).ok());
+        for (index, (hash, _)) in c.txs.iter().enumerate() {
+            let loc = TxCommitted {
+                hash: *hash,
+                height,
+                index: index as u32,
+                log_index: c.first_log_index + index as u64,
+            };
+            if let Some(ws) = self.waiters.remove(hash) {
+                for w in ws {
+                    let _ = w.send(loc);
+                }
+            }
+            let _ = self.tx_feed.send(loc);
+        }
+        let _ = self.headers.send(c.header.clone());
+        self.metrics.commit_latency.observe(latency.as_secs_f64());
+        self.metrics.committed_blocks.inc();
+        self.metrics.committed_txs.inc_by(c.txs.len() as u64);
+        if synced {
+            self.metrics.synced_blocks.inc();
+        }
+        set(&self.metrics.height, height);
+        tracing::info!(
+            height,
+            txs = c.txs.len(),
+            hash = %&c.hash.to_hex()[..16],
+            synced,
+            "committed"
+        );
+        self.publish_status();
+    }
+
+    fn publish_status(&mut self) {
+        set(&self.metrics.mempool_txs, self.pool.len() as u64);
+        set(&self.metrics.mempool_bytes, self.pool.bytes() as u64);
+        let (latest_hash, latest_time_ms, log_size, state_root) = match self.chain.last() {
+            Some((h, _)) => (
+                h.hash().to_hex(),
+                h.time_ms,
+                h.log_size,
+                h.state_root.to_hex(),
+            ),
+            None => (String::new(), 0, 0, Hash::ZERO.to_hex()),
+        };
+        let status = Status {
+            height: self.chain.height(),
+            round: self.engine.round(),
+            latest_hash,
+            latest_time_ms,
+            log_size,
+            state_root,
+            peers: self.peers,
+            mempool_txs: self.pool.len(),
+            mempool_bytes: self.pool.bytes(),
+            catching_up: self.sync.catching_up,
+        };
+        self.status.send_replace(status);
+    }
+
+    fn request(&mut self, r: Request) -> Result<(), Fatal> {
+        match r {
+            Request::Submit {
+                tx,
+                len,
+                reply,
+                waiter,
+            } => {
+                let hash = tx.hash();
+                let res = self.admit(*tx, hash, len, true);
+                if let Err(e) = &res {
+                    self.metrics.reject(e.code());
+                }
+                match (&res, waiter) {
+                    (Ok(Submitted::Pending { .. }), Some(w)) => {
+                        self.waiters.entry(hash).or_default().push(w)
+                    }
+                    (Ok(Submitted::Committed(loc)), Some(w)) => {
+                        let _ = w.send(*loc);
+                    }
+                    _ => {}
+                }
+                let _ = reply.send(res);
+                set(&self.metrics.mempool_txs, self.pool.len() as u64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Admission of one transaction. From RPC (`from_rpc`) its signature is checked here
+    /// and, once admitted, it is gossiped; from gossip the caller batch-verified the
+    /// signatures and gossip relays it already.
+    fn admit(
+        &mut self,
+        tx: Transaction,
+        hash: Hash,
+        len: usize,
+        from_rpc: bool,
+    ) -> Result<Submitted, Reject> {
+        let fatal = |e: Fatal| Reject::Unavailable(e.0);
+        if let Some(loc) = self
+            .chain
+            .store()
+            .tx_location(&hash)
+            .map_err(|e| Reject::Unavailable(e.to_string()))?
+        {
+            return Ok(Submitted::Committed(TxCommitted {
+                hash,
+                height: loc.height,
+                index: loc.index,
+                log_index: loc.log_index,
+            }));
+        }
+        if self.pool.contains(&hash) {
+            return Ok(Submitted::Pending { already: true });
+        }
+        if len > pyralog_ledger::tx::MAX_TX_BYTES {
+            return Err(Reject::Oversize {
+                len,
+                max: pyralog_ledger::tx::MAX_TX_BYTES,
+            });
+        }
+        if from_rpc {
+            self.chain.check_tx(&tx)?;
+        } else if tx.chain_id != self.chain.genesis().chain_id {
+            return Err(Reject::WrongChain {
+                expected: self.chain.genesis().chain_id.to_string(),
+                found: tx.chain_id.to_string(),
+            });
+        }
+        if let pyralog_ledger::Payload::Notarize { digest, .. } = &tx.payload
+            && let Some(height) = self.chain.notarized_at(digest).map_err(fatal)?
+        {
+            return Err(Reject::AlreadyNotarized { height });
+        }
+        let next = self.chain.next_nonce(&tx.sender).map_err(fatal)?;
+        let encoded = tx.to_bytes();
+        match self.pool.admit(tx, hash, len, next)? {
+            Admitted::Added => {
+                if from_rpc {
+                    self.outbox_bytes += encoded.len();
+                    self.outbox.push(encoded);
+                }
+                Ok(Submitted::Pending { already: false })
+            }
+            Admitted::AlreadyPending => Ok(Submitted::Pending { already: true }),
+        }
+    }
+
+    async fn flush_txs(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.outbox);
+        self.outbox_bytes = 0;
+        for chunk in batch.chunks(wire::MAX_BATCH_TXS) {
+            let _ = self
+                .net
+                .publish(Topic::Txs, wire::encode_tx_batch(chunk))
+                .await;
+        }
+    }
+
+    async fn network_event(&mut self, ev: Event) -> Result<(), Fatal> {
+        match ev {
+            Event::Gossip {
+                author,
+                topic,
+                data,
+                ..
+            } => match topic {
+                Topic::Consensus => {
+                    let rejected_before = self.metrics.rejected_messages.get();
+                    self.input(Input::Message(data)).await?;
+                    if self.metrics.rejected_messages.get() > rejected_before
+                        && let Some(a) = author
+                    {
+                        self.net
+                            .penalize(a, BAD_MESSAGE_PENALTY, "invalid consensus message".into())
+                            .await;
+                    }
+                }
+                Topic::Txs => self.gossiped_txs(author, &data).await?,
+                Topic::Evidence => {
+                    let ok = DuplicateVote::from_bytes(&data).ok().filter(|ev| {
+                        ev.verify(&self.chain.genesis().chain_id, self.chain.validators())
+                            .is_ok()
+                    });
+                    match ok {
+                        Some(ev) => self.record_evidence(ev)?,
+                        None => {
+                            if let Some(a) = author {
+                                self.net
+                                    .penalize(a, BAD_MESSAGE_PENALTY, "invalid evidence".into())
+                                    .await;
+                            }
+                        }
+                    }
+                }
+            },
+            Event::Request { from, id, data } => self.serve_sync(from, id, data),
+            Event::PeerConnected(_) => {
+                self.peers += 1;
+                set(&self.metrics.peers, self.peers as u64);
+                self.publish_status();
+            }
+            Event::PeerDisconnected(_) => {
+                self.peers = self.peers.saturating_sub(1);
+                set(&self.metrics.peers, self.peers as u64);
+                self.publish_status();
+            }
+            Event::Listening(addr) => tracing::info!(%addr, "p2p listening"),
+        }
+        Ok(())
+    }
+
+    async fn gossiped_txs(&mut self, author: Option<PeerId>, data: &[u8]) -> Result<(), Fatal> {
+        let txs = match wire::decode_tx_batch(data) {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some(a) = author {
+                    self.net
+                        .penalize(a, BAD_MESSAGE_PENALTY, format!("bad tx batch: {e}"))
+                        .await;
+                }
+                return Ok(());
+            }
+        };
+        let bodies: Vec<Vec<u8>> = txs.iter().map(Transaction::body_bytes).collect();
+        let items: Vec<BatchItem<'_>> = txs
+            .iter()
+            .zip(&bodies)
+            .map(|(t, body)| BatchItem {
+                public_key: &t.sender,
+                domain: SigDomain::Transaction,
+                chain_id: t.chain_id.as_str(),
+                message: body,
+                signature: &t.signature,
+            })
+            .collect();
+        let bad: Vec<usize> = verify_batch_report(&items).err().unwrap_or_default();
+        if !bad.is_empty()
+            && let Some(a) = author
+        {
+            self.net
+                .penalize(a, BAD_MESSAGE_PENALTY, "bad transaction signature".into())
+                .await;
+        }
+        for (i, tx) in txs.into_iter().enumerate() {
+            if bad.contains(&i) {
+                self.metrics.reject("bad_signature");
+                continue;
+            }
+            let hash = tx.hash();
+            let len = tx.to_bytes().len();
+            if let Err(e) = self.admit(tx, hash, len, false) {
+                self.metrics.reject(e.code());
+            }
+        }
+        Ok(())
+    }
+
+    fn serve_sync(&self, from: PeerId, id: InboundId, data: Vec<u8>) {
+        let net = self.net.clone();
+        let store = self.chain.store().clone();
+        let height = self.chain.height();
+        tokio::spawn(async move {
+            let resp = match SyncRequest::from_bytes(&data) {
+                Err(e) => {
+                    net.penalize(from, BAD_MESSAGE_PENALTY, format!("bad sync request: {e}"))
+                        .await;
+                    SyncResponse::Error(format!("bad request: {e}"))
+                }
+                Ok(SyncRequest::Status) => SyncResponse::Status { height },
+                Ok(SyncRequest::Blocks { from: start, max }) => {
+                    let read =
+                        tokio::task::spawn_blocking(move || read_blocks(&store, start, max)).await;
+                    match read {
+                        Ok(Ok(blocks)) => SyncResponse::Blocks(blocks),
+                        Ok(Err(e)) => SyncResponse::Error(e),
+                        Err(e) => SyncResponse::Error(e.to_string()),
+                    }
+                }
+            };
+            let _ = net.respond(id, resp.to_bytes()).await;
+        });
+    }
+
+    /// Every second: ask peers for their height; if one is ahead (by two blocks, or by
+    /// one for three seconds without progress here), fetch blocks from it.
+    fn start_sync(&mut self) {
+        self.publish_status();
+        if self.sync.in_flight {
+            return;
+        }
+        self.sync.in_flight = true;
+        let net = self.net.clone();
+        let tx = self.sync_tx.clone();
+        let ours = self.chain.height();
+        let stalled = self.sync.last_progress.elapsed() > Duration::from_secs(3);
+        tokio::spawn(async move {
+            let peers = net.peers().await.unwrap_or_default();
+            let mut best: Option<(PeerId, u64)> = None;
+            for p in peers {
+                let asked = net.request(p, SyncRequest::Status.to_bytes());
+                let Ok(Ok(bytes)) = tokio::time::timeout(Duration::from_secs(2), asked).await
+                else {
+                    continue;
+                };
+                if let Ok(SyncResponse::Status { height }) = SyncResponse::from_bytes(&bytes)
+                    && best.is_none_or(|(_, h)| height > h)
+                {
+                    best = Some((p, height));
+                }
+            }
+            let resp = match best {
+                Some((peer, h)) if h >= ours + 2 || (h > ours && stalled) => {
+                    let req = SyncRequest::Blocks {
+                        from: ours + 1,
+                        max: wire::MAX_SYNC_BLOCKS,
+                    };
+                    match net.request(peer, req.to_bytes()).await {
+                        Ok(bytes) => (
+                            peer,
+                            SyncResponse::from_bytes(&bytes)
+                                .unwrap_or_else(|e| SyncResponse::Error(e.to_string())),
+                        ),
+                        Err(e) => (peer, SyncResponse::Error(e.to_string())),
+                    }
+                }
+                Some((peer, _)) => (peer, SyncResponse::Blocks(Vec::new())),
+                None => (net.local_peer_id(), SyncResponse::Blocks(Vec::new())),
+            };
+            let _ = tx.send(resp).await;
+        });
+    }
+
+    async fn synced(&mut self, peer: PeerId, resp: SyncResponse) -> Result<(), Fatal> {
+        self.sync.in_flight = false;
+        let blocks = match resp {
+            SyncResponse::Blocks(b) => b,
+            SyncResponse::Error(e) => {
+                tracing::debug!(%peer, error = %e, "sync failed");
+                return Ok(());
+            }
+            SyncResponse::Status { .. } => return Ok(()),
+        };
+        self.sync.catching_up = !blocks.is_empty();
+        let mut applied = 0;
+        for (block, cert) in blocks {
+            if block.header.height != self.chain.height() + 1 {
+                continue;
+            }
+            match self.chain.commit_synced(block, cert)? {
+                Ok(c) => {
+                    applied += 1;
+                    self.committed(c, true);
+                }
+                Err(reason) => {
+                    tracing::warn!(%peer, %reason, "peer served an invalid block");
+                    self.net
+                        .penalize(peer, 50, format!("invalid synced block: {reason}"))
+                        .await;
+                    break;
+                }
+            }
+        }
+        if applied > 0 {
+            // The engine moves on to the first height this node has not committed.
+            self.timers.due.clear();
+            let start = Input::Start {
+                height: self.chain.height() + 1,
+                persisted: None,
+            };
+            self.input(start).await?;
+            self.sync.catching_up = true;
+            self.start_sync();
+        } else {
+            self.sync.catching_up = false;
+        }
+        self.publish_status();
+        Ok(())
+    }
+}
+
+fn read_blocks(
+    store: &SledStore,
+    from: u64,
+    max: u32,
+) -> Result<Vec<(pyralog_ledger::Block, pyralog_ledger::Certificate)>, String> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let top = store.tip().map_err(|e| e.to_string())?.height;
+    let max = u64::from(max.min(wire::MAX_SYNC_BLOCKS));
+    let mut h = from.max(1);
+    while h <= top && (h - from.max(1)) < max {
+        let (Some(b), Some(c)) = (
+            store.block(h).map_err(|e| e.to_string())?,
+            store.certificate(h).map_err(|e| e.to_string())?,
+        ) else {
+            break;
+        };
+        bytes += b.to_bytes().len();
+        if bytes > wire::MAX_SYNC_RESPONSE_BYTES && !out.is_empty() {
+            break;
+        }
+        out.push((b, c));
+        h += 1;
+    }
+    Ok(out)
+}
+
+/// Encodes the evidence list for the store.
+pub fn encode_evidence(items: &[DuplicateVote]) -> Vec<u8> {
+    let mut out = vec![1];
+    pyralog_ledger::codec::put_count(&mut out, items.len());
+    for e in items {
+        pyralog_ledger::codec::put_bytes(&mut out, &e.to_bytes());
+    }
+    out
+}
+
+/// Decodes the stored evidence list.
+pub fn decode_evidence(bytes: &[u8]) -> Result<Vec<DuplicateVote>, pyralog_ledger::CodecError> {
+    let mut d = pyralog_ledger::codec::Decoder::new(bytes);
+    d.version("evidence list", 1)?;
+    let n = d.count("evidence", MAX_EVIDENCE)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(DuplicateVote::from_bytes(d.bytes("evidence", 1 << 16)?)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,159 @@
+//! Prometheus metrics, served as text on their own port (`GET /metrics`).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Every metric the node exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Committed height.
+    pub height: Gauge,
+    /// Current consensus round.
+    pub round: Gauge,
+    /// Connected peers.
+    pub peers: Gauge,
+    /// Pending transactions.
+    pub mempool_txs: Gauge,
+    /// Pending bytes.
+    pub mempool_bytes: Gauge,
+    /// Committed transactions (rate: tx/s).
+    pub committed_txs: Counter,
+    /// Committed blocks.
+    pub committed_blocks: Counter,
+    /// Seconds from a height's start to its commit.
+    pub commit_latency: Histogram,
+    /// Rejected transactions by reason.
+    pub rejected_txs: Family<Vec<(String, String)>, Counter>,
+    /// Blocks committed through sync.
+    pub synced_blocks: Counter,
+    /// Consensus messages rejected by the engine.
+    pub rejected_messages: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("pyralog");
+        let m = Metrics {
+            registry: Registry::default(),
+            height: Gauge::default(),
+            round: Gauge::default(),
+            peers: Gauge::default(),
+            mempool_txs: Gauge::default(),
+            mempool_bytes: Gauge::default(),
+            committed_txs: Counter::default(),
+            committed_blocks: Counter::default(),
+            commit_latency: Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            rejected_txs: Family::default(),
+            synced_blocks: Counter::default(),
+            rejected_messages: Counter::default(),
+        };
+        registry.register("height", "Committed height", m.height.clone());
+        registry.register("round", "Current consensus round", m.round.clone());
+        registry.register("peers", "Connected peers", m.peers.clone());
+        registry.register("mempool_txs", "Pending transactions", m.mempool_txs.clone());
+        registry.register(
+            "mempool_bytes",
+            "Pending transaction bytes",
+            m.mempool_bytes.clone(),
+        );
+        registry.register(
+            "committed_txs",
+            "Committed transactions",
+            m.committed_txs.clone(),
+        );
+        registry.register(
+            "committed_blocks",
+            "Committed blocks",
+            m.committed_blocks.clone(),
+        );
+        registry.register(
+            "commit_latency_seconds",
+            "Time from the start of a height to its commit",
+            m.commit_latency.clone(),
+        );
+        registry.register(
+            "rejected_txs",
+            "Transactions rejected, by reason",
+            m.rejected_txs.clone(),
+        );
+        registry.register(
+            "synced_blocks",
+            "Blocks committed through block sync",
+            m.synced_blocks.clone(),
+        );
+        registry.register(
+            "rejected_consensus_messages",
+            "Consensus messages the engine rejected",
+            m.rejected_messages.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Counts a rejected transaction.
+    pub fn reject(&self, code: &str) {
+        self.rejected_txs
+            .get_or_create(&vec![("reason".to_string(), code.to_string())])
+            .inc();
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Gauge helper: sets an `i64` gauge from a `u64`.
+pub fn set(g: &Gauge, v: u64) {
+    g.set(i64::try_from(v).unwrap_or(i64::MAX));
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped. One short request per
+/// connection; anything else gets 404.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let active = Arc::new(AtomicU64::new(0));
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        if active.load(std::sync::atomic::Ordering::Relaxed) > 64 {
+            continue;
+        }
+        let metrics = metrics.clone();
+        let active = active.clone();
+        active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
+            let n = match read {
+                Ok(Ok(n)) => n,
+                _ => 0,
+            };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if req.starts_with("GET /metrics ") {
+                ("200 OK", metrics.render())
+            } else {
+                ("404 Not Found", "try GET /metrics\n".to_string())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+            active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+}

@@ -1,0 +1,136 @@
+//! `pyralog-node start`: open the store, start networking, the driver, RPC and metrics,
+//! and run until SIGINT or SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pyralog_storage::SledStore;
+use tokio::sync::{mpsc, watch};
+
+use crate::chain::Chain;
+use crate::config::{Config, Mode};
+use crate::driver::{Driver, DriverConfig};
+use crate::home::Home;
+use crate::metrics::Metrics;
+use crate::rpc::{RpcContext, serve};
+
+/// Runs a node from `home` with the effective `config` until a signal.
+pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
+    let genesis = home.read_genesis()?;
+    let node_key = home.read_node_key()?;
+    let validator = match config.mode {
+        Mode::Validator => Some(home.read_validator_key()?),
+        Mode::Full => None,
+    };
+    let store = Arc::new(
+        SledStore::open(&home.data())
+            .with_context(|| format!("opening the database in {}", home.data().display()))?,
+    );
+    let chain = Chain::open(genesis.clone(), store.clone())?;
+    let genesis_hash = genesis.hash()?;
+    let metrics = Metrics::new();
+
+    let p2p = pyralog_p2p::Config {
+        network: format!("{}-{}", genesis.chain_id, &genesis_hash.to_hex()[..8]),
+        listen: vec![
+            config
+                .p2p
+                .listen
+                .parse()
+                .with_context(|| format!("p2p.listen {:?}", config.p2p.listen))?,
+        ],
+        bootstrap: config
+            .p2p
+            .bootstrap
+            .iter()
+            .map(|a| a.parse().with_context(|| format!("p2p.bootstrap {a:?}")))
+            .collect::<anyhow::Result<_>>()?,
+        max_gossip_bytes: config.p2p.max_gossip_bytes,
+        max_response_bytes: config.p2p.max_sync_response_bytes,
+        max_peers: config.p2p.max_peers,
+        peer_messages_per_sec: config.p2p.peer_messages_per_sec,
+        ban: Duration::from_secs(config.p2p.ban_secs),
+        ..pyralog_p2p::Config::default()
+    };
+    let (net, events) = pyralog_p2p::spawn(&node_key.seed(), p2p).await?;
+    let peer_id = net.local_peer_id();
+
+    let validator_pub = validator.as_ref().map(|k| k.public());
+    let (driver, feeds) = Driver::new(
+        DriverConfig {
+            validator,
+            mempool: config.mempool.clone(),
+        },
+        chain,
+        net,
+        metrics.clone(),
+    )?;
+    let (req_tx, req_rx) = mpsc::channel(4096);
+    let (rpc_addr, rpc_handle) = serve(
+        &config.rpc,
+        RpcContext {
+            store,
+            genesis: genesis.clone(),
+            genesis_hash,
+            peer_id: peer_id.to_string(),
+            mode: config.mode,
+            validator: validator_pub,
+            feeds,
+            requests: req_tx,
+            commit_timeout: Duration::from_secs(config.rpc.commit_timeout_secs),
+        },
+    )
+    .await?;
+    let metrics_task = if config.metrics.listen.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&config.metrics.listen)
+            .await
+            .with_context(|| format!("metrics cannot listen on {}", config.metrics.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+        Some(tokio::spawn(crate::metrics::serve(listener, metrics)))
+    };
+    tracing::info!(
+        chain = %genesis.chain_id,
+        %peer_id,
+        mode = ?config.mode,
+        rpc = %rpc_addr,
+        "node started"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut driver_task = tokio::spawn(driver.run(events, req_rx, stop_rx));
+    let result = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+            match tokio::time::timeout(Duration::from_secs(10), &mut driver_task).await {
+                Ok(Ok(r)) => r.map_err(anyhow::Error::from),
+                Ok(Err(e)) => Err(anyhow::anyhow!("driver task: {e}")),
+                Err(_) => Err(anyhow::anyhow!("driver did not stop within 10 s")),
+            }
+        }
+        r = &mut driver_task => match r {
+            Ok(r) => r.map_err(anyhow::Error::from),
+            Err(e) => Err(anyhow::anyhow!("driver task: {e}")),
+        },
+    };
+    let _ = rpc_handle.stop();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
