@@ -63,7 +63,7 @@ impl Chain {
             let cert = store.certificate(tip.height)?.ok_or_else(|| {
                 anyhow::anyhow!("store has no certificate at its tip {}", tip.height)
             })?;
-            if height_one_prev(&genesis, &store)? != Some(true) && tip.height >= 1 {
+            if height_one_prev(&genesis, &store)? != Some(true) {
                 anyhow::bail!(
                     "the stored chain does not start at this genesis (block 1 does not link to it)"
                 );
@@ -164,14 +164,13 @@ impl Chain {
                 break;
             }
             skipped = false;
-            for (hash, tx) in pool.iter() {
+            for (hash, tx, len) in pool.iter() {
                 if txs.len() >= max_txs {
                     break;
                 }
                 if included.contains(hash) {
                     continue;
                 }
-                let len = tx.to_bytes().len();
                 if bytes + len > max_bytes {
                     continue;
                 }
@@ -301,18 +300,6 @@ impl Chain {
             txs,
             first_log_index,
         }))
-    }
-
-    /// Verifies the signature, chain and size of one transaction before the mempool.
-    pub fn check_tx(&self, tx: &Transaction) -> Result<(), crate::mempool::Reject> {
-        use crate::mempool::Reject;
-        if tx.chain_id != self.genesis.chain_id {
-            return Err(Reject::WrongChain {
-                expected: self.genesis.chain_id.to_string(),
-                found: tx.chain_id.to_string(),
-            });
-        }
-        tx.verify_signature().map_err(|_| Reject::BadSignature)
     }
 }
 

@@ -26,8 +26,8 @@ use crate::wire::{self, SyncRequest, SyncResponse};
 const ENGINE_STATE_KEY: &str = "consensus_state";
 /// Meta key of the signer's last signed position.
 const SIGNER_KEY: &str = "signer";
-/// Meta key of the evidence this node has seen.
-const EVIDENCE_KEY: &str = "evidence";
+/// Meta key of the evidence this node has seen (read by RPC's `evidence`).
+pub const EVIDENCE_KEY: &str = "evidence";
 /// Most evidence items kept.
 const MAX_EVIDENCE: usize = 1000;
 /// Flush the transaction gossip batch at least this often.
@@ -85,13 +85,13 @@ pub enum Submitted {
 
 /// A request from RPC to the driver.
 pub enum Request {
-    /// Admit a transaction (already decoded; signature not yet checked). With `waiter`,
-    /// also send its commit there.
+    /// Admit a transaction (decoded within the size limit, signature checked by the RPC
+    /// handler). With `waiter`, also send its commit there.
     Submit {
         /// The transaction.
         tx: Box<Transaction>,
-        /// Its encoded length.
-        len: usize,
+        /// Its canonical encoding, as received (gossiped once admitted).
+        encoded: Vec<u8>,
         /// Answered with the admission.
         reply: oneshot::Sender<Result<Submitted, Reject>>,
         /// Answered when it commits.
@@ -273,11 +273,6 @@ impl Driver {
             status: status_rx,
         };
         Ok((driver, feeds))
-    }
-
-    /// The evidence seen so far (shared with RPC through the store's meta).
-    pub fn evidence_key() -> &'static str {
-        EVIDENCE_KEY
     }
 
     /// Runs until `shutdown` fires or a fatal error. Storage failures are fatal.
@@ -531,12 +526,12 @@ impl Driver {
         match r {
             Request::Submit {
                 tx,
-                len,
+                encoded,
                 reply,
                 waiter,
             } => {
                 let hash = tx.hash();
-                let res = self.admit(*tx, hash, len, true);
+                let res = self.admit(*tx, hash, encoded.len(), Some(encoded));
                 if let Err(e) = &res {
                     self.metrics.reject(e.code());
                 }
@@ -556,15 +551,16 @@ impl Driver {
         Ok(())
     }
 
-    /// Admission of one transaction. From RPC (`from_rpc`) its signature is checked here
-    /// and, once admitted, it is gossiped; from gossip the caller batch-verified the
-    /// signatures and gossip relays it already.
+    /// Admission of one transaction whose size and signature its caller checked (the
+    /// decoders bound the size; RPC verifies the signature on its worker threads, gossip
+    /// batches are verified together). A transaction from RPC comes with its encoding
+    /// (`gossip`), published once admitted; gossip relays the others already.
     fn admit(
         &mut self,
         tx: Transaction,
         hash: Hash,
         len: usize,
-        from_rpc: bool,
+        gossip: Option<Vec<u8>>,
     ) -> Result<Submitted, Reject> {
         let fatal = |e: Fatal| Reject::Unavailable(e.0);
         if let Some(loc) = self
@@ -583,15 +579,7 @@ impl Driver {
         if self.pool.contains(&hash) {
             return Ok(Submitted::Pending { already: true });
         }
-        if len > pyralog_ledger::tx::MAX_TX_BYTES {
-            return Err(Reject::Oversize {
-                len,
-                max: pyralog_ledger::tx::MAX_TX_BYTES,
-            });
-        }
-        if from_rpc {
-            self.chain.check_tx(&tx)?;
-        } else if tx.chain_id != self.chain.genesis().chain_id {
+        if tx.chain_id != self.chain.genesis().chain_id {
             return Err(Reject::WrongChain {
                 expected: self.chain.genesis().chain_id.to_string(),
                 found: tx.chain_id.to_string(),
@@ -603,10 +591,9 @@ impl Driver {
             return Err(Reject::AlreadyNotarized { height });
         }
         let next = self.chain.next_nonce(&tx.sender).map_err(fatal)?;
-        let encoded = tx.to_bytes();
         match self.pool.admit(tx, hash, len, next)? {
             Admitted::Added => {
-                if from_rpc {
+                if let Some(encoded) = gossip {
                     self.outbox_bytes += encoded.len();
                     self.outbox.push(encoded);
                 }
@@ -695,11 +682,11 @@ impl Driver {
                 return Ok(());
             }
         };
-        let bodies: Vec<Vec<u8>> = txs.iter().map(Transaction::body_bytes).collect();
+        let bodies: Vec<Vec<u8>> = txs.iter().map(|(t, _)| t.body_bytes()).collect();
         let items: Vec<BatchItem<'_>> = txs
             .iter()
             .zip(&bodies)
-            .map(|(t, body)| BatchItem {
+            .map(|((t, _), body)| BatchItem {
                 public_key: &t.sender,
                 domain: SigDomain::Transaction,
                 chain_id: t.chain_id.as_str(),
@@ -715,14 +702,13 @@ impl Driver {
                 .penalize(a, BAD_MESSAGE_PENALTY, "bad transaction signature".into())
                 .await;
         }
-        for (i, tx) in txs.into_iter().enumerate() {
+        for (i, (tx, len)) in txs.into_iter().enumerate() {
             if bad.contains(&i) {
                 self.metrics.reject("bad_signature");
                 continue;
             }
             let hash = tx.hash();
-            let len = tx.to_bytes().len();
-            if let Err(e) = self.admit(tx, hash, len, false) {
+            if let Err(e) = self.admit(tx, hash, len, None) {
                 self.metrics.reject(e.code());
             }
         }

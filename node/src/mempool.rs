@@ -217,11 +217,12 @@ impl Mempool {
         Ok(Admitted::Added)
     }
 
-    /// Pending transactions in arrival order (the proposer filters what executes).
-    pub fn iter(&self) -> impl Iterator<Item = (&Hash, &Transaction)> {
+    /// Pending transactions in arrival order, with their encoded length (the proposer
+    /// filters what executes).
+    pub fn iter(&self) -> impl Iterator<Item = (&Hash, &Transaction, usize)> {
         self.order
             .values()
-            .filter_map(|h| self.by_hash.get(h).map(|e| (h, &e.tx)))
+            .filter_map(|h| self.by_hash.get(h).map(|e| (h, &e.tx, e.len)))
     }
 
     /// Removes one transaction.
@@ -344,7 +345,7 @@ mod tests {
         m.committed(&[(txs[0].1, k.public()), (txs[1].1, k.public())], |_| {
             Some(3)
         });
-        let left: Vec<Hash> = m.iter().map(|(h, _)| *h).collect();
+        let left: Vec<Hash> = m.iter().map(|(h, _, _)| *h).collect();
         assert_eq!(left, vec![txs[3].1]);
         assert_eq!(m.bytes(), 10);
     }

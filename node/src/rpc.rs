@@ -485,7 +485,7 @@ impl NodeApiServer for Api {
         };
         let req = Request::Submit {
             tx: Box::new(decoded),
-            len: bytes.len(),
+            encoded: bytes,
             reply,
             waiter,
         };
@@ -660,7 +660,7 @@ impl NodeApiServer for Api {
         let bytes = self
             .0
             .store
-            .meta(crate::driver::Driver::evidence_key())
+            .meta(crate::driver::EVIDENCE_KEY)
             .map_err(internal)?;
         let items = match bytes {
             None => Vec::new(),

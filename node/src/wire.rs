@@ -24,15 +24,16 @@ pub fn encode_tx_batch(txs: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-/// Decodes a gossiped batch (transactions still unverified).
-pub fn decode_tx_batch(bytes: &[u8]) -> Result<Vec<Transaction>, CodecError> {
+/// Decodes a gossiped batch (transactions still unverified), each with its encoded
+/// length.
+pub fn decode_tx_batch(bytes: &[u8]) -> Result<Vec<(Transaction, usize)>, CodecError> {
     let mut d = Decoder::new(bytes);
     d.version("transaction batch", WIRE_VERSION)?;
     let n = d.count("transactions", MAX_BATCH_TXS)?;
     let mut txs = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
         let raw = d.bytes("transaction", pyralog_ledger::tx::MAX_TX_BYTES)?;
-        txs.push(Transaction::from_bytes(raw)?);
+        txs.push((Transaction::from_bytes(raw)?, raw.len()));
     }
     d.finish()?;
     Ok(txs)
