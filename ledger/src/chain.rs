@@ -27,11 +27,16 @@ impl ChainId {
     /// Checks the rules and wraps the name.
     pub fn new(name: &str) -> Result<ChainId, CodecError> {
         let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c);
-        if name.is_empty() || name.len() > MAX_CHAIN_ID_BYTES || !name.chars().all(ok_char) {
+        // It names directories (wallet homes), so it must not start with a dot.
+        let first_ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !first_ok || name.len() > MAX_CHAIN_ID_BYTES || !name.chars().all(ok_char) {
             return Err(CodecError::Invalid {
                 what: "chain id",
                 reason: format!(
-                    "{name:?}: must be 1 to {MAX_CHAIN_ID_BYTES} characters from a-z 0-9 . _ -"
+                    "{name:?}: must be 1 to {MAX_CHAIN_ID_BYTES} characters from a-z 0-9 . _ -, starting with a-z or 0-9"
                 ),
             });
         }

@@ -6,7 +6,11 @@
 //!   expected one is a replay, above it a gap; both are typed errors;
 //! - `Notarize` records `digest → (tx hash, height, index, log index, time, sender)`; a
 //!   digest is notarized once, later attempts fail with the first record's position;
-//! - `Put` sets a key, `Delete` removes an existing key (deleting a missing key fails);
+//! - `Put` sets a key, `Delete` removes a key that has a value (otherwise it fails). Both
+//!   write a [`KvRecord`] that names the height of the key's previous version, so the
+//!   versions of a key form a certified back-linked list: a client can walk a key's whole
+//!   history from any certified state and a server cannot leave a version out. A delete
+//!   leaves a tombstone record (value `None`);
 //! - size limits are those of [`crate::tx`].
 //!
 //! A failed transaction changes nothing, so a proposer can skip it and go on
@@ -111,6 +115,58 @@ impl Decode for NotarizationRecord {
             log_index: d.u64("log index")?,
             time_ms: d.u64("time")?,
             sender: d.public_key("sender")?,
+        })
+    }
+}
+
+/// What the state records for a key of the key-value namespace: its value (or `None`
+/// once deleted), the height that wrote this version, and the height of the version
+/// before it (0 for the first). Several writes of one key in one block make one version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvRecord {
+    /// The value; `None` after a `Delete` (a tombstone).
+    pub value: Option<Vec<u8>>,
+    /// Height of the block that wrote this version.
+    pub height: u64,
+    /// Height of the previous version, 0 if this is the first.
+    pub prev_height: u64,
+}
+
+impl Encode for KvRecord {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(1);
+        out.extend_from_slice(&self.height.to_be_bytes());
+        out.extend_from_slice(&self.prev_height.to_be_bytes());
+        match &self.value {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                crate::codec::put_bytes(out, v);
+            }
+        }
+    }
+}
+
+impl Decode for KvRecord {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        d.version("kv record", 1)?;
+        let height = d.u64("height")?;
+        let prev_height = d.u64("previous height")?;
+        let value = if d.bool("has value")? {
+            Some(d.bytes("value", crate::tx::MAX_VALUE_BYTES)?.to_vec())
+        } else {
+            None
+        };
+        if prev_height >= height {
+            return Err(CodecError::Invalid {
+                what: "kv record",
+                reason: format!("previous height {prev_height} is not below height {height}"),
+            });
+        }
+        Ok(KvRecord {
+            value,
+            height,
+            prev_height,
         })
     }
 }
@@ -276,6 +332,17 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
             .map_or(0, |a| a.next_nonce))
     }
 
+    /// The previous-version height a write of `key` in this block records: the height of
+    /// the committed version, or, when this block already wrote the key, that write's own
+    /// predecessor (one version per height).
+    fn kv_prev_height(&self, key: &Hash) -> Result<u64, StoreError> {
+        Ok(match self.read_decoded::<KvRecord>(key)? {
+            None => 0,
+            Some(r) if r.height == self.height => r.prev_height,
+            Some(r) => r.height,
+        })
+    }
+
     /// Applies `tx` (whose signature the caller has checked). On error nothing changes.
     pub fn apply(&mut self, tx: &Transaction) -> Result<(), ExecError> {
         let fail = |error: TxError| ExecError::Tx {
@@ -325,13 +392,30 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
                 };
                 (key, Some(record.to_bytes()))
             }
-            Payload::Put { key, value } => (state_key(Namespace::Kv, key), Some(value.clone())),
+            Payload::Put { key, value } => {
+                let key = state_key(Namespace::Kv, key);
+                let prev_height = self.kv_prev_height(&key)?;
+                let record = KvRecord {
+                    value: Some(value.clone()),
+                    height: self.height,
+                    prev_height,
+                };
+                (key, Some(record.to_bytes()))
+            }
             Payload::Delete { key } => {
                 let key = state_key(Namespace::Kv, key);
-                if self.read(&key)?.is_none() {
+                let live = self
+                    .read_decoded::<KvRecord>(&key)?
+                    .is_some_and(|r| r.value.is_some());
+                if !live {
                     return Err(fail(TxError::KeyNotFound));
                 }
-                (key, None)
+                let record = KvRecord {
+                    value: None,
+                    height: self.height,
+                    prev_height: self.kv_prev_height(&key)?,
+                };
+                (key, Some(record.to_bytes()))
             }
         };
         self.updates.insert(key, value);

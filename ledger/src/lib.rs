@@ -13,13 +13,15 @@
 //! - [`state`]: the versioned sparse Merkle tree with proofs of values and of absence.
 //! - [`exec`]: deterministic execution of blocks.
 //! - [`evidence`]: proof that a validator signed two conflicting votes.
-//! - [`verify`]: the checks of headers, certificates and proofs; [`receipt`]: receipts.
+//! - [`verify`]: the checks of headers, certificates and proofs; [`receipt`]: receipts;
+//!   [`light`]: when a light client may trust a header.
 
 pub mod block;
 pub mod chain;
 pub mod codec;
 pub mod evidence;
 pub mod exec;
+pub mod light;
 pub mod log;
 pub mod merkle;
 pub mod receipt;
@@ -35,7 +37,9 @@ pub use chain::{
 };
 pub use codec::{CodecError, Decode, Encode};
 pub use evidence::{DuplicateVote, EvidenceError};
-pub use exec::{BlockContext, BlockExecutor, ExecError, Execution, Tip, TxError, apply_block};
+pub use exec::{
+    BlockContext, BlockExecutor, ExecError, Execution, KvRecord, Tip, TxError, apply_block,
+};
 pub use merkle::{ProofError, TxTree};
 pub use pyralog_crypto::Hash;
 pub use receipt::{ProvenNotarization, Receipt, ReceiptError, verify_receipt};

@@ -9,7 +9,8 @@ use pyralog_ledger::state::{self, Namespace, state_key};
 use pyralog_ledger::testing::{TestChain, user};
 use pyralog_ledger::verify::{self, VerifyError};
 use pyralog_ledger::{
-    EngineId, Header, Receipt, ReceiptError, apply_block, log, verify_receipt, verify_tx_signatures,
+    EngineId, Header, KvRecord, Receipt, ReceiptError, apply_block, log, verify_receipt,
+    verify_tx_signatures,
 };
 
 fn exec_error(chain: &TestChain, txs: &[pyralog_ledger::Transaction]) -> TxError {
@@ -122,13 +123,27 @@ fn put_delete_and_limits() {
     .unwrap();
     chain.commit(vec![del]);
     let kv = state_key(Namespace::Kv, b"k");
+    let record = |root| {
+        state::get(&chain.state, root, &kv)
+            .unwrap()
+            .map(|b| KvRecord::from_bytes(&b).unwrap())
+    };
     assert_eq!(
-        state::get(&chain.state, &root_1, &kv).unwrap(),
-        Some(b"v1".to_vec())
+        record(&root_1),
+        Some(KvRecord {
+            value: Some(b"v1".to_vec()),
+            height: 1,
+            prev_height: 0
+        })
     );
+    // A delete leaves a tombstone that links back to the deleted version.
     assert_eq!(
-        state::get(&chain.state, &chain.tip.state_root, &kv).unwrap(),
-        None
+        record(&chain.tip.state_root),
+        Some(KvRecord {
+            value: None,
+            height: 2,
+            prev_height: 1
+        })
     );
     let del_again = pyralog_ledger::Transaction::new_signed(
         &alice,
@@ -146,6 +161,60 @@ fn put_delete_and_limits() {
         exec_error(&chain, &[foreign]),
         TxError::WrongChain { .. }
     ));
+}
+
+#[test]
+fn kv_versions_link_back_one_per_height() {
+    let mut chain = TestChain::new(1, EngineId::Raft);
+    let alice = user(1);
+    let del = |nonce| {
+        pyralog_ledger::Transaction::new_signed(
+            &alice,
+            chain.chain_id(),
+            nonce,
+            pyralog_ledger::Payload::Delete { key: b"k".to_vec() },
+        )
+        .unwrap()
+    };
+    let del_2 = del(2);
+    // Height 1: two writes make one version; 2: a delete; 3: nothing; 4: a put again.
+    chain.commit(vec![
+        chain.put(&alice, 0, b"k", b"a"),
+        chain.put(&alice, 1, b"k", b"b"),
+    ]);
+    chain.commit(vec![del_2]);
+    chain.commit(vec![]);
+    chain.commit(vec![chain.put(&alice, 3, b"k", b"c")]);
+    let kv = state_key(Namespace::Kv, b"k");
+    let at = |height: u64| {
+        let root = chain.blocks[height as usize - 1].header.state_root;
+        KvRecord::from_bytes(&state::get(&chain.state, &root, &kv).unwrap().unwrap()).unwrap()
+    };
+    // Walk back from the newest version, as `pyralog history` does.
+    let mut versions = vec![];
+    let mut record = at(4);
+    loop {
+        versions.push((record.height, record.value.clone()));
+        if record.prev_height == 0 {
+            break;
+        }
+        record = at(record.prev_height);
+    }
+    assert_eq!(
+        versions,
+        vec![
+            (4, Some(b"c".to_vec())),
+            (2, None),
+            (1, Some(b"b".to_vec()))
+        ]
+    );
+    // A record whose previous height is not below its own does not decode.
+    let bad = KvRecord {
+        value: None,
+        height: 3,
+        prev_height: 3,
+    };
+    assert!(KvRecord::from_bytes(&bad.to_bytes()).is_err());
 }
 
 #[test]

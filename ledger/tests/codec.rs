@@ -27,7 +27,7 @@ fn key() -> impl Strategy<Value = pyralog_crypto::PublicKey> {
     (0u8..=255).prop_map(|n| Keypair::from_seed(&[n; 32]).public())
 }
 fn chain() -> impl Strategy<Value = ChainId> {
-    "[a-z0-9._-]{1,64}".prop_map(|s| ChainId::new(&s).unwrap())
+    "[a-z0-9][a-z0-9._-]{0,63}".prop_map(|s| ChainId::new(&s).unwrap())
 }
 fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 0..max)
@@ -269,6 +269,8 @@ fn bad_tags_and_oversize_lengths_are_rejected() {
     // Chain ids.
     assert!(ChainId::new("").is_err());
     assert!(ChainId::new("UPPER").is_err());
+    assert!(ChainId::new("..").is_err() && ChainId::new(".hidden").is_err());
+    assert!(ChainId::new("a.b-c_d").is_ok());
     assert!(ChainId::new(&"a".repeat(65)).is_err());
 }
 

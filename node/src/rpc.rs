@@ -17,7 +17,7 @@ use pyralog_crypto::PublicKey;
 use pyralog_ledger::state::{Namespace, StateProof, state_key};
 use pyralog_ledger::{
     Block, Certificate, Decode, DuplicateVote, Encode, Genesis, GenesisValidator, Hash, Header,
-    Transaction, TxTree,
+    KvRecord, Transaction, TxTree,
 };
 use pyralog_storage::{SledStore, Store};
 use serde::{Serialize, Serializer};
@@ -209,14 +209,19 @@ pub struct TxProofView {
     pub certificate: CertificateView,
 }
 
-/// A value (or its absence) with a state proof.
+/// A state entry (or its absence) with a state proof.
 #[derive(Clone, Debug, Serialize)]
 pub struct GetView {
+    /// The namespace: `kv`, `account` or `notarization`.
+    pub namespace: Namespace,
     /// The key (hex).
     pub key: String,
     /// The height whose state answered.
     pub height: u64,
-    /// The value (hex), or null if absent.
+    /// The state record (hex of its canonical encoding: a `KvRecord`, an `Account` or a
+    /// `NotarizationRecord`), or null if absent. This is what `proof` covers.
+    pub record: Option<String>,
+    /// For `kv`: the current value (hex), null if absent or deleted. Read from `record`.
     pub value: Option<String>,
     /// Proof against `header.state_root`.
     pub proof: StateProof,
@@ -225,6 +230,21 @@ pub struct GetView {
     /// Its certificate.
     pub certificate: CertificateView,
 }
+
+/// Versions of a key, newest first, each a `get` at the height that wrote it.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryView {
+    /// The key (hex).
+    pub key: String,
+    /// `versions[0]` is the state at the height asked for; each next entry is the state
+    /// at the previous entry's `KvRecord::prev_height`.
+    pub versions: Vec<GetView>,
+    /// When the list was cut at the limit: the height to ask for next.
+    pub next_height: Option<u64>,
+}
+
+/// Most versions one `history` call returns.
+pub const MAX_HISTORY_VERSIONS: u32 = 64;
 
 /// Inclusion of a log entry.
 #[derive(Clone, Debug, Serialize)]
@@ -312,9 +332,26 @@ pub trait NodeApi {
     #[method(name = "tx")]
     async fn tx(&self, hash: String) -> RpcResult<TxProofView>;
 
-    /// A key's value (or its absence) at `height` (latest when omitted), with a state proof.
+    /// A state entry (or its absence) at `height` (latest when omitted), with a state
+    /// proof. `namespace`: `kv` (default), `account` (key: public key) or `notarization`
+    /// (key: digest).
     #[method(name = "get")]
-    async fn get(&self, key: String, height: Option<u64>) -> RpcResult<GetView>;
+    async fn get(
+        &self,
+        key: String,
+        height: Option<u64>,
+        namespace: Option<Namespace>,
+    ) -> RpcResult<GetView>;
+
+    /// The versions of a `kv` key from `height` (latest when omitted) back, newest first,
+    /// at most `limit` (default and maximum 64).
+    #[method(name = "history")]
+    async fn history(
+        &self,
+        key: String,
+        height: Option<u64>,
+        limit: Option<u32>,
+    ) -> RpcResult<HistoryView>;
 
     /// Inclusion proof of log entry `index` (a transaction hash the caller knows) in the log
     /// certified at `height` (latest if omitted).
@@ -394,6 +431,33 @@ impl Api {
             .certificate(h)
             .map_err(internal)?
             .ok_or_else(|| err(NOT_FOUND, format!("no certificate at height {h}")))
+    }
+
+    fn get_at(&self, namespace: Namespace, raw: &[u8], h: u64) -> RpcResult<GetView> {
+        let header = self.header_at(h)?;
+        let (record, proof) = pyralog_ledger::state::prove(
+            &*self.0.store,
+            &header.state_root,
+            &state_key(namespace, raw),
+        )
+        .map_err(internal)?;
+        let value = match (&record, namespace) {
+            (Some(bytes), Namespace::Kv) => KvRecord::from_bytes(bytes)
+                .map_err(internal)?
+                .value
+                .map(hex::encode),
+            _ => None,
+        };
+        Ok(GetView {
+            namespace,
+            key: hex::encode(raw),
+            height: h,
+            record: record.map(hex::encode),
+            value,
+            proof,
+            header: HeaderView::of(&header),
+            certificate: CertificateView::of(&self.cert_at(h)?),
+        })
     }
 
     fn block_at(&self, h: u64) -> RpcResult<Block> {
@@ -590,24 +654,57 @@ impl NodeApiServer for Api {
         })
     }
 
-    async fn get(&self, key: String, height: Option<u64>) -> RpcResult<GetView> {
+    async fn get(
+        &self,
+        key: String,
+        height: Option<u64>,
+        namespace: Option<Namespace>,
+    ) -> RpcResult<GetView> {
+        let namespace = namespace.unwrap_or(Namespace::Kv);
         let raw = parse_hex("key", &key, pyralog_ledger::tx::MAX_KEY_BYTES)?;
         let h = self.height_or_latest(height)?;
-        let header = self.header_at(h)?;
-        let (value, proof) = pyralog_ledger::state::prove(
-            &*self.0.store,
-            &header.state_root,
-            &state_key(Namespace::Kv, &raw),
-        )
-        .map_err(internal)?;
-        Ok(GetView {
-            key: hex::encode(&raw),
-            height: h,
-            value: value.map(hex::encode),
-            proof,
-            header: HeaderView::of(&header),
-            certificate: CertificateView::of(&self.cert_at(h)?),
-        })
+        self.get_at(namespace, &raw, h)
+    }
+
+    async fn history(
+        &self,
+        key: String,
+        height: Option<u64>,
+        limit: Option<u32>,
+    ) -> RpcResult<HistoryView> {
+        let raw = parse_hex("key", &key, pyralog_ledger::tx::MAX_KEY_BYTES)?;
+        let limit = limit.unwrap_or(MAX_HISTORY_VERSIONS);
+        if limit == 0 || limit > MAX_HISTORY_VERSIONS {
+            return Err(bad_params(format!(
+                "limit must be between 1 and {MAX_HISTORY_VERSIONS}"
+            )));
+        }
+        let mut h = self.height_or_latest(height)?;
+        let mut versions = Vec::new();
+        loop {
+            let view = self.get_at(Namespace::Kv, &raw, h)?;
+            let prev = match &view.record {
+                None => 0,
+                Some(r) => {
+                    let bytes = hex::decode(r).map_err(internal)?;
+                    KvRecord::from_bytes(&bytes).map_err(internal)?.prev_height
+                }
+            };
+            versions.push(view);
+            let next_height = if prev == 0 {
+                None
+            } else if versions.len() as u32 == limit {
+                Some(prev)
+            } else {
+                h = prev;
+                continue;
+            };
+            return Ok(HistoryView {
+                key: hex::encode(&raw),
+                versions,
+                next_height,
+            });
+        }
     }
 
     async fn log_inclusion(&self, index: u64, height: Option<u64>) -> RpcResult<LogInclusionView> {

@@ -11,7 +11,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pyralog_ledger::{Tip, apply_block, log, state, verify};
+use pyralog_ledger::{Decode, Tip, apply_block, log, state, verify};
 use pyralog_storage::{SledStore, Store};
 
 const CHILD_DIR_VAR: &str = "PYRALOG_CRASH_CHILD_DIR";
@@ -83,10 +83,11 @@ fn check_store(store: &SledStore, from: u64) -> Tip {
         let exec = apply_block(store, store, &before, &block).unwrap();
         verify::verify_execution(&header, &exec).unwrap();
         let key = pyralog_ledger::state::state_key(pyralog_ledger::Namespace::Kv, b"counter");
-        assert_eq!(
-            state::get(store, &header.state_root, &key).unwrap(),
-            Some(h.to_be_bytes().to_vec())
-        );
+        let stored = state::get(store, &header.state_root, &key)
+            .unwrap()
+            .unwrap();
+        let record = pyralog_ledger::KvRecord::from_bytes(&stored).unwrap();
+        assert_eq!(record.value, Some(h.to_be_bytes().to_vec()));
     }
     if tip.height > 0 {
         let last = store.header(tip.height).unwrap().unwrap();

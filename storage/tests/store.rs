@@ -5,7 +5,7 @@
 use pyralog_crypto::content_digest;
 use pyralog_ledger::state::{self, Namespace, state_key};
 use pyralog_ledger::testing::TestChain;
-use pyralog_ledger::{Tip, TxTree, log, verify, verify_receipt};
+use pyralog_ledger::{Decode, Tip, TxTree, log, verify, verify_receipt};
 use pyralog_storage::{SledStore, StorageError, Store};
 
 mod common;
@@ -66,7 +66,8 @@ fn committed_blocks_survive_reopen_and_serve_proofs_at_every_height() {
         // Time travel: the counter's value as of height h, proven against header h.
         let key = state_key(Namespace::Kv, b"counter");
         let (value, proof) = state::prove(&store, &header.state_root, &key).unwrap();
-        assert_eq!(value, Some(h.to_be_bytes().to_vec()));
+        let record = pyralog_ledger::KvRecord::from_bytes(value.as_deref().unwrap()).unwrap();
+        assert_eq!(record.value, Some(h.to_be_bytes().to_vec()));
         verify::verify_state(header, Namespace::Kv, b"counter", value.as_deref(), &proof).unwrap();
         let (absent, proof) =
             state::prove(&store, &header.state_root, &state_key(Namespace::Kv, b"x")).unwrap();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use jsonrpsee::http_client::HttpClient;
 use pyralog_crypto::Keypair;
-use pyralog_ledger::{ChainId, Encode, Genesis, Payload, Transaction};
+use pyralog_ledger::{ChainId, Decode, Encode, Genesis, KvRecord, Payload, Transaction};
 use pyralog_testnet::{Manifest, call, client};
 use serde_json::{Value, json};
 
@@ -485,9 +485,16 @@ async fn rpc_answers_verify_with_the_ledger_functions_and_websocket_subscription
     let gh: Header = decode(&g["header"]);
     verify_certificate(genesis.engine, &set, &gh, &decode(&g["certificate"])).unwrap();
     assert_eq!(g["value"], json!(hex::encode(b"42")));
+    let record = hex::decode(g["record"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        KvRecord::from_bytes(&record).unwrap().value.as_deref(),
+        Some(&b"42"[..])
+    );
     let proof = serde_json::from_value(g["proof"].clone()).unwrap();
-    verify_state(&gh, Namespace::Kv, b"answer", Some(b"42"), &proof).unwrap();
-    assert!(verify_state(&gh, Namespace::Kv, b"answer", Some(b"43"), &proof).is_err());
+    verify_state(&gh, Namespace::Kv, b"answer", Some(&record), &proof).unwrap();
+    let mut forged = record.clone();
+    *forged.last_mut().unwrap() ^= 1;
+    assert!(verify_state(&gh, Namespace::Kv, b"answer", Some(&forged), &proof).is_err());
     let a = call(c, "get", vec![json!(hex::encode(b"nothing"))])
         .await
         .unwrap();
