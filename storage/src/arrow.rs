@@ -1,5 +1,5 @@
-//! Export of blocks and transactions as Apache Arrow IPC files (pyarrow, DuckDB and Polars
-//! read them as is).
+//! Export of blocks and transactions as Apache Arrow IPC or Parquet files (pyarrow, DuckDB
+//! and Polars read them as is).
 //!
 //! Two tables, one per file:
 //! - [`ExportTable::Transactions`]: one row per transaction, with its block's height and
@@ -20,7 +20,8 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use pyralog_ledger::{Block, Payload};
+use parquet::arrow::ArrowWriter;
+use pyralog_ledger::{Block, Certificate, Payload};
 
 use crate::{StorageError, Store};
 
@@ -173,7 +174,7 @@ struct BlockColumns {
 }
 
 impl BlockColumns {
-    fn push(&mut self, block: &Block, cert: &pyralog_ledger::Certificate) {
+    fn push(&mut self, block: &Block, cert: &Certificate) {
         let h = &block.header;
         self.height.append_value(h.height);
         self.time.append_value(h.time_ms as i64);
@@ -211,6 +212,15 @@ impl BlockColumns {
     }
 }
 
+/// The file format of an export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// Arrow IPC file (`.arrow`, Feather v2).
+    Arrow,
+    /// Parquet with Snappy compression.
+    Parquet,
+}
+
 /// What an export wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExportSummary {
@@ -220,11 +230,118 @@ pub struct ExportSummary {
     pub rows: u64,
 }
 
-/// Writes `table` for heights `from..=to` (clamped to the committed tip) to `out` as an
-/// Arrow IPC file. Fails if `from` is 0 or above `to`.
-pub fn export<S: Store + ?Sized, W: Write>(
+#[allow(clippy::large_enum_variant)] // one per export, never moved in a loop
+enum Sink<W: Write + Send> {
+    Arrow(FileWriter<W>),
+    Parquet(ArrowWriter<W>),
+}
+
+fn export_err(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Export(e.to_string())
+}
+
+/// Writes blocks, one at a time, as rows of one table in one file. Memory stays bounded:
+/// rows are flushed every [`BATCH_ROWS`].
+pub struct TableWriter<W: Write + Send> {
+    table: ExportTable,
+    schema: SchemaRef,
+    sink: Sink<W>,
+    txs: TxColumns,
+    blocks: BlockColumns,
+    summary: ExportSummary,
+}
+
+impl<W: Write + Send> TableWriter<W> {
+    /// Starts a file of `table` in `format` on `out`.
+    pub fn new(
+        table: ExportTable,
+        format: ExportFormat,
+        out: W,
+    ) -> Result<TableWriter<W>, StorageError> {
+        let schema = match table {
+            ExportTable::Blocks => blocks_schema(),
+            ExportTable::Transactions => transactions_schema(),
+        };
+        let sink = match format {
+            ExportFormat::Arrow => {
+                Sink::Arrow(FileWriter::try_new(out, &schema).map_err(export_err)?)
+            }
+            ExportFormat::Parquet => {
+                let props = parquet::file::properties::WriterProperties::builder()
+                    .set_compression(parquet::basic::Compression::SNAPPY)
+                    .build();
+                Sink::Parquet(
+                    ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(export_err)?,
+                )
+            }
+        };
+        Ok(TableWriter {
+            table,
+            schema,
+            sink,
+            txs: TxColumns::default(),
+            blocks: BlockColumns::default(),
+            summary: ExportSummary { blocks: 0, rows: 0 },
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
+        match &mut self.sink {
+            Sink::Arrow(w) => w.write(batch).map_err(export_err),
+            Sink::Parquet(w) => w.write(batch).map_err(export_err),
+        }
+    }
+
+    /// Adds `block` (with its certificate, used by the blocks table).
+    pub fn push(&mut self, block: &Block, cert: &Certificate) -> Result<(), StorageError> {
+        self.summary.blocks += 1;
+        match self.table {
+            ExportTable::Transactions => {
+                self.txs.push(block);
+                self.summary.rows += block.txs.len() as u64;
+                if self.txs.rows >= BATCH_ROWS {
+                    let batch = self.txs.finish(&self.schema)?;
+                    self.write(&batch)?;
+                }
+            }
+            ExportTable::Blocks => {
+                self.blocks.push(block, cert);
+                self.summary.rows += 1;
+                if self.blocks.rows >= BATCH_ROWS {
+                    let batch = self.blocks.finish(&self.schema)?;
+                    self.write(&batch)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the remaining rows and the file's footer.
+    pub fn finish(mut self) -> Result<ExportSummary, StorageError> {
+        if self.txs.rows > 0 {
+            let batch = self.txs.finish(&self.schema)?;
+            self.write(&batch)?;
+        }
+        if self.blocks.rows > 0 {
+            let batch = self.blocks.finish(&self.schema)?;
+            self.write(&batch)?;
+        }
+        match self.sink {
+            Sink::Arrow(mut w) => w.finish().map_err(export_err)?,
+            Sink::Parquet(w) => {
+                w.close().map_err(export_err)?;
+            }
+        }
+        Ok(self.summary)
+    }
+}
+
+/// Writes `table` for heights `from..=to` (clamped to the committed tip) to `out` in
+/// `format`. Fails if `from` is 0 or above `to`.
+pub fn export<S: Store + ?Sized, W: Write + Send>(
     store: &S,
     table: ExportTable,
+    format: ExportFormat,
     from: u64,
     to: u64,
     out: W,
@@ -236,47 +353,17 @@ pub fn export<S: Store + ?Sized, W: Write>(
         )));
     }
     let to = to.min(tip);
-    let schema = match table {
-        ExportTable::Blocks => blocks_schema(),
-        ExportTable::Transactions => transactions_schema(),
-    };
-    let arrow_err = |e: arrow_schema::ArrowError| StorageError::Export(e.to_string());
-    let mut writer = FileWriter::try_new(out, &schema).map_err(arrow_err)?;
-    let (mut txs, mut blocks) = (TxColumns::default(), BlockColumns::default());
-    let mut summary = ExportSummary { blocks: 0, rows: 0 };
+    let mut writer = TableWriter::new(table, format, out)?;
     for height in from..=to {
         let missing = |what| StorageError::Corrupt {
             what,
             reason: format!("missing at height {height}"),
         };
         let block = store.block(height)?.ok_or_else(|| missing("block"))?;
-        summary.blocks += 1;
-        match table {
-            ExportTable::Transactions => {
-                txs.push(&block);
-                summary.rows += block.txs.len() as u64;
-                if txs.rows >= BATCH_ROWS {
-                    writer.write(&txs.finish(&schema)?).map_err(arrow_err)?;
-                }
-            }
-            ExportTable::Blocks => {
-                let cert = store
-                    .certificate(height)?
-                    .ok_or_else(|| missing("certificate"))?;
-                blocks.push(&block, &cert);
-                summary.rows += 1;
-                if blocks.rows >= BATCH_ROWS {
-                    writer.write(&blocks.finish(&schema)?).map_err(arrow_err)?;
-                }
-            }
-        }
+        let cert = store
+            .certificate(height)?
+            .ok_or_else(|| missing("certificate"))?;
+        writer.push(&block, &cert)?;
     }
-    if txs.rows > 0 {
-        writer.write(&txs.finish(&schema)?).map_err(arrow_err)?;
-    }
-    if blocks.rows > 0 {
-        writer.write(&blocks.finish(&schema)?).map_err(arrow_err)?;
-    }
-    writer.finish().map_err(arrow_err)?;
-    Ok(summary)
+    writer.finish()
 }

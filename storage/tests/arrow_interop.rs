@@ -8,14 +8,16 @@ mod common;
 use std::process::Command;
 
 use pyralog_ledger::Payload;
-use pyralog_storage::arrow::{ExportTable, export};
+use pyralog_storage::arrow::{ExportFormat, ExportTable, export};
 use pyralog_storage::{SledStore, Store};
 
 const READER: &str = r#"
 import json, sys
 import pyarrow as pa
 import pyarrow.ipc as ipc
-table = ipc.open_file(sys.argv[1]).read_all()
+import pyarrow.parquet as pq
+path = sys.argv[1]
+table = pq.read_table(path) if path.endswith(".parquet") else ipc.open_file(path).read_all()
 out = {"schema": {f.name: str(f.type) for f in table.schema}, "rows": table.to_pylist()}
 def enc(v):
     if isinstance(v, bytes):
@@ -49,21 +51,6 @@ fn pyarrow_reads_the_same_rows() {
     for _ in 0..6 {
         common::commit_next(&store, &chain);
     }
-    // Transactions of heights 2..=5.
-    let path = dir.path().join("txs.arrow");
-    let summary = export(
-        &store,
-        ExportTable::Transactions,
-        2,
-        5,
-        std::fs::File::create(&path).unwrap(),
-    )
-    .unwrap();
-    assert_eq!((summary.blocks, summary.rows), (4, 16));
-    let got = read_with_pyarrow(&path);
-    assert_eq!(got["schema"]["block_time"], "timestamp[ms, tz=UTC]");
-    assert_eq!(got["schema"]["height"], "uint64");
-    let rows = got["rows"].as_array().unwrap();
     let mut expected = Vec::new();
     for h in 2..=5u64 {
         let block = store.block(h).unwrap().unwrap();
@@ -105,13 +92,34 @@ fn pyarrow_reads_the_same_rows() {
             }));
         }
     }
-    assert_eq!(rows, &expected);
+    // Transactions of heights 2..=5, in both formats.
+    for (format, name) in [
+        (ExportFormat::Arrow, "txs.arrow"),
+        (ExportFormat::Parquet, "txs.parquet"),
+    ] {
+        let path = dir.path().join(name);
+        let summary = export(
+            &store,
+            ExportTable::Transactions,
+            format,
+            2,
+            5,
+            std::fs::File::create(&path).unwrap(),
+        )
+        .unwrap();
+        assert_eq!((summary.blocks, summary.rows), (4, 16));
+        let got = read_with_pyarrow(&path);
+        assert_eq!(got["schema"]["block_time"], "timestamp[ms, tz=UTC]");
+        assert_eq!(got["schema"]["height"], "uint64");
+        assert_eq!(got["rows"].as_array().unwrap(), &expected, "{name}");
+    }
 
     // Blocks, with the range clamped to the tip.
     let path = dir.path().join("blocks.arrow");
     let summary = export(
         &store,
         ExportTable::Blocks,
+        ExportFormat::Arrow,
         1,
         100,
         std::fs::File::create(&path).unwrap(),
@@ -130,6 +138,15 @@ fn pyarrow_reads_the_same_rows() {
         assert_eq!(row["certificate_votes"], 4);
     }
     // Bad ranges are errors, not empty files.
-    assert!(export(&store, ExportTable::Blocks, 0, 3, Vec::new()).is_err());
-    assert!(export(&store, ExportTable::Blocks, 4, 3, Vec::new()).is_err());
+    for (from, to) in [(0, 3), (4, 3)] {
+        let r = export(
+            &store,
+            ExportTable::Blocks,
+            ExportFormat::Arrow,
+            from,
+            to,
+            Vec::new(),
+        );
+        assert!(r.is_err(), "{from}..={to}");
+    }
 }
