@@ -6,11 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pyralog_crypto::{Keypair, content_digest};
-use pyralog_ledger::{
-    Certificate, ChainParams, EngineId, Header, Payload, Receipt, Transaction, verify_receipt,
-};
-use pyralog_node::rpc::decode_hex;
+use pyralog_ledger::{ChainParams, EngineId};
 use pyralog_testnet::{
     Manifest, UpOptions, alive, call, client, down, height, kill_node, start_node, stop_node, up,
 };
@@ -89,6 +85,13 @@ enum Commands {
         /// Number of validators.
         #[arg(long, default_value_t = 4)]
         validators: usize,
+    },
+    /// Run the wallet (the same as `pyralog`); used by tests and the demo.
+    #[command(hide = true, disable_help_flag = true)]
+    Wallet {
+        /// Arguments for pyralog.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Run a node (the same as `pyralog-node`); used for the testnet's node processes.
     #[command(hide = true, disable_help_flag = true)]
@@ -243,6 +246,7 @@ fn run(cmd: Commands) -> anyhow::Result<()> {
         }
         Commands::Demo { home, validators } => demo(&home, validators),
         Commands::Node { .. } => anyhow::bail!("`node` must be the first argument"),
+        Commands::Wallet { .. } => anyhow::bail!("`wallet` must be the first argument"),
     }
 }
 
@@ -258,93 +262,71 @@ fn demo(home: &Path, validators: usize) -> anyhow::Result<()> {
         ),
         _ => start(validators, "tendermint", home, 60)?,
     };
-    let genesis = m.read_genesis()?;
     let file = home.join("demo-document.txt");
     let text = format!(
         "Pyralog demo document, written at {} ms since the Unix epoch.\n",
         now_ms()
     );
     std::fs::write(&file, &text)?;
-    let digest = content_digest(text.as_bytes());
-    let user = Keypair::generate()?;
-    let tx = Transaction::new_signed(
-        &user,
-        genesis.chain_id.clone(),
-        0,
-        Payload::Notarize {
-            digest,
-            meta: "pyralog-testnet demo".into(),
-        },
-    )?;
-    println!(
-        "\nnotarizing {} (BLAKE3 {})",
-        file.display(),
-        digest.to_hex()
-    );
-    let rt = runtime()?;
-    let c = client(&m.nodes[0].rpc)?;
-    let proof = rt.block_on(async {
-        let sent = call(
-            &c,
-            "broadcast_tx",
-            vec![
-                serde_json::json!(hex::encode(pyralog_ledger::Encode::to_bytes(&tx))),
-                serde_json::json!("commit"),
-            ],
-        )
-        .await?;
-        println!(
-            "  committed at height {} (tx {})",
-            sent["committed"]["height"], sent["hash"]
-        );
-        call(&c, "tx", vec![serde_json::json!(tx.hash().to_hex())]).await
-    })?;
-    let header: Header = decode_hex(proof["header"]["encoded"].as_str().unwrap_or_default())
-        .map_err(|e| anyhow::anyhow!("header from RPC: {e}"))?;
-    let cert: Certificate =
-        decode_hex(proof["certificate"]["encoded"].as_str().unwrap_or_default())
-            .map_err(|e| anyhow::anyhow!("certificate from RPC: {e}"))?;
-    let hashes = |k: &str| -> anyhow::Result<Vec<pyralog_ledger::Hash>> {
-        Ok(serde_json::from_value(proof[k].clone())?)
+    let receipt = home.join("demo-document.txt.pyralog-receipt.json");
+    let wallet_home = home.join("wallet");
+    let genesis = m.genesis.clone();
+    // The same code as the `pyralog` command, run in this process.
+    let pyralog = |step: &str, args: Vec<std::ffi::OsString>| -> anyhow::Result<()> {
+        println!("\n$ pyralog {step}");
+        let mut argv = vec![
+            "pyralog".into(),
+            "--home".into(),
+            wallet_home.clone().into_os_string(),
+        ];
+        argv.extend(args);
+        let code = pyralog_wallet::cli::main_with_args(argv);
+        if code != ExitCode::SUCCESS {
+            anyhow::bail!("`pyralog {step}` failed ({code:?})");
+        }
+        Ok(())
     };
-    let receipt = Receipt::new(
-        &tx,
-        proof["index"].as_u64().unwrap_or(0) as u32,
-        proof["log_index"].as_u64().unwrap_or(0),
-        &header,
-        &cert,
-        hashes("tx_proof")?,
-        hashes("log_proof")?,
-        Vec::new(),
+    if !wallet_home.join("key.json").exists() {
+        pyralog("key new", vec!["key".into(), "new".into()])?;
+    }
+    pyralog(
+        "notarize demo-document.txt (checked against a witness node)",
+        vec![
+            "--rpc".into(),
+            m.nodes[0].rpc.clone().into(),
+            "--witness".into(),
+            m.nodes[m.nodes.len() - 1].rpc.clone().into(),
+            "--genesis".into(),
+            genesis.clone().into_os_string(),
+            "notarize".into(),
+            file.clone().into_os_string(),
+            "--meta".into(),
+            "pyralog-testnet demo".into(),
+        ],
     )?;
-    let receipt_path = home.join("demo-document.txt.pyralog-receipt.json");
-    std::fs::write(&receipt_path, receipt.to_json())?;
-    println!("  receipt written to {}", receipt_path.display());
-
-    // Offline: only the file, the receipt and the genesis.
-    let file_digest = content_digest(&std::fs::read(&file)?);
-    let receipt_back = Receipt::from_json(&std::fs::read_to_string(&receipt_path)?)?;
-    let proven = verify_receipt(&genesis, &receipt_back, Some(&file_digest))
-        .context("the receipt does not verify")?;
-    println!("\nverified offline against {}:", m.genesis.display());
-    println!("  file digest   {}", proven.digest.to_hex());
-    println!("  signed by     {}", proven.signer.to_hex());
-    println!(
-        "  in block      {} (tx {}, log position {})",
-        proven.height, proven.index, proven.log_index
-    );
-    println!("  BFT time      {} ms since the Unix epoch", proven.time_ms);
-    println!("  chain         {}", proven.chain_id);
-    println!(
-        "  certified by  {} of {} validators",
-        cert.votes.len(),
-        genesis.validators.len()
-    );
-    let h = rt.block_on(async { height(&c).await });
+    pyralog(
+        "verify demo-document.txt (offline: the file, the receipt and the genesis only)",
+        vec![
+            "verify".into(),
+            file.clone().into_os_string(),
+            "--receipt".into(),
+            receipt.into_os_string(),
+            "--genesis".into(),
+            genesis.into_os_string(),
+        ],
+    )?;
+    let c = client(&m.nodes[0].rpc)?;
+    let h = runtime()?.block_on(async { height(&c).await });
     println!(
         "\nthe network keeps running (height {}); stop it with: pyralog-testnet down --home {}",
         h.map_or("?".into(), |h| h.to_string()),
         home.display()
+    );
+    println!(
+        "the wallet used {}: try `pyralog --home {} --rpc {} status`",
+        wallet_home.display(),
+        wallet_home.display(),
+        m.nodes[0].rpc
     );
     Ok(())
 }
@@ -355,6 +337,11 @@ fn main() -> ExitCode {
         let mut node_args = vec![std::ffi::OsString::from("pyralog-node")];
         node_args.extend(args.into_iter().skip(2));
         return pyralog_node::cli::main_with_args(node_args);
+    }
+    if args.get(1).is_some_and(|a| a == "wallet") {
+        let mut wallet_args = vec![std::ffi::OsString::from("pyralog")];
+        wallet_args.extend(args.into_iter().skip(2));
+        return pyralog_wallet::cli::main_with_args(wallet_args);
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,

@@ -1,8 +1,5 @@
-//! `pyralog`: The pyralog command: keys, notarization receipts that verify offline, and verified queries.
-//!
-//! Not built yet: the command exists so the workspace has its final shape.
+//! `pyralog`: keys, notarization receipts that verify offline, and verified queries.
 
 fn main() -> std::process::ExitCode {
-    eprintln!("pyralog: not available yet in this build; see README.md for what works today");
-    std::process::ExitCode::from(2)
+    pyralog_wallet::cli::main_with_args(std::env::args_os())
 }

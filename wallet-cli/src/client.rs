@@ -1,0 +1,312 @@
+//! A JSON-RPC client of a node, and the node's answers decoded from their canonical bytes.
+//!
+//! Nothing here is trusted: objects are decoded from the `encoded` hex the node sends (the
+//! bytes that were hashed and signed), never from its convenience JSON fields, and every
+//! answer is checked by [`crate::light`] before use.
+
+use std::time::Duration;
+
+use jsonrpsee::core::ClientError;
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::core::params::{ArrayParams, BatchRequestBuilder};
+use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use pyralog_ledger::{Block, Certificate, Decode, Hash, Header, StateProof, Transaction};
+use serde_json::Value;
+
+use crate::error::{Result, WalletError, check, node, usage};
+
+/// Error code of a node: nothing at that height / hash / key.
+pub const NOT_FOUND: i32 = -32002;
+/// Error code of a node: the transaction was rejected.
+pub const TX_REJECTED: i32 = -32001;
+
+/// Largest answer accepted from a node, in bytes.
+pub const MAX_RESPONSE_BYTES: u32 = 64 << 20;
+
+/// Most calls in one JSON-RPC batch.
+pub const MAX_BATCH: usize = 256;
+
+/// A call that the node answered with an error.
+#[derive(Clone, Debug)]
+pub struct CallError {
+    /// JSON-RPC error code.
+    pub code: i32,
+    /// Message.
+    pub message: String,
+    /// Data (for rejections: `{reason, message}`).
+    pub data: Option<Value>,
+}
+
+impl CallError {
+    /// The rejection reason code (`nonce_replayed`, ...), if this is a rejection.
+    pub fn reason(&self) -> Option<&str> {
+        self.data.as_ref()?.get("reason")?.as_str()
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (code {})", self.message, self.code)
+    }
+}
+
+/// A node reached over HTTP.
+#[derive(Clone, Debug)]
+pub struct Rpc {
+    url: String,
+    http: HttpClient,
+}
+
+fn params(values: Vec<Value>) -> Result<ArrayParams> {
+    let mut p = ArrayParams::new();
+    for v in values {
+        p.insert(v)
+            .map_err(|e| usage(format!("bad parameter: {e}")))?;
+    }
+    Ok(p)
+}
+
+impl Rpc {
+    /// A client of the node at `url` (`http://host:port`).
+    pub fn new(url: &str, timeout: Duration) -> Result<Rpc> {
+        let http = HttpClientBuilder::default()
+            .request_timeout(timeout)
+            .max_response_size(MAX_RESPONSE_BYTES)
+            .build(url)
+            .map_err(|e| usage(format!("--rpc {url}: {e}")))?;
+        Ok(Rpc {
+            url: url.to_string(),
+            http,
+        })
+    }
+
+    /// The node's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn transport(&self, e: ClientError) -> WalletError {
+        node(format!("node {} cannot be reached: {e}", self.url))
+    }
+
+    /// One call; a node error is returned as the inner `Err`.
+    pub async fn call(
+        &self,
+        method: &str,
+        args: Vec<Value>,
+    ) -> Result<std::result::Result<Value, CallError>> {
+        match self.http.request::<Value, _>(method, params(args)?).await {
+            Ok(v) => Ok(Ok(v)),
+            Err(ClientError::Call(e)) => Ok(Err(CallError {
+                code: e.code(),
+                message: e.message().to_string(),
+                data: e.data().and_then(|d| serde_json::from_str(d.get()).ok()),
+            })),
+            Err(e) => Err(self.transport(e)),
+        }
+    }
+
+    /// One call that must succeed.
+    pub async fn must(&self, method: &str, args: Vec<Value>) -> Result<Value> {
+        self.call(method, args)
+            .await?
+            .map_err(|e| node(format!("node {}: {method}: {e}", self.url)))
+    }
+
+    /// Many calls in as few HTTP round trips as possible (batches of [`MAX_BATCH`]).
+    pub async fn batch(
+        &self,
+        calls: &[(&str, Vec<Value>)],
+    ) -> Result<Vec<std::result::Result<Value, CallError>>> {
+        let mut out = Vec::with_capacity(calls.len());
+        for chunk in calls.chunks(MAX_BATCH) {
+            let mut b = BatchRequestBuilder::new();
+            for (method, args) in chunk {
+                b.insert(method, params(args.clone())?)
+                    .map_err(|e| usage(format!("bad parameter: {e}")))?;
+            }
+            let answers = self
+                .http
+                .batch_request::<Value>(b)
+                .await
+                .map_err(|e| self.transport(e))?;
+            if answers.len() != chunk.len() {
+                return Err(check(format!(
+                    "node {} answered {} of {} calls of a batch",
+                    self.url,
+                    answers.len(),
+                    chunk.len()
+                )));
+            }
+            for a in answers {
+                out.push(a.map_err(|e| CallError {
+                    code: e.code(),
+                    message: e.message().to_string(),
+                    data: e.data().and_then(|d| serde_json::from_str(d.get()).ok()),
+                }));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A malformed answer: a failed check (the server is broken or lying).
+fn bad(url: &str, what: &str, why: impl std::fmt::Display) -> WalletError {
+    check(format!("node {url} sent a malformed {what}: {why}"))
+}
+
+fn field<'a>(url: &str, v: &'a Value, name: &str) -> Result<&'a Value> {
+    v.get(name).ok_or_else(|| bad(url, name, "missing field"))
+}
+
+/// Decodes the canonical object in `v[name].encoded` (or `v[name]` when it is a string).
+pub fn decode_encoded<T: Decode>(url: &str, v: &Value, name: &str) -> Result<T> {
+    let f = field(url, v, name)?;
+    let text = f
+        .get("encoded")
+        .unwrap_or(f)
+        .as_str()
+        .ok_or_else(|| bad(url, name, "not hex text"))?;
+    let bytes = hex::decode(text).map_err(|e| bad(url, name, e))?;
+    T::from_bytes(&bytes).map_err(|e| bad(url, name, e))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(url: &str, v: &Value, name: &str) -> Result<T> {
+    serde_json::from_value(field(url, v, name)?.clone()).map_err(|e| bad(url, name, e))
+}
+
+/// A header with the certificate a node sent for it (not yet verified).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedHeader {
+    /// The header.
+    pub header: Header,
+    /// Its certificate.
+    pub cert: Certificate,
+}
+
+impl SignedHeader {
+    /// From an answer with `header` and `certificate` fields.
+    pub fn from_answer(url: &str, v: &Value) -> Result<SignedHeader> {
+        Ok(SignedHeader {
+            header: decode_encoded(url, v, "header")?,
+            cert: decode_encoded(url, v, "certificate")?,
+        })
+    }
+}
+
+/// The answer of `tx`.
+#[derive(Clone, Debug)]
+pub struct TxAnswer {
+    /// The transaction.
+    pub tx: Transaction,
+    /// Index in the block.
+    pub index: u32,
+    /// Position in the log.
+    pub log_index: u64,
+    /// Proof in the block's transaction tree.
+    pub tx_proof: Vec<Hash>,
+    /// Proof in the log.
+    pub log_proof: Vec<Hash>,
+    /// The block's header and certificate.
+    pub signed: SignedHeader,
+}
+
+impl TxAnswer {
+    /// Parses a `tx` answer.
+    pub fn parse(url: &str, v: &Value) -> Result<TxAnswer> {
+        Ok(TxAnswer {
+            tx: decode_encoded(url, v, "tx")?,
+            index: parse(url, v, "index")?,
+            log_index: parse(url, v, "log_index")?,
+            tx_proof: parse(url, v, "tx_proof")?,
+            log_proof: parse(url, v, "log_proof")?,
+            signed: SignedHeader::from_answer(url, v)?,
+        })
+    }
+}
+
+/// The answer of `get`.
+#[derive(Clone, Debug)]
+pub struct GetAnswer {
+    /// Height of the state that answered.
+    pub height: u64,
+    /// The state record, if present.
+    pub record: Option<Vec<u8>>,
+    /// Its proof.
+    pub proof: StateProof,
+    /// The header and certificate of that height.
+    pub signed: SignedHeader,
+}
+
+impl GetAnswer {
+    /// Parses a `get` answer (also the entries of `history`).
+    pub fn parse(url: &str, v: &Value) -> Result<GetAnswer> {
+        let record = match field(url, v, "record")? {
+            Value::Null => None,
+            Value::String(s) => Some(hex::decode(s).map_err(|e| bad(url, "record", e))?),
+            _ => return Err(bad(url, "record", "not hex text")),
+        };
+        Ok(GetAnswer {
+            height: parse(url, v, "height")?,
+            record,
+            proof: parse(url, v, "proof")?,
+            signed: SignedHeader::from_answer(url, v)?,
+        })
+    }
+}
+
+/// The answer of `history`.
+#[derive(Clone, Debug)]
+pub struct HistoryAnswer {
+    /// Newest first.
+    pub versions: Vec<GetAnswer>,
+    /// Where to continue, if cut.
+    pub next_height: Option<u64>,
+}
+
+impl HistoryAnswer {
+    /// Parses a `history` answer.
+    pub fn parse(url: &str, v: &Value) -> Result<HistoryAnswer> {
+        let versions = field(url, v, "versions")?
+            .as_array()
+            .ok_or_else(|| bad(url, "versions", "not a list"))?
+            .iter()
+            .map(|e| GetAnswer::parse(url, e))
+            .collect::<Result<_>>()?;
+        Ok(HistoryAnswer {
+            versions,
+            next_height: parse(url, v, "next_height")?,
+        })
+    }
+}
+
+/// The answer of `log_consistency`: a newer certified header and the proof that its log
+/// extends the older header's.
+#[derive(Clone, Debug)]
+pub struct ConsistencyAnswer {
+    /// The server's header at the older height.
+    pub old: Header,
+    /// The newer header with its certificate.
+    pub new: SignedHeader,
+    /// The consistency proof.
+    pub proof: Vec<Hash>,
+}
+
+impl ConsistencyAnswer {
+    /// Parses a `log_consistency` answer.
+    pub fn parse(url: &str, v: &Value) -> Result<ConsistencyAnswer> {
+        Ok(ConsistencyAnswer {
+            old: decode_encoded(url, v, "old")?,
+            new: SignedHeader {
+                header: decode_encoded(url, v, "new")?,
+                cert: decode_encoded(url, v, "certificate")?,
+            },
+            proof: parse(url, v, "proof")?,
+        })
+    }
+}
+
+/// A block and its certificate.
+pub fn parse_block(url: &str, block: &Value) -> Result<Block> {
+    decode_encoded(url, &serde_json::json!({ "block": block }), "block")
+}
