@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use pyralog_ledger::light::{UpdateError, check_update, verify_signed_header};
-use pyralog_ledger::{Certificate, Decode, Encode, Genesis, Hash, Header, ValidatorSet};
+use pyralog_ledger::{Certificate, Decode, Encode, Genesis, Header, ValidatorSet};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -390,9 +390,4 @@ impl LightClient {
         }
         Ok(())
     }
-}
-
-/// Hash of a header, for display.
-pub fn short(h: &Hash) -> String {
-    h.to_hex()[..16].to_string()
 }
