@@ -172,16 +172,21 @@ impl LightClient {
         }
     }
 
-    /// Verifies a header a server sent with an answer: certified, and not newer than the
-    /// trusted head (call [`LightClient::update`] first). At the trusted height it must be
-    /// the trusted header itself; a different certified one is a fork alarm.
-    pub fn check_header(&self, source: &str, s: &SignedHeader) -> Result<()> {
+    /// Checks that `s`, sent by `source`, is certified for this chain.
+    fn certified(&self, source: &str, s: &SignedHeader) -> Result<()> {
         verify_signed_header(&self.genesis, &self.validators, &s.header, &s.cert).map_err(|e| {
             check(format!(
                 "{source} sent a header at height {} that is not certified: {e}",
                 s.header.height
             ))
-        })?;
+        })
+    }
+
+    /// Verifies a header a server sent with an answer: certified, and not newer than the
+    /// trusted head (call [`LightClient::update`] first). At the trusted height it must be
+    /// the trusted header itself; a different certified one is a fork alarm.
+    pub fn check_header(&self, source: &str, s: &SignedHeader) -> Result<()> {
+        self.certified(source, s)?;
         let Some(t) = &self.trusted else {
             return Err(check("no trusted header yet"));
         };
@@ -302,14 +307,7 @@ impl LightClient {
     async fn head_of(&self, rpc: &Rpc) -> Result<SignedHeader> {
         let v = rpc.must("log_consistency", vec![json!(1)]).await?;
         let a = ConsistencyAnswer::parse(rpc.url(), &v)?;
-        verify_signed_header(&self.genesis, &self.validators, &a.new.header, &a.new.cert).map_err(
-            |e| {
-                check(format!(
-                    "node {}: its head is not certified: {e}",
-                    rpc.url()
-                ))
-            },
-        )?;
+        self.certified(rpc.url(), &a.new)?;
         Ok(a.new)
     }
 
@@ -366,18 +364,8 @@ impl LightClient {
     }
 
     fn compare(&self, a_src: &str, a: &SignedHeader, b_src: &str, b: &SignedHeader) -> Result<()> {
-        verify_signed_header(&self.genesis, &self.validators, &b.header, &b.cert).map_err(|e| {
-            check(format!(
-                "witness {b_src} sent an uncertified header at height {}: {e}",
-                b.header.height
-            ))
-        })?;
-        verify_signed_header(&self.genesis, &self.validators, &a.header, &a.cert).map_err(|e| {
-            check(format!(
-                "{a_src} sent an uncertified header at height {}: {e}",
-                a.header.height
-            ))
-        })?;
+        self.certified(&format!("witness {b_src}"), b)?;
+        self.certified(a_src, a)?;
         if a.header.hash() != b.header.hash() {
             return Err(self.fork_alarm(
                 "conflicting_headers",
