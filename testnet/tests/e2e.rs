@@ -3,85 +3,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use jsonrpsee::http_client::HttpClient;
 use pyralog_crypto::Keypair;
-use pyralog_ledger::{ChainId, Decode, Encode, Genesis, KvRecord, Payload, Transaction};
-use pyralog_testnet::{Manifest, call, client};
+use pyralog_ledger::{ChainId, Decode, Encode, KvRecord, Payload, Transaction};
+use pyralog_testnet::call;
 use serde_json::{Value, json};
 
-const EXE: &str = env!("CARGO_BIN_EXE_pyralog-testnet");
+mod common;
 
-/// A running testnet, stopped on drop.
-struct Net {
-    _dir: tempfile::TempDir,
-    home: PathBuf,
-}
-
-impl Net {
-    fn up(validators: usize) -> Net {
-        let dir = tempfile::tempdir().unwrap();
-        let home = dir.path().join("net");
-        let out = Command::new(EXE)
-            .args(["up", "--validators", &validators.to_string(), "--home"])
-            .arg(&home)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "up failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Net { _dir: dir, home }
-    }
-
-    fn manifest(&self) -> Manifest {
-        Manifest::load(&self.home).unwrap()
-    }
-
-    fn genesis(&self) -> Genesis {
-        self.manifest().read_genesis().unwrap()
-    }
-
-    fn cli(&self, args: &[&str]) {
-        let out = Command::new(EXE)
-            .args(args)
-            .arg("--home")
-            .arg(&self.home)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn clients(&self) -> Vec<HttpClient> {
-        self.manifest()
-            .nodes
-            .iter()
-            .map(|n| client(&n.rpc).unwrap())
-            .collect()
-    }
-
-    fn log(&self, node: &str) -> String {
-        std::fs::read_to_string(self.home.join(node).join("node.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = Command::new(EXE)
-            .args(["down", "--home"])
-            .arg(&self.home)
-            .output();
-    }
-}
+use common::Net;
 
 fn put(key: &Keypair, chain: &ChainId, nonce: u64, tag: &str) -> Transaction {
     Transaction::new_signed(

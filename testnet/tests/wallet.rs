@@ -17,10 +17,12 @@ use jsonrpsee::server::{RpcModule, Server, ServerHandle};
 use jsonrpsee::types::ErrorObjectOwned;
 use pyralog_crypto::Keypair;
 use pyralog_ledger::{CommitSig, Decode, Encode, Hash, Header, Vote};
-use pyralog_testnet::{Manifest, client};
+use pyralog_testnet::client;
 use serde_json::{Value, json};
 
-const EXE: &str = env!("CARGO_BIN_EXE_pyralog-testnet");
+mod common;
+
+use common::{EXE, Net};
 
 /// What the proxy lies about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +42,8 @@ enum Lie {
     OldState,
     /// `history`: starts from an older height, leaving out the newest version.
     OmitsNewest,
+    /// `broadcast_tx`: refuses every transaction (mempool full).
+    Refuses,
     /// Every header it serves has another state root, re-certified by a quorum of the
     /// validators' keys (a colluding quorum: a fork).
     Forked,
@@ -141,6 +145,14 @@ async fn answer(
     mut args: Vec<Value>,
 ) -> Result<Value, ErrorObjectOwned> {
     let lie = *s.lie.lock().unwrap();
+    if (lie, method) == (Lie::Refuses, "broadcast_tx") {
+        let data = json!({ "reason": "mempool_full", "message": "mempool is full" });
+        return Err(ErrorObjectOwned::owned(
+            -32001,
+            "transaction rejected: mempool is full",
+            Some(data),
+        ));
+    }
     match (lie, method) {
         (Lie::StaleHead, "log_consistency") => args = vec![json!(1), json!(2)],
         (Lie::OldState, "get") => args[1] = json!(1),
@@ -221,74 +233,6 @@ async fn proxy(upstream: &str, keys: Vec<Keypair>) -> Proxy {
     }
 }
 
-/// A running testnet, stopped on drop.
-struct Net {
-    _dir: tempfile::TempDir,
-    dir: PathBuf,
-    home: PathBuf,
-}
-
-impl Net {
-    fn up() -> Net {
-        let dir = tempfile::tempdir().unwrap();
-        let home = dir.path().join("net");
-        let out = std::process::Command::new(EXE)
-            .args(["up", "--validators", "4", "--home"])
-            .arg(&home)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Net {
-            dir: dir.path().to_path_buf(),
-            _dir: dir,
-            home,
-        }
-    }
-
-    fn manifest(&self) -> Manifest {
-        Manifest::load(&self.home).unwrap()
-    }
-
-    fn down(&self) {
-        let out = std::process::Command::new(EXE)
-            .args(["down", "--home"])
-            .arg(&self.home)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-    }
-
-    /// Validator keys in the canonical order of the set.
-    fn validator_keys(&self) -> Vec<Keypair> {
-        let m = self.manifest();
-        let set = m.read_genesis().unwrap().validator_set().unwrap();
-        let mut keys: Vec<(usize, Keypair)> = m
-            .nodes
-            .iter()
-            .map(|n| {
-                let k = pyralog_crypto::keyfile::read_key_file(&n.home.join("validator_key.json"))
-                    .unwrap();
-                (set.index_of(&k.public()).unwrap(), k)
-            })
-            .collect();
-        keys.sort_by_key(|(i, _)| *i);
-        keys.into_iter().map(|(_, k)| k).collect()
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(EXE)
-            .args(["down", "--home"])
-            .arg(&self.home)
-            .output();
-    }
-}
-
 struct Run {
     code: i32,
     out: String,
@@ -333,7 +277,7 @@ fn trusted_height(wallet: &Path) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wallet_round_trip_lying_servers_fork_alarm_and_offline_verify() {
-    let net = Net::up();
+    let net = Net::up(4);
     let m = net.manifest();
     let genesis = m.genesis.to_str().unwrap().to_string();
     let (rpc0, rpc1) = (m.nodes[0].rpc.clone(), m.nodes[1].rpc.clone());
@@ -516,6 +460,32 @@ async fn wallet_round_trip_lying_servers_fork_alarm_and_offline_verify() {
         );
         assert!(trusted_height(w) >= before, "{lie:?}");
     }
+    // A refusal is reported per file, in one JSON document, with exit status 4.
+    liar.lie(Lie::Refuses);
+    let refused = net.dir.join("refused.txt");
+    std::fs::write(&refused, "never notarized\n").unwrap();
+    let r = pyralog(
+        w,
+        &[
+            "--json",
+            "--rpc",
+            &liar.url,
+            "notarize",
+            refused.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 4, "{}{}", r.out, r.err);
+    let v = r.json();
+    assert_eq!(v["ok"], json!(false));
+    assert!(
+        v["files"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("mempool_full"),
+        "{v}"
+    );
+    assert!(!Path::new(&format!("{}.pyralog-receipt.json", refused.display())).exists());
     liar.lie(Lie::Nothing);
 
     // A witness that shows another certified history: fork alarm, evidence saved.

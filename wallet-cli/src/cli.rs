@@ -195,10 +195,12 @@ enum Table {
     Blocks,
 }
 
-/// What a command prints: text for people, JSON for scripts.
+/// What a command prints: text for people, JSON for scripts; and, when part of the work
+/// failed, the error that sets the exit status (printed after the report).
 struct Report {
     text: String,
     json: Value,
+    failure: Option<WalletError>,
 }
 
 /// Runs `pyralog` with `args` (the first is the program name) and returns its exit status.
@@ -235,7 +237,13 @@ where
             } else {
                 print!("{}", report.text);
             }
-            ExitCode::SUCCESS
+            match report.failure {
+                None => ExitCode::SUCCESS,
+                Some(e) => {
+                    eprintln!("pyralog: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
         }
         Err(e) => {
             if json {
@@ -419,6 +427,7 @@ fn key_cmd(cli: &Cli, home: &Home, k: &KeyCmd) -> Result<Report> {
             path.display()
         ),
         json: json!({ "public_key": public, "key_file": path, "created": created }),
+        failure: None,
     })
 }
 
@@ -465,7 +474,11 @@ fn verify_cmd(cli: &Cli, file: &Path, receipt: &Path, timings: bool) -> Result<R
             "signature_share": share,
         });
     }
-    Ok(Report { text, json })
+    Ok(Report {
+        text,
+        json,
+        failure: None,
+    })
 }
 
 /// Time of the signature checks alone that [`verify_receipt`] makes: the transaction's
@@ -833,16 +846,16 @@ async fn notarize(
             None => {}
         }
     }
-    if failed > 0 {
-        print!("{text}");
-        return Err(node(format!(
+    let failure = (failed > 0).then(|| {
+        node(format!(
             "{failed} of {} files were not notarized",
             items.len()
-        )));
-    }
+        ))
+    });
     Ok(Report {
         text,
-        json: json!({ "ok": true, "files": rows }),
+        json: json!({ "ok": failed == 0, "files": rows }),
+        failure,
     })
 }
 
@@ -907,6 +920,7 @@ async fn write(cli: &Cli, home: &Home, payload: Payload) -> Result<Report> {
             hash.to_hex()
         ),
         json: json!({ "ok": true, "kind": kind, "tx_hash": hash.to_hex(), "height": h.height, "time_ms": h.time_ms }),
+        failure: None,
     })
 }
 
@@ -964,6 +978,7 @@ async fn get_cmd(cli: &Cli, home: &Home, key: &[u8], height: Option<u64>) -> Res
             "value": value,
             "version_height": record.map(|r| r.height),
         }),
+        failure: None,
     })
 }
 
@@ -1000,6 +1015,7 @@ async fn history_cmd(cli: &Cli, home: &Home, key: &[u8]) -> Result<Report> {
     Ok(Report {
         text,
         json: json!({ "key": bytes_json(key), "head": head, "versions": rows }),
+        failure: None,
     })
 }
 
@@ -1046,6 +1062,7 @@ async fn tx_cmd(cli: &Cli, home: &Home, hash: &str) -> Result<Report> {
             "tx": t.tx,
             "header_hash": h.hash().to_hex(),
         }),
+        failure: None,
     })
 }
 
@@ -1103,6 +1120,7 @@ async fn status_cmd(cli: &Cli, home: &Home) -> Result<Report> {
             "witnesses": cli.witnesses,
             "node_status_unverified": node_status,
         }),
+        failure: None,
     })
 }
 
@@ -1198,6 +1216,7 @@ async fn export_cmd(
             out.display()
         ),
         json: json!({ "ok": true, "rows": summary.rows, "blocks": summary.blocks, "from": from, "to": to, "out": out }),
+        failure: None,
     })
 }
 
