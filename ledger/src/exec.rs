@@ -332,15 +332,20 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
             .map_or(0, |a| a.next_nonce))
     }
 
-    /// The previous-version height a write of `key` in this block records: the height of
-    /// the committed version, or, when this block already wrote the key, that write's own
+    /// The next version of a key whose current record is `current`: it links to the
+    /// committed version or, when this block already wrote the key, to that write's own
     /// predecessor (one version per height).
-    fn kv_prev_height(&self, key: &Hash) -> Result<u64, StoreError> {
-        Ok(match self.read_decoded::<KvRecord>(key)? {
+    fn kv_version(&self, current: Option<&KvRecord>, value: Option<Vec<u8>>) -> KvRecord {
+        let prev_height = match current {
             None => 0,
             Some(r) if r.height == self.height => r.prev_height,
             Some(r) => r.height,
-        })
+        };
+        KvRecord {
+            value,
+            height: self.height,
+            prev_height,
+        }
     }
 
     /// Applies `tx` (whose signature the caller has checked). On error nothing changes.
@@ -394,27 +399,17 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
             }
             Payload::Put { key, value } => {
                 let key = state_key(Namespace::Kv, key);
-                let prev_height = self.kv_prev_height(&key)?;
-                let record = KvRecord {
-                    value: Some(value.clone()),
-                    height: self.height,
-                    prev_height,
-                };
+                let current = self.read_decoded::<KvRecord>(&key)?;
+                let record = self.kv_version(current.as_ref(), Some(value.clone()));
                 (key, Some(record.to_bytes()))
             }
             Payload::Delete { key } => {
                 let key = state_key(Namespace::Kv, key);
-                let live = self
-                    .read_decoded::<KvRecord>(&key)?
-                    .is_some_and(|r| r.value.is_some());
-                if !live {
+                let current = self.read_decoded::<KvRecord>(&key)?;
+                if current.as_ref().is_none_or(|r| r.value.is_none()) {
                     return Err(fail(TxError::KeyNotFound));
                 }
-                let record = KvRecord {
-                    value: None,
-                    height: self.height,
-                    prev_height: self.kv_prev_height(&key)?,
-                };
+                let record = self.kv_version(current.as_ref(), None);
                 (key, Some(record.to_bytes()))
             }
         };

@@ -433,7 +433,13 @@ impl Api {
             .ok_or_else(|| err(NOT_FOUND, format!("no certificate at height {h}")))
     }
 
-    fn get_at(&self, namespace: Namespace, raw: &[u8], h: u64) -> RpcResult<GetView> {
+    /// The entry of `raw` in `namespace` at height `h`, and for `kv` its decoded record.
+    fn get_at(
+        &self,
+        namespace: Namespace,
+        raw: &[u8],
+        h: u64,
+    ) -> RpcResult<(GetView, Option<KvRecord>)> {
         let header = self.header_at(h)?;
         let (record, proof) = pyralog_ledger::state::prove(
             &*self.0.store,
@@ -441,23 +447,24 @@ impl Api {
             &state_key(namespace, raw),
         )
         .map_err(internal)?;
-        let value = match (&record, namespace) {
-            (Some(bytes), Namespace::Kv) => KvRecord::from_bytes(bytes)
-                .map_err(internal)?
-                .value
-                .map(hex::encode),
+        let kv = match (&record, namespace) {
+            (Some(bytes), Namespace::Kv) => Some(KvRecord::from_bytes(bytes).map_err(internal)?),
             _ => None,
         };
-        Ok(GetView {
+        let view = GetView {
             namespace,
             key: hex::encode(raw),
             height: h,
             record: record.map(hex::encode),
-            value,
+            value: kv
+                .as_ref()
+                .and_then(|r| r.value.as_deref())
+                .map(hex::encode),
             proof,
             header: HeaderView::of(&header),
             certificate: CertificateView::of(&self.cert_at(h)?),
-        })
+        };
+        Ok((view, kv))
     }
 
     fn block_at(&self, h: u64) -> RpcResult<Block> {
@@ -663,7 +670,7 @@ impl NodeApiServer for Api {
         let namespace = namespace.unwrap_or(Namespace::Kv);
         let raw = parse_hex("key", &key, pyralog_ledger::tx::MAX_KEY_BYTES)?;
         let h = self.height_or_latest(height)?;
-        self.get_at(namespace, &raw, h)
+        Ok(self.get_at(namespace, &raw, h)?.0)
     }
 
     async fn history(
@@ -682,14 +689,8 @@ impl NodeApiServer for Api {
         let mut h = self.height_or_latest(height)?;
         let mut versions = Vec::new();
         loop {
-            let view = self.get_at(Namespace::Kv, &raw, h)?;
-            let prev = match &view.record {
-                None => 0,
-                Some(r) => {
-                    let bytes = hex::decode(r).map_err(internal)?;
-                    KvRecord::from_bytes(&bytes).map_err(internal)?.prev_height
-                }
-            };
+            let (view, record) = self.get_at(Namespace::Kv, &raw, h)?;
+            let prev = record.map_or(0, |r| r.prev_height);
             versions.push(view);
             let next_height = if prev == 0 {
                 None

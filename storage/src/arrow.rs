@@ -243,12 +243,46 @@ fn export_err(e: impl std::fmt::Display) -> StorageError {
 /// Writes blocks, one at a time, as rows of one table in one file. Memory stays bounded:
 /// rows are flushed every [`BATCH_ROWS`].
 pub struct TableWriter<W: Write + Send> {
-    table: ExportTable,
     schema: SchemaRef,
     sink: Sink<W>,
-    txs: TxColumns,
-    blocks: BlockColumns,
+    columns: Columns,
     summary: ExportSummary,
+}
+
+/// The rows not yet written, of the table being exported.
+enum Columns {
+    Txs(TxColumns),
+    Blocks(BlockColumns),
+}
+
+impl Columns {
+    /// Adds a block's rows; returns how many.
+    fn push(&mut self, block: &Block, cert: &Certificate) -> u64 {
+        match self {
+            Columns::Txs(c) => {
+                c.push(block);
+                block.txs.len() as u64
+            }
+            Columns::Blocks(c) => {
+                c.push(block, cert);
+                1
+            }
+        }
+    }
+
+    fn rows(&self) -> usize {
+        match self {
+            Columns::Txs(c) => c.rows,
+            Columns::Blocks(c) => c.rows,
+        }
+    }
+
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, StorageError> {
+        match self {
+            Columns::Txs(c) => c.finish(schema),
+            Columns::Blocks(c) => c.finish(schema),
+        }
+    }
 }
 
 impl<W: Write + Send> TableWriter<W> {
@@ -258,9 +292,11 @@ impl<W: Write + Send> TableWriter<W> {
         format: ExportFormat,
         out: W,
     ) -> Result<TableWriter<W>, StorageError> {
-        let schema = match table {
-            ExportTable::Blocks => blocks_schema(),
-            ExportTable::Transactions => transactions_schema(),
+        let (schema, columns) = match table {
+            ExportTable::Blocks => (blocks_schema(), Columns::Blocks(BlockColumns::default())),
+            ExportTable::Transactions => {
+                (transactions_schema(), Columns::Txs(TxColumns::default()))
+            }
         };
         let sink = match format {
             ExportFormat::Arrow => {
@@ -276,55 +312,36 @@ impl<W: Write + Send> TableWriter<W> {
             }
         };
         Ok(TableWriter {
-            table,
             schema,
             sink,
-            txs: TxColumns::default(),
-            blocks: BlockColumns::default(),
+            columns,
             summary: ExportSummary { blocks: 0, rows: 0 },
         })
     }
 
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
+    /// Writes the pending rows as one record batch.
+    fn flush(&mut self) -> Result<(), StorageError> {
+        let batch = self.columns.finish(&self.schema)?;
         match &mut self.sink {
-            Sink::Arrow(w) => w.write(batch).map_err(export_err),
-            Sink::Parquet(w) => w.write(batch).map_err(export_err),
+            Sink::Arrow(w) => w.write(&batch).map_err(export_err),
+            Sink::Parquet(w) => w.write(&batch).map_err(export_err),
         }
     }
 
     /// Adds `block` (with its certificate, used by the blocks table).
     pub fn push(&mut self, block: &Block, cert: &Certificate) -> Result<(), StorageError> {
         self.summary.blocks += 1;
-        match self.table {
-            ExportTable::Transactions => {
-                self.txs.push(block);
-                self.summary.rows += block.txs.len() as u64;
-                if self.txs.rows >= BATCH_ROWS {
-                    let batch = self.txs.finish(&self.schema)?;
-                    self.write(&batch)?;
-                }
-            }
-            ExportTable::Blocks => {
-                self.blocks.push(block, cert);
-                self.summary.rows += 1;
-                if self.blocks.rows >= BATCH_ROWS {
-                    let batch = self.blocks.finish(&self.schema)?;
-                    self.write(&batch)?;
-                }
-            }
+        self.summary.rows += self.columns.push(block, cert);
+        if self.columns.rows() >= BATCH_ROWS {
+            self.flush()?;
         }
         Ok(())
     }
 
     /// Writes the remaining rows and the file's footer.
     pub fn finish(mut self) -> Result<ExportSummary, StorageError> {
-        if self.txs.rows > 0 {
-            let batch = self.txs.finish(&self.schema)?;
-            self.write(&batch)?;
-        }
-        if self.blocks.rows > 0 {
-            let batch = self.blocks.finish(&self.schema)?;
-            self.write(&batch)?;
+        if self.columns.rows() > 0 {
+            self.flush()?;
         }
         match self.sink {
             Sink::Arrow(mut w) => w.finish().map_err(export_err)?,

@@ -15,7 +15,7 @@ use pyralog_ledger::{Decode, Encode, KvRecord, Payload, Receipt, Transaction, ve
 use pyralog_storage::arrow::{ExportFormat, ExportTable, TableWriter};
 use serde_json::{Value, json};
 
-use crate::client::{Rpc, TX_REJECTED};
+use crate::client::{Rpc, TX_REJECTED, decode_value};
 use crate::error::{Result, WalletError, check, node, usage};
 use crate::home::{ChainChoice, Home, io, read_text, write_atomic};
 use crate::light::LightClient;
@@ -630,17 +630,14 @@ async fn notarize(
     );
     let mut answers = s.rpc.batch(&calls).await?.into_iter();
     let account = answers.next().ok_or_else(|| check("short batch answer"))?;
-    let mut nonce = match query::check_get(
+    let mut nonce = query::account_nonce(query::check_get(
         &s.lc,
         &s.rpc,
         Namespace::Account,
         key.public().as_bytes(),
         head,
         account,
-    )? {
-        None => 0,
-        Some(b) => query::decode_record::<pyralog_ledger::exec::Account>("account", &b)?.next_nonce,
-    };
+    )?)?;
     let mut seen = std::collections::HashMap::new();
     let mut fresh = Vec::new();
     for (i, answer) in answers.enumerate() {
@@ -865,10 +862,8 @@ async fn write(cli: &Cli, home: &Home, payload: Payload) -> Result<Report> {
     let mut s = Session::open(cli, home).await?;
     let head = s.head();
     if let Payload::Delete { key: k } = &payload {
-        let live = query::get(&s.lc, &s.rpc, Namespace::Kv, k, head)
+        let live = query::get_kv(&s.lc, &s.rpc, k, head)
             .await?
-            .map(|b| query::decode_record::<KvRecord>("key-value", &b))
-            .transpose()?
             .is_some_and(|r| r.value.is_some());
         if !live {
             return Err(usage(format!(
@@ -937,10 +932,7 @@ async fn get_cmd(cli: &Cli, home: &Home, key: &[u8], height: Option<u64>) -> Res
         }
         Some(h) => h,
     };
-    let record = query::get(&s.lc, &s.rpc, Namespace::Kv, key, at)
-        .await?
-        .map(|b| query::decode_record::<KvRecord>("key-value", &b))
-        .transpose()?;
+    let record = query::get_kv(&s.lc, &s.rpc, key, at).await?;
     let (text, value) = match &record {
         None => (
             format!("{} is absent at height {at} (proven)\n", show(key)),
@@ -1176,9 +1168,8 @@ async fn export_cmd(
                     s.rpc.url()
                 )));
             };
-            let block = crate::client::parse_block(s.rpc.url(), b)?;
-            let cert: pyralog_ledger::Certificate =
-                crate::client::decode_encoded(s.rpc.url(), &json!({ "c": c }), "c")?;
+            let block: pyralog_ledger::Block = decode_value(s.rpc.url(), "block", b)?;
+            let cert: pyralog_ledger::Certificate = decode_value(s.rpc.url(), "certificate", c)?;
             let signed = crate::client::SignedHeader {
                 header: block.header.clone(),
                 cert: cert.clone(),

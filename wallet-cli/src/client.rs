@@ -10,7 +10,7 @@ use jsonrpsee::core::ClientError;
 use jsonrpsee::core::client::ClientT;
 use jsonrpsee::core::params::{ArrayParams, BatchRequestBuilder};
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
-use pyralog_ledger::{Block, Certificate, Decode, Hash, Header, StateProof, Transaction};
+use pyralog_ledger::{Certificate, Decode, Hash, Header, StateProof, Transaction};
 use serde_json::Value;
 
 use crate::error::{Result, WalletError, check, node, usage};
@@ -38,6 +38,14 @@ pub struct CallError {
 }
 
 impl CallError {
+    fn of(e: &jsonrpsee::types::ErrorObject<'_>) -> CallError {
+        CallError {
+            code: e.code(),
+            message: e.message().to_string(),
+            data: e.data().and_then(|d| serde_json::from_str(d.get()).ok()),
+        }
+    }
+
     /// The rejection reason code (`nonce_replayed`, ...), if this is a rejection.
     pub fn reason(&self) -> Option<&str> {
         self.data.as_ref()?.get("reason")?.as_str()
@@ -97,11 +105,7 @@ impl Rpc {
     ) -> Result<std::result::Result<Value, CallError>> {
         match self.http.request::<Value, _>(method, params(args)?).await {
             Ok(v) => Ok(Ok(v)),
-            Err(ClientError::Call(e)) => Ok(Err(CallError {
-                code: e.code(),
-                message: e.message().to_string(),
-                data: e.data().and_then(|d| serde_json::from_str(d.get()).ok()),
-            })),
+            Err(ClientError::Call(e)) => Ok(Err(CallError::of(&e))),
             Err(e) => Err(self.transport(e)),
         }
     }
@@ -139,11 +143,7 @@ impl Rpc {
                 )));
             }
             for a in answers {
-                out.push(a.map_err(|e| CallError {
-                    code: e.code(),
-                    message: e.message().to_string(),
-                    data: e.data().and_then(|d| serde_json::from_str(d.get()).ok()),
-                }));
+                out.push(a.map_err(|e| CallError::of(&e)));
             }
         }
         Ok(out)
@@ -159,16 +159,20 @@ fn field<'a>(url: &str, v: &'a Value, name: &str) -> Result<&'a Value> {
     v.get(name).ok_or_else(|| bad(url, name, "missing field"))
 }
 
-/// Decodes the canonical object in `v[name].encoded` (or `v[name]` when it is a string).
-pub fn decode_encoded<T: Decode>(url: &str, v: &Value, name: &str) -> Result<T> {
-    let f = field(url, v, name)?;
+/// Decodes the canonical object `what` from `f.encoded` (or `f` when it is a string).
+pub fn decode_value<T: Decode>(url: &str, what: &str, f: &Value) -> Result<T> {
     let text = f
         .get("encoded")
         .unwrap_or(f)
         .as_str()
-        .ok_or_else(|| bad(url, name, "not hex text"))?;
-    let bytes = hex::decode(text).map_err(|e| bad(url, name, e))?;
-    T::from_bytes(&bytes).map_err(|e| bad(url, name, e))
+        .ok_or_else(|| bad(url, what, "not hex text"))?;
+    let bytes = hex::decode(text).map_err(|e| bad(url, what, e))?;
+    T::from_bytes(&bytes).map_err(|e| bad(url, what, e))
+}
+
+/// Decodes the canonical object in field `name` of `v` (see [`decode_value`]).
+pub fn decode_encoded<T: Decode>(url: &str, v: &Value, name: &str) -> Result<T> {
+    decode_value(url, name, field(url, v, name)?)
 }
 
 fn parse<T: serde::de::DeserializeOwned>(url: &str, v: &Value, name: &str) -> Result<T> {
@@ -304,9 +308,4 @@ impl ConsistencyAnswer {
             proof: parse(url, v, "proof")?,
         })
     }
-}
-
-/// A block and its certificate.
-pub fn parse_block(url: &str, block: &Value) -> Result<Block> {
-    decode_encoded(url, &serde_json::json!({ "block": block }), "block")
 }

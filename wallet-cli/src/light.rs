@@ -12,7 +12,7 @@ use pyralog_ledger::{Certificate, Decode, Encode, Genesis, Header, ValidatorSet}
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::client::{ConsistencyAnswer, NOT_FOUND, Rpc, SignedHeader};
+use crate::client::{ConsistencyAnswer, NOT_FOUND, Rpc, SignedHeader, decode_value};
 use crate::error::{Result, WalletError, check, usage};
 use crate::home::{io, read_text, write_atomic};
 
@@ -182,6 +182,20 @@ impl LightClient {
         })
     }
 
+    /// The fork alarm for two different certified headers at one height.
+    fn conflicting(
+        &self,
+        summary: String,
+        a: (&str, &SignedHeader),
+        b: (&str, &SignedHeader),
+    ) -> WalletError {
+        self.fork_alarm(
+            "conflicting_headers",
+            summary,
+            vec![Evidence::of(a.0, a.1), Evidence::of(b.0, b.1)],
+        )
+    }
+
     /// Verifies a header a server sent with an answer: certified, and not newer than the
     /// trusted head (call [`LightClient::update`] first). At the trusted height it must be
     /// the trusted header itself; a different certified one is a fork alarm.
@@ -197,13 +211,13 @@ impl LightClient {
             )));
         }
         if s.header.height == t.header.height && s.header.hash() != t.header.hash() {
-            return Err(self.fork_alarm(
-                "conflicting_headers",
+            return Err(self.conflicting(
                 format!(
                     "{source} sent a certified header at height {} that differs from the trusted one",
                     s.header.height
                 ),
-                vec![Evidence::of(LOCAL, t), Evidence::of(source, s)],
+                (LOCAL, t),
+                (source, s),
             ));
         }
         Ok(())
@@ -211,11 +225,9 @@ impl LightClient {
 
     fn refuse(&self, source: &str, offered: &SignedHeader, e: UpdateError) -> WalletError {
         match (&e, &self.trusted) {
-            (UpdateError::Conflict { .. }, Some(t)) => self.fork_alarm(
-                "conflicting_headers",
-                format!("{source}: {e}"),
-                vec![Evidence::of(LOCAL, t), Evidence::of(source, offered)],
-            ),
+            (UpdateError::Conflict { .. }, Some(t)) => {
+                self.conflicting(format!("{source}: {e}"), (LOCAL, t), (source, offered))
+            }
             (UpdateError::NotExtension { .. }, Some(t)) => self.fork_alarm(
                 "log_not_extension",
                 format!("{source}: {e}"),
@@ -262,29 +274,16 @@ impl LightClient {
         {
             // The server's own history differs at the trusted height: certified there too?
             let theirs = self.signed_at(primary, t.header.height).await?;
-            if verify_signed_header(
-                &self.genesis,
-                &self.validators,
-                &theirs.header,
-                &theirs.cert,
-            )
-            .is_ok()
-            {
-                return Err(self.fork_alarm(
-                    "conflicting_headers",
-                    format!(
-                        "node {} has another certified header at the trusted height {}",
-                        primary.url(),
-                        t.header.height
-                    ),
-                    vec![Evidence::of(LOCAL, t), Evidence::of(primary.url(), &theirs)],
-                ));
-            }
-            return Err(check(format!(
-                "node {} sent an uncertified header at the trusted height {}",
-                primary.url(),
-                t.header.height
-            )));
+            self.certified(primary.url(), &theirs)?;
+            return Err(self.conflicting(
+                format!(
+                    "node {} has another certified header at the trusted height {}",
+                    primary.url(),
+                    t.header.height
+                ),
+                (LOCAL, t),
+                (primary.url(), &theirs),
+            ));
         }
         check_update(
             &self.genesis,
@@ -332,8 +331,10 @@ impl LightClient {
                 )));
             }
         };
-        let wrap = json!({ "header": h, "certificate": c });
-        SignedHeader::from_answer(rpc.url(), &wrap)
+        Ok(SignedHeader {
+            header: decode_value(rpc.url(), "header", &h)?,
+            cert: decode_value(rpc.url(), "certificate", &c)?,
+        })
     }
 
     /// Compares a witness with the primary's new head `offered`: a different certified
@@ -367,13 +368,13 @@ impl LightClient {
         self.certified(&format!("witness {b_src}"), b)?;
         self.certified(a_src, a)?;
         if a.header.hash() != b.header.hash() {
-            return Err(self.fork_alarm(
-                "conflicting_headers",
+            return Err(self.conflicting(
                 format!(
                     "{a_src} and witness {b_src} sent different certified headers at height {}",
                     a.header.height
                 ),
-                vec![Evidence::of(a_src, a), Evidence::of(b_src, b)],
+                (a_src, a),
+                (b_src, b),
             ));
         }
         Ok(())

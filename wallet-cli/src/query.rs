@@ -79,6 +79,13 @@ pub fn decode_record<T: Decode>(what: &str, bytes: &[u8]) -> Result<T> {
     T::from_bytes(bytes).map_err(|e| check(format!("proven {what} record does not decode: {e}")))
 }
 
+/// The next nonce an account record says (0 for an account never used).
+pub fn account_nonce(record: Option<Vec<u8>>) -> Result<u64> {
+    record.map_or(Ok(0), |b| {
+        Ok(decode_record::<Account>("account", &b)?.next_nonce)
+    })
+}
+
 /// The verified next nonce of `sender` at `height`.
 pub async fn next_nonce(
     lc: &LightClient,
@@ -86,12 +93,20 @@ pub async fn next_nonce(
     sender: &pyralog_crypto::PublicKey,
     height: u64,
 ) -> Result<u64> {
-    Ok(
-        match get(lc, rpc, Namespace::Account, sender.as_bytes(), height).await? {
-            None => 0,
-            Some(b) => decode_record::<Account>("account", &b)?.next_nonce,
-        },
-    )
+    account_nonce(get(lc, rpc, Namespace::Account, sender.as_bytes(), height).await?)
+}
+
+/// The verified record of a key-value `key` at `height` (`None`: never written).
+pub async fn get_kv(
+    lc: &LightClient,
+    rpc: &Rpc,
+    key: &[u8],
+    height: u64,
+) -> Result<Option<KvRecord>> {
+    get(lc, rpc, Namespace::Kv, key, height)
+        .await?
+        .map(|b| decode_record("key-value", &b))
+        .transpose()
 }
 
 /// One verified version of a key.
