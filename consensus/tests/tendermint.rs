@@ -46,6 +46,7 @@ fn genesis(keys: &[Keypair]) -> Genesis {
                 public_key: k.public(),
                 power: 10,
                 name: None,
+                node_key: None,
             })
             .collect(),
         params: sim_params(),

@@ -103,11 +103,13 @@ pub enum HashDomain {
     StateNode,
     /// Consensus evidence (misbehaviour records).
     Evidence,
+    /// A node's address inside the WireGuard overlay (from its WireGuard public key).
+    OverlayAddress,
 }
 
 impl HashDomain {
     /// Every domain, for tests that check they are distinct.
-    pub const ALL: [HashDomain; 14] = [
+    pub const ALL: [HashDomain; 15] = [
         HashDomain::Tx,
         HashDomain::Header,
         HashDomain::Certificate,
@@ -122,6 +124,7 @@ impl HashDomain {
         HashDomain::StateLeaf,
         HashDomain::StateNode,
         HashDomain::Evidence,
+        HashDomain::OverlayAddress,
     ];
 
     /// The context string from which the domain's key is derived.
@@ -141,6 +144,7 @@ impl HashDomain {
             HashDomain::StateLeaf => "pyralog v1 state leaf",
             HashDomain::StateNode => "pyralog v1 state node",
             HashDomain::Evidence => "pyralog v1 evidence",
+            HashDomain::OverlayAddress => "pyralog v1 overlay address",
         }
     }
 

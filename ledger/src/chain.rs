@@ -372,6 +372,11 @@ pub struct GenesisValidator {
     /// A label for logs and tools; not part of the chain's identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The validator's node key (its libp2p peer id and WireGuard key), so every
+    /// validator lets the others through its WireGuard overlay. Network configuration,
+    /// not part of the chain's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_key: Option<PublicKey>,
 }
 
 /// The genesis file: everything a node or verifier needs to know about a chain's start.

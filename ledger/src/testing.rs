@@ -62,6 +62,7 @@ impl TestChain {
                     public_key: k.public(),
                     power: 10,
                     name: Some(format!("v{i}")),
+                    node_key: None,
                 })
                 .collect(),
             params: ChainParams::default(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, Transport};
 use crate::home::{self, Home};
 
 /// Run a Pyralog validator or full node.
@@ -87,7 +87,10 @@ pub struct Overrides {
     /// Name for logs.
     #[arg(long)]
     pub moniker: Option<String>,
-    /// libp2p listen address, e.g. /ip4/127.0.0.1/tcp/26656.
+    /// Transport between nodes: wireguard (default) or tcp (for comparison).
+    #[arg(long, value_enum)]
+    pub p2p_transport: Option<Transport>,
+    /// p2p listen address: /ip4/127.0.0.1/udp/26656 (WireGuard) or /ip4/127.0.0.1/tcp/26656.
     #[arg(long)]
     pub p2p_listen: Option<String>,
     /// Bootstrap peer (repeatable; replaces the file's list).
@@ -115,6 +118,9 @@ impl Overrides {
         }
         if let Some(m) = &self.moniker {
             c.moniker = m.clone();
+        }
+        if let Some(t) = self.p2p_transport {
+            c.p2p.transport = t;
         }
         if let Some(l) = &self.p2p_listen {
             c.p2p.listen = l.clone();

@@ -40,14 +40,41 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// Which transport carries libp2p between nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// libp2p inside userspace WireGuard tunnels keyed by the node keys; silent to any
+    /// key outside the allow-list. Addresses are `/ip4/A/udp/P`.
+    #[default]
+    Wireguard,
+    /// Plain TCP with noise; for comparison and debugging. Addresses are `/ip4/A/tcp/P`.
+    Tcp,
+}
+
 /// Peer-to-peer settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct P2pConfig {
-    /// libp2p listen address.
+    /// The transport.
+    pub transport: Transport,
+    /// Listen address: the WireGuard UDP socket (`/ip4/A/udp/P`), or with `tcp` the TCP
+    /// listener (`/ip4/A/tcp/P`).
     pub listen: String,
-    /// Peers to dial at start (libp2p multiaddrs, ideally ending in `/p2p/<peer id>`).
+    /// Peers to dial at start: multiaddrs ending in `/p2p/<peer id>` (required with
+    /// WireGuard, whose keys the peer ids name). They are allowed through WireGuard.
     pub bootstrap: Vec<String>,
+    /// Peer ids let through WireGuard besides the genesis validators and the bootstrap
+    /// peers (full nodes, auditors).
+    pub allow: Vec<String>,
+    /// File holding the network's WireGuard pre-shared key (base64 of 32 bytes, as `wg
+    /// genpsk` prints); empty for none. Every node of the network needs the same one.
+    pub psk_file: String,
+    /// WireGuard MTU: the largest IP packet inside a tunnel (1280 is always safe).
+    pub mtu: usize,
+    /// Seconds between WireGuard keepalives on an idle tunnel (keeps NAT mappings); 0 for
+    /// none.
+    pub keepalive_secs: u16,
     /// Largest gossip message, in bytes.
     pub max_gossip_bytes: usize,
     /// Largest sync response, in bytes.
@@ -63,8 +90,13 @@ pub struct P2pConfig {
 impl Default for P2pConfig {
     fn default() -> Self {
         P2pConfig {
-            listen: "/ip4/127.0.0.1/tcp/26656".into(),
+            transport: Transport::Wireguard,
+            listen: "/ip4/127.0.0.1/udp/26656".into(),
             bootstrap: Vec::new(),
+            allow: Vec::new(),
+            psk_file: String::new(),
+            mtu: 1420,
+            keepalive_secs: 25,
             max_gossip_bytes: 4 << 20,
             max_sync_response_bytes: 32 << 20,
             max_peers: 64,

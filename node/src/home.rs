@@ -150,6 +150,7 @@ pub fn init(
                 } else {
                     config.moniker.clone()
                 }),
+                node_key: Some(node_key.public()),
             }],
             params: ChainParams::default(),
         };

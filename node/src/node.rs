@@ -9,11 +9,14 @@ use pyralog_storage::SledStore;
 use tokio::sync::{mpsc, watch};
 
 use crate::chain::Chain;
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, Transport};
 use crate::driver::{Driver, DriverConfig};
 use crate::home::Home;
 use crate::metrics::Metrics;
 use crate::rpc::{RpcContext, serve};
+use pyralog_ledger::chain::Genesis;
+use pyralog_p2p::TransportKind;
+use pyralog_p2p::wg::WgConfig;
 
 /// Runs a node from `home` with the effective `config` until a signal.
 pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
@@ -31,8 +34,15 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
     let genesis_hash = genesis.hash()?;
     let metrics = Metrics::new();
 
+    let bootstrap: Vec<pyralog_p2p::Address> = config
+        .p2p
+        .bootstrap
+        .iter()
+        .map(|a| a.parse().with_context(|| format!("p2p.bootstrap {a:?}")))
+        .collect::<anyhow::Result<_>>()?;
     let p2p = pyralog_p2p::Config {
         network: format!("{}-{}", genesis.chain_id, &genesis_hash.to_hex()[..8]),
+        transport: transport(home, &config, &genesis, &bootstrap)?,
         listen: vec![
             config
                 .p2p
@@ -40,12 +50,7 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
                 .parse()
                 .with_context(|| format!("p2p.listen {:?}", config.p2p.listen))?,
         ],
-        bootstrap: config
-            .p2p
-            .bootstrap
-            .iter()
-            .map(|a| a.parse().with_context(|| format!("p2p.bootstrap {a:?}")))
-            .collect::<anyhow::Result<_>>()?,
+        bootstrap,
         max_gossip_bytes: config.p2p.max_gossip_bytes,
         max_response_bytes: config.p2p.max_sync_response_bytes,
         max_peers: config.p2p.max_peers,
@@ -133,4 +138,70 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// The p2p transport from the config. With WireGuard the allow-list is the genesis
+/// validators' node keys, the bootstrap peers and `p2p.allow`.
+fn transport(
+    home: &Home,
+    config: &Config,
+    genesis: &Genesis,
+    bootstrap: &[pyralog_p2p::Address],
+) -> anyhow::Result<TransportKind> {
+    let p2p = &config.p2p;
+    if p2p.transport == Transport::Tcp {
+        return Ok(TransportKind::Tcp);
+    }
+    let mut allowed: Vec<[u8; 32]> = genesis
+        .validators
+        .iter()
+        .filter_map(|v| v.node_key.map(|k| k.to_bytes()))
+        .collect();
+    for addr in bootstrap {
+        let peer = addr
+            .iter()
+            .find_map(|p| match p {
+                pyralog_p2p::Protocol::P2p(id) => Some(id),
+                _ => None,
+            })
+            .with_context(|| {
+                format!("p2p.bootstrap {addr}: with WireGuard every address needs /p2p/<peer id>")
+            })?;
+        allowed.push(pyralog_p2p::public_from_peer_id(&peer)?);
+    }
+    for id in &p2p.allow {
+        let peer: pyralog_p2p::PeerId = id
+            .parse()
+            .with_context(|| format!("p2p.allow {id:?} is not a peer id"))?;
+        allowed.push(pyralog_p2p::public_from_peer_id(&peer)?);
+    }
+    let psk = if p2p.psk_file.is_empty() {
+        None
+    } else {
+        Some(read_psk(&home.dir().join(&p2p.psk_file))?)
+    };
+    Ok(TransportKind::WireGuard(WgConfig {
+        allowed,
+        psk,
+        mtu: p2p.mtu,
+        persistent_keepalive: (p2p.keepalive_secs > 0).then_some(p2p.keepalive_secs),
+        ..WgConfig::default()
+    }))
+}
+
+/// Reads a WireGuard pre-shared key: base64 of 32 bytes, as `wg genpsk` writes it.
+pub fn read_psk(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {
+    use base64::Engine as _;
+    let text = crate::home::read_limited(path, 1024)
+        .with_context(|| format!("reading the pre-shared key {}", path.display()))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .with_context(|| format!("{}: not base64", path.display()))?;
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        anyhow::anyhow!(
+            "{}: a pre-shared key is 32 bytes, this is {}",
+            path.display(),
+            b.len()
+        )
+    })
 }

@@ -18,16 +18,20 @@
 //! temporary ban (disconnect, refuse reconnection) when the score falls below
 //! [`BAN_SCORE`].
 //!
-//! The transport is chosen by [`TransportKind`]; TCP with noise and yamux today. The
-//! WireGuard transport plugs in at the same place.
+//! The transport is chosen by [`TransportKind`]: libp2p over the WireGuard overlay
+//! ([`wg`]: userspace WireGuard tunnels keyed by the node keys, silent to every other
+//! key), or plain TCP. Either way libp2p authenticates peers with noise and multiplexes
+//! with yamux on top.
 
 mod codec;
 mod limits;
+pub mod wg;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::core::Transport as _;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, StreamProtocol, Swarm, allow_block_list, gossipsub, identify, identity, noise, ping,
@@ -35,6 +39,7 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr as Address, PeerId};
 
 use crate::codec::SyncCodec;
@@ -74,11 +79,15 @@ pub enum P2pError {
 }
 
 /// Which transport carries libp2p.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub enum TransportKind {
-    /// Plain TCP, authenticated and encrypted with noise, multiplexed with yamux.
+    /// Plain TCP, authenticated and encrypted with noise, multiplexed with yamux. Listen
+    /// and dial addresses are `/ip4/A/tcp/P`.
     #[default]
     Tcp,
+    /// The WireGuard overlay ([`wg`]). The one listen address, `/ip4/A/udp/P`, is the
+    /// WireGuard UDP socket; dial addresses have the same shape plus `/p2p/<peer id>`.
+    WireGuard(wg::WgConfig),
 }
 
 /// Configuration of the p2p layer.
@@ -202,9 +211,15 @@ enum Command {
 pub struct Network {
     commands: mpsc::Sender<Command>,
     local: PeerId,
+    overlay: Option<wg::Overlay>,
 }
 
 impl Network {
+    /// The WireGuard overlay, when it is the transport.
+    pub fn overlay(&self) -> Option<&wg::Overlay> {
+        self.overlay.as_ref()
+    }
+
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local
@@ -257,6 +272,23 @@ pub fn peer_id_from_public(public: &[u8; 32]) -> Result<PeerId, P2pError> {
     Ok(identity::PublicKey::from(pk).to_peer_id())
 }
 
+/// The ed25519 node public key a peer id names (peer ids of ed25519 keys embed the key).
+pub fn public_from_peer_id(peer: &PeerId) -> Result<[u8; 32], P2pError> {
+    let key = identity::PublicKey::try_decode_protobuf(peer.as_ref().digest())
+        .map_err(|e| P2pError::Key(format!("peer id {peer}: {e}")))?;
+    let ed = key
+        .try_into_ed25519()
+        .map_err(|e| P2pError::Key(format!("peer id {peer} is not an ed25519 key: {e}")))?;
+    Ok(ed.to_bytes())
+}
+
+/// The multiaddr of a UDP endpoint, the address shape of the WireGuard transport.
+pub fn udp_multiaddr(addr: std::net::SocketAddr) -> Multiaddr {
+    Multiaddr::empty()
+        .with(addr.ip().into())
+        .with(libp2p::multiaddr::Protocol::Udp(addr.port()))
+}
+
 fn keypair_from_seed(seed: &[u8; 32]) -> Result<identity::Keypair, P2pError> {
     let mut bytes = *seed;
     identity::Keypair::ed25519_from_bytes(&mut bytes).map_err(|e| P2pError::Key(e.to_string()))
@@ -280,7 +312,26 @@ pub async fn spawn(
 ) -> Result<(Network, mpsc::Receiver<Event>), P2pError> {
     let key = keypair_from_seed(seed)?;
     let local = key.public().to_peer_id();
-    let mut swarm = build_swarm(key, &config)?;
+    let overlay = match &config.transport {
+        TransportKind::Tcp => None,
+        TransportKind::WireGuard(wg_config) => {
+            let [addr] = config.listen.as_slice() else {
+                return Err(P2pError::Build(
+                    "the WireGuard transport needs exactly one listen address (/ip4/A/udp/P)"
+                        .into(),
+                ));
+            };
+            let Some((udp, None)) = wg::parse_addr(addr) else {
+                return Err(P2pError::Listen {
+                    addr: addr.clone(),
+                    reason: "the WireGuard transport listens on /ip4/A/udp/P or /ip6/A/udp/P"
+                        .into(),
+                });
+            };
+            Some(wg::Overlay::bind(seed, udp, wg_config.clone()).await?)
+        }
+    };
+    let mut swarm = build_swarm(key, &config, overlay.as_ref())?;
     for addr in &config.listen {
         swarm
             .listen_on(addr.clone())
@@ -322,13 +373,85 @@ pub async fn spawn(
         Network {
             commands: cmd_tx,
             local,
+            overlay,
         },
         ev_rx,
     ))
 }
 
-fn build_swarm(key: identity::Keypair, config: &Config) -> Result<Swarm<Behaviour>, P2pError> {
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn build_swarm(
+    key: identity::Keypair,
+    config: &Config,
+    overlay: Option<&wg::Overlay>,
+) -> Result<Swarm<Behaviour>, P2pError> {
     let build = |e: &dyn std::fmt::Display| P2pError::Build(e.to_string());
+    let behaviour = |key: &identity::Keypair| make_behaviour(key, config);
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(300));
+    let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
+    let swarm = match (&config.transport, overlay) {
+        (TransportKind::Tcp, _) => builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| build(&e))?
+            .with_behaviour(behaviour)
+            .map_err(|e| build(&e))?
+            .with_swarm_config(idle)
+            .build(),
+        (TransportKind::WireGuard(_), Some(overlay)) => builder
+            .with_other_transport(|key| -> Result<_, BoxError> {
+                Ok(overlay
+                    .transport()
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default())
+                    .and_then(same_identity))
+            })
+            .map_err(|e| build(&e))?
+            .with_behaviour(behaviour)
+            .map_err(|e| build(&e))?
+            .with_swarm_config(idle)
+            .build(),
+        (TransportKind::WireGuard(_), None) => {
+            return Err(P2pError::Build(
+                "the WireGuard overlay is not running".into(),
+            ));
+        }
+    };
+    Ok(swarm)
+}
+
+/// An inbound overlay connection must authenticate (noise) as the node whose WireGuard
+/// key carried it: one identity at both layers. (Outbound, the swarm checks the dialled
+/// peer id itself.)
+fn same_identity<M>(
+    (peer, muxer): (PeerId, M),
+    endpoint: libp2p::core::ConnectedPoint,
+) -> futures::future::Ready<Result<(PeerId, M), std::io::Error>> {
+    let carried = match &endpoint {
+        libp2p::core::ConnectedPoint::Listener { send_back_addr, .. } => {
+            send_back_addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            })
+        }
+        libp2p::core::ConnectedPoint::Dialer { .. } => Some(peer),
+    };
+    futures::future::ready(if carried == Some(peer) {
+        Ok((peer, muxer))
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("peer {peer} authenticated with another key than its WireGuard tunnel"),
+        ))
+    })
+}
+
+fn make_behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, BoxError> {
     let gossip_config = gossipsub::ConfigBuilder::default()
         .max_transmit_size(config.max_gossip_bytes)
         .validation_mode(gossipsub::ValidationMode::Strict)
@@ -336,47 +459,28 @@ fn build_swarm(key: identity::Keypair, config: &Config) -> Result<Swarm<Behaviou
         // Small validator networks: keep every peer in the mesh.
         .mesh_n_low(1)
         .mesh_outbound_min(0)
-        .build()
-        .map_err(|e| build(&e))?;
-    let network = config.network.clone();
-    let sync_protocol = StreamProtocol::try_from_owned(format!("/pyralog/{network}/sync/1"))
-        .map_err(|e| build(&e))?;
+        .build()?;
+    let network = &config.network;
+    let sync_protocol = StreamProtocol::try_from_owned(format!("/pyralog/{network}/sync/1"))?;
     let codec = SyncCodec::new(config.max_request_bytes, config.max_response_bytes);
-    let request_timeout = config.request_timeout;
-    let swarm = match config.transport {
-        TransportKind::Tcp => libp2p::SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| build(&e))?
-            .with_behaviour(|key| {
-                let gossip = gossipsub::Behaviour::new(
-                    gossipsub::MessageAuthenticity::Signed(key.clone()),
-                    gossip_config,
-                )?;
-                Ok(Behaviour {
-                    gossip,
-                    sync: request_response::Behaviour::with_codec(
-                        codec,
-                        [(sync_protocol, request_response::ProtocolSupport::Full)],
-                        request_response::Config::default().with_request_timeout(request_timeout),
-                    ),
-                    identify: identify::Behaviour::new(identify::Config::new(
-                        format!("/pyralog/{network}/1"),
-                        key.public(),
-                    )),
-                    ping: ping::Behaviour::new(ping::Config::new()),
-                    blocked: allow_block_list::Behaviour::default(),
-                })
-            })
-            .map_err(|e| build(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-            .build(),
-    };
-    Ok(swarm)
+    let gossip = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_config,
+    )?;
+    Ok(Behaviour {
+        gossip,
+        sync: request_response::Behaviour::with_codec(
+            codec,
+            [(sync_protocol, request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(config.request_timeout),
+        ),
+        identify: identify::Behaviour::new(identify::Config::new(
+            format!("/pyralog/{network}/1"),
+            key.public(),
+        )),
+        ping: ping::Behaviour::new(ping::Config::new()),
+        blocked: allow_block_list::Behaviour::default(),
+    })
 }
 
 struct Actor {

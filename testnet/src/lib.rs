@@ -4,7 +4,7 @@
 //! The node processes are this binary's hidden `node` subcommand (exactly
 //! `pyralog-node`), so `cargo run -p pyralog-testnet` needs no other build step.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use jsonrpsee::core::client::ClientT;
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
 use pyralog_ledger::{ChainId, ChainParams, EngineId, Genesis, GenesisValidator};
-use pyralog_node::config::{Config, Mode};
+use pyralog_node::config::{Config, Mode, Transport};
 use pyralog_node::home::{self, Home};
 use serde::{Deserialize, Serialize};
 
@@ -29,9 +29,13 @@ pub struct NodeEntry {
     pub rpc: String,
     /// Prometheus metrics URL.
     pub metrics: String,
-    /// libp2p address, with the peer id.
+    /// The p2p endpoint, `host:port`: the WireGuard UDP socket, or with `--transport
+    /// tcp` the TCP listener.
     pub p2p: String,
-    /// WireGuard public key (base64), once the WireGuard transport exists.
+    /// The libp2p peer id (names the node key).
+    #[serde(default)]
+    pub peer_id: String,
+    /// WireGuard public key (base64, as `wg` prints keys); null with `--transport tcp`.
     pub wg_public_key: Option<String>,
     /// Process id while running.
     pub pid: Option<u32>,
@@ -44,6 +48,9 @@ pub struct NodeEntry {
 pub struct Manifest {
     /// Chain id.
     pub chain_id: String,
+    /// The transport between the nodes.
+    #[serde(default)]
+    pub transport: Transport,
     /// Path of the genesis file.
     pub genesis: PathBuf,
     /// The nodes.
@@ -98,6 +105,8 @@ pub struct UpOptions {
     pub validators: usize,
     /// Consensus engine.
     pub engine: EngineId,
+    /// Transport between the nodes.
+    pub transport: Transport,
     /// Directory.
     pub home: PathBuf,
     /// Chain parameters.
@@ -106,8 +115,15 @@ pub struct UpOptions {
     pub timeout: Duration,
 }
 
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    // Hold every listener until all are chosen so no port is handed out twice.
+/// `n` free ports on 127.0.0.1, TCP or UDP.
+fn free_ports(n: usize, udp: bool) -> anyhow::Result<Vec<u16>> {
+    // Hold every socket until all are chosen so no port is handed out twice.
+    if udp {
+        let sockets: Vec<UdpSocket> = (0..n)
+            .map(|_| UdpSocket::bind("127.0.0.1:0"))
+            .collect::<Result<_, _>>()?;
+        return sockets.iter().map(|l| Ok(l.local_addr()?.port())).collect();
+    }
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()?;
@@ -132,11 +148,16 @@ pub fn create(opts: &UpOptions, now_ms: u64) -> anyhow::Result<Manifest> {
     std::fs::create_dir_all(&opts.home)?;
     let home_dir = opts.home.canonicalize()?;
     let chain_id = "pyralog-testnet".to_string();
-    let ports = free_ports(3 * opts.validators)?;
+    let ports = free_ports(2 * opts.validators, false)?;
+    let p2p_ports = free_ports(opts.validators, opts.transport == Transport::Wireguard)?;
+    let proto = match opts.transport {
+        Transport::Wireguard => "udp",
+        Transport::Tcp => "tcp",
+    };
     let mut homes = Vec::new();
     let mut validators = Vec::new();
     let mut p2p = Vec::new();
-    for i in 0..opts.validators {
+    for (i, port) in p2p_ports.iter().enumerate() {
         let h = Home::new(&home_dir.join(format!("node{i}")));
         // Write a placeholder genesis first so init does not make a dev chain.
         std::fs::create_dir_all(h.dir())?;
@@ -147,12 +168,9 @@ pub fn create(opts: &UpOptions, now_ms: u64) -> anyhow::Result<Manifest> {
             public_key: init.validator_key.public(),
             power: 1,
             name: Some(format!("node{i}")),
+            node_key: Some(init.node_key.public()),
         });
-        p2p.push(format!(
-            "/ip4/127.0.0.1/tcp/{}/p2p/{}",
-            ports[3 * i],
-            id.peer_id
-        ));
+        p2p.push(format!("/ip4/127.0.0.1/{proto}/{port}/p2p/{}", id.peer_id));
         homes.push((h, id));
     }
     let genesis = Genesis {
@@ -165,35 +183,39 @@ pub fn create(opts: &UpOptions, now_ms: u64) -> anyhow::Result<Manifest> {
     let genesis_path = home_dir.join("genesis.json");
     std::fs::write(&genesis_path, genesis.to_json())?;
     let mut nodes = Vec::new();
-    for (i, (h, _)) in homes.into_iter().enumerate() {
+    for (i, (h, id)) in homes.into_iter().enumerate() {
         std::fs::write(h.genesis(), genesis.to_json())?;
         let mut c = Config {
             moniker: format!("node{i}"),
             mode: Mode::Validator,
             ..Config::default()
         };
-        c.p2p.listen = format!("/ip4/127.0.0.1/tcp/{}", ports[3 * i]);
+        c.p2p.transport = opts.transport;
+        c.p2p.listen = format!("/ip4/127.0.0.1/{proto}/{}", p2p_ports[i]);
         c.p2p.bootstrap = p2p
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
             .map(|(_, a)| a.clone())
             .collect();
-        c.rpc.listen = ([127, 0, 0, 1], ports[3 * i + 1]).into();
-        c.metrics.listen = format!("127.0.0.1:{}", ports[3 * i + 2]);
+        c.rpc.listen = ([127, 0, 0, 1], ports[2 * i]).into();
+        c.metrics.listen = format!("127.0.0.1:{}", ports[2 * i + 1]);
         std::fs::write(h.config(), c.to_toml())?;
         nodes.push(NodeEntry {
             name: format!("node{i}"),
-            rpc: format!("http://127.0.0.1:{}", ports[3 * i + 1]),
-            metrics: format!("http://127.0.0.1:{}/metrics", ports[3 * i + 2]),
-            p2p: p2p[i].clone(),
-            wg_public_key: None,
+            rpc: format!("http://127.0.0.1:{}", ports[2 * i]),
+            metrics: format!("http://127.0.0.1:{}/metrics", ports[2 * i + 1]),
+            p2p: format!("127.0.0.1:{}", p2p_ports[i]),
+            peer_id: id.peer_id.clone(),
+            wg_public_key: (opts.transport == Transport::Wireguard)
+                .then(|| id.wg_public_key.clone()),
             pid: None,
             home: h.dir().to_path_buf(),
         });
     }
     let m = Manifest {
         chain_id,
+        transport: opts.transport,
         genesis: genesis_path,
         nodes,
     };

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pyralog_ledger::{ChainParams, EngineId};
+use pyralog_node::config::Transport;
 use pyralog_testnet::{
     Manifest, UpOptions, alive, call, client, down, height, kill_node, start_node, stop_node, up,
 };
@@ -36,6 +37,10 @@ enum Commands {
         /// Seconds to wait for height 2.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// Transport between the nodes: wireguard (libp2p inside userspace WireGuard) or
+        /// tcp (plain libp2p TCP, for comparison).
+        #[arg(long, value_enum, default_value = "wireguard")]
+        transport: Transport,
     },
     /// Stop every node (SIGTERM, then SIGKILL after 10 s).
     Down {
@@ -85,6 +90,9 @@ enum Commands {
         /// Number of validators.
         #[arg(long, default_value_t = 4)]
         validators: usize,
+        /// Transport between the nodes (see `up`).
+        #[arg(long, value_enum, default_value = "wireguard")]
+        transport: Transport,
     },
     /// Run the wallet (the same as `pyralog`); used by tests and the demo.
     #[command(hide = true, disable_help_flag = true)]
@@ -138,12 +146,14 @@ fn print_nodes(m: &Manifest) {
 fn start(
     validators: usize,
     consensus: &str,
+    transport: Transport,
     home: &Path,
     timeout: u64,
 ) -> anyhow::Result<Manifest> {
     let opts = UpOptions {
         validators,
         engine: engine(consensus)?,
+        transport,
         home: home.to_path_buf(),
         params: ChainParams::default(),
         timeout: Duration::from_secs(timeout),
@@ -171,8 +181,9 @@ fn run(cmd: Commands) -> anyhow::Result<()> {
             consensus,
             home,
             timeout,
+            transport,
         } => {
-            start(validators, &consensus, &home, timeout)?;
+            start(validators, &consensus, transport, &home, timeout)?;
             println!(
                 "stop it with: pyralog-testnet down --home {}",
                 home.display()
@@ -244,13 +255,17 @@ fn run(cmd: Commands) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Commands::Demo { home, validators } => demo(&home, validators),
+        Commands::Demo {
+            home,
+            validators,
+            transport,
+        } => demo(&home, validators, transport),
         Commands::Node { .. } => anyhow::bail!("`node` must be the first argument"),
         Commands::Wallet { .. } => anyhow::bail!("`wallet` must be the first argument"),
     }
 }
 
-fn demo(home: &Path, validators: usize) -> anyhow::Result<()> {
+fn demo(home: &Path, validators: usize, transport: Transport) -> anyhow::Result<()> {
     let m = match Manifest::load(home) {
         Ok(m) if m.nodes.iter().all(|n| n.pid.is_some_and(alive)) => {
             println!("using the running testnet in {}", home.display());
@@ -260,7 +275,7 @@ fn demo(home: &Path, validators: usize) -> anyhow::Result<()> {
             "{} holds a stopped testnet: remove the directory (or use --home elsewhere) for a fresh demo",
             home.display()
         ),
-        _ => start(validators, "tendermint", home, 60)?,
+        _ => start(validators, "tendermint", transport, home, 60)?,
     };
     let file = home.join("demo-document.txt");
     let text = format!(

@@ -656,6 +656,7 @@ impl<'a> Sim<'a> {
                     public_key: k.public(),
                     power: *p,
                     name: Some(format!("v{i}")),
+                    node_key: None,
                 })
                 .collect(),
             params: sc.params.clone(),

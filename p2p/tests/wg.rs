@@ -1,0 +1,407 @@
+//! The WireGuard overlay end to end: two libp2p networks on 127.0.0.1 talking through
+//! userspace WireGuard, a UDP relay in the middle where a test needs to move, replay or
+//! drop datagrams.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519;
+use pyralog_p2p::wg::WgConfig;
+use pyralog_p2p::{Config, Event, Network, PeerId, TransportKind};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+fn seed(n: u8) -> [u8; 32] {
+    [n; 32]
+}
+
+fn node_public(n: u8) -> [u8; 32] {
+    pyralog_crypto::Keypair::from_seed(&seed(n))
+        .public()
+        .to_bytes()
+}
+
+fn wg_public(n: u8) -> [u8; 32] {
+    pyralog_crypto::Keypair::from_seed(&seed(n))
+        .public()
+        .x25519_public()
+}
+
+fn wg_config(allowed: &[u8]) -> WgConfig {
+    WgConfig {
+        allowed: allowed.iter().map(|n| node_public(*n)).collect(),
+        ..WgConfig::default()
+    }
+}
+
+/// What a test sees of one node: its handle and its connection events.
+struct Node {
+    net: Network,
+    conns: mpsc::UnboundedReceiver<(PeerId, bool)>,
+}
+
+impl Node {
+    fn udp(&self) -> SocketAddr {
+        self.net.overlay().unwrap().local_addr()
+    }
+
+    fn dial_addr(&self, via: SocketAddr) -> String {
+        format!(
+            "/ip4/{}/udp/{}/p2p/{}",
+            via.ip(),
+            via.port(),
+            self.net.local_peer_id()
+        )
+    }
+
+    /// Waits for the next connection event.
+    async fn next_conn(&mut self, within: Duration) -> Option<(PeerId, bool)> {
+        tokio::time::timeout(within, self.conns.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The connection events not yet read.
+    fn events_so_far(&mut self) -> Vec<(PeerId, bool)> {
+        let mut v = Vec::new();
+        while let Ok(e) = self.conns.try_recv() {
+            v.push(e);
+        }
+        v
+    }
+}
+
+/// Starts a node that echoes every request, with the WireGuard transport.
+async fn node(n: u8, wg: WgConfig, bootstrap: Vec<String>) -> Node {
+    let config = Config {
+        network: "wgtest".into(),
+        transport: TransportKind::WireGuard(wg),
+        listen: vec!["/ip4/127.0.0.1/udp/0".parse().unwrap()],
+        bootstrap: bootstrap.iter().map(|a| a.parse().unwrap()).collect(),
+        redial: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let (net, mut events) = pyralog_p2p::spawn(&seed(n), config).await.unwrap();
+    let (tx, conns) = mpsc::unbounded_channel();
+    let responder = net.clone();
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            match e {
+                Event::Request { id, data, .. } => {
+                    let _ = responder.respond(id, data).await;
+                }
+                Event::PeerConnected(p) => {
+                    let _ = tx.send((p, true));
+                }
+                Event::PeerDisconnected(p) => {
+                    let _ = tx.send((p, false));
+                }
+                _ => {}
+            }
+        }
+    });
+    Node { net, conns }
+}
+
+async fn connected(a: &mut Node, b: &Node) {
+    let want = b.net.local_peer_id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some((p, true)) = a.next_conn(Duration::from_millis(200)).await {
+            if p == want {
+                return;
+            }
+        }
+    }
+    panic!("no connection to {want} within 10 s");
+}
+
+/// Echo round trip from `a` to `b` of `len` bytes.
+async fn echo(a: &Node, b: &Node, len: usize) {
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let back = a
+        .net
+        .request(b.net.local_peer_id(), data.clone())
+        .await
+        .expect("echo request");
+    assert_eq!(back, data);
+}
+
+/// A UDP relay between B (which believes the relay is A) and A. It can change the port
+/// it uses towards A (B roams), drop everything (B vanishes), and it keeps the first
+/// handshake initiation B sent.
+struct Relay {
+    front: SocketAddr,
+    roam: mpsc::UnboundedSender<()>,
+    blackhole: Arc<AtomicBool>,
+    first_init: Arc<Mutex<Option<Vec<u8>>>>,
+    back_ports: Arc<Mutex<Vec<u16>>>,
+}
+
+impl Relay {
+    async fn start(a: SocketAddr) -> Relay {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let front_addr = front.local_addr().unwrap();
+        let b_addr: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let blackhole = Arc::new(AtomicBool::new(false));
+        let first_init: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+        let back_ports: Arc<Mutex<Vec<u16>>> = Arc::default();
+        let (roam, mut roams) = mpsc::unbounded_channel::<()>();
+        let (f, b, bh, fi, bp) = (
+            front.clone(),
+            b_addr.clone(),
+            blackhole.clone(),
+            first_init.clone(),
+            back_ports.clone(),
+        );
+        tokio::spawn(async move {
+            let mut back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+            bp.lock().unwrap().push(back.local_addr().unwrap().port());
+            let mut back_task = tokio::spawn(pump(back.clone(), f.clone(), b.clone(), bh.clone()));
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                tokio::select! {
+                    r = f.recv_from(&mut buf) => {
+                        let (n, from) = r.unwrap();
+                        *b.lock().unwrap() = Some(from);
+                        let d = &buf[..n];
+                        if n == 148 && d[0] == 1 {
+                            fi.lock().unwrap().get_or_insert_with(|| d.to_vec());
+                        }
+                        if !bh.load(Ordering::Relaxed) {
+                            let _ = back.send_to(d, a).await;
+                        }
+                    }
+                    Some(()) = roams.recv() => {
+                        back_task.abort();
+                        back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                        bp.lock().unwrap().push(back.local_addr().unwrap().port());
+                        back_task = tokio::spawn(pump(back.clone(), f.clone(), b.clone(), bh.clone()));
+                    }
+                }
+            }
+        });
+        Relay {
+            front: front_addr,
+            roam,
+            blackhole,
+            first_init,
+            back_ports,
+        }
+    }
+}
+
+/// A → B direction of the relay.
+async fn pump(
+    back: Arc<UdpSocket>,
+    front: Arc<UdpSocket>,
+    b: Arc<Mutex<Option<SocketAddr>>>,
+    blackhole: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let Ok((n, _)) = back.recv_from(&mut buf).await else {
+            return;
+        };
+        let to = *b.lock().unwrap();
+        if let (Some(to), false) = (to, blackhole.load(Ordering::Relaxed)) {
+            let _ = front.send_to(&buf[..n], to).await;
+        }
+    }
+}
+
+/// Sends `datagram` to `to` from a fresh socket and returns what came back within `wait`.
+async fn probe(to: SocketAddr, datagram: &[u8], wait: Duration) -> Vec<Vec<u8>> {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    s.send_to(datagram, to).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65_535];
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, s.recv_from(&mut buf)).await {
+        got.push(buf[..n].to_vec());
+    }
+    got
+}
+
+/// A well-formed handshake initiation to the node with WireGuard key `to`, from `secret`.
+fn initiation(secret: [u8; 32], to: [u8; 32]) -> Vec<u8> {
+    let mut t = Tunn::new(
+        x25519::StaticSecret::from(secret),
+        x25519::PublicKey::from(to),
+        None,
+        None,
+        7,
+        None,
+    );
+    let mut buf = vec![0u8; 2048];
+    match t.format_handshake_initiation(&mut buf, false) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        _ => panic!("no initiation"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libp2p_runs_over_the_overlay() {
+    let mut b = node(2, wg_config(&[1]), vec![]).await;
+    // A dials B.
+    let mut a = node(1, wg_config(&[2]), vec![b.dial_addr(b.udp())]).await;
+    connected(&mut a, &b).await;
+    connected(&mut b, &a).await;
+    echo(&a, &b, 10).await;
+    echo(&b, &a, 10).await;
+    // Many windows' worth of packets, both ways (requests are at most 64 KiB).
+    for _ in 0..50 {
+        echo(&a, &b, 60_000).await;
+    }
+    let stats = a.net.overlay().unwrap().stats();
+    let peer = &stats.peers[0];
+    assert_eq!(peer.peer, b.net.local_peer_id());
+    assert_eq!(peer.endpoint, Some(b.udp()));
+    assert!(peer.handshakes >= 1);
+    assert!(peer.tx_bytes > 3_000_000, "{peer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_get_no_answer_and_cannot_connect() {
+    let a = node(1, wg_config(&[2]), vec![]).await;
+    let a_udp = a.udp();
+    let quiet = Duration::from_millis(700);
+
+    // Random datagrams of every WireGuard message size and some others.
+    for len in [1usize, 4, 32, 64, 92, 148, 200, 1200] {
+        let junk: Vec<u8> = (0..len).map(|i| (i * 37 + len) as u8).collect();
+        assert!(
+            probe(a_udp, &junk, Duration::from_millis(100))
+                .await
+                .is_empty()
+        );
+        let mut typed = junk.clone();
+        if len >= 4 {
+            typed[..4].copy_from_slice(&1u32.to_le_bytes());
+            assert!(
+                probe(a_udp, &typed, Duration::from_millis(100))
+                    .await
+                    .is_empty()
+            );
+        }
+    }
+    // A well-formed initiation from a key outside the allow-list.
+    let stranger = pyralog_crypto::Keypair::from_seed(&seed(9));
+    let init = initiation(*stranger.x25519_secret(), wg_public(1));
+    assert!(probe(a_udp, &init, quiet).await.is_empty());
+    let stats = a.net.overlay().unwrap().stats();
+    assert!(stats.unknown_key >= 1, "{stats:?}");
+    assert!(stats.garbage >= 1, "{stats:?}");
+
+    // A stranger running the real stack cannot connect either.
+    let mut c = node(9, wg_config(&[1]), vec![a.dial_addr(a_udp)]).await;
+    assert!(c.next_conn(Duration::from_secs(2)).await.is_none());
+
+    // The same initiation from an allowed key is answered (the check is not vacuous).
+    let friend = pyralog_crypto::Keypair::from_seed(&seed(2));
+    let init = initiation(*friend.x25519_secret(), wg_public(1));
+    let answer = probe(a_udp, &init, quiet).await;
+    assert_eq!(answer.len(), 1, "one handshake response");
+    assert_eq!(answer[0].len(), 92);
+    // Replayed: no answer.
+    assert!(probe(a_udp, &init, quiet).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_survives_rekeys_roaming_and_replays() {
+    let fast = |allowed: &[u8]| WgConfig {
+        rekey_after: Duration::from_millis(800),
+        ..wg_config(allowed)
+    };
+    let mut a = node(1, fast(&[2]), vec![]).await;
+    let relay = Relay::start(a.udp()).await;
+    let mut b = node(2, fast(&[1]), vec![a.dial_addr(relay.front)]).await;
+    connected(&mut a, &b).await;
+    connected(&mut b, &a).await;
+
+    let started = Instant::now();
+    let mut roamed = false;
+    let mut rounds = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        echo(&b, &a, 2000).await;
+        echo(&a, &b, 2000).await;
+        rounds += 1;
+        if !roamed && started.elapsed() > Duration::from_secs(3) {
+            relay.roam.send(()).unwrap();
+            roamed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rounds > 20);
+    // One connection the whole time: no disconnect on either side.
+    assert_eq!(a.events_so_far(), vec![]);
+    assert_eq!(b.events_so_far(), vec![]);
+    let peer = a.net.overlay().unwrap().stats().peers[0].clone();
+    assert!(peer.handshakes >= 4, "several rekeys: {peer:?}");
+    // A follows B to its new port.
+    let ports = relay.back_ports.lock().unwrap().clone();
+    assert_eq!(ports.len(), 2);
+    assert_eq!(peer.endpoint.map(|e| e.port()), Some(ports[1]));
+
+    // B's first initiation, replayed by someone else: silence, and nothing changes.
+    let init = relay.first_init.lock().unwrap().clone().expect("captured");
+    assert!(
+        probe(a.udp(), &init, Duration::from_millis(700))
+            .await
+            .is_empty()
+    );
+    echo(&a, &b, 100).await;
+    let after = a.net.overlay().unwrap().stats().peers[0].clone();
+    assert_eq!(after.endpoint.map(|e| e.port()), Some(ports[1]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_torn_down_after_expiry() {
+    let quick = |allowed: &[u8]| WgConfig {
+        expire_after: Duration::from_secs(2),
+        persistent_keepalive: Some(1),
+        ..wg_config(allowed)
+    };
+    let mut a = node(1, quick(&[2]), vec![]).await;
+    let relay = Relay::start(a.udp()).await;
+    let mut b = node(2, quick(&[1]), vec![a.dial_addr(relay.front)]).await;
+    connected(&mut a, &b).await;
+    connected(&mut b, &a).await;
+    echo(&a, &b, 10).await;
+    // Keepalives hold the connection while the path works.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(a.events_so_far(), vec![]);
+
+    relay.blackhole.store(true, Ordering::Relaxed);
+    let cut = Instant::now();
+    let ev = a.next_conn(Duration::from_secs(8)).await;
+    assert_eq!(ev, Some((b.net.local_peer_id(), false)));
+    // libp2p's own ping would need 20 s; the overlay closes it after its expiry.
+    assert!(
+        cut.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        cut.elapsed()
+    );
+    assert_eq!(a.net.overlay().unwrap().stats().peers[0].connections, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_preshared_key_never_connects() {
+    let with_psk = |allowed: &[u8], psk: u8| WgConfig {
+        psk: Some([psk; 32]),
+        ..wg_config(allowed)
+    };
+    let a = node(1, with_psk(&[2, 3], 7), vec![]).await;
+    let mut b = node(2, with_psk(&[1], 8), vec![a.dial_addr(a.udp())]).await;
+    assert!(b.next_conn(Duration::from_secs(2)).await.is_none());
+    let mut c = node(3, with_psk(&[1], 7), vec![a.dial_addr(a.udp())]).await;
+    assert_eq!(
+        c.next_conn(Duration::from_secs(10)).await,
+        Some((a.net.local_peer_id(), true))
+    );
+}
