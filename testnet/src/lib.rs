@@ -4,6 +4,8 @@
 //! The node processes are this binary's hidden `node` subcommand (exactly
 //! `pyralog-node`), so `cargo run -p pyralog-testnet` needs no other build step.
 
+pub mod bench;
+
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -94,6 +94,26 @@ enum Commands {
         #[arg(long, value_enum, default_value = "wireguard")]
         transport: Transport,
     },
+    /// Measure committed transactions per second of a fresh testnet, over one transport
+    /// or both (in one run, for a ratio). Each network is started in DIR/<transport>,
+    /// loaded, stopped and removed.
+    Bench {
+        /// Transport: wireguard, tcp, or both.
+        #[arg(long, default_value = "both", value_parser = ["wireguard", "tcp", "both"])]
+        transport: String,
+        /// Transactions to commit.
+        #[arg(long, default_value_t = 10_000)]
+        txs: usize,
+        /// Sending accounts.
+        #[arg(long, default_value_t = 200)]
+        accounts: usize,
+        /// Number of validators.
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        /// Directory for the networks.
+        #[arg(long, default_value = "pyralog-bench")]
+        home: PathBuf,
+    },
     /// Run the wallet (the same as `pyralog`); used by tests and the demo.
     #[command(hide = true, disable_help_flag = true)]
     Wallet {
@@ -260,9 +280,62 @@ fn run(cmd: Commands) -> anyhow::Result<()> {
             validators,
             transport,
         } => demo(&home, validators, transport),
+        Commands::Bench {
+            transport,
+            txs,
+            accounts,
+            validators,
+            home,
+        } => bench(&transport, txs, accounts, validators, &home),
         Commands::Node { .. } => anyhow::bail!("`node` must be the first argument"),
         Commands::Wallet { .. } => anyhow::bail!("`wallet` must be the first argument"),
     }
+}
+
+fn bench(
+    transport: &str,
+    txs: usize,
+    accounts: usize,
+    validators: usize,
+    home: &Path,
+) -> anyhow::Result<()> {
+    let kinds: &[Transport] = match transport {
+        "wireguard" => &[Transport::Wireguard],
+        "tcp" => &[Transport::Tcp],
+        _ => &[Transport::Tcp, Transport::Wireguard],
+    };
+    let rt = runtime()?;
+    let mut results = Vec::new();
+    for kind in kinds {
+        let name = match kind {
+            Transport::Wireguard => "wireguard",
+            Transport::Tcp => "tcp",
+        };
+        let opts = pyralog_testnet::bench::BenchOptions {
+            validators,
+            transport: *kind,
+            txs,
+            accounts,
+            home: home.join(name),
+        };
+        println!(
+            "{name}: {validators} validators, {txs} transactions from {accounts} accounts ..."
+        );
+        let r = rt.block_on(pyralog_testnet::bench::run(&opts, now_ms()))?;
+        println!(
+            "{name}: {:.0} tx/s ({} txs committed in {:.2} s, {} blocks; submission took {:.2} s)",
+            r.tx_per_sec(),
+            r.txs,
+            r.secs,
+            r.blocks,
+            r.submit_secs
+        );
+        results.push(r.tx_per_sec());
+    }
+    if let [tcp, wg] = results.as_slice() {
+        println!("wireguard / tcp: {:.2}x", wg / tcp);
+    }
+    Ok(())
 }
 
 fn demo(home: &Path, validators: usize, transport: Transport) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@
 
 mod transport;
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,10 +63,15 @@ const WG_OVERHEAD: usize = 32;
 const MIN_DATAGRAM: usize = 148;
 /// Datagrams read per wake-up before the TCP stack runs.
 const RECV_BATCH: usize = 256;
+/// Most egress passes of the TCP stack per wake-up of the actor.
+const EGRESS_ROUNDS: usize = 512;
 /// The largest UDP datagram read.
 const MAX_DATAGRAM: usize = 65_535;
 /// An orphaned connection (its stream dropped) still closing after this is aborted.
 const ORPHAN_GRACE: Duration = Duration::from_secs(30);
+/// A peer's handshake on a session younger than this is a crossing first handshake, not
+/// a restart (see `State::datagram`).
+const RESTART_MIN_AGE: Duration = Duration::from_secs(3);
 /// How long new connections from a peer wait for the probe of its older connections.
 const PROBE_WINDOW: Duration = Duration::from_millis(300);
 /// Smallest and largest accepted MTU (IPv6 minimum; jumbo frames).
@@ -239,25 +245,59 @@ pub(crate) struct Listener {
     waker: Option<Waker>,
 }
 
-/// The queue device between the tunnels and smoltcp.
+/// The queue device between the tunnels and smoltcp, with a pool of packet buffers so
+/// the data path does not allocate per packet.
 struct Queue {
     rx: VecDeque<Vec<u8>>,
     tx: VecDeque<Vec<u8>>,
     mtu: usize,
+    pool: RefCell<Vec<Vec<u8>>>,
 }
 
-struct RxToken(Vec<u8>);
-struct TxToken<'a>(&'a mut VecDeque<Vec<u8>>);
+/// Buffers kept for reuse.
+const POOL: usize = 1024;
 
-impl phy::RxToken for RxToken {
+impl Queue {
+    /// A buffer of `len` bytes (contents unspecified).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut v = self.pool.borrow_mut().pop().unwrap_or_default();
+        v.resize(len, 0);
+        v
+    }
+
+    fn give(&self, v: Vec<u8>) {
+        let mut pool = self.pool.borrow_mut();
+        if pool.len() < POOL {
+            pool.push(v);
+        }
+    }
+
+    /// Gives back the buffers of sent datagrams.
+    fn give_all(&self, sent: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        for (_, v) in sent.drain(..) {
+            self.give(v);
+        }
+    }
+}
+
+struct RxToken<'a>(Vec<u8>, &'a RefCell<Vec<Vec<u8>>>);
+struct TxToken<'a>(&'a mut VecDeque<Vec<u8>>, &'a RefCell<Vec<Vec<u8>>>);
+
+impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
+        let r = f(&self.0);
+        let mut pool = self.1.borrow_mut();
+        if pool.len() < POOL {
+            pool.push(self.0);
+        }
+        r
     }
 }
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut packet = vec![0; len];
+        let mut packet = self.1.borrow_mut().pop().unwrap_or_default();
+        packet.resize(len, 0);
         let r = f(&mut packet);
         self.0.push_back(packet);
         r
@@ -265,7 +305,7 @@ impl phy::TxToken for TxToken<'_> {
 }
 
 impl phy::Device for Queue {
-    type RxToken<'a> = RxToken;
+    type RxToken<'a> = RxToken<'a>;
     type TxToken<'a> = TxToken<'a>;
 
     fn receive(
@@ -273,11 +313,14 @@ impl phy::Device for Queue {
         _: smoltcp::time::Instant,
     ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let packet = self.rx.pop_front()?;
-        Some((RxToken(packet), TxToken(&mut self.tx)))
+        Some((
+            RxToken(packet, &self.pool),
+            TxToken(&mut self.tx, &self.pool),
+        ))
     }
 
     fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
-        Some(TxToken(&mut self.tx))
+        Some(TxToken(&mut self.tx, &self.pool))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -310,6 +353,7 @@ pub(crate) struct State {
     local_addr: SocketAddr,
     static_secret: x25519::StaticSecret,
     static_public: x25519::PublicKey,
+    own_overlay: Ipv6Addr,
     rate_limiter: Arc<RateLimiter>,
     /// Datagrams to send once the lock is released.
     outbox: Vec<(SocketAddr, Vec<u8>)>,
@@ -321,9 +365,22 @@ pub(crate) struct Shared {
     /// Wakes the actor: a stream wrote, read or closed, or a dial started.
     wake: Notify,
     drops: DropCounters,
+    /// The actor died (a panic in the TCP stack): every stream and dial fails.
+    dead: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    /// Fails when the actor is gone.
+    pub(crate) fn alive(&self) -> std::io::Result<()> {
+        if self.dead.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the WireGuard overlay stopped",
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves smoltcp consistent enough to go on.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -412,6 +469,7 @@ impl Overlay {
             rx: VecDeque::new(),
             tx: VecDeque::new(),
             mtu: config.mtu,
+            pool: RefCell::new(Vec::new()),
         };
         let seed_word = u64::from_le_bytes(
             HashDomain::OverlayAddress
@@ -446,6 +504,7 @@ impl Overlay {
             local_addr,
             static_secret,
             static_public,
+            own_overlay,
             rate_limiter,
             outbox: Vec::new(),
         };
@@ -453,8 +512,19 @@ impl Overlay {
             state: Mutex::new(state),
             wake: Notify::new(),
             drops: DropCounters::default(),
+            dead: Default::default(),
         });
-        tokio::spawn(run(shared.clone(), socket));
+        let actor = tokio::spawn(run(shared.clone(), socket));
+        let watched = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            if let Err(e) = actor.await {
+                tracing::error!(error = %e, "the WireGuard overlay stopped: p2p connections fail until the node restarts");
+                if let Some(shared) = watched.upgrade() {
+                    shared.dead.store(true, Ordering::SeqCst);
+                    shared.lock().abort_all();
+                }
+            }
+        });
         Ok(Overlay { shared })
     }
 
@@ -548,7 +618,6 @@ impl State {
         );
         s.set_congestion_control(tcp::CongestionControl::Cubic);
         s.set_nagle_enabled(false);
-        s.set_ack_delay(None);
         s
     }
 
@@ -797,12 +866,22 @@ impl State {
         self.orphans = keep;
     }
 
+    /// Aborts every connection and wakes their streams.
+    fn abort_all(&mut self) {
+        for h in self.conns.keys() {
+            self.sockets.get_mut::<tcp::Socket>(*h).abort();
+        }
+        if let Some(w) = self.listener.as_mut().and_then(|l| l.waker.take()) {
+            w.wake();
+        }
+    }
+
     /// Aborts every connection with peer `index` (its session expired).
     fn tear_down(&mut self, index: usize, why: &str) {
         let handles: Vec<SocketHandle> = self
             .conns
             .iter()
-            .filter(|(_, p)| **p == index)
+            .filter(|(h, p)| **p == index && self.sockets.get::<tcp::Socket>(**h).is_open())
             .map(|(h, _)| *h)
             .collect();
         if handles.is_empty() {
@@ -810,10 +889,7 @@ impl State {
         }
         tracing::info!(peer = %self.peers[index].peer_id, why, connections = handles.len(), "closing overlay connections");
         for h in handles {
-            let s = self.sockets.get_mut::<tcp::Socket>(h);
-            if s.is_open() {
-                s.abort();
-            }
+            self.sockets.get_mut::<tcp::Socket>(h).abort();
         }
     }
 
@@ -859,15 +935,39 @@ impl State {
             _ => None,
         };
         let is_data = data_session.is_some();
+        let restart_before = self.config.rekey_after - self.config.rekey_after / 10;
         let Some(peer) = self.peers.get_mut(index) else {
             drops.unauthenticated.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        // The peer starts a handshake although our session with it is younger than any
+        // rekey would be, and older than a crossing first handshake: it lost its state,
+        // that is, it restarted (or our answer to its last initiation was lost). Its new
+        // TCP stack knows none of our connections.
+        let restarted = matches!(packet, Packet::HandshakeInit(_))
+            && peer
+                .tunn
+                .stats()
+                .0
+                .is_some_and(|age| (RESTART_MIN_AGE..restart_before).contains(&age));
+        let mut accepted_handshake = false;
         let mut authenticated = false;
         let mut first = true;
+        // A data packet decrypts straight into a buffer that goes to the TCP stack.
+        let mut inner_buf = if is_data {
+            self.device.take(datagram.len())
+        } else {
+            Vec::new()
+        };
+        let mut deliver = None;
         loop {
             let input: &[u8] = if first { datagram } else { &[] };
-            let r = peer.tunn.decapsulate(Some(src.ip()), input, buf);
+            let dst: &mut [u8] = if first && is_data {
+                &mut inner_buf
+            } else {
+                buf
+            };
+            let r = peer.tunn.decapsulate(Some(src.ip()), input, dst);
             match r {
                 TunnResult::Done => {
                     authenticated |= first && is_data;
@@ -889,6 +989,7 @@ impl State {
                     if first && !is_data {
                         // A handshake message was accepted.
                         peer.handshakes += 1;
+                        accepted_handshake = true;
                     }
                     authenticated = true;
                     // Queued packets go to where the peer is now.
@@ -897,9 +998,9 @@ impl State {
                 TunnResult::WriteToTunnelV6(inner, inner_src) => {
                     authenticated = true;
                     if IpAddr::V6(peer.overlay) == inner_src
-                        && Tunn::dst_address(inner) == Some(IpAddr::V6(self.own_overlay()))
+                        && Tunn::dst_address(inner) == Some(IpAddr::V6(self.own_overlay))
                     {
-                        self.device.rx.push_back(inner.to_vec());
+                        deliver = Some(inner.len());
                     } else {
                         drops.bad_inner.fetch_add(1, Ordering::Relaxed);
                     }
@@ -912,6 +1013,16 @@ impl State {
                 }
             }
             first = false;
+        }
+        if restarted && accepted_handshake {
+            self.tear_down(index, "the peer restarted (a handshake on a young session)");
+        }
+        match deliver {
+            Some(len) if first => {
+                inner_buf.truncate(len);
+                self.device.rx.push_back(inner_buf);
+            }
+            _ => self.device.give(inner_buf),
         }
         if authenticated {
             let peer = &mut self.peers[index];
@@ -927,10 +1038,6 @@ impl State {
                 }
             }
         }
-    }
-
-    fn own_overlay(&self) -> Ipv6Addr {
-        overlay_address(self.static_public.as_bytes())
     }
 
     /// MAC1 and, under a flood, the cookie (MAC2) of a handshake message, before any
@@ -960,9 +1067,19 @@ impl State {
     }
 
     /// Runs the TCP stack, then encrypts what it sent.
-    fn poll(&mut self, buf: &mut [u8]) {
+    fn poll(&mut self) {
         let now = self.now();
         self.iface.poll(now, &mut self.device, &mut self.sockets);
+        // One egress pass sends at most one segment per socket: go on while the windows
+        // allow, so a burst leaves in one wake-up of the actor.
+        for _ in 0..EGRESS_ROUNDS {
+            let before = self.device.tx.len();
+            self.iface
+                .poll_egress(now, &mut self.device, &mut self.sockets);
+            if self.device.tx.len() == before {
+                break;
+            }
+        }
         self.check_listeners();
         self.collect_orphans();
         while let Some(packet) = self.device.tx.pop_front() {
@@ -970,19 +1087,30 @@ impl State {
                 Some(IpAddr::V6(a)) => self.by_overlay.get(&a).copied(),
                 _ => None,
             };
-            let Some(index) = index else { continue };
+            let Some(index) = index else {
+                self.device.give(packet);
+                continue;
+            };
             let peer = &mut self.peers[index];
-            match peer.tunn.encapsulate(&packet, buf) {
-                TunnResult::WriteToNetwork(out) => {
-                    if let Some(ep) = peer.endpoint {
-                        self.outbox.push((ep, out.to_vec()));
-                    }
-                }
+            let mut out = self
+                .device
+                .take((packet.len() + WG_OVERHEAD).max(MIN_DATAGRAM));
+            let sent = match peer.tunn.encapsulate(&packet, &mut out) {
+                TunnResult::WriteToNetwork(d) => Some(d.len()),
                 TunnResult::Err(e) => {
-                    tracing::debug!(peer = %peer.peer_id, error = ?e, "encapsulate failed")
+                    tracing::debug!(peer = %peer.peer_id, error = ?e, "encapsulate failed");
+                    None
                 }
-                _ => {}
+                _ => None,
+            };
+            match (sent, peer.endpoint) {
+                (Some(len), Some(ep)) => {
+                    out.truncate(len);
+                    self.outbox.push((ep, out));
+                }
+                _ => self.device.give(out),
             }
+            self.device.give(packet);
         }
     }
 
@@ -1071,7 +1199,8 @@ async fn run(shared: Arc<Shared>, udp: UdpSocket) {
         }
         {
             let mut st = shared.lock();
-            st.poll(&mut buf);
+            st.device.give_all(&mut outbox);
+            st.poll();
             std::mem::swap(&mut outbox, &mut st.outbox);
             let now = st.now();
             let State { iface, sockets, .. } = &mut *st;
@@ -1081,8 +1210,8 @@ async fn run(shared: Arc<Shared>, udp: UdpSocket) {
                 .unwrap_or(tick)
                 .min(tick);
         }
-        for (to, datagram) in outbox.drain(..) {
-            send(&udp, to, &datagram).await;
+        for (to, datagram) in &outbox {
+            send(&udp, *to, datagram).await;
         }
     }
     tracing::debug!("overlay stopped");

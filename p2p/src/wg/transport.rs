@@ -121,6 +121,7 @@ impl Transport for WgTransport {
                 format!("{addr}: a WireGuard dial needs the peer id (/p2p/<id>)"),
             )));
         };
+        self.shared.alive().map_err(TransportError::Other)?;
         let handle = self
             .shared
             .lock()
@@ -221,6 +222,7 @@ impl AsyncRead for WgStream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        self.shared.alive()?;
         let mut st = self.shared.lock();
         let s = st.socket(self.handle);
         if s.can_recv() {
@@ -253,6 +255,7 @@ impl AsyncWrite for WgStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.shared.alive()?;
         let mut st = self.shared.lock();
         let s = st.socket(self.handle);
         if !s.may_send() {
