@@ -148,7 +148,7 @@ pub fn append_with_root<S: LogNodes + ?Sized>(
 /// Root of the `len` entries starting at `start` (`start` is a multiple of the largest
 /// power of two not above `len`, as in every RFC 6962 recursion).
 fn subtree<S: LogNodes + ?Sized>(store: &S, start: u64, len: u64) -> Result<Hash, StoreError> {
-    if len.is_power_of_two() && start % len == 0 {
+    if len.is_power_of_two() && start.is_multiple_of(len) {
         let level = len.trailing_zeros() as u8;
         return node(
             store,

@@ -112,10 +112,10 @@ async fn connected(a: &mut Node, b: &Node) {
     let want = b.net.local_peer_id();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if let Some((p, true)) = a.next_conn(Duration::from_millis(200)).await {
-            if p == want {
-                return;
-            }
+        if let Some((p, true)) = a.next_conn(Duration::from_millis(200)).await
+            && p == want
+        {
+            return;
         }
     }
     panic!("no connection to {want} within 10 s");

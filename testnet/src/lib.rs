@@ -292,16 +292,16 @@ pub fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
 
 /// Stops node `i`: SIGTERM, then SIGKILL after `grace`.
 pub fn stop_node(m: &mut Manifest, i: usize, grace: Duration) -> anyhow::Result<()> {
-    if let Some(pid) = m.nodes[i].pid.take() {
+    if let Some(pid) = m.nodes[i].pid.take()
+        && alive(pid)
+    {
+        signal(pid, "TERM")?;
+        let start = Instant::now();
+        while alive(pid) && start.elapsed() < grace {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         if alive(pid) {
-            signal(pid, "TERM")?;
-            let start = Instant::now();
-            while alive(pid) && start.elapsed() < grace {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if alive(pid) {
-                signal(pid, "KILL")?;
-            }
+            signal(pid, "KILL")?;
         }
     }
     Ok(())

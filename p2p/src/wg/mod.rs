@@ -72,6 +72,14 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 /// A peer's handshake on a session younger than this is a crossing first handshake, not
 /// a restart (see `State::datagram`).
 const RESTART_MIN_AGE: Duration = Duration::from_secs(3);
+/// boringtun's own rekey interval (REKEY_AFTER_TIME).
+const BORINGTUN_REKEY: Duration = Duration::from_secs(120);
+/// boringtun starts a new handshake after sending without an answer for this long
+/// (KEEPALIVE_TIMEOUT + REKEY_TIMEOUT).
+const RETRY_AFTER_SILENCE: Duration = Duration::from_secs(15);
+/// Most half-open inbound connections kept (a peer that never completes its connects
+/// cannot grow the socket set).
+const MAX_PENDING: usize = 64;
 /// How long new connections from a peer wait for the probe of its older connections.
 const PROBE_WINDOW: Duration = Duration::from_millis(300);
 /// Smallest and largest accepted MTU (IPv6 minimum; jumbo frames).
@@ -414,7 +422,12 @@ impl Overlay {
             reason: e.to_string(),
         })?;
 
-        let rate_limiter = Arc::new(RateLimiter::new(&static_public, config.handshakes_per_sec));
+        // Each handshake message is counted twice: once before the Diffie-Hellman work
+        // (`handshake_allowed`), once inside `Tunn::decapsulate`.
+        let rate_limiter = Arc::new(RateLimiter::new(
+            &static_public,
+            config.handshakes_per_sec.saturating_mul(2),
+        ));
         let mut peers = Vec::new();
         let mut by_key = HashMap::new();
         let mut by_overlay = HashMap::new();
@@ -638,6 +651,9 @@ impl State {
         let p = &mut self.peers[index];
         if p.last_rx.is_none_or(|t| t.elapsed() > recently) {
             p.endpoint = Some(endpoint);
+            // A new attempt: the expiry clock restarts with the peer's answer (or the
+            // connect timeout ends it), instead of killing this dial at the next tick.
+            p.last_rx = None;
         }
         let remote = (IpAddress::Ipv6(p.overlay), OVERLAY_PORT);
         let mut socket = self.new_tcp_socket();
@@ -724,14 +740,17 @@ impl State {
     }
 
     fn refill_listeners(&mut self) {
-        const PENDING: usize = 4;
+        // Connections that may arrive in one poll (one per listening socket).
+        const LISTENING: usize = 16;
         let Some(missing) = self.listener.as_ref().map(|l| {
             let listening = l
                 .pending
                 .iter()
                 .filter(|h| self.sockets.get::<tcp::Socket>(**h).state() == tcp::State::Listen)
                 .count();
-            PENDING.saturating_sub(listening)
+            LISTENING
+                .saturating_sub(listening)
+                .min(MAX_PENDING.saturating_sub(l.pending.len()))
         }) else {
             return;
         };
@@ -740,6 +759,11 @@ impl State {
             if s.listen(OVERLAY_PORT).is_err() {
                 return;
             }
+            // A connection that never completes is dropped (smoltcp would resend its
+            // SYN-ACK forever).
+            s.set_timeout(Some(smoltcp::time::Duration::from_millis(
+                self.config.connect_timeout.as_millis() as u64,
+            )));
             let h = self.sockets.add(s);
             if let Some(l) = self.listener.as_mut() {
                 l.pending.push(h);
@@ -789,10 +813,8 @@ impl State {
             }
         }
         l.pending = still;
-        if woke {
-            if let Some(w) = l.waker.take() {
-                w.wake();
-            }
+        if woke && let Some(w) = l.waker.take() {
+            w.wake();
         }
         self.listener = Some(l);
         self.refill_listeners();
@@ -935,7 +957,9 @@ impl State {
             _ => None,
         };
         let is_data = data_session.is_some();
-        let restart_before = self.config.rekey_after - self.config.rekey_after / 10;
+        // boringtun rekeys on its own at 120 s, whatever `rekey_after` says.
+        let rekey = self.config.rekey_after.min(BORINGTUN_REKEY);
+        let restart_before = rekey - rekey / 10;
         let Some(peer) = self.peers.get_mut(index) else {
             drops.unauthenticated.fetch_add(1, Ordering::Relaxed);
             return;
@@ -944,12 +968,17 @@ impl State {
         // rekey would be, and older than a crossing first handshake: it lost its state,
         // that is, it restarted (or our answer to its last initiation was lost). Its new
         // TCP stack knows none of our connections.
+        // A peer also re-handshakes after 15 s of sending without hearing from us (a
+        // network outage), so only a peer we heard from within that time counts.
         let restarted = matches!(packet, Packet::HandshakeInit(_))
             && peer
                 .tunn
                 .stats()
                 .0
-                .is_some_and(|age| (RESTART_MIN_AGE..restart_before).contains(&age));
+                .is_some_and(|age| (RESTART_MIN_AGE..restart_before).contains(&age))
+            && peer
+                .last_rx
+                .is_some_and(|t| t.elapsed() < RETRY_AFTER_SILENCE);
         let mut accepted_handshake = false;
         let mut authenticated = false;
         let mut first = true;
@@ -1134,14 +1163,13 @@ impl State {
                 _ => {}
             }
             let (since, ..) = peer.tunn.stats();
-            if peer.rekeys && since.is_some_and(|s| s >= rekey_after) {
-                if let TunnResult::WriteToNetwork(out) =
+            if peer.rekeys
+                && since.is_some_and(|s| s >= rekey_after)
+                && let TunnResult::WriteToNetwork(out) =
                     peer.tunn.format_handshake_initiation(buf, false)
-                {
-                    if let Some(ep) = peer.endpoint {
-                        self.outbox.push((ep, out.to_vec()));
-                    }
-                }
+                && let Some(ep) = peer.endpoint
+            {
+                self.outbox.push((ep, out.to_vec()));
             }
             if peer.last_rx.is_some_and(|t| t.elapsed() > expire_after) {
                 expired.push((i, "nothing authenticated received"));
@@ -1214,6 +1242,9 @@ async fn run(shared: Arc<Shared>, udp: UdpSocket) {
             send(&udp, *to, datagram).await;
         }
     }
+    // Whatever stopped the actor, nothing will drive the streams any more.
+    shared.dead.store(true, Ordering::SeqCst);
+    shared.lock().abort_all();
     tracing::debug!("overlay stopped");
 }
 

@@ -27,6 +27,8 @@ use super::Shared;
 pub struct WgTransport {
     shared: Arc<Shared>,
     listener: Option<(ListenerId, Multiaddr, bool)>,
+    /// A removed listener, reported as closed on the next poll.
+    closed: Option<ListenerId>,
 }
 
 impl WgTransport {
@@ -34,6 +36,7 @@ impl WgTransport {
         WgTransport {
             shared,
             listener: None,
+            closed: None,
         }
     }
 }
@@ -101,6 +104,7 @@ impl Transport for WgTransport {
         if self.listener.as_ref().is_some_and(|(l, ..)| *l == id) && self.shared.lock().unlisten(id)
         {
             self.listener = None;
+            self.closed = Some(id);
             self.shared.wake.notify_one();
             return true;
         }
@@ -143,6 +147,12 @@ impl Transport for WgTransport {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
+        if let Some(listener_id) = self.closed.take() {
+            return Poll::Ready(TransportEvent::ListenerClosed {
+                listener_id,
+                reason: Ok(()),
+            });
+        }
         let Some((id, addr, announced)) = self.listener.as_mut() else {
             return Poll::Pending;
         };
