@@ -1198,6 +1198,10 @@ async fn run(shared: Arc<Shared>, udp: UdpSocket) {
     timers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut outbox = Vec::new();
     let mut delay = Duration::from_millis(1);
+    // UDP segmentation offload: one system call for a run of datagrams to one peer;
+    // and its receive side, datagrams of one sender coalesced into one read.
+    let mut gso = cfg!(target_os = "linux");
+    let gro = enable_gro(&udp);
     loop {
         tokio::select! {
             r = udp.readable() => {
@@ -1206,8 +1210,14 @@ async fn run(shared: Arc<Shared>, udp: UdpSocket) {
                 }
                 let mut st = shared.lock();
                 for _ in 0..RECV_BATCH {
-                    match udp.try_recv_from(&mut rx) {
-                        Ok((n, src)) => st.datagram(&shared.drops, src, &rx[..n], &mut buf),
+                    match recv(&udp, &mut rx, gro) {
+                        Ok((n, segment, src)) => {
+                            // A coalesced read holds datagrams of `segment` bytes (the
+                            // last may be shorter).
+                            for d in rx[..n].chunks(segment.max(1)) {
+                                st.datagram(&shared.drops, src, d, &mut buf);
+                            }
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         Err(e) => {
                             tracing::debug!(error = %e, "udp receive failed");
@@ -1238,14 +1248,168 @@ async fn run(shared: Arc<Shared>, udp: UdpSocket) {
                 .unwrap_or(tick)
                 .min(tick);
         }
-        for (to, datagram) in &outbox {
-            send(&udp, *to, datagram).await;
-        }
+        send_all(&udp, &outbox, &mut gso).await;
     }
     // Whatever stopped the actor, nothing will drive the streams any more.
     shared.dead.store(true, Ordering::SeqCst);
     shared.lock().abort_all();
     tracing::debug!("overlay stopped");
+}
+
+/// Asks the kernel to coalesce received datagrams (`UDP_GRO`); false where it cannot.
+#[cfg(target_os = "linux")]
+fn enable_gro(udp: &UdpSocket) -> bool {
+    nix::sys::socket::setsockopt(udp, nix::sys::socket::sockopt::UdpGroSegment, &true).is_ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn enable_gro(_: &UdpSocket) -> bool {
+    false
+}
+
+/// Reads one datagram, or with GRO a run of coalesced ones: (bytes, segment size,
+/// sender).
+#[cfg(target_os = "linux")]
+fn recv(udp: &UdpSocket, rx: &mut [u8], gro: bool) -> std::io::Result<(usize, usize, SocketAddr)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
+    use std::os::fd::AsRawFd;
+    if !gro {
+        let (n, src) = udp.try_recv_from(rx)?;
+        return Ok((n, n, src));
+    }
+    let mut cmsg = nix::cmsg_space!(i32);
+    udp.try_io(tokio::io::Interest::READABLE, || {
+        let mut iov = [std::io::IoSliceMut::new(rx)];
+        let msg = recvmsg::<SockaddrStorage>(
+            udp.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )
+        .map_err(std::io::Error::from)?;
+        let n = msg.bytes;
+        let mut segment = n;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::UdpGroSegments(s) = c {
+                    segment = usize::try_from(s).unwrap_or(n);
+                }
+            }
+        }
+        let src = msg
+            .address
+            .and_then(|a| {
+                a.as_sockaddr_in()
+                    .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                    .or_else(|| {
+                        a.as_sockaddr_in6()
+                            .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                    })
+            })
+            .ok_or_else(|| std::io::Error::other("a datagram without a source address"))?;
+        Ok((n, segment, src))
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn recv(udp: &UdpSocket, rx: &mut [u8], _: bool) -> std::io::Result<(usize, usize, SocketAddr)> {
+    let (n, src) = udp.try_recv_from(rx)?;
+    Ok((n, n, src))
+}
+
+/// Most datagrams, and bytes, in one segmentation-offload send.
+const GSO_SEGMENTS: usize = 64;
+const GSO_BYTES: usize = 64_000;
+
+/// Sends the outbox. Runs of datagrams to one endpoint, all of one size but the last,
+/// go in one `sendmsg` with `UDP_SEGMENT` where the kernel supports it.
+async fn send_all(udp: &UdpSocket, outbox: &[(SocketAddr, Vec<u8>)], gso: &mut bool) {
+    let mut i = 0;
+    while i < outbox.len() {
+        let (to, first) = &outbox[i];
+        let size = first.len();
+        let mut j = i + 1;
+        let mut bytes = size;
+        while *gso
+            && j < outbox.len()
+            && j - i < GSO_SEGMENTS
+            && outbox[j].0 == *to
+            && outbox[j].1.len() <= size
+            && bytes + outbox[j].1.len() <= GSO_BYTES
+        {
+            bytes += outbox[j].1.len();
+            j += 1;
+            if outbox[j - 1].1.len() < size {
+                break;
+            }
+        }
+        if j - i > 1 && !send_segments(udp, *to, &outbox[i..j], size, gso).await {
+            // Not supported here: one by one from now on.
+            for (to, d) in &outbox[i..j] {
+                send(udp, *to, d).await;
+            }
+        } else if j - i == 1 {
+            send(udp, *to, first).await;
+        }
+        i = j;
+    }
+}
+
+/// One `sendmsg` with `UDP_SEGMENT`; false (and `gso` off) if the kernel refuses it.
+#[cfg(target_os = "linux")]
+async fn send_segments(
+    udp: &UdpSocket,
+    to: SocketAddr,
+    run: &[(SocketAddr, Vec<u8>)],
+    size: usize,
+    gso: &mut bool,
+) -> bool {
+    use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
+    use std::os::fd::AsRawFd;
+    let iov: Vec<std::io::IoSlice<'_>> =
+        run.iter().map(|(_, d)| std::io::IoSlice::new(d)).collect();
+    let addr = SockaddrStorage::from(to);
+    let Ok(segment) = u16::try_from(size) else {
+        *gso = false;
+        return false;
+    };
+    loop {
+        let r = udp.try_io(tokio::io::Interest::WRITABLE, || {
+            sendmsg(
+                udp.as_raw_fd(),
+                &iov,
+                &[ControlMessage::UdpGsoSegments(&segment)],
+                MsgFlags::empty(),
+                Some(&addr),
+            )
+            .map_err(std::io::Error::from)
+        });
+        match r {
+            Ok(_) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if udp.writable().await.is_err() {
+                    return true;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%to, error = %e, "segmentation offload refused: sending datagrams one by one");
+                *gso = false;
+                return false;
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn send_segments(
+    _: &UdpSocket,
+    _: SocketAddr,
+    _: &[(SocketAddr, Vec<u8>)],
+    _: usize,
+    gso: &mut bool,
+) -> bool {
+    *gso = false;
+    false
 }
 
 async fn send(udp: &UdpSocket, to: SocketAddr, datagram: &[u8]) {
