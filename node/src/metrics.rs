@@ -37,6 +37,14 @@ pub struct Metrics {
     pub synced_blocks: Counter,
     /// Consensus messages rejected by the engine.
     pub rejected_messages: Counter,
+    /// The WireGuard overlay, read at each scrape.
+    overlay: std::sync::OnceLock<pyralog_p2p::wg::Overlay>,
+    wg_dropped: Family<Vec<(String, String)>, Gauge>,
+    wg_cookies: Gauge,
+    wg_handshakes: Family<Vec<(String, String)>, Gauge>,
+    wg_rx_bytes: Family<Vec<(String, String)>, Gauge>,
+    wg_tx_bytes: Family<Vec<(String, String)>, Gauge>,
+    wg_sessions: Gauge,
 }
 
 impl Metrics {
@@ -56,6 +64,13 @@ impl Metrics {
             rejected_txs: Family::default(),
             synced_blocks: Counter::default(),
             rejected_messages: Counter::default(),
+            overlay: std::sync::OnceLock::new(),
+            wg_dropped: Family::default(),
+            wg_cookies: Gauge::default(),
+            wg_handshakes: Family::default(),
+            wg_rx_bytes: Family::default(),
+            wg_tx_bytes: Family::default(),
+            wg_sessions: Gauge::default(),
         };
         registry.register("height", "Committed height", m.height.clone());
         registry.register("round", "Current consensus round", m.round.clone());
@@ -96,7 +111,72 @@ impl Metrics {
             "Consensus messages the engine rejected",
             m.rejected_messages.clone(),
         );
+        registry.register(
+            "wg_dropped_datagrams",
+            "Datagrams the WireGuard overlay dropped without a reply, by reason (running count)",
+            m.wg_dropped.clone(),
+        );
+        registry.register(
+            "wg_cookies_sent",
+            "WireGuard cookie replies sent under a handshake flood (running count)",
+            m.wg_cookies.clone(),
+        );
+        registry.register(
+            "wg_handshakes",
+            "WireGuard handshakes completed with each peer (running count)",
+            m.wg_handshakes.clone(),
+        );
+        registry.register(
+            "wg_rx_bytes",
+            "Bytes received from each peer inside WireGuard",
+            m.wg_rx_bytes.clone(),
+        );
+        registry.register(
+            "wg_tx_bytes",
+            "Bytes sent to each peer inside WireGuard",
+            m.wg_tx_bytes.clone(),
+        );
+        registry.register(
+            "wg_sessions",
+            "Peers with a live WireGuard session (a handshake in the last 180 s)",
+            m.wg_sessions.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Exports the overlay's statistics from now on (WireGuard transport only).
+    pub fn watch_overlay(&self, overlay: pyralog_p2p::wg::Overlay) {
+        let _ = self.overlay.set(overlay);
+    }
+
+    fn read_overlay(&self) {
+        let Some(o) = self.overlay.get() else { return };
+        let st = o.stats();
+        for (reason, n) in [
+            ("garbage", st.garbage),
+            ("unknown_key", st.unknown_key),
+            ("unauthenticated", st.unauthenticated),
+            ("bad_inner", st.bad_inner),
+        ] {
+            set(
+                &self
+                    .wg_dropped
+                    .get_or_create(&vec![("reason".to_string(), reason.to_string())]),
+                n,
+            );
+        }
+        set(&self.wg_cookies, st.cookies_sent);
+        let mut live = 0;
+        for p in &st.peers {
+            let peer = vec![("peer".to_string(), p.peer.to_string())];
+            set(&self.wg_handshakes.get_or_create(&peer), p.handshakes);
+            set(&self.wg_rx_bytes.get_or_create(&peer), p.rx_bytes as u64);
+            set(&self.wg_tx_bytes.get_or_create(&peer), p.tx_bytes as u64);
+            if p.since_handshake.is_some_and(|d| d.as_secs() < 180) {
+                live += 1;
+            }
+        }
+        set(&self.wg_sessions, live);
     }
 
     /// Counts a rejected transaction.
@@ -108,6 +188,7 @@ impl Metrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
+        self.read_overlay();
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out

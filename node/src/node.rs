@@ -59,6 +59,9 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
         ..pyralog_p2p::Config::default()
     };
     let (net, events) = pyralog_p2p::spawn(&node_key.seed(), p2p).await?;
+    if let Some(overlay) = net.overlay() {
+        metrics.watch_overlay(overlay.clone());
+    }
     let peer_id = net.local_peer_id();
 
     let validator_pub = validator.as_ref().map(|k| k.public());

@@ -48,6 +48,19 @@ fn initiation(secret: [u8; 32], to: [u8; 32]) -> Vec<u8> {
     }
 }
 
+/// `GET` of a metrics URL (`http://127.0.0.1:P/metrics`).
+fn scrape(url: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nhost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 fn wg_key(base64_key: &str) -> [u8; 32] {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD
@@ -120,5 +133,18 @@ fn a_validator_is_silent_to_strangers() {
     // The validators never noticed.
     std::thread::sleep(Duration::from_secs(2));
     assert!(height() > before + 3, "the chain stalled");
+
+    // The metrics saw it all.
+    let metrics = scrape(&node0.metrics);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert!(value("pyralog_wg_dropped_datagrams{reason=\"garbage\"}") >= 7.0);
+    assert!(value("pyralog_wg_dropped_datagrams{reason=\"unknown_key\"}") >= 1.0);
+    assert!(value("pyralog_wg_dropped_datagrams{reason=\"unauthenticated\"}") >= 1.0);
+    assert_eq!(value("pyralog_wg_sessions"), 3.0);
     net.down();
 }
