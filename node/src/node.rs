@@ -208,3 +208,30 @@ pub fn read_psk(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::read_psk;
+
+    #[test]
+    fn a_psk_file_is_base64_of_32_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("psk");
+        // `wg genpsk` output, with its newline.
+        std::fs::write(&path, "nzEBtnSNDTBUgjJv3+Aj3T1lGjiobGjC2yLSd6hCpEo=\n").unwrap();
+        let psk = read_psk(&path).unwrap();
+        assert_eq!(psk[0], 0x9f);
+        std::fs::write(&path, "not base64!").unwrap();
+        assert!(
+            read_psk(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("not base64")
+        );
+        std::fs::write(&path, "AAAA").unwrap();
+        assert!(read_psk(&path).unwrap_err().to_string().contains("is 3"));
+        assert!(read_psk(&dir.path().join("missing")).is_err());
+    }
+}
