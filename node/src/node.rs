@@ -161,15 +161,9 @@ fn transport(
         .filter_map(|v| v.node_key.map(|k| k.to_bytes()))
         .collect();
     for addr in bootstrap {
-        let peer = addr
-            .iter()
-            .find_map(|p| match p {
-                pyralog_p2p::Protocol::P2p(id) => Some(id),
-                _ => None,
-            })
-            .with_context(|| {
-                format!("p2p.bootstrap {addr}: with WireGuard every address needs /p2p/<peer id>")
-            })?;
+        let peer = pyralog_p2p::peer_in(addr).with_context(|| {
+            format!("p2p.bootstrap {addr}: with WireGuard every address needs /p2p/<peer id>")
+        })?;
         allowed.push(pyralog_p2p::public_from_peer_id(&peer)?);
     }
     for id in &p2p.allow {

@@ -39,7 +39,6 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr as Address, PeerId};
 
 use crate::codec::SyncCodec;
@@ -282,6 +281,14 @@ pub fn public_from_peer_id(peer: &PeerId) -> Result<[u8; 32], P2pError> {
     Ok(ed.to_bytes())
 }
 
+/// The peer id an address names (its `/p2p/<id>` part), if any.
+pub fn peer_in(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
 /// The multiaddr of a UDP endpoint, the address shape of the WireGuard transport.
 pub fn udp_multiaddr(addr: std::net::SocketAddr) -> Multiaddr {
     Multiaddr::empty()
@@ -433,12 +440,7 @@ fn same_identity<M>(
     endpoint: libp2p::core::ConnectedPoint,
 ) -> futures::future::Ready<Result<(PeerId, M), std::io::Error>> {
     let carried = match &endpoint {
-        libp2p::core::ConnectedPoint::Listener { send_back_addr, .. } => {
-            send_back_addr.iter().find_map(|p| match p {
-                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-                _ => None,
-            })
-        }
+        libp2p::core::ConnectedPoint::Listener { send_back_addr, .. } => peer_in(send_back_addr),
         libp2p::core::ConnectedPoint::Dialer { .. } => Some(peer),
     };
     futures::future::ready(if carried == Some(peer) {
@@ -521,10 +523,7 @@ impl Actor {
     fn dial_bootstrap(&mut self) {
         let local = *self.swarm.local_peer_id();
         for addr in self.config.bootstrap.clone() {
-            let peer = addr.iter().find_map(|p| match p {
-                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-                _ => None,
-            });
+            let peer = peer_in(&addr);
             if peer == Some(local) || peer.is_some_and(|p| self.swarm.is_connected(&p)) {
                 continue;
             }

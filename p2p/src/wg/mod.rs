@@ -253,28 +253,23 @@ pub(crate) struct Listener {
     waker: Option<Waker>,
 }
 
-/// The queue device between the tunnels and smoltcp, with a pool of packet buffers so
-/// the data path does not allocate per packet.
-struct Queue {
-    rx: VecDeque<Vec<u8>>,
-    tx: VecDeque<Vec<u8>>,
-    mtu: usize,
-    pool: RefCell<Vec<Vec<u8>>>,
-}
+/// Packet buffers kept for reuse, so the data path does not allocate per packet.
+#[derive(Default)]
+struct Pool(RefCell<Vec<Vec<u8>>>);
 
 /// Buffers kept for reuse.
 const POOL: usize = 1024;
 
-impl Queue {
+impl Pool {
     /// A buffer of `len` bytes (contents unspecified).
     fn take(&self, len: usize) -> Vec<u8> {
-        let mut v = self.pool.borrow_mut().pop().unwrap_or_default();
+        let mut v = self.0.borrow_mut().pop().unwrap_or_default();
         v.resize(len, 0);
         v
     }
 
     fn give(&self, v: Vec<u8>) {
-        let mut pool = self.pool.borrow_mut();
+        let mut pool = self.0.borrow_mut();
         if pool.len() < POOL {
             pool.push(v);
         }
@@ -288,24 +283,28 @@ impl Queue {
     }
 }
 
-struct RxToken<'a>(Vec<u8>, &'a RefCell<Vec<Vec<u8>>>);
-struct TxToken<'a>(&'a mut VecDeque<Vec<u8>>, &'a RefCell<Vec<Vec<u8>>>);
+/// The queue device between the tunnels and smoltcp.
+struct Queue {
+    rx: VecDeque<Vec<u8>>,
+    tx: VecDeque<Vec<u8>>,
+    mtu: usize,
+    pool: Pool,
+}
+
+struct RxToken<'a>(Vec<u8>, &'a Pool);
+struct TxToken<'a>(&'a mut VecDeque<Vec<u8>>, &'a Pool);
 
 impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
         let r = f(&self.0);
-        let mut pool = self.1.borrow_mut();
-        if pool.len() < POOL {
-            pool.push(self.0);
-        }
+        self.1.give(self.0);
         r
     }
 }
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut packet = self.1.borrow_mut().pop().unwrap_or_default();
-        packet.resize(len, 0);
+        let mut packet = self.1.take(len);
         let r = f(&mut packet);
         self.0.push_back(packet);
         r
@@ -416,11 +415,7 @@ impl Overlay {
         let own = node_key.public().to_bytes();
         let own_overlay = overlay_address(static_public.as_bytes());
 
-        let socket = bind_udp(bind)?;
-        let local_addr = socket.local_addr().map_err(|e| P2pError::Listen {
-            addr: crate::udp_multiaddr(bind),
-            reason: e.to_string(),
-        })?;
+        let (socket, local_addr) = bind_udp(bind)?;
 
         // Each handshake message is counted twice: once before the Diffie-Hellman work
         // (`handshake_allowed`), once inside `Tunn::decapsulate`.
@@ -482,7 +477,7 @@ impl Overlay {
             rx: VecDeque::new(),
             tx: VecDeque::new(),
             mtu: config.mtu,
-            pool: RefCell::new(Vec::new()),
+            pool: Pool::default(),
         };
         let seed_word = u64::from_le_bytes(
             HashDomain::OverlayAddress
@@ -546,11 +541,6 @@ impl Overlay {
         self.shared.lock().local_addr
     }
 
-    /// This node's WireGuard public key.
-    pub fn wg_public(&self) -> [u8; 32] {
-        *self.shared.lock().static_public.as_bytes()
-    }
-
     /// The libp2p transport carried by this overlay.
     pub fn transport(&self) -> WgTransport {
         WgTransport::new(self.shared.clone())
@@ -601,9 +591,9 @@ fn now_nanos() -> u128 {
         .unwrap_or_default()
 }
 
-/// A UDP socket with large kernel buffers: a TCP window's worth of datagrams can arrive
-/// between two reads.
-fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, P2pError> {
+/// A UDP socket with large kernel buffers (a TCP window's worth of datagrams can arrive
+/// between two reads), and the address it is bound to.
+fn bind_udp(addr: SocketAddr) -> Result<(UdpSocket, SocketAddr), P2pError> {
     let listen_err = |e: std::io::Error| P2pError::Listen {
         addr: crate::udp_multiaddr(addr),
         reason: e.to_string(),
@@ -616,12 +606,19 @@ fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, P2pError> {
     let _ = socket.set_send_buffer_size(4 << 20);
     socket.set_nonblocking(true).map_err(listen_err)?;
     socket.bind(&addr.into()).map_err(listen_err)?;
-    UdpSocket::from_std(socket.into()).map_err(listen_err)
+    let socket = UdpSocket::from_std(socket.into()).map_err(listen_err)?;
+    let local = socket.local_addr().map_err(listen_err)?;
+    Ok((socket, local))
 }
 
 impl State {
     fn now(&self) -> smoltcp::time::Instant {
         smoltcp::time::Instant::from_micros(self.started.elapsed().as_micros() as i64)
+    }
+
+    /// `connect_timeout` in smoltcp's units.
+    fn connect_timeout(&self) -> smoltcp::time::Duration {
+        smoltcp::time::Duration::from_millis(self.config.connect_timeout.as_millis() as u64)
     }
 
     fn new_tcp_socket(&self) -> tcp::Socket<'static> {
@@ -657,9 +654,7 @@ impl State {
         }
         let remote = (IpAddress::Ipv6(p.overlay), OVERLAY_PORT);
         let mut socket = self.new_tcp_socket();
-        socket.set_timeout(Some(smoltcp::time::Duration::from_millis(
-            self.config.connect_timeout.as_millis() as u64,
-        )));
+        socket.set_timeout(Some(self.connect_timeout()));
         let port = self.next_local_port();
         socket
             .connect(self.iface.context(), remote, port)
@@ -697,11 +692,6 @@ impl State {
     pub(crate) fn orphan(&mut self, handle: SocketHandle) {
         self.socket(handle).close();
         self.orphans.push((handle, Instant::now()));
-    }
-
-    pub(crate) fn peer_of(&self, handle: SocketHandle) -> Option<(PeerId, Option<SocketAddr>)> {
-        let p = &self.peers[*self.conns.get(&handle)?];
-        Some((p.peer_id, p.endpoint))
     }
 
     pub(crate) fn listen(&mut self, id: ListenerId) -> bool {
@@ -761,9 +751,7 @@ impl State {
             }
             // A connection that never completes is dropped (smoltcp would resend its
             // SYN-ACK forever).
-            s.set_timeout(Some(smoltcp::time::Duration::from_millis(
-                self.config.connect_timeout.as_millis() as u64,
-            )));
+            s.set_timeout(Some(self.connect_timeout()));
             let h = self.sockets.add(s);
             if let Some(l) = self.listener.as_mut() {
                 l.pending.push(h);
@@ -984,7 +972,7 @@ impl State {
         let mut first = true;
         // A data packet decrypts straight into a buffer that goes to the TCP stack.
         let mut inner_buf = if is_data {
-            self.device.take(datagram.len())
+            self.device.pool.take(datagram.len())
         } else {
             Vec::new()
         };
@@ -1051,7 +1039,7 @@ impl State {
                 inner_buf.truncate(len);
                 self.device.rx.push_back(inner_buf);
             }
-            _ => self.device.give(inner_buf),
+            _ => self.device.pool.give(inner_buf),
         }
         if authenticated {
             let peer = &mut self.peers[index];
@@ -1117,12 +1105,13 @@ impl State {
                 _ => None,
             };
             let Some(index) = index else {
-                self.device.give(packet);
+                self.device.pool.give(packet);
                 continue;
             };
             let peer = &mut self.peers[index];
             let mut out = self
                 .device
+                .pool
                 .take((packet.len() + WG_OVERHEAD).max(MIN_DATAGRAM));
             let sent = match peer.tunn.encapsulate(&packet, &mut out) {
                 TunnResult::WriteToNetwork(d) => Some(d.len()),
@@ -1137,9 +1126,9 @@ impl State {
                     out.truncate(len);
                     self.outbox.push((ep, out));
                 }
-                _ => self.device.give(out),
+                _ => self.device.pool.give(out),
             }
-            self.device.give(packet);
+            self.device.pool.give(packet);
         }
     }
 
@@ -1237,7 +1226,7 @@ async fn run(shared: Arc<Shared>, udp: UdpSocket) {
         }
         {
             let mut st = shared.lock();
-            st.device.give_all(&mut outbox);
+            st.device.pool.give_all(&mut outbox);
             st.poll();
             std::mem::swap(&mut outbox, &mut st.outbox);
             let now = st.now();

@@ -201,11 +201,6 @@ pub struct WgStream {
 }
 
 impl WgStream {
-    /// The peer at the other end (from the WireGuard key that carried the connection).
-    pub fn peer(&self) -> Option<PeerId> {
-        self.shared.lock().peer_of(self.handle).map(|(p, _)| p)
-    }
-
     fn poll_established(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut st = self.shared.lock();
         let s = st.socket(self.handle);
