@@ -200,6 +200,22 @@ pub fn set(g: &Gauge, v: u64) {
     g.set(i64::try_from(v).unwrap_or(i64::MAX));
 }
 
+/// Reads a request head (up to the blank line, at most 2 KiB, at most 5 s). A client may
+/// send its request in several segments; answering and closing after the first one would
+/// reset the connection under the client's later writes.
+async fn read_head(sock: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while head.len() < 2048 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, sock.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    head
+}
+
 /// Serves `GET /metrics` on `listener` until the task is dropped. One short request per
 /// connection; anything else gets 404.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
@@ -215,14 +231,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         let active = active.clone();
         active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let read =
-                tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
-            let n = match read {
-                Ok(Ok(n)) => n,
-                _ => 0,
-            };
-            let req = String::from_utf8_lossy(&buf[..n]);
+            let head = read_head(&mut sock).await;
+            let req = String::from_utf8_lossy(&head);
             let (status, body) = if req.starts_with("GET /metrics ") {
                 ("200 OK", metrics.render())
             } else {
@@ -236,5 +246,38 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             let _ = sock.shutdown().await;
             active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A request that arrives in two segments gets one full answer, not a reset.
+    #[tokio::test]
+    async fn a_request_in_pieces_is_answered_once_complete() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, Metrics::new()));
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        sock.write_all(b"GET /met").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        sock.write_all(b"rics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        sock.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        assert!(out.contains("pyralog_"), "{out}");
+
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        sock.write_all(b"GET /other HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        sock.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+        server.abort();
     }
 }

@@ -55,7 +55,8 @@ fn scrape(url: &str) -> String {
         .trim_start_matches("http://")
         .trim_end_matches("/metrics");
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nhost: {addr}\r\n\r\n").unwrap();
+    let req = format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
