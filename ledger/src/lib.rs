@@ -18,6 +18,7 @@
 
 pub mod block;
 pub mod chain;
+pub mod checkpoint;
 pub mod codec;
 pub mod evidence;
 pub mod exec;
@@ -35,6 +36,7 @@ pub use block::{Block, Certificate, CommitSig, Header, Vote, VoteKind};
 pub use chain::{
     ChainId, ChainParams, EngineId, Genesis, GenesisValidator, Validator, ValidatorSet,
 };
+pub use checkpoint::{Checkpoint, SignedCheckpoint};
 pub use codec::{CodecError, Decode, Encode};
 pub use evidence::{DuplicateVote, EvidenceError};
 pub use exec::{

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use pyralog_crypto::PublicKey;
 use pyralog_ledger::state::{self, Namespace, state_key};
 use pyralog_ledger::verify::{
-    verify_block_contents, verify_certificate, verify_execution, verify_first_header,
+    VerifyError, verify_block_contents, verify_certificate, verify_execution, verify_first_header,
     verify_header_link, verify_last_certificate,
 };
 use pyralog_ledger::{
@@ -25,6 +25,61 @@ use crate::mempool::Mempool;
 #[derive(Debug, thiserror::Error)]
 #[error("storage failed: {0}")]
 pub struct Fatal(pub String);
+
+/// Why a block is not the valid next block of this chain. [`Invalid::kind`] names the
+/// check that failed (the auditor's alarm kinds).
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    /// Not the next height.
+    #[error("block at height {found} does not follow committed height {committed}")]
+    Height {
+        /// The block's height.
+        found: u64,
+        /// The committed height.
+        committed: u64,
+    },
+    /// The header does not link to the committed chain (or to the genesis).
+    #[error("chain link: {0}")]
+    Link(VerifyError),
+    /// The validator set or proposer is not this chain's.
+    #[error("{0}")]
+    ValidatorSet(String),
+    /// Over the chain's block limits.
+    #[error("{0}")]
+    Limits(String),
+    /// The header is not certified by the validator set.
+    #[error("certificate: {0}")]
+    Certificate(VerifyError),
+    /// The carried certificate of the previous height, or the BFT time it fixes.
+    #[error("last certificate: {0}")]
+    LastCertificate(VerifyError),
+    /// The body is not the one the header commits to.
+    #[error("block contents: {0}")]
+    Contents(VerifyError),
+    /// Transactions whose signatures do not verify (their indexes in the block).
+    #[error("bad transaction signatures at {0:?}")]
+    Signatures(Vec<usize>),
+    /// Execution fails (a nonce, a limit) or does not give the header's roots.
+    #[error("execution: {0}")]
+    Execution(String),
+}
+
+impl Invalid {
+    /// A short name of the failed check: `chain_link`, `validator_set`, `block_limits`,
+    /// `certificate`, `last_certificate`, `block_contents`, `tx_signature`, `execution`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Invalid::Height { .. } | Invalid::Link(_) => "chain_link",
+            Invalid::ValidatorSet(_) => "validator_set",
+            Invalid::Limits(_) => "block_limits",
+            Invalid::Certificate(_) => "certificate",
+            Invalid::LastCertificate(_) => "last_certificate",
+            Invalid::Contents(_) => "block_contents",
+            Invalid::Signatures(_) => "tx_signature",
+            Invalid::Execution(_) => "execution",
+        }
+    }
+}
 
 /// What a commit changed, for the mempool, waiters and subscribers.
 #[derive(Clone, Debug)]
@@ -200,53 +255,56 @@ impl Chain {
     /// Everything a node checks before voting for a block: it extends the committed
     /// chain (link, validator set, BFT time from the carried certificate), its body
     /// matches its header, its transactions are signed and execute to its roots.
-    pub fn validate(&mut self, block: &Block) -> Result<(), String> {
+    pub fn validate(&mut self, block: &Block) -> Result<(), Invalid> {
         let header = &block.header;
         let hash = header.hash();
         if self.validated.contains_key(&hash) {
             return Ok(());
         }
         if header.height != self.tip.height + 1 {
-            return Err(format!(
-                "block at height {} does not follow committed height {}",
-                header.height, self.tip.height
-            ));
+            return Err(Invalid::Height {
+                found: header.height,
+                committed: self.tip.height,
+            });
         }
         let prev = self.last.as_ref().map(|(h, _)| h);
         match prev {
             None => verify_first_header(&self.genesis, header),
             Some(p) => verify_header_link(p, header),
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(Invalid::Link)?;
         if header.next_validators_hash != self.validators.hash() {
-            return Err("the next validator set changes, which this chain does not allow".into());
+            return Err(Invalid::ValidatorSet(
+                "the next validator set changes, which this chain does not allow".into(),
+            ));
         }
         if self.validators.index_of(&header.proposer).is_none() {
-            return Err("the proposer is not a validator".into());
+            return Err(Invalid::ValidatorSet(
+                "the proposer is not a validator".into(),
+            ));
         }
         let params = &self.genesis.params;
         if block.txs.len() > params.max_block_txs as usize {
-            return Err(format!(
+            return Err(Invalid::Limits(format!(
                 "{} transactions, over the chain's limit of {}",
                 block.txs.len(),
                 params.max_block_txs
-            ));
+            )));
         }
         let bytes: usize = block.txs.iter().map(|t| t.to_bytes().len()).sum();
         if bytes > params.max_block_bytes as usize {
-            return Err(format!(
+            return Err(Invalid::Limits(format!(
                 "{bytes} bytes of transactions, over the chain's limit of {}",
                 params.max_block_bytes
-            ));
+            )));
         }
         verify_last_certificate(block, prev.map(|p| (p, &self.validators)))
-            .map_err(|e| e.to_string())?;
-        verify_block_contents(block).map_err(|e| e.to_string())?;
-        verify_tx_signatures(&block.txs)
-            .map_err(|bad| format!("bad transaction signatures at {bad:?}"))?;
+            .map_err(Invalid::LastCertificate)?;
+        verify_block_contents(block).map_err(Invalid::Contents)?;
+        verify_tx_signatures(&block.txs).map_err(Invalid::Signatures)?;
         let execution = apply_block(&*self.store, &*self.store, &self.tip, block)
-            .map_err(|e| format!("execution: {e}"))?;
-        verify_execution(header, &execution).map_err(|e| e.to_string())?;
+            .map_err(|e| Invalid::Execution(e.to_string()))?;
+        verify_execution(header, &execution).map_err(|e| Invalid::Execution(e.to_string()))?;
         self.validated.insert(hash, execution);
         Ok(())
     }
@@ -257,11 +315,11 @@ impl Chain {
         &mut self,
         block: Block,
         cert: Certificate,
-    ) -> Result<Result<Committed, String>, Fatal> {
+    ) -> Result<Result<Committed, Invalid>, Fatal> {
         if let Err(e) =
             verify_certificate(self.genesis.engine, &self.validators, &block.header, &cert)
         {
-            return Ok(Err(format!("certificate: {e}")));
+            return Ok(Err(Invalid::Certificate(e)));
         }
         self.commit(block, cert)
     }
@@ -272,13 +330,14 @@ impl Chain {
         &mut self,
         block: Block,
         cert: Certificate,
-    ) -> Result<Result<Committed, String>, Fatal> {
+    ) -> Result<Result<Committed, Invalid>, Fatal> {
         if let Err(e) = self.validate(&block) {
             return Ok(Err(e));
         }
         let hash = block.header.hash();
+        // validate() just inserted it (or found it there).
         let Some(execution) = self.validated.remove(&hash) else {
-            return Ok(Err("validated execution missing".into()));
+            return Err(Fatal("validated execution missing".into()));
         };
         self.store
             .commit_block(&block, &cert, &execution)

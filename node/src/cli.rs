@@ -52,6 +52,11 @@ pub enum Commands {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Audit a network from outside through its JSON-RPC endpoints, with no validator
+    /// keys: re-verify and re-execute every block, prove the log append-only, re-check
+    /// stored entries, cross-check endpoints and other auditors, and raise the alarm on
+    /// any inconsistency (docs/AUDITOR.md).
+    Audit(crate::audit::AuditArgs),
     /// Print the effective configuration (defaults < config.toml < flags) as TOML.
     Config {
         /// Home directory.
@@ -81,7 +86,8 @@ pub enum KeyCommand {
 #[derive(Debug, Default, Args)]
 #[command(next_help_heading = "Configuration overrides")]
 pub struct Overrides {
-    /// validator (votes) or full (follows, never signs).
+    /// validator (votes), full (follows, never signs) or auditor (a full node that raises
+    /// alarms and keeps a signed checkpoint).
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
     /// Name for logs.
@@ -165,8 +171,8 @@ fn init_tracing(c: &Config) {
     }
 }
 
-/// Runs a parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a parsed command line; returns the exit status.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Commands::Init {
             home,
@@ -198,7 +204,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 "start it with: pyralog-node start --home {}",
                 home.dir().display()
             );
-            Ok(())
+            Ok(0)
         }
         Commands::Key {
             command: KeyCommand::Show { home, json },
@@ -214,11 +220,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("validator public key  {v}");
                 }
             }
-            Ok(())
+            Ok(0)
         }
         Commands::Config { home, overrides } => {
             print!("{}", effective(&Home::new(&home), &overrides)?.to_toml());
-            Ok(())
+            Ok(0)
         }
         Commands::Start { home, overrides } => {
             let home = Home::new(&home);
@@ -228,7 +234,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .thread_name("pyralog-node")
                 .build()?;
-            rt.block_on(crate::node::start(&home, config))
+            rt.block_on(crate::node::start(&home, config))?;
+            Ok(0)
+        }
+        Commands::Audit(args) => {
+            init_tracing(&Config {
+                log: crate::config::LogConfig {
+                    json: args.log_json,
+                    ..Default::default()
+                },
+                ..Config::default()
+            });
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("pyralog-audit")
+                .build()?;
+            rt.block_on(crate::audit::run(args))
         }
     }
 }
@@ -248,7 +269,7 @@ where
         }
     };
     match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("pyralog-node: error: {e:#}");
             std::process::ExitCode::from(1)

@@ -18,6 +18,9 @@ pub enum Mode {
     Validator,
     /// Follows the chain, verifies every block and serves RPC; never signs.
     Full,
+    /// A full node that also raises the alarm when the validators certify a block it finds
+    /// invalid, and keeps a signed checkpoint (docs/AUDITOR.md).
+    Auditor,
 }
 
 /// The whole configuration.
@@ -26,7 +29,7 @@ pub enum Mode {
 pub struct Config {
     /// A name for logs and tools.
     pub moniker: String,
-    /// Validator or full node.
+    /// Validator, full node or auditor.
     pub mode: Mode,
     /// Peer-to-peer networking.
     pub p2p: P2pConfig,
@@ -38,6 +41,16 @@ pub struct Config {
     pub mempool: MempoolConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Auditor mode.
+    pub audit: AuditConfig,
+}
+
+/// Auditor mode settings (`mode = "auditor"`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// http:// URL that receives each alarm as a JSON POST; empty for none.
+    pub webhook: String,
 }
 
 /// Which transport carries libp2p between nodes.

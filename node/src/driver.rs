@@ -141,6 +141,8 @@ pub struct DriverConfig {
     pub validator: Option<Keypair>,
     /// Mempool limits.
     pub mempool: crate::config::MempoolConfig,
+    /// Auditor mode: where alarms and checkpoints go.
+    pub audit: Option<Arc<crate::audit::NodeAudit>>,
 }
 
 struct Timers {
@@ -175,6 +177,7 @@ pub struct Driver {
     sync_tx: mpsc::Sender<(PeerId, SyncResponse)>,
     sync_rx: mpsc::Receiver<(PeerId, SyncResponse)>,
     evidence: Vec<DuplicateVote>,
+    audit: Option<Arc<crate::audit::NodeAudit>>,
 }
 
 /// Milliseconds since the Unix epoch (the engine's clock input).
@@ -266,6 +269,7 @@ impl Driver {
             sync_tx,
             sync_rx,
             evidence,
+            audit: cfg.audit,
         };
         let feeds = Feeds {
             headers,
@@ -410,10 +414,20 @@ impl Driver {
                 if height <= self.chain.height() {
                     return Ok(None);
                 }
+                let evidence = self
+                    .audit
+                    .as_ref()
+                    .map(|_| block_evidence(&block, &certificate));
                 match self.chain.commit(*block, certificate)? {
                     Ok(c) => self.committed(c, false),
                     Err(reason) => {
                         tracing::error!(height, %reason, "the validators decided a block this node finds invalid: not committing it");
+                        if let (Some(a), Some(ev)) = (&self.audit, evidence) {
+                            let summary = format!(
+                                "the validators decided block {height}, which does not verify: {reason}"
+                            );
+                            a.raise(reason.kind(), "p2p consensus".into(), height, summary, ev);
+                        }
                     }
                 }
             }
@@ -448,6 +462,15 @@ impl Driver {
             validator = %ev.validator.to_hex(), height = ev.first.0.height,
             "evidence of a double vote"
         );
+        if let Some(a) = &self.audit {
+            let summary = format!(
+                "validator {} signed two conflicting votes at height {}",
+                ev.validator.to_hex(),
+                ev.height()
+            );
+            let evidence = serde_json::json!({ "duplicate_vote": hex::encode(ev.to_bytes()) });
+            a.raise("equivocation", "p2p".into(), ev.height(), summary, evidence);
+        }
         self.evidence.push(ev);
         self.chain
             .store()
@@ -476,6 +499,9 @@ impl Driver {
                 }
             }
             let _ = self.tx_feed.send(loc);
+        }
+        if let (Some(a), Some((header, cert))) = (&self.audit, self.chain.last()) {
+            a.verified(header, cert);
         }
         let _ = self.headers.send(c.header.clone());
         self.metrics.commit_latency.observe(latency.as_secs_f64());
@@ -806,12 +832,30 @@ impl Driver {
             if block.header.height != self.chain.height() + 1 {
                 continue;
             }
+            let height = block.header.height;
+            let evidence = self.audit.as_ref().map(|_| block_evidence(&block, &cert));
             match self.chain.commit_synced(block, cert)? {
                 Ok(c) => {
                     applied += 1;
                     self.committed(c, true);
                 }
                 Err(reason) => {
+                    // A certified block that does not verify is the quorum's doing, not
+                    // only this peer's: an alarm. An uncertified one is the peer's junk.
+                    if let (Some(a), Some(ev)) = (&self.audit, evidence)
+                        && !matches!(reason, crate::chain::Invalid::Certificate(_))
+                    {
+                        let summary = format!(
+                            "peer {peer} served certified block {height}, which does not verify: {reason}"
+                        );
+                        a.raise(
+                            reason.kind(),
+                            format!("p2p peer {peer}"),
+                            height,
+                            summary,
+                            ev,
+                        );
+                    }
                     tracing::warn!(%peer, %reason, "peer served an invalid block");
                     self.net
                         .penalize(peer, 50, format!("invalid synced block: {reason}"))
@@ -836,6 +880,17 @@ impl Driver {
         self.publish_status();
         Ok(())
     }
+}
+
+/// A block and its certificate as alarm evidence (canonical hex).
+fn block_evidence(
+    block: &pyralog_ledger::Block,
+    cert: &pyralog_ledger::Certificate,
+) -> serde_json::Value {
+    serde_json::json!({
+        "block": hex::encode(block.to_bytes()),
+        "certificate": hex::encode(cert.to_bytes()),
+    })
 }
 
 fn read_blocks(

@@ -12,8 +12,10 @@
 //! - [`rpc`]: JSON-RPC over HTTP and WebSocket (docs/RPC.md).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`node`]: `start`, wiring it all.
+//! - [`audit`]: the auditor, from outside through RPC or as a node mode.
 //! - [`cli`]: the command line.
 
+pub mod audit;
 pub mod chain;
 pub mod cli;
 pub mod config;

@@ -45,11 +45,22 @@ pub struct Metrics {
     wg_rx_bytes: Family<Vec<(String, String)>, Gauge>,
     wg_tx_bytes: Family<Vec<(String, String)>, Gauge>,
     wg_sessions: Gauge,
+    /// The auditor's metrics (`--mode auditor` only).
+    pub audit: Option<crate::audit::alarm::AuditMetrics>,
 }
 
 impl Metrics {
-    /// Registers every metric.
+    /// Registers every metric of a validator or full node.
     pub fn new() -> Arc<Metrics> {
+        Metrics::build(false)
+    }
+
+    /// Registers every metric of an auditor node (with `pyralog_audit_*`).
+    pub fn with_audit() -> Arc<Metrics> {
+        Metrics::build(true)
+    }
+
+    fn build(audit: bool) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("pyralog");
         let m = Metrics {
             registry: Registry::default(),
@@ -71,6 +82,7 @@ impl Metrics {
             wg_rx_bytes: Family::default(),
             wg_tx_bytes: Family::default(),
             wg_sessions: Gauge::default(),
+            audit: None,
         };
         registry.register("height", "Committed height", m.height.clone());
         registry.register("round", "Current consensus round", m.round.clone());
@@ -141,7 +153,12 @@ impl Metrics {
             "Peers with a live WireGuard session (a handshake in the last 180 s)",
             m.wg_sessions.clone(),
         );
-        Arc::new(Metrics { registry, ..m })
+        let audit = audit.then(|| crate::audit::alarm::AuditMetrics::register(&mut registry));
+        Arc::new(Metrics {
+            registry,
+            audit,
+            ..m
+        })
     }
 
     /// Exports the overlay's statistics from now on (WireGuard transport only).
@@ -216,9 +233,40 @@ async fn read_head(sock: &mut tokio::net::TcpStream) -> Vec<u8> {
     head
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped. One short request per
-/// connection; anything else gets 404.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+/// An HTTP answer of the metrics server.
+pub struct Page {
+    /// Status line, e.g. `200 OK`.
+    pub status: &'static str,
+    /// Content type.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: String,
+}
+
+impl Page {
+    /// A `200 OK` page.
+    pub fn ok(content_type: &'static str, body: String) -> Page {
+        Page {
+            status: "200 OK",
+            content_type,
+            body,
+        }
+    }
+}
+
+/// What the metrics server answers for a path (`None`: 404).
+pub type Routes = Arc<dyn Fn(&str) -> Option<Page> + Send + Sync>;
+
+/// The node's routes: `GET /metrics`.
+pub fn routes(metrics: Arc<Metrics>) -> Routes {
+    Arc::new(move |path: &str| {
+        (path == "/metrics").then(|| Page::ok("text/plain; version=0.0.4", metrics.render()))
+    })
+}
+
+/// Serves `GET` of `routes` on `listener` until the task is dropped. One short request
+/// per connection; anything else gets 404.
+pub async fn serve(listener: TcpListener, routes: Routes) {
     let active = Arc::new(AtomicU64::new(0));
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
@@ -227,20 +275,27 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         if active.load(std::sync::atomic::Ordering::Relaxed) > 64 {
             continue;
         }
-        let metrics = metrics.clone();
+        let routes = routes.clone();
         let active = active.clone();
         active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             let head = read_head(&mut sock).await;
             let req = String::from_utf8_lossy(&head);
-            let (status, body) = if req.starts_with("GET /metrics ") {
-                ("200 OK", metrics.render())
-            } else {
-                ("404 Not Found", "try GET /metrics\n".to_string())
-            };
+            let page = req
+                .strip_prefix("GET ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|path| routes(path))
+                .unwrap_or_else(|| Page {
+                    status: "404 Not Found",
+                    content_type: "text/plain",
+                    body: "try GET /metrics\n".to_string(),
+                });
             let resp = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
+                "HTTP/1.1 {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                page.status,
+                page.content_type,
+                page.body.len(),
+                page.body
             );
             let _ = sock.write_all(resp.as_bytes()).await;
             let _ = sock.shutdown().await;
@@ -259,7 +314,7 @@ mod tests {
     async fn a_request_in_pieces_is_answered_once_complete() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve(listener, Metrics::new()));
+        let server = tokio::spawn(serve(listener, routes(Metrics::new())));
         let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
         sock.write_all(b"GET /met").await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

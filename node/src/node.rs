@@ -24,7 +24,7 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
     let node_key = home.read_node_key()?;
     let validator = match config.mode {
         Mode::Validator => Some(home.read_validator_key()?),
-        Mode::Full => None,
+        Mode::Full | Mode::Auditor => None,
     };
     let store = Arc::new(
         SledStore::open(&home.data())
@@ -32,7 +32,15 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
     );
     let chain = Chain::open(genesis.clone(), store.clone())?;
     let genesis_hash = genesis.hash()?;
-    let metrics = Metrics::new();
+    let metrics = if config.mode == Mode::Auditor {
+        Metrics::with_audit()
+    } else {
+        Metrics::new()
+    };
+    let audit = match &metrics.audit {
+        Some(m) => Some(node_audit(home, &config, &genesis, m.clone())?),
+        None => None,
+    };
 
     let bootstrap: Vec<pyralog_p2p::Address> = config
         .p2p
@@ -69,6 +77,7 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
         DriverConfig {
             validator,
             mempool: config.mempool.clone(),
+            audit: audit.as_ref().map(|(a, _)| a.clone()),
         },
         chain,
         net,
@@ -97,7 +106,14 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("metrics cannot listen on {}", config.metrics.listen))?;
         tracing::info!(addr = %listener.local_addr()?, "metrics listening");
-        Some(tokio::spawn(crate::metrics::serve(listener, metrics)))
+        let routes = match &audit {
+            Some((_, checkpoint)) => {
+                let m = metrics.clone();
+                crate::audit::alarm::routes(move || m.render(), checkpoint.clone())
+            }
+            None => crate::metrics::routes(metrics),
+        };
+        Some(tokio::spawn(crate::metrics::serve(listener, routes)))
     };
     tracing::info!(
         chain = %genesis.chain_id,
@@ -131,7 +147,8 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
     result
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut term) = signal(SignalKind::terminate()) else {
         let _ = tokio::signal::ctrl_c().await;
@@ -141,6 +158,34 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// Auditor mode: alarms and the signed checkpoint live in `HOME/audit`.
+fn node_audit(
+    home: &Home,
+    config: &Config,
+    genesis: &Genesis,
+    metrics: crate::audit::alarm::AuditMetrics,
+) -> anyhow::Result<(
+    Arc<crate::audit::NodeAudit>,
+    Arc<crate::audit::alarm::CheckpointSlot>,
+)> {
+    let dir = home.dir().join("audit");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let webhook = (!config.audit.webhook.is_empty()).then(|| config.audit.webhook.clone());
+    if let Some(url) = &webhook {
+        crate::audit::webhook::check_url(url).map_err(|e| anyhow::anyhow!("audit.webhook {e}"))?;
+    }
+    let checkpoint = Arc::new(crate::audit::alarm::CheckpointSlot::new(
+        dir.join("checkpoint.json"),
+        crate::audit::auditor_key(&dir)?,
+    ));
+    let audit = Arc::new(crate::audit::NodeAudit {
+        chain: genesis.chain_id.to_string(),
+        sink: Arc::new(crate::audit::alarm::AlarmSink::new(&dir, webhook, metrics)),
+        checkpoint: checkpoint.clone(),
+    });
+    Ok((audit, checkpoint))
 }
 
 /// The p2p transport from the config. With WireGuard the allow-list is the genesis

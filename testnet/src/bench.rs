@@ -104,6 +104,7 @@ pub async fn run(opts: &BenchOptions, now_ms: u64) -> anyhow::Result<BenchReport
     let mut m = up(
         &UpOptions {
             validators: opts.validators,
+            auditors: 0,
             engine: EngineId::Tendermint,
             transport: opts.transport,
             home: opts.home.clone(),

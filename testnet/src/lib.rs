@@ -39,6 +39,9 @@ pub struct NodeEntry {
     pub peer_id: String,
     /// WireGuard public key (base64, as `wg` prints keys); null with `--transport tcp`.
     pub wg_public_key: Option<String>,
+    /// `validator`, or `auditor` (a non-voting node in auditor mode).
+    #[serde(default)]
+    pub mode: Mode,
     /// Process id while running.
     pub pid: Option<u32>,
     /// Home directory.
@@ -105,6 +108,8 @@ impl Manifest {
 pub struct UpOptions {
     /// Number of validators.
     pub validators: usize,
+    /// Number of auditor nodes (`--mode auditor`, allowed by every validator).
+    pub auditors: usize,
     /// Consensus engine.
     pub engine: EngineId,
     /// Transport between the nodes.
@@ -140,6 +145,9 @@ pub fn create(opts: &UpOptions, now_ms: u64) -> anyhow::Result<Manifest> {
     if opts.validators == 0 || opts.validators > 64 {
         bail!("--validators must be between 1 and 64");
     }
+    if opts.auditors > 16 {
+        bail!("--auditors must be at most 16");
+    }
     if opts.home.join(MANIFEST).exists() {
         bail!(
             "{} already holds a testnet: stop it with `pyralog-testnet down --home {}` and remove the directory, or choose another --home",
@@ -150,30 +158,38 @@ pub fn create(opts: &UpOptions, now_ms: u64) -> anyhow::Result<Manifest> {
     std::fs::create_dir_all(&opts.home)?;
     let home_dir = opts.home.canonicalize()?;
     let chain_id = "pyralog-testnet".to_string();
-    let ports = free_ports(2 * opts.validators, false)?;
-    let p2p_ports = free_ports(opts.validators, opts.transport == Transport::Wireguard)?;
-    let proto = match opts.transport {
-        Transport::Wireguard => "udp",
-        Transport::Tcp => "tcp",
-    };
-    let mut homes = Vec::new();
     let mut validators = Vec::new();
-    let mut p2p = Vec::new();
-    for (i, port) in p2p_ports.iter().enumerate() {
-        let h = Home::new(&home_dir.join(format!("node{i}")));
+    let mut nodes = Vec::new();
+    let roles = (0..opts.validators)
+        .map(|i| (format!("node{i}"), Mode::Validator))
+        .chain((0..opts.auditors).map(|i| (format!("auditor{i}"), Mode::Auditor)));
+    for (name, mode) in roles {
+        let h = Home::new(&home_dir.join(&name));
         // Write a placeholder genesis first so init does not make a dev chain.
         std::fs::create_dir_all(h.dir())?;
         std::fs::write(h.genesis(), "")?;
         let init = home::init(&h, &Config::default(), None, &chain_id, now_ms)?;
         let id = home::identity(&h)?;
-        validators.push(GenesisValidator {
-            public_key: init.validator_key.public(),
-            power: 1,
-            name: Some(format!("node{i}")),
-            node_key: Some(init.node_key.public()),
+        if mode == Mode::Validator {
+            validators.push(GenesisValidator {
+                public_key: init.validator_key.public(),
+                power: 1,
+                name: Some(name.clone()),
+                node_key: Some(init.node_key.public()),
+            });
+        }
+        nodes.push(NodeEntry {
+            name,
+            rpc: String::new(),
+            metrics: String::new(),
+            p2p: String::new(),
+            peer_id: id.peer_id.clone(),
+            wg_public_key: (opts.transport == Transport::Wireguard)
+                .then(|| id.wg_public_key.clone()),
+            mode,
+            pid: None,
+            home: h.dir().to_path_buf(),
         });
-        p2p.push(format!("/ip4/127.0.0.1/{proto}/{port}/p2p/{}", id.peer_id));
-        homes.push((h, id));
     }
     let genesis = Genesis {
         chain_id: ChainId::new(&chain_id)?,
@@ -184,45 +200,122 @@ pub fn create(opts: &UpOptions, now_ms: u64) -> anyhow::Result<Manifest> {
     };
     let genesis_path = home_dir.join("genesis.json");
     std::fs::write(&genesis_path, genesis.to_json())?;
-    let mut nodes = Vec::new();
-    for (i, (h, id)) in homes.into_iter().enumerate() {
-        std::fs::write(h.genesis(), genesis.to_json())?;
-        let mut c = Config {
-            moniker: format!("node{i}"),
-            mode: Mode::Validator,
+    let mut configs = Vec::new();
+    for n in &nodes {
+        std::fs::write(Home::new(&n.home).genesis(), genesis.to_json())?;
+        configs.push(Config {
+            moniker: n.name.clone(),
+            mode: n.mode,
             ..Config::default()
-        };
-        c.p2p.transport = opts.transport;
-        c.p2p.listen = format!("/ip4/127.0.0.1/{proto}/{}", p2p_ports[i]);
-        c.p2p.bootstrap = p2p
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, a)| a.clone())
-            .collect();
-        c.rpc.listen = ([127, 0, 0, 1], ports[2 * i]).into();
-        c.metrics.listen = format!("127.0.0.1:{}", ports[2 * i + 1]);
-        std::fs::write(h.config(), c.to_toml())?;
-        nodes.push(NodeEntry {
-            name: format!("node{i}"),
-            rpc: format!("http://127.0.0.1:{}", ports[2 * i]),
-            metrics: format!("http://127.0.0.1:{}/metrics", ports[2 * i + 1]),
-            p2p: format!("127.0.0.1:{}", p2p_ports[i]),
-            peer_id: id.peer_id.clone(),
-            wg_public_key: (opts.transport == Transport::Wireguard)
-                .then(|| id.wg_public_key.clone()),
-            pid: None,
-            home: h.dir().to_path_buf(),
         });
     }
-    let m = Manifest {
+    let mut m = Manifest {
         chain_id,
         transport: opts.transport,
         genesis: genesis_path,
         nodes,
     };
+    configure(&mut m, configs)?;
     m.save(&home_dir)?;
     Ok(m)
+}
+
+/// Gives every node of `m` free ports and writes its `config.toml` from `configs` (one per
+/// node): listen addresses, bootstrap peers (validators dial every other validator,
+/// auditors every validator), and the validators' allow-list of auditors.
+fn configure(m: &mut Manifest, configs: Vec<Config>) -> anyhow::Result<()> {
+    let n = m.nodes.len();
+    let ports = free_ports(2 * n, false)?;
+    let p2p_ports = free_ports(n, m.transport == Transport::Wireguard)?;
+    let proto = match m.transport {
+        Transport::Wireguard => "udp",
+        Transport::Tcp => "tcp",
+    };
+    let addrs: Vec<String> = m
+        .nodes
+        .iter()
+        .zip(&p2p_ports)
+        .map(|(node, port)| format!("/ip4/127.0.0.1/{proto}/{port}/p2p/{}", node.peer_id))
+        .collect();
+    let auditors: Vec<String> = m
+        .nodes
+        .iter()
+        .filter(|node| node.mode == Mode::Auditor)
+        .map(|node| node.peer_id.clone())
+        .collect();
+    let modes: Vec<Mode> = m.nodes.iter().map(|node| node.mode).collect();
+    for (i, mut c) in configs.into_iter().enumerate() {
+        let node = &mut m.nodes[i];
+        c.p2p.transport = m.transport;
+        c.p2p.listen = format!("/ip4/127.0.0.1/{proto}/{}", p2p_ports[i]);
+        c.p2p.bootstrap = addrs
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i && modes[*j] == Mode::Validator)
+            .map(|(_, a)| a.clone())
+            .collect();
+        if node.mode == Mode::Validator {
+            c.p2p.allow = auditors.clone();
+        }
+        c.rpc.listen = ([127, 0, 0, 1], ports[2 * i]).into();
+        c.metrics.listen = format!("127.0.0.1:{}", ports[2 * i + 1]);
+        std::fs::write(Home::new(&node.home).config(), c.to_toml())?;
+        node.rpc = format!("http://127.0.0.1:{}", ports[2 * i]);
+        node.metrics = format!("http://127.0.0.1:{}/metrics", ports[2 * i + 1]);
+        node.p2p = format!("127.0.0.1:{}", p2p_ports[i]);
+    }
+    Ok(())
+}
+
+/// Copies the stopped testnet in `src` to `dst` with fresh ports: the same genesis, keys
+/// and chain so far. Started, the copy goes on with its own history from the same
+/// validators: a fork by a colluding quorum, for testing auditors and light clients.
+pub fn clone(src: &Path, dst: &Path) -> anyhow::Result<Manifest> {
+    let mut m = Manifest::load(src)?;
+    if let Some(n) = m.nodes.iter().find(|n| n.pid.is_some_and(alive)) {
+        bail!(
+            "{} is running: stop the testnet first (`pyralog-testnet down --home {}`)",
+            n.name,
+            src.display()
+        );
+    }
+    if dst.exists() {
+        bail!("{} already exists", dst.display());
+    }
+    copy_dir(src, dst)
+        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    let dst = dst.canonicalize()?;
+    let src = src.canonicalize()?;
+    let moved = |p: &Path| -> anyhow::Result<PathBuf> {
+        Ok(dst.join(
+            p.strip_prefix(&src)
+                .with_context(|| format!("{} is not inside {}", p.display(), src.display()))?,
+        ))
+    };
+    m.genesis = moved(&m.genesis)?;
+    let mut configs = Vec::new();
+    for n in &mut m.nodes {
+        n.home = moved(&n.home)?;
+        n.pid = None;
+        configs.push(Config::load(&Home::new(&n.home).config())?);
+    }
+    configure(&mut m, configs)?;
+    m.save(&dst)?;
+    Ok(m)
+}
+
+fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let to = dst.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &to)?;
+        } else {
+            std::fs::copy(entry.path(), &to)?;
+        }
+    }
+    Ok(())
 }
 
 /// The program that runs nodes: this executable's `node` subcommand.

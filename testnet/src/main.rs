@@ -10,6 +10,7 @@ use pyralog_ledger::{ChainParams, EngineId};
 use pyralog_node::config::Transport;
 use pyralog_testnet::{
     Manifest, UpOptions, alive, call, client, down, height, kill_node, start_node, stop_node, up,
+    wait_height,
 };
 
 /// Create, run and break local Pyralog networks (every node its own process on 127.0.0.1).
@@ -28,6 +29,10 @@ enum Commands {
         /// Number of validators.
         #[arg(long, default_value_t = 4)]
         validators: usize,
+        /// Number of auditor nodes (`pyralog-node start --mode auditor`): they follow the
+        /// chain over p2p without voting, re-execute every block and raise alarms.
+        #[arg(long, default_value_t = 0)]
+        auditors: usize,
         /// Consensus engine.
         #[arg(long, default_value = "tendermint")]
         consensus: String,
@@ -41,6 +46,24 @@ enum Commands {
         /// tcp (plain libp2p TCP, for comparison).
         #[arg(long, value_enum, default_value = "wireguard")]
         transport: Transport,
+    },
+    /// Start every node of an existing testnet that is not running (after `down` or
+    /// `clone`), and wait for the next height.
+    Start {
+        /// Directory of the network.
+        #[arg(long, default_value = "pyralog-testnet")]
+        home: PathBuf,
+    },
+    /// Copy a stopped testnet (genesis, keys, chain so far) to a new directory with fresh
+    /// ports. Both started, the two networks go on with different histories from the same
+    /// validators: a fork by a colluding quorum, to test auditors and light clients.
+    Clone {
+        /// Directory of the stopped network.
+        #[arg(long, default_value = "pyralog-testnet")]
+        home: PathBuf,
+        /// Directory of the copy (must not exist).
+        #[arg(long)]
+        to: PathBuf,
     },
     /// Stop every node (SIGTERM, then SIGKILL after 10 s).
     Down {
@@ -165,6 +188,7 @@ fn print_nodes(m: &Manifest) {
 
 fn start(
     validators: usize,
+    auditors: usize,
     consensus: &str,
     transport: Transport,
     home: &Path,
@@ -172,13 +196,17 @@ fn start(
 ) -> anyhow::Result<Manifest> {
     let opts = UpOptions {
         validators,
+        auditors,
         engine: engine(consensus)?,
         transport,
         home: home.to_path_buf(),
         params: ChainParams::default(),
         timeout: Duration::from_secs(timeout),
     };
-    println!("starting {validators} validators in {} ...", home.display());
+    println!(
+        "starting {validators} validators and {auditors} auditors in {} ...",
+        home.display()
+    );
     let started = std::time::Instant::now();
     let m = runtime()?.block_on(up(&opts, now_ms()))?;
     println!(
@@ -198,15 +226,47 @@ fn run(cmd: Commands) -> anyhow::Result<()> {
     match cmd {
         Commands::Up {
             validators,
+            auditors,
             consensus,
             home,
             timeout,
             transport,
         } => {
-            start(validators, &consensus, transport, &home, timeout)?;
+            start(validators, auditors, &consensus, transport, &home, timeout)?;
             println!(
                 "stop it with: pyralog-testnet down --home {}",
                 home.display()
+            );
+            Ok(())
+        }
+        Commands::Start { home } => {
+            let mut m = Manifest::load(&home)?;
+            let before = m.nodes.len();
+            for i in 0..before {
+                if !m.nodes[i].pid.is_some_and(alive) {
+                    start_node(&mut m, i)?;
+                }
+            }
+            m.save(&home)?;
+            // Every node answers, then the chain moves past where it was.
+            runtime()?.block_on(async {
+                wait_height(&m, 1, Duration::from_secs(60)).await?;
+                let mut h = 0;
+                for n in &m.nodes {
+                    h = h.max(height(&client(&n.rpc)?).await.unwrap_or(0));
+                }
+                wait_height(&m, h + 1, Duration::from_secs(60)).await
+            })?;
+            print_nodes(&m);
+            Ok(())
+        }
+        Commands::Clone { home, to } => {
+            let m = pyralog_testnet::clone(&home, &to)?;
+            println!(
+                "copied {} nodes to {}; start the copy with: pyralog-testnet start --home {}",
+                m.nodes.len(),
+                to.display(),
+                to.display()
             );
             Ok(())
         }
@@ -348,7 +408,7 @@ fn demo(home: &Path, validators: usize, transport: Transport) -> anyhow::Result<
             "{} holds a stopped testnet: remove the directory (or use --home elsewhere) for a fresh demo",
             home.display()
         ),
-        _ => start(validators, "tendermint", transport, home, 60)?,
+        _ => start(validators, 0, "tendermint", transport, home, 60)?,
     };
     let file = home.join("demo-document.txt");
     let text = format!(

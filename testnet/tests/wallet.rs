@@ -10,19 +10,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jsonrpsee::core::client::ClientT;
-use jsonrpsee::core::params::ArrayParams;
 use jsonrpsee::http_client::HttpClient;
-use jsonrpsee::server::{RpcModule, Server, ServerHandle};
+use jsonrpsee::server::ServerHandle;
 use jsonrpsee::types::ErrorObjectOwned;
 use pyralog_crypto::Keypair;
-use pyralog_ledger::{CommitSig, Decode, Encode, Hash, Header, Vote};
+use pyralog_ledger::{Decode, Encode, Hash, Header};
 use pyralog_testnet::client;
 use serde_json::{Value, json};
 
 mod common;
 
-use common::{EXE, Net};
+use common::{EXE, Net, certify, flip_last_hex, forward, serve_proxy};
 
 /// What the proxy lies about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,75 +66,10 @@ impl Proxy {
     }
 }
 
-const METHODS: &[&str] = &[
-    "status",
-    "genesis",
-    "validators",
-    "header",
-    "block",
-    "certificate",
-    "broadcast_tx",
-    "tx",
-    "get",
-    "history",
-    "log_inclusion",
-    "log_consistency",
-    "evidence",
-];
-
-fn flip_last_hex(s: &str) -> String {
-    let mut b = s.as_bytes().to_vec();
-    let last = b.len() - 1;
-    b[last] = if b[last] == b'0' { b'1' } else { b'0' };
-    String::from_utf8(b).unwrap()
-}
-
 fn forge_header(encoded: &str) -> Header {
     let mut h = Header::from_bytes(&hex::decode(encoded).unwrap()).unwrap();
     h.state_root = Hash([0xee; 32]);
     h
-}
-
-fn certify(keys: &[Keypair], h: &Header) -> pyralog_ledger::Certificate {
-    let mut cert = pyralog_ledger::Certificate {
-        height: h.height,
-        round: 0,
-        header_hash: h.hash(),
-        votes: vec![],
-    };
-    for (i, k) in keys.iter().enumerate().take(3) {
-        let vote = Vote {
-            kind: h.engine.commit_vote_kind(),
-            height: h.height,
-            round: 0,
-            block: Some(cert.header_hash),
-            time_ms: h.time_ms + 1,
-        };
-        cert.votes.push(CommitSig {
-            validator: i as u32,
-            time_ms: vote.time_ms,
-            signature: vote.sign(k, &h.chain_id),
-        });
-    }
-    cert
-}
-
-async fn forward(
-    s: &ProxyState,
-    method: &str,
-    args: Vec<Value>,
-) -> Result<Value, ErrorObjectOwned> {
-    let mut p = ArrayParams::new();
-    for a in args {
-        p.insert(a).unwrap();
-    }
-    s.upstream
-        .request::<Value, _>(method, p)
-        .await
-        .map_err(|e| match e {
-            jsonrpsee::core::ClientError::Call(o) => o,
-            other => ErrorObjectOwned::owned(-32603, other.to_string(), None::<()>),
-        })
 }
 
 async fn answer(
@@ -158,7 +91,7 @@ async fn answer(
         (Lie::OldState, "get") => args[1] = json!(1),
         (Lie::OmitsNewest, "history") => {
             // Start at the height before the newest version was written.
-            let at = forward(s, "history", args.clone()).await?;
+            let at = forward(&s.upstream, "history", args.clone()).await?;
             let newest = at["versions"][0]["record"].as_str().unwrap();
             let record =
                 pyralog_ledger::KvRecord::from_bytes(&hex::decode(newest).unwrap()).unwrap();
@@ -166,7 +99,7 @@ async fn answer(
         }
         _ => {}
     }
-    let mut v = forward(s, method, args.clone()).await?;
+    let mut v = forward(&s.upstream, method, args.clone()).await?;
     match (lie, method) {
         (Lie::AlteredValue, "get") => {
             let r = v["record"].as_str().unwrap().to_string();
@@ -191,7 +124,7 @@ async fn answer(
             v["encoded"] = json!(hex::encode(h.to_bytes()));
         }
         (Lie::Forked, "certificate") => {
-            let real = forward(s, "header", vec![v["height"].clone()]).await?;
+            let real = forward(&s.upstream, "header", vec![v["height"].clone()]).await?;
             let h = forge_header(real["encoded"].as_str().unwrap());
             v["encoded"] = json!(hex::encode(certify(&s.keys, &h).to_bytes()));
         }
@@ -211,25 +144,14 @@ async fn proxy(upstream: &str, keys: Vec<Keypair>) -> Proxy {
         lie: Mutex::new(Lie::Nothing),
         keys,
     });
-    let mut module = RpcModule::from_arc(state.clone());
-    for &m in METHODS {
-        module
-            .register_async_method(m, move |params, s, _| async move {
-                let args: Vec<Value> = if params.as_str().is_some() {
-                    params.parse()?
-                } else {
-                    Vec::new()
-                };
-                answer(&s, m, args).await
-            })
-            .unwrap();
-    }
-    let server = Server::builder().build("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", server.local_addr().unwrap());
+    let (url, handle) = serve_proxy(state.clone(), |s: Arc<ProxyState>, m, args| async move {
+        answer(&s, m, args).await
+    })
+    .await;
     Proxy {
         url,
         state,
-        _handle: server.start(module),
+        _handle: handle,
     }
 }
 

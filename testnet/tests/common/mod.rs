@@ -5,10 +5,18 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use std::future::Future;
+use std::sync::Arc;
+
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::core::params::ArrayParams;
 use jsonrpsee::http_client::HttpClient;
+use jsonrpsee::server::{RpcModule, Server, ServerHandle};
+use jsonrpsee::types::ErrorObjectOwned;
 use pyralog_crypto::Keypair;
 use pyralog_ledger::Genesis;
 use pyralog_testnet::{Manifest, client};
+use serde_json::Value;
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_pyralog-testnet");
 
@@ -23,10 +31,17 @@ pub struct Net {
 
 impl Net {
     pub fn up(validators: usize) -> Net {
+        Net::up_with(&["--validators", &validators.to_string()])
+    }
+
+    /// `pyralog-testnet up ARGS` in a new temporary directory.
+    pub fn up_with(args: &[&str]) -> Net {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("net");
         let out = Command::new(EXE)
-            .args(["up", "--validators", &validators.to_string(), "--home"])
+            .arg("up")
+            .args(args)
+            .arg("--home")
             .arg(&home)
             .output()
             .unwrap();
@@ -89,10 +104,10 @@ impl Net {
         let mut keys: Vec<(usize, Keypair)> = m
             .nodes
             .iter()
-            .map(|n| {
+            .filter_map(|n| {
                 let k = pyralog_crypto::keyfile::read_key_file(&n.home.join("validator_key.json"))
                     .unwrap();
-                (set.index_of(&k.public()).unwrap(), k)
+                Some((set.index_of(&k.public())?, k))
             })
             .collect();
         keys.sort_by_key(|(i, _)| *i);
@@ -107,4 +122,103 @@ impl Drop for Net {
             .arg(&self.home)
             .output();
     }
+}
+
+/// Every method of the node API a proxy forwards.
+pub const METHODS: &[&str] = &[
+    "status",
+    "genesis",
+    "validators",
+    "header",
+    "block",
+    "certificate",
+    "broadcast_tx",
+    "tx",
+    "get",
+    "history",
+    "log_inclusion",
+    "log_consistency",
+    "evidence",
+];
+
+/// Calls `method` upstream and passes its answer or error through.
+pub async fn forward(
+    upstream: &HttpClient,
+    method: &str,
+    args: Vec<Value>,
+) -> Result<Value, ErrorObjectOwned> {
+    let mut p = ArrayParams::new();
+    for a in args {
+        p.insert(a).unwrap();
+    }
+    upstream
+        .request::<Value, _>(method, p)
+        .await
+        .map_err(|e| match e {
+            jsonrpsee::core::ClientError::Call(o) => o,
+            other => ErrorObjectOwned::owned(-32603, other.to_string(), None::<()>),
+        })
+}
+
+/// A JSON-RPC server on 127.0.0.1 answering every method of [`METHODS`] with
+/// `answer(state, method, args)`: a proxy that may alter what it forwards. Returns its URL.
+pub async fn serve_proxy<S, F, Fut>(state: Arc<S>, answer: F) -> (String, ServerHandle)
+where
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>, &'static str, Vec<Value>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, ErrorObjectOwned>> + Send + 'static,
+{
+    let mut module = RpcModule::from_arc(state);
+    for &m in METHODS {
+        let answer = answer.clone();
+        module
+            .register_async_method(m, move |params, s, _| {
+                let answer = answer.clone();
+                async move {
+                    let args: Vec<Value> = if params.as_str().is_some() {
+                        params.parse()?
+                    } else {
+                        Vec::new()
+                    };
+                    answer(s, m, args).await
+                }
+            })
+            .unwrap();
+    }
+    let server = Server::builder().build("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", server.local_addr().unwrap());
+    (url, server.start(module))
+}
+
+/// Flips the last hex digit of `s` (`0` <-> `1`, anything else to `0`).
+pub fn flip_last_hex(s: &str) -> String {
+    let mut b = s.as_bytes().to_vec();
+    let last = b.len() - 1;
+    b[last] = if b[last] == b'0' { b'1' } else { b'0' };
+    String::from_utf8(b).unwrap()
+}
+
+/// A certificate of `h` signed by the first three of `keys` (a colluding quorum of four).
+pub fn certify(keys: &[Keypair], h: &pyralog_ledger::Header) -> pyralog_ledger::Certificate {
+    let mut cert = pyralog_ledger::Certificate {
+        height: h.height,
+        round: 0,
+        header_hash: h.hash(),
+        votes: vec![],
+    };
+    for (i, k) in keys.iter().enumerate().take(3) {
+        let vote = pyralog_ledger::Vote {
+            kind: h.engine.commit_vote_kind(),
+            height: h.height,
+            round: 0,
+            block: Some(cert.header_hash),
+            time_ms: h.time_ms + 1,
+        };
+        cert.votes.push(pyralog_ledger::CommitSig {
+            validator: i as u32,
+            time_ms: vote.time_ms,
+            signature: vote.sign(k, &h.chain_id),
+        });
+    }
+    cert
 }
