@@ -840,8 +840,10 @@ impl Driver {
                     self.committed(c, true);
                 }
                 Err(reason) => {
-                    // A certified block that does not verify is the quorum's doing, not
-                    // only this peer's: an alarm. An uncertified one is the peer's junk.
+                    // A block under a valid certificate that does not verify: either
+                    // the quorum certified a bad block (link, execution) or this peer
+                    // altered a certified block (contents). Both are alarms; a block
+                    // without a valid certificate is only the peer's junk.
                     if let (Some(a), Some(ev)) = (&self.audit, evidence)
                         && !matches!(reason, crate::chain::Invalid::Certificate(_))
                     {

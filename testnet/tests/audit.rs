@@ -307,6 +307,19 @@ async fn auditors_stay_quiet_on_an_honest_network_and_keep_their_checkpoint() {
         "the checkpoint was kept: {}",
         again.err
     );
+
+    // An endpoint that cannot be reached: the audit is incomplete (exit 1), not an alarm.
+    let mut unreachable = args.clone();
+    unreachable.extend(strings(&[
+        "--rpc",
+        &format!("http://127.0.0.1:{}", free_port()),
+        "--timeout",
+        "2s",
+    ]));
+    let gap = audit_once(&unreachable).await;
+    assert_eq!(gap.code, 1, "{}", gap.err);
+    assert!(gap.err.contains("not checked"), "{}", gap.err);
+    assert!(evidence(&state).is_empty());
 }
 
 /// What the proxy alters.
@@ -699,5 +712,64 @@ impl Drop for StopOnDrop {
             .args(["down", "--home"])
             .arg(&self.0)
             .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auditor_node_raises_the_alarm_on_a_peer_serving_an_edited_block() {
+    let net = Net::up_with(&["--validators", "4", "--auditors", "1"]);
+    let m = net.manifest();
+    transactions(&net, &m.nodes[0].rpc);
+    let height = first_height_with_txs(&client(&m.nodes[0].rpc).unwrap()).await;
+    let hooks = Hooks::start().await;
+    // node2's copy of that block is edited on disk; the auditor node starts again from
+    // nothing with node2 as its only peer, so it syncs the edited block.
+    let (node2, auditor) = (&m.nodes[2], &m.nodes[4]);
+    net.cli(&["kill", "auditor0"]);
+    net.cli(&["kill", "node2"]);
+    edit_stored_block(&node2.home.join("data"), height);
+    std::fs::remove_dir_all(auditor.home.join("data")).unwrap();
+    let config_path = auditor.home.join("config.toml");
+    let mut config = pyralog_node::config::Config::load(&config_path).unwrap();
+    config
+        .p2p
+        .bootstrap
+        .retain(|a| a.ends_with(&format!("/p2p/{}", node2.peer_id)));
+    assert_eq!(config.p2p.bootstrap.len(), 1);
+    config.audit.webhook = hooks.url.clone();
+    std::fs::write(&config_path, config.to_toml()).unwrap();
+    net.cli(&["restart", "node2"]);
+    net.cli(&["restart", "auditor0"]);
+
+    let metrics = &auditor.metrics;
+    let start = Instant::now();
+    loop {
+        let text = http_get(metrics).await.unwrap_or_default();
+        if metric_in(&text, "pyralog_audit_alarms_total{kind=\"block_contents\"}") == Some(1.0) {
+            assert_eq!(metric_in(&text, "pyralog_audit_status"), Some(0.0));
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the auditor node raises block_contents within 60 s:\n{}",
+            net.log("auditor0")
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let saved = evidence(&auditor.home.join("audit"));
+    let alarm = saved
+        .iter()
+        .find(|a| a["kind"] == "block_contents")
+        .unwrap();
+    assert_eq!(alarm["height"], height);
+    assert!(
+        alarm["source"].as_str().unwrap().contains(&node2.peer_id),
+        "{alarm}"
+    );
+    assert!(net.log("auditor0").contains("AUDIT ALARM"));
+    let start = Instant::now();
+    while !hooks.kinds().iter().any(|k| k == "block_contents") {
+        assert!(start.elapsed() < Duration::from_secs(20), "webhook POST");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -119,6 +119,8 @@ pub struct AlarmSink {
     webhook: Option<String>,
     metrics: AuditMetrics,
     seen: Mutex<HashSet<(String, String, u64)>>,
+    /// Numbers evidence files, so two alarms in one millisecond never share a name.
+    seq: std::sync::atomic::AtomicU64,
 }
 
 impl AlarmSink {
@@ -139,6 +141,7 @@ impl AlarmSink {
             webhook,
             metrics,
             seen: Mutex::new(HashSet::new()),
+            seq: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -179,9 +182,11 @@ impl AlarmSink {
             .get_or_create(&vec![("kind".to_string(), alarm.kind.clone())])
             .inc();
         let now = crate::driver::now_ms();
-        let path = self
-            .dir
-            .join(format!("alarm-{now}-{}-{}.json", alarm.kind, alarm.height));
+        let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.join(format!(
+            "alarm-{now}-{n}-{}-{}.json",
+            alarm.kind, alarm.height
+        ));
         let body = serde_json::to_string_pretty(&alarm).unwrap_or_default();
         let saved = std::fs::create_dir_all(&self.dir)
             .map_err(|e| e.to_string())
