@@ -2,9 +2,9 @@
 //!
 //! An auditor that has re-verified a chain up to a header signs a [`Checkpoint`] of it
 //! (chain id, height, log size, log root, header hash). Auditors exchange these, each with
-//! the certified header it names, so a network that shows two histories to two auditors
-//! is caught: two certified headers at one height, or two logs of which neither extends
-//! the other. The signature (domain `Checkpoint`) says which auditor saw what; the
+//! the certified header it names, and compare them with their own header at that height,
+//! so a network that shows two histories to two auditors is caught: two certified headers
+//! at one height. The signature (domain `Checkpoint`) says which auditor saw what; the
 //! certificate, not the auditor, is what makes the header part of the chain.
 
 use pyralog_crypto::{Keypair, PublicKey, SigDomain, Signature};

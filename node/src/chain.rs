@@ -258,6 +258,8 @@ impl Chain {
     pub fn validate(&mut self, block: &Block) -> Result<(), Invalid> {
         let header = &block.header;
         let hash = header.hash();
+        // Before the cache: a cached header says nothing of this copy's transactions.
+        verify_block_contents(block).map_err(Invalid::Contents)?;
         if self.validated.contains_key(&hash) {
             return Ok(());
         }
@@ -300,7 +302,6 @@ impl Chain {
         }
         verify_last_certificate(block, prev.map(|p| (p, &self.validators)))
             .map_err(Invalid::LastCertificate)?;
-        verify_block_contents(block).map_err(Invalid::Contents)?;
         verify_tx_signatures(&block.txs).map_err(Invalid::Signatures)?;
         let execution = apply_block(&*self.store, &*self.store, &self.tip, block)
             .map_err(|e| Invalid::Execution(e.to_string()))?;

@@ -184,6 +184,7 @@ fn node_audit(
         chain: genesis.chain_id.to_string(),
         sink: Arc::new(crate::audit::alarm::AlarmSink::new(&dir, webhook, metrics)),
         checkpoint: checkpoint.clone(),
+        published: std::sync::Mutex::new(None),
     });
     Ok((audit, checkpoint))
 }

@@ -34,6 +34,7 @@ async fn audit_once(args: &[String]) -> Run {
     let mut cmd = tokio::process::Command::new(EXE);
     cmd.args(["node", "audit", "--once"])
         .args(args)
+        .env("RUST_LOG", "info")
         .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
         .await
@@ -275,7 +276,19 @@ async fn auditors_stay_quiet_on_an_honest_network_and_keep_their_checkpoint() {
             .unwrap();
     signed.verify().unwrap();
     assert!(signed.checkpoint.height >= 3);
+    assert!(
+        auditor
+            .metric("pyralog_audit_peer_checkpoints_total")
+            .await
+            .unwrap()
+            >= 1.0,
+        "the auditor node's checkpoint was compared"
+    );
     auditor.child.kill().await.unwrap();
+    let kept: Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("checkpoint.json")).unwrap())
+            .unwrap();
+    let kept = kept["height"].as_u64().unwrap();
 
     // The auditor node follows, re-executes and checkpoints too, quietly.
     let text = http_get(&format!("{node_auditor}/metrics")).await.unwrap();
@@ -302,11 +315,25 @@ async fn auditors_stay_quiet_on_an_honest_network_and_keep_their_checkpoint() {
     // A restarted auditor starts from its checkpoint, not from the genesis.
     let again = audit_once(&args).await;
     assert_eq!(again.code, 0, "{}", again.err);
+    let started: u64 = again
+        .err
+        .split("verified_height=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no verified_height in {}", again.err));
+    assert!(started >= kept, "started at {started}, checkpoint {kept}");
+
+    // A replica that lost what the checkpoint names is refused, not rebuilt silently.
+    std::fs::remove_dir_all(state.join("data")).unwrap();
+    let lost = audit_once(&args).await;
+    assert_eq!(lost.code, 1, "{}", lost.err);
     assert!(
-        !again.err.contains("verified_height=0"),
-        "the checkpoint was kept: {}",
-        again.err
+        lost.err.contains("does not hold that header"),
+        "{}",
+        lost.err
     );
+    std::fs::remove_file(state.join("checkpoint.json")).unwrap();
 
     // An endpoint that cannot be reached: the audit is incomplete (exit 1), not an alarm.
     let mut unreachable = args.clone();
@@ -339,6 +366,14 @@ enum Lie {
     /// At one old height: another block (a transaction changed), its header's roots
     /// recomputed and re-certified by a quorum of the validators' keys.
     Rewritten(u64),
+    /// At one height, re-certified by a colluding quorum: a header whose state root
+    /// re-execution does not give.
+    BadExecution(u64),
+    /// At one height, re-certified by a colluding quorum: a transaction signature altered
+    /// (the transaction root recomputed, so the body matches the header).
+    BadTxSignature(u64),
+    /// `log_consistency`: a certified-looking head at a height that does not exist.
+    FutureHead,
 }
 
 struct Proxy {
@@ -359,12 +394,15 @@ fn tamper_tx(block: &mut Block) -> bool {
     true
 }
 
-fn rewritten(keys: &[Keypair], encoded: &str) -> (Block, Certificate) {
+/// The block in `encoded`, altered by `alter`, its transaction root recomputed, and
+/// re-certified by three of the four validator keys (a colluding quorum).
+fn recertified(
+    keys: &[Keypair],
+    encoded: &str,
+    alter: impl Fn(&mut Block),
+) -> (Block, Certificate) {
     let mut block = Block::from_bytes(&hex::decode(encoded).unwrap()).unwrap();
-    assert!(
-        tamper_tx(&mut block),
-        "the rewritten height has a transaction"
-    );
+    alter(&mut block);
     let hashes: Vec<_> = block.txs.iter().map(|t| t.hash()).collect();
     block.header.tx_root = TxTree::new(&hashes).root();
     let cert = certify(keys, &block.header);
@@ -410,9 +448,26 @@ async fn answer(
             cert.votes[0].signature.0[7] ^= 0x10;
             v["encoded"] = json!(hex::encode(cert.to_bytes()));
         }
-        (Lie::Rewritten(h), "block" | "header" | "certificate") if at(h) => {
+        (Lie::FutureHead, "log_consistency") => {
+            let mut h = pyralog_ledger::Header::from_bytes(
+                &hex::decode(v["new"]["encoded"].as_str().unwrap()).unwrap(),
+            )
+            .unwrap();
+            h.height = 1_000_000;
+            v["new"]["encoded"] = json!(hex::encode(h.to_bytes()));
+            v["certificate"]["encoded"] = json!(hex::encode(certify(&p.keys, &h).to_bytes()));
+        }
+        (
+            Lie::Rewritten(h) | Lie::BadExecution(h) | Lie::BadTxSignature(h),
+            "block" | "header" | "certificate",
+        ) if at(h) => {
             let real = forward(&p.upstream, "block", vec![json!(h)]).await?;
-            let (block, cert) = rewritten(&p.keys, real["encoded"].as_str().unwrap());
+            let encoded = real["encoded"].as_str().unwrap();
+            let (block, cert) = recertified(&p.keys, encoded, |b| match lie {
+                Lie::BadExecution(_) => b.header.state_root = pyralog_ledger::Hash([0xee; 32]),
+                Lie::BadTxSignature(_) => b.txs[0].signature.0[9] ^= 1,
+                _ => assert!(tamper_tx(b), "the rewritten height has a transaction"),
+            });
             v["encoded"] = json!(hex::encode(match method {
                 "block" => block.to_bytes(),
                 "header" => block.header.to_bytes(),
@@ -424,10 +479,19 @@ async fn answer(
     Ok(v)
 }
 
-/// One `--once --full` audit of `rpcs` with a fresh or kept `state`: exit 3, an evidence
-/// file and a webhook POST of `kind`, blaming `blamed`.
-async fn caught(net: &Net, hooks: &Hooks, state: &Path, rpcs: &[&str], kind: &str, blamed: &str) {
+/// One `--once --full` audit of `rpcs` with a fresh or kept `state`: exit 3, and the
+/// alarms new in `state` are exactly one kind, `kind`, blaming `blamed` (at `height` if
+/// given), with a webhook POST of it.
+async fn caught(
+    net: &Net,
+    hooks: &Hooks,
+    state: &Path,
+    rpcs: &[&str],
+    (kind, height): (&str, Option<u64>),
+    blamed: &str,
+) {
     let before = hooks.kinds().len();
+    let earlier = evidence(state).len();
     let mut args = strings(&[
         "--genesis",
         net.manifest().genesis.to_str().unwrap(),
@@ -444,18 +508,18 @@ async fn caught(net: &Net, hooks: &Hooks, state: &Path, rpcs: &[&str], kind: &st
     assert_eq!(run.code, 3, "{kind}: exit status 3 expected: {}", run.err);
     assert!(run.err.contains("AUDIT ALARM"), "{kind}: {}", run.err);
     let saved = evidence(state);
+    assert_eq!(saved.len(), earlier + 1, "{kind}: one new alarm: {saved:?}");
     let alarm = saved
         .iter()
         .find(|a| a["kind"] == kind)
         .unwrap_or_else(|| panic!("{kind}: no such evidence in {saved:?}\n{}", run.err));
     assert_eq!(alarm["source"], blamed, "{kind}");
     assert_eq!(alarm["chain"], "pyralog-testnet");
-    assert!(alarm["height"].as_u64().unwrap() >= 1);
+    if let Some(h) = height {
+        assert_eq!(alarm["height"], h, "{kind}");
+    }
     let posted = hooks.kinds();
-    assert!(
-        posted[before..].iter().any(|k| k == kind),
-        "{kind}: webhook got {posted:?}"
-    );
+    assert_eq!(posted[before..], [kind.to_string()], "{kind}: webhook");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,23 +550,24 @@ async fn every_kind_of_tampering_raises_an_alarm() {
     .await;
     assert_eq!(honest.code, 0, "{}", honest.err);
 
-    for (lie, kind) in [
-        (Lie::TxByte, "block_contents"),
-        (Lie::Value, "state"),
-        (Lie::Proof, "inclusion"),
-        (Lie::HeaderField, "certificate"),
-        (Lie::CertSignature, "certificate"),
+    let tx_height = first_height_with_txs(&client(&rpc0).unwrap()).await;
+    for (lie, kind, height) in [
+        (Lie::TxByte, "block_contents", Some(tx_height)),
+        (Lie::Value, "state", None),
+        (Lie::Proof, "inclusion", None),
+        (Lie::HeaderField, "certificate", Some(1)),
+        (Lie::CertSignature, "certificate", Some(1)),
+        (Lie::BadExecution(tx_height), "execution", Some(tx_height)),
+        (
+            Lie::BadTxSignature(tx_height),
+            "tx_signature",
+            Some(tx_height),
+        ),
+        (Lie::FutureHead, "malformed", Some(1_000_000)),
     ] {
         *proxy.lie.lock().unwrap() = lie;
-        caught(
-            &net,
-            &hooks,
-            &fresh(&format!("{lie:?}")),
-            &[&url],
-            kind,
-            &url,
-        )
-        .await;
+        let state = fresh(&format!("{lie:?}"));
+        caught(&net, &hooks, &state, &[&url], (kind, height), &url).await;
     }
 
     // A rewritten history: the auditor verified height h earlier; now the server shows
@@ -519,10 +584,16 @@ async fn every_kind_of_tampering_raises_an_alarm() {
     ]))
     .await;
     assert_eq!(clean.code, 0, "{}", clean.err);
-    let c = client(&rpc0).unwrap();
-    let tx_height = first_height_with_txs(&c).await;
     *proxy.lie.lock().unwrap() = Lie::Rewritten(tx_height);
-    caught(&net, &hooks, &kept, &[&url], "fork", &url).await;
+    caught(
+        &net,
+        &hooks,
+        &kept,
+        &[&url],
+        ("fork", Some(tx_height)),
+        &url,
+    )
+    .await;
     // The replica was not replaced: the honest server still agrees with it afterwards
     // (the alarm stays on record, so the status stays 3 until its evidence is removed).
     *proxy.lie.lock().unwrap() = Lie::Nothing;
@@ -552,7 +623,7 @@ async fn every_kind_of_tampering_raises_an_alarm() {
         &hooks,
         &fresh("disk"),
         &[&rpc0, &rpc2],
-        "block_contents",
+        ("block_contents", Some(tx_height)),
         &rpc2,
     )
     .await;
@@ -679,9 +750,10 @@ async fn two_histories_shown_to_two_auditors_are_caught_by_their_checkpoints() {
     for state in ["auditor-a", "auditor-b"] {
         let saved = evidence(&net.dir.join(state));
         assert!(saved.iter().any(|a| a["kind"] == "split_view"), "{saved:?}");
-        let a = &saved[0]["evidence"];
-        assert_ne!(a["verified"]["hash"], a["peer"]["hash"]);
-        assert_eq!(a["verified"]["height"], a["peer"]["height"]);
+        let split = saved.iter().find(|a| a["kind"] == "split_view").unwrap();
+        let e = &split["evidence"];
+        assert_ne!(e["verified"]["hash"], e["peer"]["hash"]);
+        assert!(e["peer_checkpoint"].as_str().is_some_and(|c| !c.is_empty()));
     }
     for port in [port_a, port_b] {
         let text = http_get(&format!("http://127.0.0.1:{port}/metrics"))

@@ -28,6 +28,10 @@ pub const BAD: i64 = 0;
 
 type Labels = Vec<(String, String)>;
 
+/// Alarms saved (evidence file, webhook) per run; more are only logged briefly. A flood
+/// of bad data must not fill the disk or the webhook.
+const MAX_ALARMS: usize = 256;
+
 /// The auditor's metrics.
 #[derive(Clone, Default)]
 pub struct AuditMetrics {
@@ -43,6 +47,8 @@ pub struct AuditMetrics {
     pub endpoint_up: Family<Labels, Gauge>,
     /// Log entries re-checked against the servers' data.
     pub entries_checked: Counter,
+    /// Peer auditors' checkpoints compared with this auditor's history.
+    pub peer_checkpoints: Counter,
 }
 
 impl AuditMetrics {
@@ -71,6 +77,11 @@ impl AuditMetrics {
             "audit_entries_checked",
             "Log entries re-hashed from the servers' data and re-proven",
             m.entries_checked.clone(),
+        );
+        registry.register(
+            "audit_peer_checkpoints",
+            "Peer auditors' checkpoints compared with this auditor's history",
+            m.peer_checkpoints.clone(),
         );
         m
     }
@@ -128,7 +139,15 @@ impl AlarmSink {
     /// starts at 0: an alarm is cleared by an operator removing its file, never by time.
     pub fn new(dir: &Path, webhook: Option<String>, metrics: AuditMetrics) -> AlarmSink {
         let dir = dir.join("evidence");
-        let earlier = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+        let earlier = std::fs::read_dir(&dir).map_or(0, |d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with("alarm-") && name.ends_with(".json")
+                })
+                .count()
+        });
         if earlier > 0 {
             tracing::error!(
                 dir = %dir.display(), files = earlier,
@@ -172,9 +191,13 @@ impl AlarmSink {
     /// Returns the evidence file, or `None` for a repeat.
     pub async fn raise(&self, alarm: Alarm) -> Option<PathBuf> {
         let key = (alarm.kind.clone(), alarm.source.clone(), alarm.height);
-        let fresh = self.seen.lock().is_ok_and(|mut s| s.insert(key));
+        let fresh = self
+            .seen
+            .lock()
+            .is_ok_and(|mut s| s.len() < MAX_ALARMS && s.insert(key));
         self.metrics.status.set(BAD);
         if !fresh {
+            tracing::warn!(kind = %alarm.kind, height = alarm.height, source = %alarm.source, "audit alarm repeated or over the limit of {MAX_ALARMS} per run: counted, not saved again");
             return None;
         }
         self.metrics
@@ -231,6 +254,39 @@ impl CheckpointSlot {
             key,
             latest: Mutex::new(latest),
         }
+    }
+
+    /// Checks that the replica holds the header this auditor last signed: a lost or
+    /// swapped replica would otherwise re-trust whatever the endpoints show now.
+    pub fn check_replica(&self, chain: &crate::chain::Chain) -> anyhow::Result<()> {
+        use pyralog_ledger::Decode;
+        use pyralog_storage::Store;
+        let Some(text) = self.json() else {
+            return Ok(());
+        };
+        let path = self.path.display();
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{path} is corrupt: {e}"))?;
+        let bytes = v
+            .get("signed")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|t| hex::decode(t).ok())
+            .ok_or_else(|| anyhow::anyhow!("{path} is corrupt: no signed checkpoint"))?;
+        let signed = SignedCheckpoint::from_bytes(&bytes)
+            .map_err(|e| anyhow::anyhow!("{path} is corrupt: {e}"))?;
+        if signed.auditor != self.key.public() || signed.verify().is_err() {
+            anyhow::bail!("{path} was not signed by this auditor's key");
+        }
+        let cp = &signed.checkpoint;
+        let held = chain.store().header(cp.height)?;
+        if !held.as_ref().is_some_and(|h| cp.names(h)) {
+            anyhow::bail!(
+                "{path} says this auditor verified height {} (header {}), but the replica does not hold that header: restore the replica, or move the state directory away to start over (which trusts whatever the endpoints show now)",
+                cp.height,
+                cp.header_hash.to_hex()
+            );
+        }
+        Ok(())
     }
 
     /// The auditor's public key.

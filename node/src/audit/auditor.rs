@@ -46,6 +46,8 @@ use crate::chain::{Chain, Fatal};
 const WALK_BATCH: u64 = 32;
 /// Log entries re-checked per batch.
 const ENTRY_BATCH: usize = 64;
+/// Distinct blocks fetched per batch of entries (answers are bounded in bytes).
+const ENTRY_BLOCKS: usize = 8;
 /// Peer checkpoints kept per peer until the replica reaches their height.
 const MAX_PENDING: usize = 64;
 
@@ -92,13 +94,11 @@ pub struct Auditor {
     rng: u64,
 }
 
-/// A random 64-bit seed from the OS (sampling must not be predictable to a server).
-fn seed() -> u64 {
+/// A random 64-bit seed from the OS: the sample must not be predictable to a server.
+fn os_seed() -> Result<u64, String> {
     let mut b = [0u8; 8];
-    if let Ok(k) = pyralog_crypto::Keypair::generate() {
-        b.copy_from_slice(&k.public().as_bytes()[..8]);
-    }
-    u64::from_le_bytes(b) | 1
+    getrandom::fill(&mut b).map_err(|e| format!("no OS randomness for sampling: {e}"))?;
+    Ok(u64::from_le_bytes(b) | 1)
 }
 
 impl Auditor {
@@ -122,7 +122,7 @@ impl Auditor {
             opts,
             pending: HashMap::new(),
             split: HashSet::new(),
-            rng: seed(),
+            rng: 1,
         }
     }
 
@@ -176,6 +176,10 @@ impl Auditor {
     /// One round over every endpoint and peer. A storage failure of the replica is fatal.
     pub async fn round(&mut self) -> Result<Report, Fatal> {
         let mut report = Report::default();
+        match os_seed() {
+            Ok(seed) => self.rng = seed,
+            Err(e) => report.unchecked.push(e),
+        }
         let checkpoint = self.chain.height();
         let mut heads = Vec::with_capacity(self.endpoints.len());
         for i in 0..self.endpoints.len() {
@@ -211,11 +215,20 @@ impl Auditor {
         }
         for (i, head) in heads.iter().enumerate() {
             let Some(head) = *head else { continue };
+            let ep = self.endpoints[i].clone();
+            if head < checkpoint {
+                report.unchecked.push(format!(
+                    "node {} is at height {head}, below the checkpoint {checkpoint}: behind or rolled back; checked at its own head only",
+                    ep.url()
+                ));
+            }
             let at = head.min(self.chain.height());
             if at == 0 {
+                report
+                    .unchecked
+                    .push(format!("node {} has no verified block to check", ep.url()));
                 continue;
             }
-            let ep = self.endpoints[i].clone();
             if self.check_head(&ep, checkpoint, at, &mut report).await? {
                 self.check_entries(&ep, at, &mut report).await?;
             }
@@ -233,14 +246,21 @@ impl Auditor {
 
     /// Fetches, verifies and re-executes `ep`'s blocks above the replica, up to `head`.
     async fn walk(&mut self, ep: &Rpc, head: u64, report: &mut Report) -> Result<(), Fatal> {
+        // Big blocks can make a batch answer exceed the server's limit: halve it on a
+        // transport error, down to one block.
+        let mut batch = WALK_BATCH;
         while self.chain.height() < head {
             let from = self.chain.height() + 1;
-            let to = head.min(from + WALK_BATCH - 1);
+            let to = head.min(from + batch - 1);
             let calls: Vec<(&str, Vec<Value>)> = (from..=to)
                 .flat_map(|h| [("block", vec![json!(h)]), ("certificate", vec![json!(h)])])
                 .collect();
             let answers = match ep.batch(&calls).await {
                 Ok(a) => a,
+                Err(WalletError::Node(_)) if batch > 1 => {
+                    batch /= 2;
+                    continue;
+                }
                 Err(e) => {
                     self.fetch_failed(report, ep.url(), from, e).await;
                     return Ok(());
@@ -249,6 +269,9 @@ impl Auditor {
             let mut it = answers.into_iter();
             for h in from..=to {
                 let (Some(b), Some(c)) = (it.next(), it.next()) else {
+                    report
+                        .unchecked
+                        .push(format!("node {}: short batch answer", ep.url()));
                     return Ok(());
                 };
                 let decoded = decode_pair(ep.url(), h, b, c);
@@ -290,16 +313,32 @@ impl Auditor {
         }
     }
 
-    /// `theirs` differs from the replica's header at its height: a fork if it is
-    /// certified, else a header the endpoint altered.
+    /// `theirs` is what `source` serves at a verified height, after one of its answers
+    /// (`what`) disagreed with the replica there. Another certified header is a fork;
+    /// an uncertified one an altered header. If it is the verified header after all, the
+    /// disagreeing answer contradicts the server's own chain: `fallback`.
+    #[allow(clippy::too_many_arguments)]
     async fn differs(
         &self,
         report: &mut Report,
         source: &str,
         theirs: &SignedHeader,
         what: &str,
+        fallback: &str,
+        answered: &Header,
     ) -> Result<(), Fatal> {
         let height = theirs.header.height;
+        if height == 0 || height > self.chain.height() {
+            let summary = format!(
+                "node {source} {what}: a header at height {height}, not one the auditor verified (1..={})",
+                self.chain.height()
+            );
+            let evidence =
+                json!({ "served": header_evidence(source, &theirs.header, Some(&theirs.cert)) });
+            self.alarm(report, "malformed", source, height, summary, evidence)
+                .await;
+            return Ok(());
+        }
         let (h, c) = self.ours(height)?;
         let certified = verify_signed_header(
             &self.genesis,
@@ -307,25 +346,38 @@ impl Auditor {
             &theirs.header,
             &theirs.cert,
         );
-        let (kind, summary) = match certified {
-            Ok(()) => (
-                "fork",
+        let (kind, summary) = if theirs.header.hash() == h.hash() {
+            (
+                fallback,
                 format!(
-                    "node {source} {what}: another certified header at height {height} ({} here, {} there): the history was rewritten or forked",
-                    h.hash().to_hex(),
-                    theirs.header.hash().to_hex()
+                    "node {source} {what} with header {} at height {}, which is not the header it serves there ({})",
+                    answered.hash().to_hex(),
+                    answered.height,
+                    h.hash().to_hex()
                 ),
-            ),
-            Err(e) => (
-                "certificate",
-                format!(
-                    "node {source} {what}: its header at height {height} is not certified: {e}"
+            )
+        } else {
+            match certified {
+                Ok(()) => (
+                    "fork",
+                    format!(
+                        "node {source} {what}: another certified header at height {height} ({} here, {} there): the history was rewritten or forked",
+                        h.hash().to_hex(),
+                        theirs.header.hash().to_hex()
+                    ),
                 ),
-            ),
+                Err(e) => (
+                    "certificate",
+                    format!(
+                        "node {source} {what}: its header at height {height} is not certified: {e}"
+                    ),
+                ),
+            }
         };
         let evidence = json!({
             "verified": header_evidence("replica", &h, Some(&c)),
             "served": header_evidence(source, &theirs.header, Some(&theirs.cert)),
+            "answered": header_evidence(source, answered, None),
         });
         self.alarm(report, kind, source, height, summary, evidence)
             .await;
@@ -367,13 +419,28 @@ impl Auditor {
                     return Ok(false);
                 }
             };
-            self.differs(report, ep.url(), &theirs, "answered log_consistency")
-                .await?;
+            self.differs(
+                report,
+                ep.url(),
+                &theirs,
+                "answered log_consistency",
+                "log_consistency",
+                &answer.old,
+            )
+            .await?;
             return Ok(false);
         }
         if answer.new.header.hash() != new.hash() {
-            self.differs(report, ep.url(), &answer.new, "answered log_consistency")
-                .await?;
+            let theirs = answer.new.clone();
+            self.differs(
+                report,
+                ep.url(),
+                &theirs,
+                "answered log_consistency",
+                "log_consistency",
+                &answer.new.header,
+            )
+            .await?;
             return Ok(false);
         }
         if let Err(e) = verify_log_consistency(&old, &new, &answer.proof) {
@@ -402,10 +469,20 @@ impl Auditor {
             .await?;
         let mut it = answers.into_iter();
         match (it.next(), it.next()) {
-            (Some(Ok(h)), Some(Ok(c))) => Ok(SignedHeader {
-                header: decode_value(ep.url(), "header", &h)?,
-                cert: decode_value(ep.url(), "certificate", &c)?,
-            }),
+            (Some(Ok(h)), Some(Ok(c))) => {
+                let signed = SignedHeader {
+                    header: decode_value(ep.url(), "header", &h)?,
+                    cert: decode_value(ep.url(), "certificate", &c)?,
+                };
+                if signed.header.height != height {
+                    return Err(pyralog_wallet::error::check(format!(
+                        "node {} answered for height {height} with header {}",
+                        ep.url(),
+                        signed.header.height
+                    )));
+                }
+                Ok(signed)
+            }
             (Some(Err(e)), _) | (_, Some(Err(e))) => Err(pyralog_wallet::error::node(format!(
                 "node {}: header {height}: {e}",
                 ep.url()
@@ -431,18 +508,34 @@ impl Auditor {
         Ok(lo)
     }
 
-    /// The log entries to re-check this round.
-    fn entries(&mut self, log_size: u64) -> Vec<u64> {
+    /// The log entries to re-check this round, grouped by height: every entry with
+    /// `--full` (one pass over the headers), else a random sample plus the newest.
+    fn entries(&mut self, at: u64, log_size: u64) -> Result<Vec<(u64, Vec<u64>)>, Fatal> {
+        let mut by_height: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         if self.opts.full || log_size <= self.opts.sample as u64 {
-            return (0..log_size).collect();
+            let mut prev = 0;
+            for h in 1..=at {
+                let size = self.ours(h)?.0.log_size;
+                if size > prev {
+                    by_height.insert(h, (prev..size).collect());
+                }
+                prev = size;
+            }
+        } else if log_size > 0 {
+            let mut picked: Vec<u64> = (0..self.opts.sample)
+                .map(|_| self.next_random() % log_size)
+                .collect();
+            picked.push(log_size - 1);
+            picked.sort_unstable();
+            picked.dedup();
+            for i in picked {
+                by_height
+                    .entry(self.height_of_entry(i, at)?)
+                    .or_default()
+                    .push(i);
+            }
         }
-        let mut picked: Vec<u64> = (0..self.opts.sample)
-            .map(|_| self.next_random() % log_size)
-            .collect();
-        picked.push(log_size - 1);
-        picked.sort_unstable();
-        picked.dedup();
-        picked
+        Ok(by_height.into_iter().collect())
     }
 
     /// Re-hashes log entries from `ep`'s own blocks and re-proves them: the block must be
@@ -451,21 +544,13 @@ impl Auditor {
     /// records each transaction wrote must be proven in `ep`'s state at that height.
     async fn check_entries(&mut self, ep: &Rpc, at: u64, report: &mut Report) -> Result<(), Fatal> {
         let (head, _) = self.ours(at)?;
-        let entries = self.entries(head.log_size);
-        let mut by_height: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        for i in entries {
-            by_height
-                .entry(self.height_of_entry(i, at)?)
-                .or_default()
-                .push(i);
-        }
-        let heights: Vec<(u64, Vec<u64>)> = by_height.into_iter().collect();
+        let heights = self.entries(at, head.log_size)?;
         let mut chunk = Vec::new();
         let mut count = 0;
         for (h, idx) in heights {
             count += idx.len();
             chunk.push((h, idx));
-            if count >= ENTRY_BATCH {
+            if count >= ENTRY_BATCH || chunk.len() >= ENTRY_BLOCKS {
                 if !self.check_chunk(ep, &head, &chunk, report).await? {
                     return Ok(());
                 }
@@ -505,9 +590,15 @@ impl Auditor {
         };
         let mut it = answers.into_iter();
         let mut reads = Vec::new();
+        let short = |report: &mut Report| {
+            report
+                .unchecked
+                .push(format!("node {url}: short batch answer"));
+            Ok(false)
+        };
         for (h, idx) in chunk {
             let (Some(b), Some(c)) = (it.next(), it.next()) else {
-                return Ok(false);
+                return short(report);
             };
             let (block, cert) = match decode_pair(url, *h, b, c) {
                 Ok(p) => p,
@@ -522,7 +613,15 @@ impl Auditor {
                     header: block.header.clone(),
                     cert,
                 };
-                self.differs(report, url, &theirs, "served a block").await?;
+                self.differs(
+                    report,
+                    url,
+                    &theirs,
+                    "served a block",
+                    "malformed",
+                    &block.header,
+                )
+                .await?;
                 return Ok(false);
             }
             if let Err(e) = verify_block_contents(&block) {
@@ -542,7 +641,7 @@ impl Auditor {
                 let answer = it.next();
                 // Same header as the replica's, contents verified: the index is in range.
                 let Some(tx) = block.txs.get((i - first) as usize) else {
-                    return Ok(false);
+                    return short(report);
                 };
                 let leaf = tx.hash();
                 let proof = match answer.map(|a| parse_inclusion(url, a)) {
@@ -551,7 +650,7 @@ impl Auditor {
                         self.fetch_failed(report, url, *h, e).await;
                         return Ok(false);
                     }
-                    None => return Ok(false),
+                    None => return short(report),
                 };
                 if proof.0.hash() != head.hash() {
                     let height = proof.0.height;
@@ -571,8 +670,15 @@ impl Auditor {
                             return Ok(false);
                         }
                     };
-                    self.differs(report, url, &signed, "answered log_inclusion")
-                        .await?;
+                    self.differs(
+                        report,
+                        url,
+                        &signed,
+                        "answered log_inclusion",
+                        "inclusion",
+                        &proof.0,
+                    )
+                    .await?;
                     return Ok(false);
                 }
                 if let Err(e) = verify_log_inclusion(head, &leaf, *i, &proof.1) {
@@ -633,7 +739,16 @@ impl Auditor {
             };
             let (ours, ours_cert) = self.ours(*h)?;
             if a.signed.header.hash() != ours.hash() {
-                self.differs(report, url, &a.signed, "answered get").await?;
+                let answered = a.signed.header.clone();
+                let theirs = match self.signed_at(ep, *h).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.fetch_failed(report, url, *h, e).await;
+                        return Ok(false);
+                    }
+                };
+                self.differs(report, url, &theirs, "answered get", "state", &answered)
+                    .await?;
                 return Ok(false);
             }
             let expected = pyralog_ledger::state::get(
@@ -719,45 +834,64 @@ impl Auditor {
             if self.split.contains(&peer) {
                 continue;
             }
-            let (due, later): (Vec<_>, Vec<_>) = list
-                .into_iter()
-                .partition(|p| p.signed.checkpoint.height <= height);
-            for p in due {
-                let (ours, ours_cert) = self.ours(p.header.height)?;
-                if ours.hash() == p.header.hash() {
+            let mut later = Vec::new();
+            for p in list {
+                let h = p.header.height;
+                // The replica's own header, or, for a peer ahead of it, the certified
+                // header an endpoint serves at that height (not yet walked, but certified).
+                let ours = if h <= height {
+                    let (header, cert) = self.ours(h)?;
+                    Some((SignedHeader { header, cert }, "replica".to_string()))
+                } else {
+                    self.certified_at(h).await
+                };
+                let Some((ours, source)) = ours else {
+                    later.push(p);
+                    continue;
+                };
+                self.sink.metrics().peer_checkpoints.inc();
+                if ours.header.hash() == p.header.hash() {
                     continue;
                 }
                 let summary = format!(
-                    "auditor {} ({peer}) verified another history: at height {} it has header {}, this auditor {}",
+                    "auditor {} ({peer}) verified another history: at height {h} it has header {}, this auditor's {source} {}",
                     p.signed.auditor.to_hex(),
-                    p.header.height,
                     p.header.hash().to_hex(),
-                    ours.hash().to_hex()
+                    ours.header.hash().to_hex()
                 );
                 let evidence = json!({
-                    "verified": header_evidence("replica", &ours, Some(&ours_cert)),
+                    "verified": header_evidence(&source, &ours.header, Some(&ours.cert)),
                     "peer": header_evidence(&peer, &p.header, Some(&p.cert)),
                     "peer_checkpoint": hex::encode(pyralog_ledger::Encode::to_bytes(&p.signed)),
                     "peer_auditor": p.signed.auditor.to_hex(),
                     "this_auditor": self.checkpoint.auditor().to_hex(),
                 });
-                self.alarm(
-                    report,
-                    "split_view",
-                    &peer,
-                    p.header.height,
-                    summary,
-                    evidence,
-                )
-                .await;
+                self.alarm(report, "split_view", &peer, h, summary, evidence)
+                    .await;
                 self.split.insert(peer.clone());
                 break;
             }
             if !later.is_empty() && !self.split.contains(&peer) {
+                report.unchecked.push(format!(
+                    "peer auditor {peer} is ahead of every endpoint (height {}): compared in a later round",
+                    later[later.len() - 1].header.height
+                ));
                 self.pending.insert(peer, later);
             }
         }
         Ok(())
+    }
+
+    /// A certified header at `height` from the first endpoint that has one.
+    async fn certified_at(&self, height: u64) -> Option<(SignedHeader, String)> {
+        for ep in &self.endpoints {
+            if let Ok(s) = self.signed_at(ep, height).await
+                && verify_signed_header(&self.genesis, &self.validators, &s.header, &s.cert).is_ok()
+            {
+                return Some((s, ep.url().to_string()));
+            }
+        }
+        None
     }
 }
 

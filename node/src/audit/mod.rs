@@ -160,6 +160,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<u8> {
         state.join("checkpoint.json"),
         auditor_key(&state)?,
     ));
+    checkpoint.check_replica(&chain)?;
     let server = match args.metrics {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -198,8 +199,13 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<u8> {
             timeout: args.timeout,
         },
     );
+    // One signal listener for the whole run, so a signal during a round is not lost.
+    let mut stop = std::pin::pin!(crate::node::shutdown_signal());
     let code = loop {
-        let report = auditor.round().await?;
+        let report = tokio::select! {
+            r = auditor.round() => r?,
+            _ = &mut stop => break if sink.alarmed() { EXIT_ALARM } else { EXIT_CONSISTENT },
+        };
         for gap in &report.unchecked {
             tracing::warn!("not checked: {gap}");
         }
@@ -227,7 +233,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<u8> {
         }
         tokio::select! {
             _ = tokio::time::sleep(args.interval) => {}
-            _ = crate::node::shutdown_signal() => break if sink.alarmed() { EXIT_ALARM } else { EXIT_CONSISTENT },
+            _ = &mut stop => break if sink.alarmed() { EXIT_ALARM } else { EXIT_CONSISTENT },
         }
     };
     if let Some(s) = server {
@@ -244,6 +250,8 @@ pub struct NodeAudit {
     pub sink: Arc<AlarmSink>,
     /// The signed checkpoint of the last verified block.
     pub checkpoint: Arc<CheckpointSlot>,
+    /// When the checkpoint was last written (at most once a second: it is fsynced).
+    pub published: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl NodeAudit {
@@ -272,7 +280,14 @@ impl NodeAudit {
 
     /// A block was verified, re-executed and committed.
     pub fn verified(&self, header: &pyralog_ledger::Header, cert: &pyralog_ledger::Certificate) {
-        if let Err(e) = self.checkpoint.publish(header, cert) {
+        let due = self.published.lock().is_ok_and(|mut last| {
+            let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        });
+        if due && let Err(e) = self.checkpoint.publish(header, cert) {
             tracing::error!(error = %e, "cannot save the audit checkpoint");
         }
         crate::metrics::set(&self.sink.metrics().height, header.height);

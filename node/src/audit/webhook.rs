@@ -9,8 +9,8 @@ use tokio::net::TcpStream;
 /// Largest answer read, in bytes.
 const MAX_ANSWER: usize = 1 << 20;
 
-/// The host:port and path of an `http://` URL.
-fn split_url(url: &str) -> Result<(&str, &str), String> {
+/// The host:port and path of an `http://` URL (port 80 if none is given).
+fn split_url(url: &str) -> Result<(String, &str), String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
@@ -21,6 +21,14 @@ fn split_url(url: &str) -> Result<(&str, &str), String> {
     if host.is_empty() {
         return Err(format!("{url}: no host"));
     }
+    let host = if host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
     Ok((host, path))
 }
 
@@ -38,7 +46,7 @@ async fn request(
 ) -> Result<(u16, Vec<u8>), String> {
     let (host, path) = split_url(url)?;
     let exchange = async {
-        let mut sock = TcpStream::connect(host)
+        let mut sock = TcpStream::connect(host.as_str())
             .await
             .map_err(|e| format!("{url}: {e}"))?;
         let mut req = format!(
@@ -56,17 +64,41 @@ async fn request(
         sock.write_all(&bytes)
             .await
             .map_err(|e| format!("{url}: {e}"))?;
-        let mut answer = Vec::new();
-        (&mut sock)
-            .take(MAX_ANSWER as u64)
-            .read_to_end(&mut answer)
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        parse_answer(url, &answer)
+        read_answer(url, &mut sock).await
     };
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| format!("{url}: no answer within {} s", timeout.as_secs()))?
+}
+
+/// Reads an answer: the head, then `content-length` bytes of body (or up to the close
+/// without one), at most [`MAX_ANSWER`] bytes in all.
+async fn read_answer(url: &str, sock: &mut TcpStream) -> Result<(u16, Vec<u8>), String> {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|n| answer.len() >= end + 4 + n) {
+                return parse_answer(url, &answer);
+            }
+        }
+        if answer.len() > MAX_ANSWER {
+            return Err(format!("{url}: answer over {MAX_ANSWER} bytes"));
+        }
+        let n = sock
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if n == 0 {
+            return parse_answer(url, &answer);
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
 }
 
 fn parse_answer(url: &str, answer: &[u8]) -> Result<(u16, Vec<u8>), String> {
@@ -80,7 +112,14 @@ fn parse_answer(url: &str, answer: &[u8]) -> Result<(u16, Vec<u8>), String> {
         .nth(1)
         .and_then(|c| c.parse::<u16>().ok())
         .ok_or_else(|| format!("{url}: no HTTP status"))?;
-    Ok((code, answer[split + 4..].to_vec()))
+    let head = String::from_utf8_lossy(&answer[..split]).to_ascii_lowercase();
+    let body = &answer[split + 4..];
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(body.len());
+    Ok((code, body[..length.min(body.len())].to_vec()))
 }
 
 /// POSTs `value` as JSON, up to `tries` times (1 s, 2 s, ... apart) until a 2xx answer.
@@ -125,9 +164,10 @@ mod tests {
     fn urls_and_answers_parse() {
         assert_eq!(
             split_url("http://127.0.0.1:9/hook").unwrap(),
-            ("127.0.0.1:9", "/hook")
+            ("127.0.0.1:9".to_string(), "/hook")
         );
-        assert_eq!(split_url("http://h:1").unwrap(), ("h:1", "/"));
+        assert_eq!(split_url("http://h:1").unwrap(), ("h:1".to_string(), "/"));
+        assert_eq!(split_url("http://h/x").unwrap(), ("h:80".to_string(), "/x"));
         assert!(split_url("https://h/x").is_err());
         assert!(split_url("http:///x").is_err());
         assert_eq!(
@@ -137,6 +177,10 @@ mod tests {
         assert_eq!(
             parse_answer("u", b"HTTP/1.1 200 OK\r\nx: y\r\n\r\nbody").unwrap(),
             (200, b"body".to_vec())
+        );
+        assert_eq!(
+            parse_answer("u", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nbody").unwrap(),
+            (200, b"bo".to_vec())
         );
         assert!(parse_answer("u", b"garbage").is_err());
     }
