@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 
-use common::{EXE, Net, certify, flip_last_hex, forward, serve_proxy};
+use common::{EXE, Net, certify, flip_last_hex, forward, serve_proxy, succeed};
 
 struct Run {
     code: i32,
@@ -177,18 +177,14 @@ fn evidence(state: &Path) -> Vec<Value> {
 /// `pyralog wallet ...` against `rpc`, which must succeed.
 fn wallet(net: &Net, rpc: &str, args: &[&str]) {
     let genesis = net.manifest().genesis;
-    let out = std::process::Command::new(EXE)
-        .args(["wallet", "--home"])
-        .arg(net.dir.join("wallet"))
-        .args(["--rpc", rpc, "--genesis"])
-        .arg(genesis)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        std::process::Command::new(EXE)
+            .args(["wallet", "--home"])
+            .arg(net.dir.join("wallet"))
+            .args(["--rpc", rpc, "--genesis"])
+            .arg(genesis)
+            .args(args),
+        &format!("{args:?}"),
     );
 }
 
@@ -675,15 +671,11 @@ async fn two_histories_shown_to_two_auditors_are_caught_by_their_checkpoints() {
     let copy = net.dir.join("copy");
     net.cli(&["clone", "--to", copy.to_str().unwrap()]);
     net.cli(&["start"]);
-    let out = std::process::Command::new(EXE)
-        .args(["start", "--home"])
-        .arg(&copy)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        std::process::Command::new(EXE)
+            .args(["start", "--home"])
+            .arg(&copy),
+        "start the copy",
     );
     let _copy_guard = StopOnDrop(copy.clone());
     let copy_rpc = pyralog_testnet::Manifest::load(&copy).unwrap().nodes[0]

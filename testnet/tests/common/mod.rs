@@ -68,16 +68,9 @@ impl Net {
 
     /// Runs `pyralog-testnet ARGS --home HOME`, which must succeed.
     pub fn cli(&self, args: &[&str]) {
-        let out = Command::new(EXE)
-            .args(args)
-            .arg("--home")
-            .arg(&self.home)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            Command::new(EXE).args(args).arg("--home").arg(&self.home),
+            &format!("{args:?}"),
         );
     }
 
@@ -113,6 +106,17 @@ impl Net {
         keys.sort_by_key(|(i, _)| *i);
         keys.into_iter().map(|(_, k)| k).collect()
     }
+}
+
+/// Runs `cmd`, which must succeed (`what` names it in the failure).
+pub fn succeed(cmd: &mut Command, what: &str) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 impl Drop for Net {
