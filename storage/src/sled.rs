@@ -109,11 +109,28 @@ fn decode_location(bytes: &[u8]) -> Result<TxLocation, StorageError> {
 
 impl SledStore {
     /// Opens (or creates) the store in directory `path`.
+    ///
+    /// sled holds the directory's lock until its background flusher lets go of a dropped
+    /// database, which can take a moment after the previous owner (a process still
+    /// exiting, or an earlier handle in this one) has closed it; the lock is retried for
+    /// up to 3 s before the error is returned.
     pub fn open(path: &Path) -> Result<SledStore, StorageError> {
-        let db = ::sled::Config::new()
-            .path(path)
-            .cache_capacity(128 << 20)
-            .open()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let db = loop {
+            match ::sled::Config::new()
+                .path(path)
+                .cache_capacity(128 << 20)
+                .open()
+            {
+                Err(::sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
         Ok(SledStore {
             db,
             commit_lock: std::sync::Mutex::new(()),
