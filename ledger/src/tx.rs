@@ -210,7 +210,13 @@ impl Transaction {
 /// Checks the signatures of many transactions in one batch; on failure returns the
 /// positions of the invalid ones.
 pub fn verify_tx_signatures(txs: &[Transaction]) -> Result<(), Vec<usize>> {
-    let bodies: Vec<Vec<u8>> = txs.iter().map(Transaction::body_bytes).collect();
+    let refs: Vec<&Transaction> = txs.iter().collect();
+    verify_signatures_of(&refs)
+}
+
+/// [`verify_tx_signatures`] over references (positions in `txs` on failure).
+pub fn verify_signatures_of(txs: &[&Transaction]) -> Result<(), Vec<usize>> {
+    let bodies: Vec<Vec<u8>> = txs.iter().map(|t| t.body_bytes()).collect();
     let items: Vec<BatchItem<'_>> = txs
         .iter()
         .zip(&bodies)

@@ -15,7 +15,7 @@ use pyralog_ledger::verify::{
 };
 use pyralog_ledger::{
     Block, BlockContext, BlockExecutor, Certificate, Decode, Encode, ExecError, Execution, Genesis,
-    Hash, Header, Tip, Transaction, TxError, ValidatorSet, apply_block, verify_tx_signatures,
+    Hash, Header, Tip, Transaction, TxError, ValidatorSet, apply_block, verify_signatures_of,
 };
 use pyralog_storage::{SledStore, Store};
 
@@ -256,6 +256,18 @@ impl Chain {
     /// chain (link, validator set, BFT time from the carried certificate), its body
     /// matches its header, its transactions are signed and execute to its roots.
     pub fn validate(&mut self, block: &Block) -> Result<(), Invalid> {
+        self.validate_with(block, &|_| false)
+    }
+
+    /// [`Chain::validate`], skipping the signature check of transactions for which
+    /// `verified` is true: those this node already verified (its mempool admits only
+    /// verified transactions, and a transaction's hash covers its signature). Each
+    /// signature is thus checked once per node, not again in every block.
+    pub fn validate_with(
+        &mut self,
+        block: &Block,
+        verified: &dyn Fn(&Hash) -> bool,
+    ) -> Result<(), Invalid> {
         let header = &block.header;
         let hash = header.hash();
         // Before the cache: a cached header says nothing of this copy's transactions.
@@ -302,7 +314,15 @@ impl Chain {
         }
         verify_last_certificate(block, prev.map(|p| (p, &self.validators)))
             .map_err(Invalid::LastCertificate)?;
-        verify_tx_signatures(&block.txs).map_err(Invalid::Signatures)?;
+        let unverified: Vec<(usize, &Transaction)> = block
+            .txs
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !verified(&t.hash()))
+            .collect();
+        let txs: Vec<&Transaction> = unverified.iter().map(|(_, t)| *t).collect();
+        verify_signatures_of(&txs)
+            .map_err(|bad| Invalid::Signatures(bad.iter().map(|&i| unverified[i].0).collect()))?;
         let execution = apply_block(&*self.store, &*self.store, &self.tip, block)
             .map_err(|e| Invalid::Execution(e.to_string()))?;
         verify_execution(header, &execution).map_err(|e| Invalid::Execution(e.to_string()))?;

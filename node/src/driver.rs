@@ -396,7 +396,8 @@ impl Driver {
             Output::ValidateBlock(block) => {
                 let height = block.header.height;
                 let hash = block.header.hash();
-                let valid = match self.chain.validate(&block) {
+                let pool = &self.pool;
+                let valid = match self.chain.validate_with(&block, &|h| pool.contains(h)) {
                     Ok(()) => true,
                     Err(reason) => {
                         tracing::warn!(height, block = %hash.to_hex(), %reason, "invalid proposal");
