@@ -1,59 +1,191 @@
-//! `pyralog-testnet bench`: a testnet's committed transactions per second.
+//! `pyralog-testnet bench`: a testnet's committed throughput, latency, CPU and disk use,
+//! against the machine's own bounds measured in the same run (docs/PERFORMANCE.md).
 //!
-//! Starts a fresh network, signs `txs` key-value writes from `accounts` accounts up
-//! front, submits them in JSON-RPC batches (`broadcast_tx` async) to every node at once,
-//! and times from the first submission until the last one is in a committed block
-//! (`log_size` of node0's latest header). The network is stopped afterwards and, on
-//! success, its directory removed.
+//! The load is notarizations of about `tx_size` bytes from `accounts` accounts, all signed
+//! before the clock starts. Batches of `broadcast_tx` (async) go to every node in turn,
+//! either as fast as the nodes take them (`rate: None`) or paced at `rate` tx/s. A poller
+//! records when each height is first seen committed on node0; after the run, a sample of
+//! transactions is looked up to turn (submitted at, committed at height) into
+//! submit→commit latencies.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use pyralog_crypto::Keypair;
-use pyralog_ledger::{ChainId, ChainParams, Encode, EngineId, Payload, Transaction};
+use pyralog_crypto::{BatchItem, HashDomain, Keypair, SigDomain, verify_batch_report};
+use pyralog_ledger::{ChainId, ChainParams, Encode, EngineId, Hash, Payload, Transaction};
 use pyralog_node::config::Transport;
 use pyralog_wallet::client::Rpc;
 use serde_json::{Value, json};
 
-use crate::{UpOptions, down, up};
+use crate::{Manifest, UpOptions, down, up};
+
+/// Transactions per `broadcast_tx` batch.
+const BATCH: usize = 64;
+/// Transactions looked up for latencies.
+const LATENCY_SAMPLE: usize = 2000;
 
 /// Options of one benchmark run.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// Validators.
+    /// Validators (of a network the bench starts).
     pub validators: usize,
     /// Transport between them.
     pub transport: Transport,
-    /// Transactions to commit.
+    /// Transactions to submit.
     pub txs: usize,
-    /// Sending accounts (each sends `txs / accounts` in nonce order).
+    /// Submission rate in tx/s; `None`: as fast as the nodes take them.
+    pub rate: Option<u64>,
+    /// Sending accounts (each sends its share in nonce order).
     pub accounts: usize,
-    /// Directory of the network (must not hold one).
+    /// Approximate size of each transaction's encoding, in bytes.
+    pub tx_size: usize,
+    /// Directory of the network (a fresh one is created there).
     pub home: PathBuf,
+}
+
+/// Submit→commit latency percentiles, in milliseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
 }
 
 /// What one run measured.
 #[derive(Clone, Debug)]
 pub struct BenchReport {
-    /// Transactions committed.
-    pub txs: usize,
+    /// Validators.
+    pub validators: usize,
+    /// Transactions submitted.
+    pub submitted: usize,
+    /// Transactions the nodes refused.
+    pub rejected: usize,
+    /// Transactions committed during the run.
+    pub committed: u64,
     /// Seconds from the first submission to the last commit.
     pub secs: f64,
-    /// Seconds the submission itself took.
+    /// Seconds the submission took.
     pub submit_secs: f64,
-    /// Blocks it took.
+    /// Blocks committed during the run.
     pub blocks: u64,
+    /// Submit→commit latency of a sample of the transactions.
+    pub latency: Latency,
+    /// CPU seconds (user + system) each node spent during the run.
+    pub cpu_secs: Vec<(String, f64)>,
+    /// Bytes node0's database occupies after the run.
+    pub bytes_on_disk: u64,
+    /// Transactions node0 holds in all (its log size).
+    pub log_size: u64,
+    /// Mean size of a submitted transaction's encoding.
+    pub tx_bytes: f64,
 }
 
 impl BenchReport {
     /// Committed transactions per second.
     pub fn tx_per_sec(&self) -> f64 {
-        self.txs as f64 / self.secs
+        self.committed as f64 / self.secs
+    }
+
+    /// Committed blocks per second.
+    pub fn blocks_per_sec(&self) -> f64 {
+        self.blocks as f64 / self.secs
+    }
+
+    /// Bytes on disk per committed transaction (of all node0 holds).
+    pub fn bytes_on_disk_per_tx(&self) -> f64 {
+        self.bytes_on_disk as f64 / self.log_size.max(1) as f64
     }
 }
 
-fn signed_load(chain: &ChainId, txs: usize, accounts: usize) -> anyhow::Result<Vec<Transaction>> {
+/// The machine's bounds, measured in the same run.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// ed25519 signatures one core verifies per second (the node's verification path).
+    pub sig_verify_per_core: f64,
+    /// Cores.
+    pub cores: usize,
+    /// BLAKE3 throughput of one core, MiB/s.
+    pub blake3_mib_per_sec: f64,
+    /// Median latency of a 4 KiB write + fsync, ms.
+    pub fsync_ms: f64,
+}
+
+impl Bounds {
+    /// Transactions per second the network could verify if signatures were all it did:
+    /// every validator verifies every transaction once, and they share the cores.
+    pub fn signature_bound(&self, validators: usize) -> f64 {
+        self.sig_verify_per_core * self.cores as f64 / validators.max(1) as f64
+    }
+}
+
+/// Measures the machine's bounds; `dir` is where fsync is timed.
+pub fn measure_bounds(dir: &Path) -> anyhow::Result<Bounds> {
+    let key = Keypair::from_seed(&[3; 32]);
+    let public = key.public();
+    let message = vec![5u8; 200];
+    let signature = key.sign(SigDomain::Transaction, "bench", &message);
+    let items: Vec<BatchItem<'_>> = (0..64)
+        .map(|_| BatchItem {
+            public_key: &public,
+            domain: SigDomain::Transaction,
+            chain_id: "bench",
+            message: &message,
+            signature: &signature,
+        })
+        .collect();
+    let start = Instant::now();
+    let mut verified = 0usize;
+    while start.elapsed() < Duration::from_millis(500) {
+        verify_batch_report(&items).map_err(|_| anyhow::anyhow!("bench signature"))?;
+        verified += items.len();
+    }
+    let sig_verify_per_core = verified as f64 / start.elapsed().as_secs_f64();
+
+    let buf = vec![0x5au8; 64 << 20];
+    let start = Instant::now();
+    let mut rounds = 0u32;
+    while rounds < 2 || start.elapsed() < Duration::from_millis(300) {
+        std::hint::black_box(HashDomain::Tx.hash(&buf));
+        rounds += 1;
+    }
+    let blake3_mib_per_sec = f64::from(rounds) * 64.0 / start.elapsed().as_secs_f64();
+
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        use std::io::Write;
+        let start = Instant::now();
+        file.write_all(&[1u8; 4096])?;
+        file.sync_data()?;
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    std::fs::remove_file(&path)?;
+    times.sort_by(f64::total_cmp);
+    Ok(Bounds {
+        sig_verify_per_core,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        blake3_mib_per_sec,
+        fsync_ms: times[times.len() / 2],
+    })
+}
+
+/// Signs `txs` notarizations of about `tx_size` bytes from `accounts` accounts.
+fn signed_load(
+    chain: &ChainId,
+    txs: usize,
+    accounts: usize,
+    tx_size: usize,
+) -> anyhow::Result<Vec<Transaction>> {
     let accounts = accounts.clamp(1, txs.max(1));
     let per = txs.div_ceil(accounts);
     if per > 1000 {
@@ -61,26 +193,32 @@ fn signed_load(chain: &ChainId, txs: usize, accounts: usize) -> anyhow::Result<V
             "{per} transactions per account is over the mempool's nonce window: use more --accounts"
         );
     }
+    // Seeded per run, so a bench against a running testnet never repeats a nonce.
+    let run = pyralog_node::driver::now_ms();
     let keys: Vec<Keypair> = (0..accounts)
         .map(|i| {
             let mut s = [0xbe; 32];
             s[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            s[8..16].copy_from_slice(&run.to_be_bytes());
             Keypair::from_seed(&s)
         })
         .collect();
+    // A notarization is about 170 bytes besides its meta text.
+    let meta_len = tx_size.saturating_sub(170).min(1024);
     let mut out = Vec::with_capacity(txs);
     'fill: for nonce in 0..per as u64 {
-        for k in &keys {
+        for (i, k) in keys.iter().enumerate() {
             if out.len() == txs {
                 break 'fill;
             }
+            let digest = HashDomain::Tx.hash(format!("{run}-{i}-{nonce}").as_bytes());
             out.push(Transaction::new_signed(
                 k,
                 chain.clone(),
                 nonce,
-                Payload::Put {
-                    key: format!("bench-{}-{nonce}", k.public().to_hex()).into_bytes(),
-                    value: vec![7; 100],
+                Payload::Notarize {
+                    digest,
+                    meta: "m".repeat(meta_len),
                 },
             )?);
         }
@@ -88,7 +226,7 @@ fn signed_load(chain: &ChainId, txs: usize, accounts: usize) -> anyhow::Result<V
     Ok(out)
 }
 
-async fn log_size(rpc: &Rpc) -> anyhow::Result<(u64, u64)> {
+async fn head(rpc: &Rpc) -> anyhow::Result<(u64, u64)> {
     let h = rpc.must("header", vec![]).await?;
     let size = h["header"]["log_size"]
         .as_u64()
@@ -99,7 +237,27 @@ async fn log_size(rpc: &Rpc) -> anyhow::Result<(u64, u64)> {
     Ok((size, height))
 }
 
-/// Runs one benchmark: network up, load, network down.
+/// CPU seconds (user + system) of process `pid` so far (`/proc`, 100 ticks a second).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                _ => e.metadata().map_or(0, |m| m.len()),
+            })
+            .sum()
+    })
+}
+
+/// Starts a fresh network in `opts.home`, runs the load, stops it and removes it.
 pub async fn run(opts: &BenchOptions, now_ms: u64) -> anyhow::Result<BenchReport> {
     let mut m = up(
         &UpOptions {
@@ -122,17 +280,50 @@ pub async fn run(opts: &BenchOptions, now_ms: u64) -> anyhow::Result<BenchReport
     Ok(report)
 }
 
-async fn load(m: &crate::Manifest, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+/// Records when each height is first seen committed on `rpc`, until `stop`.
+fn watch_heights(
+    rpc: Rpc,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (
+    Arc<Mutex<BTreeMap<u64, Instant>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let seen = Arc::new(Mutex::new(BTreeMap::new()));
+    let out = seen.clone();
+    let task = tokio::spawn(async move {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((_, height)) = head(&rpc).await
+                && let Ok(mut s) = seen.lock()
+            {
+                s.entry(height).or_insert_with(Instant::now);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    (out, task)
+}
+
+/// Runs the load against the running network `m`.
+pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let chain = ChainId::new(&m.chain_id)?;
-    let txs = signed_load(&chain, opts.txs, opts.accounts)?;
+    let txs = signed_load(&chain, opts.txs, opts.accounts, opts.tx_size)?;
+    let hashes: Vec<Hash> = txs.iter().map(Transaction::hash).collect();
+    let tx_bytes =
+        txs.iter().map(|t| t.to_bytes().len()).sum::<usize>() as f64 / txs.len().max(1) as f64;
     let rpcs: Vec<Rpc> = m
         .nodes
         .iter()
-        .map(|n| Rpc::new(&n.rpc, Duration::from_secs(30)))
+        .filter(|n| n.mode == pyralog_node::config::Mode::Validator)
+        .map(|n| Rpc::new(&n.rpc, Duration::from_secs(60)))
         .collect::<Result<_, _>>()?;
-    let (base, h0) = log_size(&rpcs[0]).await?;
-    let calls: Vec<Vec<(String, Vec<Value>)>> = txs
-        .chunks(256)
+    let pids: Vec<(String, u32)> = m
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.name.clone(), n.pid?)))
+        .collect();
+    let (base, h0) = head(&rpcs[0]).await?;
+    let batches: Vec<Vec<(String, Vec<Value>)>> = txs
+        .chunks(BATCH)
         .map(|chunk| {
             chunk
                 .iter()
@@ -145,10 +336,19 @@ async fn load(m: &crate::Manifest, opts: &BenchOptions) -> anyhow::Result<BenchR
                 .collect()
         })
         .collect();
+    let cpu_before: Vec<Option<f64>> = pids.iter().map(|(_, p)| cpu_secs(*p)).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (seen, watcher) = watch_heights(rpcs[0].clone(), stop.clone());
 
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (i, batch) in calls.into_iter().enumerate() {
+    let mut tasks = Vec::with_capacity(batches.len());
+    let mut submitted_at = Vec::with_capacity(batches.len());
+    for (i, batch) in batches.into_iter().enumerate() {
+        if let Some(rate) = opts.rate {
+            let due = started + Duration::from_secs_f64((i * BATCH) as f64 / rate.max(1) as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        submitted_at.push(Instant::now());
         let rpc = rpcs[i % rpcs.len()].clone();
         tasks.push(tokio::spawn(async move {
             let refs: Vec<(&str, Vec<Value>)> =
@@ -156,37 +356,135 @@ async fn load(m: &crate::Manifest, opts: &BenchOptions) -> anyhow::Result<BenchR
             rpc.batch(&refs).await
         }));
     }
-    let mut refused = 0;
+    let mut rejected = 0;
     for t in tasks {
-        for answer in t.await?? {
-            if answer.is_err() {
-                refused += 1;
-            }
+        match t.await? {
+            Ok(answers) => rejected += answers.iter().filter(|a| a.is_err()).count(),
+            Err(_) => rejected += BATCH,
         }
-    }
-    if refused > 0 {
-        bail!("{refused} transactions were refused");
     }
     let submit_secs = started.elapsed().as_secs_f64();
-    let want = base + opts.txs as u64;
+    let want = base + (txs.len() - rejected.min(txs.len())) as u64;
     let deadline = started + Duration::from_secs(300);
-    loop {
-        let (size, height) = log_size(&rpcs[0]).await?;
+    let (size, height) = loop {
+        let (size, height) = head(&rpcs[0]).await?;
         if size >= want {
-            return Ok(BenchReport {
-                txs: opts.txs,
-                secs: started.elapsed().as_secs_f64(),
-                submit_secs,
-                blocks: height - h0,
-            });
+            break (size, height);
         }
         if Instant::now() > deadline {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
             bail!(
                 "only {} of {} transactions committed in 300 s",
                 size - base,
-                opts.txs
+                txs.len()
             );
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let secs = started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = watcher.await;
+    let cpu = pids
+        .iter()
+        .zip(cpu_before)
+        .map(|((name, pid), before)| {
+            let used = cpu_secs(*pid).zip(before).map_or(0.0, |(a, b)| a - b);
+            (name.clone(), used)
+        })
+        .collect();
+    let latency = latencies(&rpcs[0], &hashes, &submitted_at, &seen).await?;
+    let data = m.nodes[0].home.join("data");
+    Ok(BenchReport {
+        validators: rpcs.len(),
+        submitted: txs.len(),
+        rejected,
+        committed: size - base,
+        secs,
+        submit_secs,
+        blocks: height - h0,
+        latency,
+        cpu_secs: cpu,
+        bytes_on_disk: dir_bytes(&data),
+        log_size: size,
+        tx_bytes,
+    })
+}
+
+/// Latencies of a sample of the transactions: the time their height was first seen
+/// committed minus the time their batch was sent.
+async fn latencies(
+    rpc: &Rpc,
+    hashes: &[Hash],
+    submitted_at: &[Instant],
+    seen: &Mutex<BTreeMap<u64, Instant>>,
+) -> anyhow::Result<Latency> {
+    let step = (hashes.len() / LATENCY_SAMPLE).max(1);
+    let picked: Vec<usize> = (0..hashes.len()).step_by(step).collect();
+    let calls: Vec<(&str, Vec<Value>)> = picked
+        .iter()
+        .map(|&i| ("tx", vec![json!(hashes[i].to_hex())]))
+        .collect();
+    let answers = rpc.batch(&calls).await?;
+    let seen = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("height watcher panicked"))?
+        .clone();
+    let mut ms: Vec<f64> = picked
+        .iter()
+        .zip(answers)
+        .filter_map(|(&i, a)| {
+            let height = a.ok()?.get("height")?.as_u64()?;
+            // The first height seen at or above it: the poller may skip heights.
+            let (_, at) = seen.range(height..).next()?;
+            let sent = submitted_at[i / BATCH];
+            Some(at.saturating_duration_since(sent).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    if ms.is_empty() {
+        bail!("no committed transaction of the sample was found");
     }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    Ok(Latency {
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        max: ms[ms.len() - 1],
+    })
+}
+
+/// The machine-readable report (`--json`).
+pub fn report_json(r: &BenchReport, b: &Bounds, transport: &str, command: &str) -> Value {
+    let bound = b.signature_bound(r.validators);
+    json!({
+        "command": command,
+        "time_ms": pyralog_node::driver::now_ms(),
+        "transport": transport,
+        "validators": r.validators,
+        "submitted": r.submitted,
+        "rejected": r.rejected,
+        "committed": r.committed,
+        "seconds": r.secs,
+        "submit_seconds": r.submit_secs,
+        "tx_per_sec": r.tx_per_sec(),
+        "blocks_per_sec": r.blocks_per_sec(),
+        "latency_ms": {
+            "p50": r.latency.p50,
+            "p90": r.latency.p90,
+            "p99": r.latency.p99,
+            "max": r.latency.max,
+        },
+        "cpu_seconds": r.cpu_secs.iter().map(|(n, s)| (n.clone(), json!(s))).collect::<serde_json::Map<_, _>>(),
+        "tx_bytes": r.tx_bytes,
+        "bytes_on_disk_per_tx": r.bytes_on_disk_per_tx(),
+        "disk_to_raw_ratio": r.bytes_on_disk_per_tx() / r.tx_bytes.max(1.0),
+        "signature_bound_tx_per_sec": bound,
+        "fraction_of_bound": r.tx_per_sec() / bound.max(1.0),
+        "bounds": {
+            "sig_verify_per_core": b.sig_verify_per_core,
+            "cores": b.cores,
+            "blake3_mib_per_sec": b.blake3_mib_per_sec,
+            "fsync_ms": b.fsync_ms,
+        },
+    })
 }

@@ -117,25 +117,42 @@ enum Commands {
         #[arg(long, value_enum, default_value = "wireguard")]
         transport: Transport,
     },
-    /// Measure committed transactions per second of a fresh testnet, over one transport
-    /// or both (in one run, for a ratio). Each network is started in DIR/<transport>,
-    /// loaded, stopped and removed.
+    /// Measure a testnet: committed tx/s, blocks/s, submit→commit latency, CPU per node,
+    /// bytes on disk per transaction, against the machine's bounds measured in the same
+    /// run (docs/PERFORMANCE.md). Uses the testnet running in --home, or starts a fresh one
+    /// in DIR/<transport> (stopped and removed afterwards).
     Bench {
-        /// Transport: wireguard, tcp, or both.
-        #[arg(long, default_value = "both", value_parser = ["wireguard", "tcp", "both"])]
+        /// Transport of a fresh network: wireguard, tcp, or both (two runs, for a ratio).
+        #[arg(long, default_value = "wireguard", value_parser = ["wireguard", "tcp", "both"])]
         transport: String,
-        /// Transactions to commit.
+        /// Transactions to submit (all signed before the clock starts).
         #[arg(long, default_value_t = 10_000)]
         txs: usize,
+        /// Submission rate: transactions per second, or max.
+        #[arg(long, default_value = "max")]
+        rate: String,
+        /// With a numeric --rate: submit for this long (sets --txs), e.g. 30s.
+        #[arg(long, value_parser = pyralog_node::audit::parse_duration)]
+        duration: Option<Duration>,
         /// Sending accounts.
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 1000)]
         accounts: usize,
-        /// Number of validators.
+        /// Approximate size of each notarization transaction, in bytes.
+        #[arg(long, default_value_t = 200)]
+        tx_size: usize,
+        /// Number of validators of a fresh network.
         #[arg(long, default_value_t = 4)]
         validators: usize,
-        /// Directory for the networks.
+        /// A running testnet to measure, or the directory for fresh networks.
         #[arg(long, default_value = "pyralog-bench")]
         home: PathBuf,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// A small run (2,000 transactions from 100 accounts, about 20 s) for regression
+        /// tracking; it fails only on errors, never on its figures.
+        #[arg(long)]
+        quick: bool,
     },
     /// Run the wallet (the same as `pyralog`); used by tests and the demo.
     #[command(hide = true, disable_help_flag = true)]
@@ -343,10 +360,41 @@ fn run(cmd: Commands) -> anyhow::Result<()> {
         Commands::Bench {
             transport,
             txs,
+            rate,
+            duration,
             accounts,
+            tx_size,
             validators,
             home,
-        } => bench(&transport, txs, accounts, validators, &home),
+            json,
+            quick,
+        } => {
+            let rate = match rate.as_str() {
+                "max" => None,
+                n => Some(
+                    n.parse::<u64>()
+                        .ok()
+                        .filter(|r| *r > 0)
+                        .with_context(|| format!("--rate {n:?}: a number of tx/s, or max"))?,
+                ),
+            };
+            let txs = match (duration, rate) {
+                (Some(d), Some(r)) => (d.as_secs_f64() * r as f64) as usize,
+                (Some(_), None) => anyhow::bail!("--duration needs a numeric --rate"),
+                (None, _) => txs,
+            };
+            let (txs, accounts) = if quick { (2000, 100) } else { (txs, accounts) };
+            let opts = pyralog_testnet::bench::BenchOptions {
+                validators,
+                transport: Transport::Wireguard,
+                txs,
+                rate,
+                accounts,
+                tx_size,
+                home: home.clone(),
+            };
+            bench(&transport, opts, json.as_deref())
+        }
         Commands::Node { .. } => anyhow::bail!("`node` must be the first argument"),
         Commands::Wallet { .. } => anyhow::bail!("`wallet` must be the first argument"),
     }
@@ -354,46 +402,104 @@ fn run(cmd: Commands) -> anyhow::Result<()> {
 
 fn bench(
     transport: &str,
-    txs: usize,
-    accounts: usize,
-    validators: usize,
-    home: &Path,
+    opts: pyralog_testnet::bench::BenchOptions,
+    json: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let kinds: &[Transport] = match transport {
-        "wireguard" => &[Transport::Wireguard],
-        "tcp" => &[Transport::Tcp],
-        _ => &[Transport::Tcp, Transport::Wireguard],
-    };
+    use pyralog_testnet::bench;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
     let rt = runtime()?;
-    let mut results = Vec::new();
-    for kind in kinds {
-        let name = match kind {
+    let bounds = bench::measure_bounds(&opts.home)?;
+    println!(
+        "machine: {} cores; ed25519 verify {:.0}/s per core; BLAKE3 {:.0} MiB/s per core; fsync {:.2} ms",
+        bounds.cores, bounds.sig_verify_per_core, bounds.blake3_mib_per_sec, bounds.fsync_ms
+    );
+    let running = Manifest::load(&opts.home)
+        .ok()
+        .filter(|m| m.nodes.iter().all(|n| n.pid.is_some_and(alive)));
+    let mut runs = Vec::new();
+    if let Some(m) = running {
+        println!("measuring the testnet running in {}", opts.home.display());
+        let name = match m.transport {
             Transport::Wireguard => "wireguard",
             Transport::Tcp => "tcp",
         };
-        let opts = pyralog_testnet::bench::BenchOptions {
-            validators,
-            transport: *kind,
-            txs,
-            accounts,
-            home: home.join(name),
+        runs.push((name, rt.block_on(bench::load(&m, &opts))?));
+    } else {
+        let kinds: &[Transport] = match transport {
+            "tcp" => &[Transport::Tcp],
+            "both" => &[Transport::Tcp, Transport::Wireguard],
+            _ => &[Transport::Wireguard],
         };
-        println!(
-            "{name}: {validators} validators, {txs} transactions from {accounts} accounts ..."
-        );
-        let r = rt.block_on(pyralog_testnet::bench::run(&opts, now_ms()))?;
-        println!(
-            "{name}: {:.0} tx/s ({} txs committed in {:.2} s, {} blocks; submission took {:.2} s)",
-            r.tx_per_sec(),
-            r.txs,
-            r.secs,
-            r.blocks,
-            r.submit_secs
-        );
-        results.push(r.tx_per_sec());
+        for kind in kinds {
+            let name = match kind {
+                Transport::Wireguard => "wireguard",
+                Transport::Tcp => "tcp",
+            };
+            let o = bench::BenchOptions {
+                transport: *kind,
+                home: opts.home.join(name),
+                ..opts.clone()
+            };
+            println!(
+                "{name}: {} validators, {} transactions of ~{} bytes from {} accounts, rate {} ...",
+                o.validators,
+                o.txs,
+                o.tx_size,
+                o.accounts,
+                o.rate.map_or("max".to_string(), |r| format!("{r} tx/s"))
+            );
+            runs.push((name, rt.block_on(bench::run(&o, now_ms()))?));
+        }
     }
-    if let [tcp, wg] = results.as_slice() {
-        println!("wireguard / tcp: {:.2}x", wg / tcp);
+    let mut last = None;
+    for (name, r) in &runs {
+        let bound = bounds.signature_bound(r.validators);
+        println!(
+            "{name}: {:.0} tx/s committed ({} of {} in {:.2} s, {} rejected), {:.1} blocks/s",
+            r.tx_per_sec(),
+            r.committed,
+            r.submitted,
+            r.secs,
+            r.rejected,
+            r.blocks_per_sec()
+        );
+        println!(
+            "{name}: submit→commit p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            r.latency.p50, r.latency.p90, r.latency.p99, r.latency.max
+        );
+        let cpu: Vec<String> = r
+            .cpu_secs
+            .iter()
+            .map(|(n, s)| format!("{n} {s:.1}"))
+            .collect();
+        println!("{name}: CPU seconds: {}", cpu.join(", "));
+        println!(
+            "{name}: {:.0} bytes on disk per transaction ({:.1}× the {:.0}-byte transaction)",
+            r.bytes_on_disk_per_tx(),
+            r.bytes_on_disk_per_tx() / r.tx_bytes.max(1.0),
+            r.tx_bytes
+        );
+        println!(
+            "{name}: signature bound {bound:.0} tx/s ({} validators on {} cores): {:.2} of it",
+            r.validators,
+            bounds.cores,
+            r.tx_per_sec() / bound.max(1.0)
+        );
+        last = Some(bench::report_json(r, &bounds, name, &command));
+    }
+    if let [(_, tcp), (_, wg)] = runs.as_slice() {
+        println!(
+            "wireguard / tcp: {:.2}x",
+            wg.tx_per_sec() / tcp.tx_per_sec()
+        );
+        if let Some(serde_json::Value::Object(o)) = last.as_mut() {
+            o.insert("tcp_tx_per_sec".into(), serde_json::json!(tcp.tx_per_sec()));
+        }
+    }
+    if let (Some(path), Some(v)) = (json, last) {
+        std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("results written to {}", path.display());
     }
     Ok(())
 }

@@ -1,0 +1,55 @@
+//! `pyralog-testnet bench --quick`: the regression run CI keeps. It checks that the report
+//! is complete and consistent, never its figures (a shared machine is noisy). The JSON is
+//! kept in `target/tmp/bench-quick.json` for comparison across changes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+
+mod common;
+
+use common::{EXE, succeed};
+
+#[test]
+fn quick_bench_reports_every_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-quick.json");
+    let out = succeed(
+        std::process::Command::new(EXE)
+            .args(["bench", "--quick", "--home"])
+            .arg(dir.path().join("bench"))
+            .arg("--json")
+            .arg(&json),
+        "bench --quick",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("signature bound"), "{text}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let num = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+    assert_eq!(v["validators"], 4);
+    assert_eq!(v["submitted"], 2000);
+    assert_eq!(
+        num("committed") + num("rejected"),
+        2000.0,
+        "every transaction is committed or counted as rejected"
+    );
+    assert!(num("tx_per_sec") > 0.0);
+    assert!(num("blocks_per_sec") > 0.0);
+    assert!(num("signature_bound_tx_per_sec") > 0.0);
+    let fraction = num("fraction_of_bound");
+    assert!(
+        (fraction - num("tx_per_sec") / num("signature_bound_tx_per_sec")).abs() < 1e-9,
+        "{fraction}"
+    );
+    let l = &v["latency_ms"];
+    let p = |k: &str| l[k].as_f64().unwrap();
+    assert!(
+        0.0 <= p("p50") && p("p50") <= p("p90") && p("p90") <= p("p99") && p("p99") <= p("max")
+    );
+    assert!(num("bytes_on_disk_per_tx") > num("tx_bytes"));
+    assert_eq!(v["cpu_seconds"].as_object().unwrap().len(), 4);
+    assert!(v["bounds"]["blake3_mib_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(v["bounds"]["fsync_ms"].as_f64().unwrap() > 0.0);
+    // The fresh network was stopped and removed.
+    assert!(!dir.path().join("bench").join("wireguard").exists());
+}
