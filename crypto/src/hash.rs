@@ -10,7 +10,6 @@
 //! output and anyone can recompute them with standard tools.
 
 use std::fmt;
-use std::io::Read;
 use std::path::Path;
 use std::sync::LazyLock;
 
@@ -214,44 +213,6 @@ pub fn hash_file(path: &Path) -> Result<Hash, CryptoError> {
     Ok(Hash(*hasher.finalize().as_bytes()))
 }
 
-/// Like [`hash_file`], reporting the number of bytes hashed so far to `progress` after each
-/// chunk (for progress bars). Reads in 16 MiB chunks, each hashed on all cores.
-pub fn hash_file_with_progress(
-    path: &Path,
-    progress: &mut dyn FnMut(u64),
-) -> Result<Hash, CryptoError> {
-    const CHUNK: usize = 16 << 20;
-    let io_err = |source| CryptoError::HashFile {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(io_err)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut done = 0u64;
-    loop {
-        let mut filled = 0;
-        while filled < CHUNK {
-            match file.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(e)),
-            }
-        }
-        if filled == 0 {
-            break;
-        }
-        hasher.update_rayon(&buf[..filled]);
-        done += filled as u64;
-        progress(done);
-        if filled < CHUNK {
-            break;
-        }
-    }
-    Ok(Hash(*hasher.finalize().as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,22 +254,16 @@ mod tests {
     }
 
     #[test]
-    fn file_hash_matches_b3sum_construction_and_progress_reaches_the_end() {
+    fn file_hash_matches_b3sum_construction() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        // Larger than one progress chunk, not a multiple of it.
+        // Large enough for the memory-mapped, multi-threaded path.
         let data: Vec<u8> = (0..(17u32 << 20) + 12345)
             .map(|i| (i % 251) as u8)
             .collect();
         std::fs::write(&path, &data).unwrap();
         let expected = content_digest(&data);
         assert_eq!(hash_file(&path).unwrap(), expected);
-        let mut seen = Vec::new();
-        assert_eq!(
-            hash_file_with_progress(&path, &mut |n| seen.push(n)).unwrap(),
-            expected
-        );
-        assert_eq!(seen, vec![16 << 20, data.len() as u64]);
         // Known answer: BLAKE3 of the empty input.
         let empty = dir.path().join("empty");
         std::fs::write(&empty, b"").unwrap();

@@ -18,7 +18,7 @@ pub mod hash;
 pub mod keyfile;
 pub mod keys;
 
-pub use hash::{Hash, HashDomain, Hasher, content_digest, hash_file, hash_file_with_progress};
+pub use hash::{Hash, HashDomain, Hasher, content_digest, hash_file};
 pub use keys::{
     BatchItem, Keypair, PublicKey, SigDomain, Signature, verify_batch, verify_batch_report,
 };
