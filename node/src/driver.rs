@@ -685,7 +685,9 @@ impl Driver {
             Event::PeerConnected(_) => {
                 self.peers += 1;
                 set(&self.metrics.peers, self.peers as u64);
-                self.publish_status();
+                // A new peer may be ahead (this node just restarted): ask now rather
+                // than at the next sync tick.
+                self.start_sync();
             }
             Event::PeerDisconnected(_) => {
                 self.peers = self.peers.saturating_sub(1);

@@ -44,6 +44,41 @@ pub struct BenchOptions {
     pub tx_size: usize,
     /// Directory of the network (a fresh one is created there).
     pub home: PathBuf,
+    /// Fresh networks: keep the last validator down during the load, then restart it and
+    /// time its block sync.
+    pub catch_up: bool,
+}
+
+/// A restarted validator catching up through block sync, against what the network
+/// produced while it was down.
+#[derive(Clone, Copy, Debug)]
+pub struct CatchUp {
+    /// Blocks it fetched.
+    pub blocks: u64,
+    /// Transactions in them.
+    pub txs: u64,
+    /// Seconds from its restart until it reached the height the others had then.
+    pub secs: f64,
+    /// Blocks the others committed while it was down.
+    pub produced_blocks: u64,
+    /// Transactions they committed while it was down.
+    pub produced_txs: u64,
+    /// Seconds it was down.
+    pub down_secs: f64,
+}
+
+impl CatchUp {
+    /// Sync speed over production speed, in blocks.
+    pub fn block_ratio(&self) -> f64 {
+        (self.blocks as f64 / self.secs.max(1e-9))
+            / (self.produced_blocks as f64 / self.down_secs.max(1e-9)).max(1e-9)
+    }
+
+    /// Sync speed over production speed, in transactions.
+    pub fn tx_ratio(&self) -> f64 {
+        (self.txs as f64 / self.secs.max(1e-9))
+            / (self.produced_txs as f64 / self.down_secs.max(1e-9)).max(1e-9)
+    }
 }
 
 /// Submit→commit latency percentiles, in milliseconds.
@@ -86,6 +121,8 @@ pub struct BenchReport {
     pub log_size: u64,
     /// Mean size of a submitted transaction's encoding.
     pub tx_bytes: f64,
+    /// The catch-up measurement, with `catch_up`.
+    pub catch_up: Option<CatchUp>,
 }
 
 impl BenchReport {
@@ -272,11 +309,54 @@ pub async fn run(opts: &BenchOptions, now_ms: u64) -> anyhow::Result<BenchReport
         now_ms,
     )
     .await?;
-    let result = load(&m, opts).await;
+    let result = if opts.catch_up {
+        load_with_catch_up(&mut m, opts).await
+    } else {
+        load(&m, opts).await
+    };
     down(&mut m, &opts.home)?;
     let report = result?;
     std::fs::remove_dir_all(&opts.home)
         .with_context(|| format!("removing {}", opts.home.display()))?;
+    Ok(report)
+}
+
+/// The load with the last validator down; then it restarts and its sync is timed.
+async fn load_with_catch_up(m: &mut Manifest, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let last = m.nodes.len() - 1;
+    let node0 = Rpc::new(&m.nodes[0].rpc, Duration::from_secs(10))?;
+    let lagging = Rpc::new(&m.nodes[last].rpc, Duration::from_secs(10))?;
+    let (log_at_kill, at_kill) = head(&lagging).await?;
+    let killed = Instant::now();
+    crate::kill_node(m, last)?;
+    let mut report = load(m, opts).await?;
+    let (log_target, target) = head(&node0).await?;
+    let down_secs = killed.elapsed().as_secs_f64();
+    let started = Instant::now();
+    crate::start_node(m, last)?;
+    let mut from = None;
+    loop {
+        if let Ok(v) = lagging.must("status", vec![]).await
+            && let Some(h) = v.get("height").and_then(Value::as_u64)
+        {
+            from.get_or_insert(h);
+            if h >= target {
+                break;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("the restarted validator did not reach height {target} in 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    report.catch_up = Some(CatchUp {
+        blocks: target - from.unwrap_or(at_kill),
+        txs: log_target - log_at_kill,
+        secs: started.elapsed().as_secs_f64(),
+        produced_blocks: target - at_kill,
+        produced_txs: log_target - log_at_kill,
+        down_secs,
+    });
     Ok(report)
 }
 
@@ -313,7 +393,7 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
     let rpcs: Vec<Rpc> = m
         .nodes
         .iter()
-        .filter(|n| n.mode == pyralog_node::config::Mode::Validator)
+        .filter(|n| n.mode == pyralog_node::config::Mode::Validator && n.pid.is_some())
         .map(|n| Rpc::new(&n.rpc, Duration::from_secs(60)))
         .collect::<Result<_, _>>()?;
     let pids: Vec<(String, u32)> = m
@@ -407,6 +487,7 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         bytes_on_disk: dir_bytes(&data),
         log_size: size,
         tx_bytes,
+        catch_up: None,
     })
 }
 
@@ -480,6 +561,15 @@ pub fn report_json(r: &BenchReport, b: &Bounds, transport: &str, command: &str) 
         "disk_to_raw_ratio": r.bytes_on_disk_per_tx() / r.tx_bytes.max(1.0),
         "signature_bound_tx_per_sec": bound,
         "fraction_of_bound": r.tx_per_sec() / bound.max(1.0),
+        "catch_up": r.catch_up.map(|c| json!({
+            "blocks": c.blocks,
+            "txs": c.txs,
+            "seconds": c.secs,
+            "down_seconds": c.down_secs,
+            "produced_blocks": c.produced_blocks,
+            "block_ratio": c.block_ratio(),
+            "tx_ratio": c.tx_ratio(),
+        })),
         "bounds": {
             "sig_verify_per_core": b.sig_verify_per_core,
             "cores": b.cores,
