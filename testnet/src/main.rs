@@ -419,9 +419,28 @@ fn bench(
         "machine: {} cores; ed25519 verify {:.0}/s per core; BLAKE3 {:.0} MiB/s per core; fsync {:.2} ms",
         bounds.cores, bounds.sig_verify_per_core, bounds.blake3_mib_per_sec, bounds.fsync_ms
     );
-    let running = Manifest::load(&opts.home)
-        .ok()
-        .filter(|m| m.nodes.iter().all(|n| n.pid.is_some_and(alive)));
+    let running = match Manifest::load(&opts.home) {
+        Ok(m) => {
+            if let Some(n) = m.nodes.iter().find(|n| !n.pid.is_some_and(alive)) {
+                anyhow::bail!(
+                    "{} holds a testnet whose {} is not running: start it (`pyralog-testnet start --home {}`) or choose another --home",
+                    opts.home.display(),
+                    n.name,
+                    opts.home.display()
+                );
+            }
+            if opts.catch_up {
+                anyhow::bail!(
+                    "--catch-up needs a fresh network: choose a --home without a testnet"
+                );
+            }
+            Some(m)
+        }
+        Err(_) => None,
+    };
+    if opts.catch_up && opts.validators < 4 {
+        anyhow::bail!("--catch-up stops one validator, so it needs --validators 4 or more");
+    }
     let mut runs = Vec::new();
     if let Some(m) = running {
         println!("measuring the testnet running in {}", opts.home.display());
@@ -493,14 +512,14 @@ fn bench(
         );
         if let Some(c) = r.catch_up {
             println!(
-                "{name}: a validator down for {:.1} s ({} blocks, {} transactions committed meanwhile) synced {} blocks in {:.2} s: {:.1}× the production rate in blocks, {:.1}× in transactions",
+                "{name}: a validator down {:.1} s synced {} blocks ({} transactions) in {:.2} s: {:.0} tx/s, {:.1}× the {:.0} tx/s the network committed under the load",
                 c.down_secs,
-                c.produced_blocks,
-                c.produced_txs,
                 c.blocks,
+                c.txs,
                 c.secs,
-                c.block_ratio(),
-                c.tx_ratio()
+                c.tx_per_sec(),
+                c.tx_per_sec() / r.tx_per_sec().max(1e-9),
+                r.tx_per_sec()
             );
         }
         last = Some(bench::report_json(r, &bounds, name, &command));

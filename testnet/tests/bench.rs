@@ -47,7 +47,10 @@ fn quick_bench_reports_every_figure() {
         0.0 <= p("p50") && p("p50") <= p("p90") && p("p90") <= p("p99") && p("p99") <= p("max")
     );
     assert!(num("bytes_on_disk_per_tx") > num("tx_bytes"));
-    assert_eq!(v["cpu_seconds"].as_object().unwrap().len(), 4);
+    let cpu = v["cpu_seconds"].as_object().unwrap();
+    assert_eq!(cpu.len(), 4);
+    assert!(cpu.values().all(|s| s.as_f64().unwrap() > 0.0), "{cpu:?}");
+    assert!(p("p50") > 0.0);
     assert!(v["bounds"]["blake3_mib_per_sec"].as_f64().unwrap() > 0.0);
     assert!(v["bounds"]["fsync_ms"].as_f64().unwrap() > 0.0);
     // The fresh network was stopped and removed.
