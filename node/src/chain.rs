@@ -402,3 +402,44 @@ pub fn decode_tx(bytes: &[u8]) -> Result<Transaction, crate::mempool::Reject> {
     }
     Transaction::from_bytes(bytes).map_err(|e| Reject::Malformed(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use pyralog_ledger::EngineId;
+    use pyralog_ledger::testing::{TestChain, user};
+
+    #[test]
+    fn signatures_are_checked_unless_this_node_verified_them_before() {
+        let tc = TestChain::new(4, EngineId::Tendermint);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let mut chain = Chain::open(tc.genesis.clone(), store).unwrap();
+        let good = tc.put(&user(1), 0, b"a", b"1");
+        let mut bad = tc.put(&user(2), 0, b"b", b"2");
+        bad.signature.0[5] ^= 1;
+        // The block is consistent (roots over the bad transaction as it is); only the
+        // signature is wrong.
+        let (block, _) = tc.make_block(vec![good.clone(), bad.clone()]);
+        let signatures = |r: Result<(), Invalid>| match r {
+            Err(Invalid::Signatures(at)) => at,
+            other => panic!("expected bad signatures, got {other:?}"),
+        };
+        assert_eq!(signatures(chain.validate(&block)), vec![1]);
+        // Skipping the first (already verified) still names the bad one by its index in
+        // the block.
+        let known = good.hash();
+        assert_eq!(
+            signatures(chain.validate_with(&block, &|h| *h == known)),
+            vec![1]
+        );
+        // What the caller vouches for is not checked again: only transactions this node
+        // verified may be vouched for (its mempool).
+        let vouched = bad.hash();
+        chain
+            .validate_with(&block, &|h| *h == vouched || *h == known)
+            .unwrap();
+    }
+}
