@@ -81,6 +81,18 @@ impl Invalid {
     }
 }
 
+/// A block the chain refused, handed back with the reason, so callers can log it or keep
+/// it as evidence without copying every block they commit.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub reason: Invalid,
+    /// The block.
+    pub block: Block,
+    /// Its certificate.
+    pub cert: Certificate,
+}
+
 /// What a commit changed, for the mempool, waiters and subscribers.
 #[derive(Clone, Debug)]
 pub struct Committed {
@@ -336,24 +348,32 @@ impl Chain {
         &mut self,
         block: Block,
         cert: Certificate,
-    ) -> Result<Result<Committed, Invalid>, Fatal> {
+    ) -> Result<Result<Committed, Box<Refused>>, Fatal> {
         if let Err(e) =
             verify_certificate(self.genesis.engine, &self.validators, &block.header, &cert)
         {
-            return Ok(Err(Invalid::Certificate(e)));
+            return Ok(Err(Box::new(Refused {
+                reason: Invalid::Certificate(e),
+                block,
+                cert,
+            })));
         }
         self.commit(block, cert)
     }
 
     /// Commits a decided block with its certificate: one atomic, flushed storage batch.
-    /// An invalid block is an `Ok(Err)`; a storage failure is fatal.
+    /// An invalid block is an `Ok(Err)`, handed back; a storage failure is fatal.
     pub fn commit(
         &mut self,
         block: Block,
         cert: Certificate,
-    ) -> Result<Result<Committed, Invalid>, Fatal> {
-        if let Err(e) = self.validate(&block) {
-            return Ok(Err(e));
+    ) -> Result<Result<Committed, Box<Refused>>, Fatal> {
+        if let Err(reason) = self.validate(&block) {
+            return Ok(Err(Box::new(Refused {
+                reason,
+                block,
+                cert,
+            })));
         }
         let hash = block.header.hash();
         // validate() just inserted it (or found it there).

@@ -415,18 +415,16 @@ impl Driver {
                 if height <= self.chain.height() {
                     return Ok(None);
                 }
-                let evidence = self
-                    .audit
-                    .as_ref()
-                    .map(|_| block_evidence(&block, &certificate));
                 match self.chain.commit(*block, certificate)? {
                     Ok(c) => self.committed(c, false),
-                    Err(reason) => {
+                    Err(refused) => {
+                        let reason = &refused.reason;
                         tracing::error!(height, %reason, "the validators decided a block this node finds invalid: not committing it");
-                        if let (Some(a), Some(ev)) = (&self.audit, evidence) {
+                        if let Some(a) = &self.audit {
                             let summary = format!(
                                 "the validators decided block {height}, which does not verify: {reason}"
                             );
+                            let ev = crate::audit::alarm::block_evidence(&refused);
                             a.raise(reason.kind(), "p2p consensus".into(), height, summary, ev);
                         }
                     }
@@ -836,18 +834,18 @@ impl Driver {
                 continue;
             }
             let height = block.header.height;
-            let evidence = self.audit.as_ref().map(|_| block_evidence(&block, &cert));
             match self.chain.commit_synced(block, cert)? {
                 Ok(c) => {
                     applied += 1;
                     self.committed(c, true);
                 }
-                Err(reason) => {
+                Err(refused) => {
+                    let reason = &refused.reason;
                     // A block under a valid certificate that does not verify: either
                     // the quorum certified a bad block (link, execution) or this peer
                     // altered a certified block (contents). Both are alarms; a block
                     // without a valid certificate is only the peer's junk.
-                    if let (Some(a), Some(ev)) = (&self.audit, evidence)
+                    if let Some(a) = &self.audit
                         && !matches!(reason, crate::chain::Invalid::Certificate(_))
                     {
                         let summary = format!(
@@ -858,7 +856,7 @@ impl Driver {
                             format!("p2p peer {peer}"),
                             height,
                             summary,
-                            ev,
+                            crate::audit::alarm::block_evidence(&refused),
                         );
                     }
                     tracing::warn!(%peer, %reason, "peer served an invalid block");
@@ -885,17 +883,6 @@ impl Driver {
         self.publish_status();
         Ok(())
     }
-}
-
-/// A block and its certificate as alarm evidence (canonical hex).
-fn block_evidence(
-    block: &pyralog_ledger::Block,
-    cert: &pyralog_ledger::Certificate,
-) -> serde_json::Value {
-    serde_json::json!({
-        "block": hex::encode(block.to_bytes()),
-        "certificate": hex::encode(cert.to_bytes()),
-    })
 }
 
 fn read_blocks(

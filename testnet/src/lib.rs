@@ -123,7 +123,7 @@ pub struct UpOptions {
 }
 
 /// `n` free ports on 127.0.0.1, TCP or UDP.
-fn free_ports(n: usize, udp: bool) -> anyhow::Result<Vec<u16>> {
+pub fn free_ports(n: usize, udp: bool) -> anyhow::Result<Vec<u16>> {
     // Hold every socket until all are chosen so no port is handed out twice.
     if udp {
         let sockets: Vec<UdpSocket> = (0..n)

@@ -684,7 +684,8 @@ async fn two_histories_shown_to_two_auditors_are_caught_by_their_checkpoints() {
 
     let hooks = Hooks::start().await;
     let genesis = net.manifest().genesis.to_str().unwrap().to_string();
-    let (port_a, port_b) = (free_port(), free_port());
+    let ports = pyralog_testnet::free_ports(2, false).unwrap();
+    let (port_a, port_b) = (ports[0], ports[1]);
     let auditor = |rpc: &str, state: &str, own: u16, peer: u16| -> Vec<String> {
         strings(&[
             "--genesis",
@@ -760,11 +761,7 @@ async fn two_histories_shown_to_two_auditors_are_caught_by_their_checkpoints() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    pyralog_testnet::free_ports(1, false).unwrap()[0]
 }
 
 /// Stops the testnet in the directory on drop.

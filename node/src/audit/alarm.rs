@@ -124,6 +124,14 @@ pub fn header_evidence(source: &str, header: &Header, cert: Option<&Certificate>
     })
 }
 
+/// A refused block and its certificate as evidence (canonical hex).
+pub fn block_evidence(refused: &crate::chain::Refused) -> Value {
+    json!({
+        "block": hex::encode(refused.block.to_bytes()),
+        "certificate": hex::encode(refused.cert.to_bytes()),
+    })
+}
+
 /// Where alarms go.
 pub struct AlarmSink {
     dir: PathBuf,

@@ -38,7 +38,7 @@ use pyralog_wallet::client::{
 use pyralog_wallet::error::WalletError;
 use serde_json::{Value, json};
 
-use super::alarm::{Alarm, AlarmSink, CheckpointSlot, header_evidence};
+use super::alarm::{Alarm, AlarmSink, CheckpointSlot, block_evidence, header_evidence};
 use super::webhook;
 use crate::chain::{Chain, Fatal};
 
@@ -282,13 +282,15 @@ impl Auditor {
                         return Ok(());
                     }
                 };
-                let evidence = json!({
-                    "block": hex::encode(pyralog_ledger::Encode::to_bytes(&block)),
-                    "certificate": hex::encode(pyralog_ledger::Encode::to_bytes(&cert)),
-                    "verified_previous": self.chain.last().map(|(ph, pc)| header_evidence("replica", ph, Some(pc))),
-                });
-                if let Err(invalid) = self.chain.commit_synced(block, cert)? {
+                if let Err(refused) = self.chain.commit_synced(block, cert)? {
+                    let invalid = &refused.reason;
                     let summary = format!("node {} served block {h}: {invalid}", ep.url());
+                    let mut evidence = block_evidence(&refused);
+                    evidence["verified_previous"] = json!(
+                        self.chain
+                            .last()
+                            .map(|(ph, pc)| header_evidence("replica", ph, Some(pc)))
+                    );
                     self.alarm(report, invalid.kind(), ep.url(), h, summary, evidence)
                         .await;
                     return Ok(());
