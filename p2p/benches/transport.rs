@@ -1,9 +1,12 @@
-//! One libp2p stream (noise + yamux) between two endpoints on 127.0.0.1, carried by the
-//! WireGuard overlay or by plain TCP, measured in the same run: bulk throughput of one
-//! stream and the round-trip time of a small request. Prints the ratio WG / TCP.
+//! One libp2p stream between two endpoints on 127.0.0.1, measured in the same run over
+//! plain TCP (noise + yamux, the baseline) and over the WireGuard overlay as the node
+//! runs it (the tunnel authenticates, yamux multiplexes: `wg::authenticated`), plus the
+//! overlay with noise inside the tunnel as before (for comparison): bulk throughput of
+//! one stream and the round-trip time of a small request. Prints the ratios to TCP.
 //!
-//! `cargo bench -p pyralog-p2p --bench transport` (optional argument: MiB to send,
-//! default 256).
+//! `cargo bench -p pyralog-p2p --bench transport [MIB] [ROUNDS]`: every transport once
+//! per round, in turn (MiB per bulk transfer, default 256; rounds, default 5), and the
+//! medians, so a slow spell of the shared machine falls on all transports alike.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::{Duration, Instant};
@@ -36,7 +39,7 @@ where
         .boxed()
 }
 
-async fn wg(seed: u8, peer: u8, mtu: usize) -> (Muxed, Overlay) {
+async fn wg(seed: u8, peer: u8, mtu: usize, inner_noise: bool) -> (Muxed, Overlay) {
     let config = WgConfig {
         mtu,
         allowed: vec![
@@ -49,7 +52,12 @@ async fn wg(seed: u8, peer: u8, mtu: usize) -> (Muxed, Overlay) {
     let overlay = Overlay::bind(&[seed; 32], "127.0.0.1:0".parse().unwrap(), config)
         .await
         .unwrap();
-    (upgrade(overlay.transport(), &identity_of(seed)), overlay)
+    let muxed = if inner_noise {
+        upgrade(overlay.transport(), &identity_of(seed))
+    } else {
+        pyralog_p2p::wg::authenticated(overlay.transport())
+    };
+    (muxed, overlay)
 }
 
 fn tcp_transport(seed: u8) -> Muxed {
@@ -162,59 +170,84 @@ async fn open(mut muxer: StreamMuxerBox, n: usize) -> Vec<SubstreamBox> {
     v
 }
 
-struct Figures {
-    mib_per_s: f64,
-    rtt_median: Duration,
-    rtt_p99: Duration,
+/// One connection under test: its echo stream and one fresh bulk stream per round.
+struct Link {
+    name: String,
+    echo: SubstreamBox,
+    bulk: Vec<SubstreamBox>,
+    mib_per_s: Vec<f64>,
+    rtts: Vec<Duration>,
 }
 
-async fn measure(server: StreamMuxerBox, client: StreamMuxerBox, mib: usize) -> Figures {
-    serve(server);
-    let mut streams = open(client, 2).await;
-    let mut echo = streams.pop().unwrap();
-    let mut bulk = streams.pop().unwrap();
-
-    // Warm up the path, then round trips.
-    echo.write_all(b"E").await.unwrap();
-    let mut m = [7u8; 64];
-    let mut rtts = Vec::new();
-    for i in 0..2200 {
-        let t = Instant::now();
-        echo.write_all(&m).await.unwrap();
-        echo.flush().await.unwrap();
-        echo.read_exact(&mut m).await.unwrap();
-        if i >= 200 {
-            rtts.push(t.elapsed());
+impl Link {
+    async fn new(
+        name: String,
+        server: StreamMuxerBox,
+        client: StreamMuxerBox,
+        rounds: usize,
+    ) -> Link {
+        serve(server);
+        let mut streams = open(client, rounds + 1).await;
+        let mut echo = streams.pop().unwrap();
+        echo.write_all(b"E").await.unwrap();
+        Link {
+            name,
+            echo,
+            bulk: streams,
+            mib_per_s: Vec::new(),
+            rtts: Vec::new(),
         }
     }
-    rtts.sort();
 
-    let chunk = vec![0xa5u8; 1 << 16];
-    let total = (mib as u64) << 20;
-    let t = Instant::now();
-    bulk.write_all(b"B").await.unwrap();
-    let mut sent = 0u64;
-    while sent < total {
-        bulk.write_all(&chunk).await.unwrap();
-        sent += chunk.len() as u64;
+    /// 200 warm-up round trips of 64 B, then 1000 timed.
+    async fn round_trips(&mut self) {
+        let mut m = [7u8; 64];
+        for i in 0..1200 {
+            let t = Instant::now();
+            self.echo.write_all(&m).await.unwrap();
+            self.echo.flush().await.unwrap();
+            self.echo.read_exact(&mut m).await.unwrap();
+            if i >= 200 {
+                self.rtts.push(t.elapsed());
+            }
+        }
     }
-    bulk.close().await.unwrap();
-    let mut n = [0u8; 8];
-    bulk.read_exact(&mut n).await.unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    assert_eq!(u64::from_le_bytes(n), total);
-    Figures {
-        mib_per_s: mib as f64 / secs,
-        rtt_median: rtts[rtts.len() / 2],
-        rtt_p99: rtts[rtts.len() * 99 / 100],
+
+    /// `mib` MiB on a fresh stream, timed until the server confirms the count.
+    async fn bulk(&mut self, mib: usize) {
+        let mut bulk = self.bulk.pop().unwrap();
+        let chunk = vec![0xa5u8; 1 << 16];
+        let total = (mib as u64) << 20;
+        let t = Instant::now();
+        bulk.write_all(b"B").await.unwrap();
+        let mut sent = 0u64;
+        while sent < total {
+            bulk.write_all(&chunk).await.unwrap();
+            sent += chunk.len() as u64;
+        }
+        bulk.close().await.unwrap();
+        let mut n = [0u8; 8];
+        bulk.read_exact(&mut n).await.unwrap();
+        assert_eq!(u64::from_le_bytes(n), total);
+        self.mib_per_s.push(mib as f64 / t.elapsed().as_secs_f64());
     }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn main() {
-    let mib: usize = std::env::args()
+    let args: Vec<usize> = std::env::args()
         .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(256);
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    // MiB per bulk transfer, and rounds: every transport once per round, in turn, so
+    // the shared machine's slow spells fall on all of them alike.
+    let mib = args.first().copied().unwrap_or(256);
+    let rounds = args.get(1).copied().unwrap_or(5).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -227,35 +260,63 @@ fn main() {
             "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
         )
         .await;
-        let tcp = measure(s, c, mib).await;
-
-        let mut wgs = Vec::new();
-        for mtu in [1420, 9000] {
-            let (server, _o1) = wg(1, 2, mtu).await;
-            let (client, _o2) = wg(2, 1, mtu).await;
+        let mut links = vec![Link::new("tcp".into(), s, c, rounds).await];
+        let mut overlays = Vec::new();
+        for (mtu, inner_noise) in [(1420, false), (9000, false), (1420, true)] {
+            let (server, o1) = wg(1, 2, mtu, inner_noise).await;
+            let (client, o2) = wg(2, 1, mtu, inner_noise).await;
+            overlays.push((o1, o2));
             let (s, c) = connect(server, client, "/ip4/127.0.0.1/udp/0".parse().unwrap()).await;
-            wgs.push((mtu, measure(s, c, mib).await));
+            let name = if inner_noise {
+                format!("wg {mtu} + noise")
+            } else {
+                format!("wireguard {mtu}")
+            };
+            links.push(Link::new(name, s, c, rounds).await);
+        }
+        for _ in 0..rounds {
+            for link in &mut links {
+                link.round_trips().await;
+                link.bulk(mib).await;
+            }
         }
 
-        println!("one libp2p stream (noise + yamux) on 127.0.0.1, {mib} MiB bulk, 2000 round trips of 64 B");
+        println!(
+            "one libp2p stream (yamux) on 127.0.0.1: {rounds} rounds of {mib} MiB bulk and 1000 round trips of 64 B per transport, in turn; medians"
+        );
+        println!("tcp: noise over TCP; wireguard: the node's overlay transport; + noise: noise inside the tunnel too");
         println!("transport         throughput   rtt median   rtt p99");
-        let row = |name: &str, f: &Figures| {
-            println!(
-                "{name:<16} {:>8.1} MiB/s {:>9.1} µs {:>8.1} µs",
-                f.mib_per_s,
-                f.rtt_median.as_secs_f64() * 1e6,
-                f.rtt_p99.as_secs_f64() * 1e6
-            )
+        let rtt = |l: &Link, q: usize| {
+            let mut r = l.rtts.clone();
+            r.sort();
+            r[r.len() * q / 100].as_secs_f64()
         };
-        row("tcp", &tcp);
-        for (mtu, f) in &wgs {
-            row(&format!("wireguard {mtu}"), f);
-        }
-        for (mtu, f) in &wgs {
+        for l in &links {
             println!(
-                "wireguard (mtu {mtu}) / tcp: throughput {:.2}x, rtt median {:.2}x",
-                f.mib_per_s / tcp.mib_per_s,
-                f.rtt_median.as_secs_f64() / tcp.rtt_median.as_secs_f64()
+                "{:<16} {:>8.1} MiB/s {:>9.1} µs {:>8.1} µs",
+                l.name,
+                median(&l.mib_per_s),
+                rtt(l, 50) * 1e6,
+                rtt(l, 99) * 1e6
+            );
+        }
+        let tcp = &links[0];
+        for l in &links[1..] {
+            // The ratio of each round's pair, then the median: a slow spell during one
+            // round cancels out.
+            let ratios: Vec<f64> = l
+                .mib_per_s
+                .iter()
+                .zip(&tcp.mib_per_s)
+                .map(|(w, t)| w / t)
+                .collect();
+            println!(
+                "{} / tcp: throughput {:.2}x (rounds {:.2}..{:.2}), rtt median {:.2}x",
+                l.name,
+                median(&ratios),
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(0.0, f64::max),
+                rtt(l, 50) / rtt(tcp, 50)
             );
         }
     });

@@ -20,8 +20,9 @@
 //!
 //! The transport is chosen by [`TransportKind`]: libp2p over the WireGuard overlay
 //! ([`wg`]: userspace WireGuard tunnels keyed by the node keys, silent to every other
-//! key), or plain TCP. Either way libp2p authenticates peers with noise and multiplexes
-//! with yamux on top.
+//! key), or plain TCP. Over TCP, libp2p authenticates and encrypts with noise; over the
+//! overlay, the WireGuard tunnel does both and names the peer ([`wg::authenticated`]).
+//! Either way yamux multiplexes on top.
 
 mod codec;
 mod limits;
@@ -31,7 +32,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::core::Transport as _;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, StreamProtocol, Swarm, allow_block_list, gossipsub, identify, identity, noise, ping,
@@ -84,8 +84,9 @@ pub enum TransportKind {
     /// and dial addresses are `/ip4/A/tcp/P`.
     #[default]
     Tcp,
-    /// The WireGuard overlay ([`wg`]). The one listen address, `/ip4/A/udp/P`, is the
-    /// WireGuard UDP socket; dial addresses have the same shape plus `/p2p/<peer id>`.
+    /// The WireGuard overlay ([`wg`]), authenticated and encrypted by its tunnels,
+    /// multiplexed with yamux. The one listen address, `/ip4/A/udp/P`, is the WireGuard
+    /// UDP socket; dial addresses have the same shape plus `/p2p/<peer id>`.
     WireGuard(wg::WgConfig),
 }
 
@@ -410,13 +411,8 @@ fn build_swarm(
             .with_swarm_config(idle)
             .build(),
         (TransportKind::WireGuard(_), Some(overlay)) => builder
-            .with_other_transport(|key| -> Result<_, BoxError> {
-                Ok(overlay
-                    .transport()
-                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
-                    .authenticate(noise::Config::new(key)?)
-                    .multiplex(yamux::Config::default())
-                    .and_then(same_identity))
+            .with_other_transport(|_| -> Result<_, BoxError> {
+                Ok(wg::authenticated(overlay.transport()))
             })
             .map_err(|e| build(&e))?
             .with_behaviour(behaviour)
@@ -430,27 +426,6 @@ fn build_swarm(
         }
     };
     Ok(swarm)
-}
-
-/// An inbound overlay connection must authenticate (noise) as the node whose WireGuard
-/// key carried it: one identity at both layers. (Outbound, the swarm checks the dialled
-/// peer id itself.)
-fn same_identity<M>(
-    (peer, muxer): (PeerId, M),
-    endpoint: libp2p::core::ConnectedPoint,
-) -> futures::future::Ready<Result<(PeerId, M), std::io::Error>> {
-    let carried = match &endpoint {
-        libp2p::core::ConnectedPoint::Listener { send_back_addr, .. } => peer_in(send_back_addr),
-        libp2p::core::ConnectedPoint::Dialer { .. } => Some(peer),
-    };
-    futures::future::ready(if carried == Some(peer) {
-        Ok((peer, muxer))
-    } else {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!("peer {peer} authenticated with another key than its WireGuard tunnel"),
-        ))
-    })
 }
 
 fn make_behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, BoxError> {

@@ -405,3 +405,38 @@ async fn a_wrong_preshared_key_never_connects() {
         Some((a.net.local_peer_id(), true))
     );
 }
+
+/// No noise handshake runs inside the tunnel, so the tunnel alone must name the peer: a
+/// dial for one allowed node sent to another node's endpoint encrypts to the first
+/// node's key, which the second cannot answer, so no connection comes up under that
+/// name; and each side names an accepted connection by the key of its tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tunnel_names_the_peer() {
+    let mut b = node(2, wg_config(&[1, 3]), vec![]).await;
+    let c_id = pyralog_p2p::peer_id_from_public(&node_public(3)).unwrap();
+    // A dials "C" at B's endpoint, and B by its own name there.
+    let wrong = format!("/ip4/127.0.0.1/udp/{}/p2p/{c_id}", b.udp().port());
+    let mut a = node(1, wg_config(&[2, 3]), vec![wrong, b.dial_addr(b.udp())]).await;
+    // Every event for 4 s (the wrong dial is retried every 300 ms meanwhile).
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Some((p, _)) = a.next_conn(Duration::from_millis(100)).await {
+            seen.push(p);
+        }
+    }
+    assert!(seen.contains(&b.net.local_peer_id()), "{seen:?}");
+    assert!(!seen.contains(&c_id), "{seen:?}");
+    let seen: Vec<PeerId> = b.events_so_far().into_iter().map(|(p, _)| p).collect();
+    assert!(!seen.is_empty());
+    assert!(seen.iter().all(|p| *p == a.net.local_peer_id()), "{seen:?}");
+    let stats = a.net.overlay().unwrap().stats();
+    let to_c = stats.peers.iter().find(|p| p.peer == c_id).unwrap();
+    assert_eq!(to_c.handshakes, 0, "{to_c:?}");
+    // The wrong dial did reach B, which dropped it.
+    let stats = b.net.overlay().unwrap().stats();
+    assert!(
+        stats.garbage + stats.unknown_key + stats.unauthenticated >= 1,
+        "{stats:?}"
+    );
+}

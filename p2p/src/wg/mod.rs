@@ -17,8 +17,9 @@
 //!
 //! Decrypted packets must be IPv6 from the sending peer's overlay address to ours;
 //! anything else is dropped. They feed one smoltcp interface; its TCP sockets are the
-//! connections [`WgTransport`](transport::WgTransport) hands to libp2p, which then runs
-//! noise and yamux over them as over any TCP stream.
+//! connections [`WgTransport`](transport::WgTransport) hands to libp2p. [`authenticated`]
+//! names each connection's peer by its tunnel and multiplexes it with yamux; no noise
+//! handshake runs inside the tunnel.
 
 mod transport;
 
@@ -48,7 +49,7 @@ use zeroize::Zeroizing;
 use crate::P2pError;
 
 pub(crate) use transport::parse_addr;
-pub use transport::{WgStream, WgTransport};
+pub use transport::{WgStream, WgTransport, authenticated};
 
 /// The TCP port libp2p listens on inside the overlay (every node uses the same one: the
 /// overlay address already names the node).
@@ -1197,10 +1198,10 @@ async fn run(shared: Arc<Shared>, udp: UdpSocket) {
                 if r.is_err() {
                     break;
                 }
-                let mut st = shared.lock();
                 for _ in 0..RECV_BATCH {
                     match recv(&udp, &mut rx, gro) {
                         Ok((n, segment, src)) => {
+                            let mut st = shared.lock();
                             // A coalesced read holds datagrams of `segment` bytes (the
                             // last may be shorter).
                             for d in rx[..n].chunks(segment.max(1)) {

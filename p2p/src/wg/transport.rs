@@ -22,8 +22,8 @@ use smoltcp::socket::tcp;
 
 use super::Shared;
 
-/// A libp2p transport over the WireGuard overlay. Upgrade it with noise and yamux like a
-/// TCP transport.
+/// A libp2p transport over the WireGuard overlay; [`authenticated`] upgrades it for the
+/// swarm.
 pub struct WgTransport {
     shared: Arc<Shared>,
     listener: Option<(ListenerId, Multiaddr, bool)>,
@@ -298,4 +298,62 @@ impl Drop for WgStream {
         self.shared.lock().orphan(self.handle);
         self.shared.wake.notify_one();
     }
+}
+
+/// The overlay transport as libp2p's swarm takes it: a connection's peer id is the one
+/// whose WireGuard tunnel carries it, and yamux multiplexes it (negotiated with
+/// multistream-select, so a node speaking anything else fails the upgrade cleanly).
+///
+/// There is no noise handshake inside the tunnel. The tunnel already authenticates the
+/// peer (its WireGuard key is the x25519 form of its node key), encrypts and
+/// authenticates every byte with ChaCha20-Poly1305, and the overlay delivers a packet
+/// only from the sending peer's own overlay address, so an overlay TCP connection names
+/// its peer as surely as a noise handshake would. A second layer of the same encryption
+/// cost a fifth of the throughput (docs/NETWORK.md).
+pub fn authenticated(
+    transport: WgTransport,
+) -> libp2p::core::transport::Boxed<(PeerId, libp2p::core::muxing::StreamMuxerBox)> {
+    transport
+        .and_then(tunnel_upgrade)
+        .boxed()
+}
+
+async fn tunnel_upgrade(
+    stream: WgStream,
+    endpoint: libp2p::core::ConnectedPoint,
+) -> io::Result<(PeerId, libp2p::core::muxing::StreamMuxerBox)> {
+    use libp2p::core::ConnectedPoint;
+    use libp2p::core::upgrade::{
+        InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo, Version,
+    };
+    // The transport puts the tunnel's peer in the listener's send-back address and
+    // refuses a dial without one, so this names the peer at the other end of the tunnel.
+    let peer = match &endpoint {
+        ConnectedPoint::Listener { send_back_addr, .. } => crate::peer_in(send_back_addr),
+        ConnectedPoint::Dialer { address, .. } => crate::peer_in(address),
+    }
+    .ok_or_else(|| io::Error::other("an overlay connection without its tunnel's peer id"))?;
+    let yamux = libp2p::yamux::Config::default();
+    let protocols = yamux.protocol_info();
+    let negotiation = |e: multistream_select::NegotiationError| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{peer}: muxer negotiation failed: {e}"),
+        )
+    };
+    let muxer = if endpoint.is_listener() {
+        let (info, io) = multistream_select::listener_select_proto(stream, protocols)
+            .await
+            .map_err(negotiation)?;
+        yamux.upgrade_inbound(io, info).await?
+    } else {
+        // Not V1Lazy: that holds the proposal back until the dialer first writes, and a
+        // yamux dialer may write nothing for a while, leaving the listener's upgrade
+        // pending. One round trip at connection set-up is cheap.
+        let (info, io) = multistream_select::dialer_select_proto(stream, protocols, Version::V1)
+            .await
+            .map_err(negotiation)?;
+        yamux.upgrade_outbound(io, info).await?
+    };
+    Ok((peer, libp2p::core::muxing::StreamMuxerBox::new(muxer)))
 }
