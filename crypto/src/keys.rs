@@ -19,7 +19,9 @@
 //! 32-byte values cross crate boundaries, because boringtun and libp2p use different
 //! curve25519-dalek major versions.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{LazyLock, Mutex};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -107,12 +109,58 @@ impl SigDomain {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PublicKey(VerifyingKey);
 
+/// Public keys recently parsed, decompressed.
+///
+/// Decompressing a point costs a field square root, about a fifth of a signature check,
+/// and a node parses the same sender and validator keys over and over: a transaction
+/// arrives by RPC or gossip and again in a block proposal, and a validator's key comes
+/// with every vote. Only keys that decompressed are kept, so the cache never changes
+/// what is valid. Two generations of [`KEY_CACHE_KEYS`] bound it; an adversary feeding
+/// new keys only makes it miss.
+struct KeyCache {
+    young: HashMap<[u8; 32], VerifyingKey>,
+    old: HashMap<[u8; 32], VerifyingKey>,
+}
+
+/// Keys per generation of the cache (about 200 bytes each).
+const KEY_CACHE_KEYS: usize = 8192;
+
+static KEY_CACHE: LazyLock<Mutex<KeyCache>> = LazyLock::new(|| {
+    Mutex::new(KeyCache {
+        young: HashMap::new(),
+        old: HashMap::new(),
+    })
+});
+
+impl KeyCache {
+    fn get(&mut self, bytes: &[u8; 32]) -> Option<VerifyingKey> {
+        if let Some(key) = self.young.get(bytes) {
+            return Some(*key);
+        }
+        let key = self.old.remove(bytes)?;
+        self.insert(*bytes, key);
+        Some(key)
+    }
+
+    fn insert(&mut self, bytes: [u8; 32], key: VerifyingKey) {
+        if self.young.len() >= KEY_CACHE_KEYS {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(bytes, key);
+    }
+}
+
 impl PublicKey {
     /// Parses 32 bytes; fails if they are not a valid curve point.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<PublicKey, CryptoError> {
-        VerifyingKey::from_bytes(bytes)
-            .map(PublicKey)
-            .map_err(|_| CryptoError::InvalidPublicKey)
+        // The cache holds only parsed keys: a poisoned lock still holds valid ones.
+        let cache = || KEY_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = cache().get(bytes) {
+            return Ok(PublicKey(key));
+        }
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| CryptoError::InvalidPublicKey)?;
+        cache().insert(*bytes, key);
+        Ok(PublicKey(key))
     }
 
     /// Parses 64 hex characters.
@@ -336,6 +384,39 @@ mod tests {
 
     fn kp(n: u8) -> Keypair {
         Keypair::from_seed(&[n; 32])
+    }
+
+    #[test]
+    fn parsed_keys_are_the_same_from_the_cache_and_bad_ones_stay_bad() {
+        let bytes = kp(3).public().to_bytes();
+        let first = PublicKey::from_bytes(&bytes).unwrap();
+        let again = PublicKey::from_bytes(&bytes).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(again.to_bytes(), bytes);
+        let sig = kp(3).sign(SigDomain::Transaction, "c", b"m");
+        again
+            .verify(SigDomain::Transaction, "c", b"m", &sig)
+            .unwrap();
+        // Not a point (y = 2 has no x on the curve), asked twice: refused both times.
+        let mut bad = [0u8; 32];
+        bad[0] = 2;
+        for _ in 0..2 {
+            assert!(matches!(
+                PublicKey::from_bytes(&bad),
+                Err(CryptoError::InvalidPublicKey)
+            ));
+        }
+        // Past one generation, every key still parses to itself.
+        let many: Vec<[u8; 32]> = (0..KEY_CACHE_KEYS + 10)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                Keypair::from_seed(&seed).public().to_bytes()
+            })
+            .collect();
+        for b in many.iter().chain(many.iter().take(10)) {
+            assert_eq!(PublicKey::from_bytes(b).unwrap().to_bytes(), *b);
+        }
     }
 
     #[test]

@@ -31,6 +31,52 @@ pub struct SledStore {
     db: ::sled::Db,
     /// Serialises commits: the tip check and the batch must not interleave.
     commit_lock: std::sync::Mutex<()>,
+    /// Decoded state nodes, the hot ones: every transaction walks the tree from the
+    /// root, so its upper levels are read for every key.
+    nodes: std::sync::Mutex<NodeCache>,
+}
+
+/// State nodes most recently read or written, kept decoded in memory.
+///
+/// A node is stored under its own hash and never changes, so a cached node can never
+/// be stale. Two generations approximate least-recently-used at the cost of a hash
+/// lookup: hits in the old generation move to the young one, and when the young one
+/// is full it becomes the old one and the old one is dropped.
+struct NodeCache {
+    young: std::collections::HashMap<Hash, StateNode>,
+    old: std::collections::HashMap<Hash, StateNode>,
+    /// Nodes per generation.
+    capacity: usize,
+}
+
+/// Nodes per generation of the state-node cache: at most twice this many are held,
+/// about 100 bytes each beyond their values (internal nodes, the many, are 64 bytes).
+const NODE_CACHE_NODES: usize = 200_000;
+
+impl NodeCache {
+    fn new(capacity: usize) -> NodeCache {
+        NodeCache {
+            young: std::collections::HashMap::new(),
+            old: std::collections::HashMap::new(),
+            capacity,
+        }
+    }
+
+    fn get(&mut self, hash: &Hash) -> Option<StateNode> {
+        if let Some(node) = self.young.get(hash) {
+            return Some(node.clone());
+        }
+        let node = self.old.remove(hash)?;
+        self.insert(*hash, node.clone());
+        Some(node)
+    }
+
+    fn insert(&mut self, hash: Hash, node: StateNode) {
+        if self.young.len() >= self.capacity {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(hash, node);
+    }
 }
 
 fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
@@ -134,12 +180,19 @@ impl SledStore {
         Ok(SledStore {
             db,
             commit_lock: std::sync::Mutex::new(()),
+            nodes: std::sync::Mutex::new(NodeCache::new(NODE_CACHE_NODES)),
         })
     }
 
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StorageError> {
         Ok(self.db.size_on_disk()?)
+    }
+
+    fn node_cache(&self) -> std::sync::MutexGuard<'_, NodeCache> {
+        // The cache holds only immutable nodes; one left mid-update by a panic is
+        // still correct.
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn get_decoded<T: Decode>(
@@ -171,14 +224,19 @@ impl LogNodes for SledStore {
 
 impl StateNodes for SledStore {
     fn state_node(&self, hash: &Hash) -> Result<Option<StateNode>, StoreError> {
+        if let Some(node) = self.node_cache().get(hash) {
+            return Ok(Some(node));
+        }
         match self.db.get(key(b's', &hash.0)).map_err(backend)? {
             None => Ok(None),
-            Some(v) => StateNode::from_bytes(&v)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
+            Some(v) => {
+                let node = StateNode::from_bytes(&v).map_err(|e| StoreError::Corrupt {
                     what: "state node",
                     reason: e.to_string(),
-                }),
+                })?;
+                self.node_cache().insert(*hash, node.clone());
+                Ok(Some(node))
+            }
         }
     }
 }
@@ -257,6 +315,11 @@ impl Store for SledStore {
         batch.insert(TIP_KEY, encode_tip(&execution.tip(height)));
         self.db.apply_batch(batch)?;
         self.db.flush()?;
+        // The new nodes are the tree's new upper levels: the next block reads them.
+        let mut cache = self.node_cache();
+        for (hash, node) in &execution.state_writes {
+            cache.insert(*hash, node.clone());
+        }
         Ok(())
     }
 
@@ -287,5 +350,49 @@ impl Store for SledStore {
         self.db.insert(key(b'm', name.as_bytes()), value)?;
         self.db.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn node(n: u8) -> (Hash, StateNode) {
+        let node = StateNode::Leaf {
+            key: Hash([n; 32]),
+            value: vec![n],
+        };
+        (node.hash(), node)
+    }
+
+    #[test]
+    fn the_node_cache_keeps_what_was_used_last() {
+        let mut cache = NodeCache::new(2);
+        let [a, b, c, d] = [1, 2, 3, 4].map(node);
+        cache.insert(a.0, a.1.clone());
+        cache.insert(b.0, b.1.clone());
+        // The young generation is full: it becomes the old one.
+        cache.insert(c.0, c.1.clone());
+        assert_eq!(cache.get(&a.0), Some(a.1.clone()));
+        // a moved to the young generation, next to c; b is only in the old one.
+        cache.insert(d.0, d.1.clone());
+        assert_eq!(cache.get(&b.0), None);
+        for (hash, node) in [&a, &c, &d] {
+            assert_eq!(cache.get(hash).as_ref(), Some(node));
+        }
+        assert!(cache.young.len() + cache.old.len() <= 4);
+    }
+
+    #[test]
+    fn cached_and_stored_nodes_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (hash, n) = node(7);
+        store.db.insert(key(b's', &hash.0), n.to_bytes()).unwrap();
+        // Read from sled, then from the cache.
+        assert_eq!(store.state_node(&hash).unwrap(), Some(n.clone()));
+        assert_eq!(store.state_node(&hash).unwrap(), Some(n));
+        assert_eq!(store.state_node(&Hash([9; 32])).unwrap(), None);
     }
 }

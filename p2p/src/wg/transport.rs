@@ -313,9 +313,7 @@ impl Drop for WgStream {
 pub fn authenticated(
     transport: WgTransport,
 ) -> libp2p::core::transport::Boxed<(PeerId, libp2p::core::muxing::StreamMuxerBox)> {
-    transport
-        .and_then(tunnel_upgrade)
-        .boxed()
+    transport.and_then(tunnel_upgrade).boxed()
 }
 
 async fn tunnel_upgrade(
