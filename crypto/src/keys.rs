@@ -19,7 +19,6 @@
 //! 32-byte values cross crate boundaries, because boringtun and libp2p use different
 //! curve25519-dalek major versions.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{LazyLock, Mutex};
 
@@ -28,6 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
 use crate::CryptoError;
+use crate::recent::Recent;
 
 /// What a signature is for. Each kind of signed message has its own domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -115,40 +115,12 @@ pub struct PublicKey(VerifyingKey);
 /// and a node parses the same sender and validator keys over and over: a transaction
 /// arrives by RPC or gossip and again in a block proposal, and a validator's key comes
 /// with every vote. Only keys that decompressed are kept, so the cache never changes
-/// what is valid. Two generations of [`KEY_CACHE_KEYS`] bound it; an adversary feeding
-/// new keys only makes it miss.
-struct KeyCache {
-    young: HashMap<[u8; 32], VerifyingKey>,
-    old: HashMap<[u8; 32], VerifyingKey>,
-}
+/// what is valid. An adversary feeding new keys only makes it miss.
+static KEY_CACHE: LazyLock<Mutex<Recent<[u8; 32], VerifyingKey>>> =
+    LazyLock::new(|| Mutex::new(Recent::new(KEY_CACHE_KEYS)));
 
-/// Keys per generation of the cache (about 200 bytes each).
+/// Keys per generation of [`KEY_CACHE`] (about 200 bytes each).
 const KEY_CACHE_KEYS: usize = 8192;
-
-static KEY_CACHE: LazyLock<Mutex<KeyCache>> = LazyLock::new(|| {
-    Mutex::new(KeyCache {
-        young: HashMap::new(),
-        old: HashMap::new(),
-    })
-});
-
-impl KeyCache {
-    fn get(&mut self, bytes: &[u8; 32]) -> Option<VerifyingKey> {
-        if let Some(key) = self.young.get(bytes) {
-            return Some(*key);
-        }
-        let key = self.old.remove(bytes)?;
-        self.insert(*bytes, key);
-        Some(key)
-    }
-
-    fn insert(&mut self, bytes: [u8; 32], key: VerifyingKey) {
-        if self.young.len() >= KEY_CACHE_KEYS {
-            self.old = std::mem::take(&mut self.young);
-        }
-        self.young.insert(bytes, key);
-    }
-}
 
 impl PublicKey {
     /// Parses 32 bytes; fails if they are not a valid curve point.
@@ -397,6 +369,8 @@ mod tests {
         again
             .verify(SigDomain::Transaction, "c", b"m", &sig)
             .unwrap();
+        let cached = || KEY_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(cached().get(&bytes).is_some());
         // Not a point (y = 2 has no x on the curve), asked twice: refused both times.
         let mut bad = [0u8; 32];
         bad[0] = 2;
@@ -406,6 +380,7 @@ mod tests {
                 Err(CryptoError::InvalidPublicKey)
             ));
         }
+        assert!(cached().get(&bad).is_none());
         // Past one generation, every key still parses to itself.
         let many: Vec<[u8; 32]> = (0..KEY_CACHE_KEYS + 10)
             .map(|i| {

@@ -17,6 +17,7 @@
 
 use std::path::Path;
 
+use pyralog_crypto::recent::Recent;
 use pyralog_ledger::codec::{Decode, Encode};
 use pyralog_ledger::log::{LogNodes, NodeId};
 use pyralog_ledger::state::{StateNode, StateNodes};
@@ -32,50 +33,24 @@ pub struct SledStore {
     /// Serialises commits: the tip check and the batch must not interleave.
     commit_lock: std::sync::Mutex<()>,
     /// Decoded state nodes, the hot ones: every transaction walks the tree from the
-    /// root, so its upper levels are read for every key.
-    nodes: std::sync::Mutex<NodeCache>,
-}
-
-/// State nodes most recently read or written, kept decoded in memory.
-///
-/// A node is stored under its own hash and never changes, so a cached node can never
-/// be stale. Two generations approximate least-recently-used at the cost of a hash
-/// lookup: hits in the old generation move to the young one, and when the young one
-/// is full it becomes the old one and the old one is dropped.
-struct NodeCache {
-    young: std::collections::HashMap<Hash, StateNode>,
-    old: std::collections::HashMap<Hash, StateNode>,
-    /// Nodes per generation.
-    capacity: usize,
+    /// root, so its upper levels are read for every key. A node is stored under its own
+    /// hash and never changes, so a cached node is never stale.
+    nodes: std::sync::Mutex<Recent<Hash, StateNode>>,
 }
 
 /// Nodes per generation of the state-node cache: at most twice this many are held,
-/// about 100 bytes each beyond their values (internal nodes, the many, are 64 bytes).
+/// each at most about 100 + [`NODE_CACHE_VALUE_BYTES`] bytes (internal nodes, the many,
+/// are 64 bytes).
 const NODE_CACHE_NODES: usize = 200_000;
 
-impl NodeCache {
-    fn new(capacity: usize) -> NodeCache {
-        NodeCache {
-            young: std::collections::HashMap::new(),
-            old: std::collections::HashMap::new(),
-            capacity,
-        }
-    }
+/// Leaves with larger values are not cached: a value may be up to 64 KiB, and the hot
+/// nodes are the internal ones near the root.
+const NODE_CACHE_VALUE_BYTES: usize = 256;
 
-    fn get(&mut self, hash: &Hash) -> Option<StateNode> {
-        if let Some(node) = self.young.get(hash) {
-            return Some(node.clone());
-        }
-        let node = self.old.remove(hash)?;
-        self.insert(*hash, node.clone());
-        Some(node)
-    }
-
-    fn insert(&mut self, hash: Hash, node: StateNode) {
-        if self.young.len() >= self.capacity {
-            self.old = std::mem::take(&mut self.young);
-        }
-        self.young.insert(hash, node);
+fn cacheable(node: &StateNode) -> bool {
+    match node {
+        StateNode::Internal { .. } => true,
+        StateNode::Leaf { value, .. } => value.len() <= NODE_CACHE_VALUE_BYTES,
     }
 }
 
@@ -180,7 +155,7 @@ impl SledStore {
         Ok(SledStore {
             db,
             commit_lock: std::sync::Mutex::new(()),
-            nodes: std::sync::Mutex::new(NodeCache::new(NODE_CACHE_NODES)),
+            nodes: std::sync::Mutex::new(Recent::new(NODE_CACHE_NODES)),
         })
     }
 
@@ -189,7 +164,7 @@ impl SledStore {
         Ok(self.db.size_on_disk()?)
     }
 
-    fn node_cache(&self) -> std::sync::MutexGuard<'_, NodeCache> {
+    fn node_cache(&self) -> std::sync::MutexGuard<'_, Recent<Hash, StateNode>> {
         // The cache holds only immutable nodes; one left mid-update by a panic is
         // still correct.
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
@@ -234,7 +209,9 @@ impl StateNodes for SledStore {
                     what: "state node",
                     reason: e.to_string(),
                 })?;
-                self.node_cache().insert(*hash, node.clone());
+                if cacheable(&node) {
+                    self.node_cache().insert(*hash, node.clone());
+                }
                 Ok(Some(node))
             }
         }
@@ -317,7 +294,7 @@ impl Store for SledStore {
         self.db.flush()?;
         // The new nodes are the tree's new upper levels: the next block reads them.
         let mut cache = self.node_cache();
-        for (hash, node) in &execution.state_writes {
+        for (hash, node) in execution.state_writes.iter().filter(|(_, n)| cacheable(n)) {
             cache.insert(*hash, node.clone());
         }
         Ok(())
@@ -367,32 +344,28 @@ mod tests {
     }
 
     #[test]
-    fn the_node_cache_keeps_what_was_used_last() {
-        let mut cache = NodeCache::new(2);
-        let [a, b, c, d] = [1, 2, 3, 4].map(node);
-        cache.insert(a.0, a.1.clone());
-        cache.insert(b.0, b.1.clone());
-        // The young generation is full: it becomes the old one.
-        cache.insert(c.0, c.1.clone());
-        assert_eq!(cache.get(&a.0), Some(a.1.clone()));
-        // a moved to the young generation, next to c; b is only in the old one.
-        cache.insert(d.0, d.1.clone());
-        assert_eq!(cache.get(&b.0), None);
-        for (hash, node) in [&a, &c, &d] {
-            assert_eq!(cache.get(hash).as_ref(), Some(node));
-        }
-        assert!(cache.young.len() + cache.old.len() <= 4);
-    }
-
-    #[test]
     fn cached_and_stored_nodes_agree() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let (hash, n) = node(7);
         store.db.insert(key(b's', &hash.0), n.to_bytes()).unwrap();
-        // Read from sled, then from the cache.
+        // Read from sled; then, gone from sled, still served from the cache.
         assert_eq!(store.state_node(&hash).unwrap(), Some(n.clone()));
+        store.db.remove(key(b's', &hash.0)).unwrap();
         assert_eq!(store.state_node(&hash).unwrap(), Some(n));
         assert_eq!(store.state_node(&Hash([9; 32])).unwrap(), None);
+        // A leaf with a large value is read but not kept.
+        let big = StateNode::Leaf {
+            key: Hash([8; 32]),
+            value: vec![8; NODE_CACHE_VALUE_BYTES + 1],
+        };
+        let big_hash = big.hash();
+        store
+            .db
+            .insert(key(b's', &big_hash.0), big.to_bytes())
+            .unwrap();
+        assert_eq!(store.state_node(&big_hash).unwrap(), Some(big));
+        store.db.remove(key(b's', &big_hash.0)).unwrap();
+        assert_eq!(store.state_node(&big_hash).unwrap(), None);
     }
 }

@@ -1,0 +1,79 @@
+//! A bounded map of recently used values, for caches of things that never change under
+//! their key (decompressed public keys, state nodes stored by their hash).
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+/// The values most recently inserted or hit, up to two generations of `capacity`.
+///
+/// Two generations approximate least-recently-used at the cost of a hash lookup: a hit
+/// in the old generation moves to the young one, and a full young generation becomes
+/// the old one while the old one is dropped. Only for values that never change under
+/// their key: nothing here invalidates an entry.
+#[derive(Debug)]
+pub struct Recent<K, V> {
+    young: HashMap<K, V>,
+    old: HashMap<K, V>,
+    capacity: usize,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Recent<K, V> {
+    /// An empty cache of at most `2 × capacity` entries.
+    pub fn new(capacity: usize) -> Recent<K, V> {
+        Recent {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The value under `key`, if still held.
+    pub fn get(&mut self, key: &K) -> Option<V> {
+        if let Some(v) = self.young.get(key) {
+            return Some(v.clone());
+        }
+        let v = self.old.remove(key)?;
+        self.insert(key.clone(), v.clone());
+        Some(v)
+    }
+
+    /// Holds `value` under `key`.
+    pub fn insert(&mut self, key: K, value: V) {
+        if self.young.len() >= self.capacity {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(key, value);
+    }
+
+    /// Number of entries held.
+    pub fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_what_was_used_last() {
+        let mut cache = Recent::new(2);
+        cache.insert(1, "a");
+        cache.insert(2, "b");
+        // The young generation is full: it becomes the old one.
+        cache.insert(3, "c");
+        assert_eq!(cache.get(&1), Some("a"));
+        // 1 moved to the young generation, next to 3; 2 is only in the old one.
+        cache.insert(4, "d");
+        assert_eq!(cache.get(&2), None);
+        for (k, v) in [(1, "a"), (3, "c"), (4, "d")] {
+            assert_eq!(cache.get(&k), Some(v));
+        }
+        assert!(cache.len() <= 4);
+    }
+}
