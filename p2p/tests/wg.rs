@@ -445,3 +445,107 @@ async fn the_tunnel_names_the_peer() {
         "{stats:?}"
     );
 }
+
+/// An IPv6 TCP SYN from `src` to `dst`'s libp2p port, checksummed.
+fn syn(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr) -> Vec<u8> {
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&40_000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&pyralog_p2p::wg::OVERLAY_PORT.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = 5 << 4; // header of 5 words
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&65_535u16.to_be_bytes());
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(tcp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 6]);
+    pseudo.extend_from_slice(&tcp);
+    let mut sum: u32 = pseudo
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    tcp[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[6, 64]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip.extend_from_slice(&tcp);
+    ip
+}
+
+/// Without noise inside the tunnel, the overlay's inner-address check is what ties a
+/// connection to its peer: an allowed peer (C) that sends, through its own tunnel, a
+/// TCP SYN claiming another allowed peer's (A's) overlay address is dropped and never
+/// answered, while the same SYN from its own address is answered (a SYN-ACK comes
+/// back), so the check is what made the difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_speak_from_another_peers_overlay_address() {
+    let b = node(2, wg_config(&[1, 3]), vec![]).await;
+    let b_udp = b.udp();
+    let c_secret = *pyralog_crypto::Keypair::from_seed(&seed(3)).x25519_secret();
+    let mut c = Tunn::new(
+        x25519::StaticSecret::from(c_secret),
+        x25519::PublicKey::from(wg_public(2)),
+        None,
+        None,
+        9,
+        None,
+    );
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = vec![0u8; 65_535];
+    let mut out = vec![0u8; 65_535];
+    // C's handshake with B.
+    let TunnResult::WriteToNetwork(init) = c.format_handshake_initiation(&mut out, false) else {
+        panic!("no initiation");
+    };
+    udp.send_to(init, b_udp).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), udp.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    // The response completes the handshake; boringtun may answer with a keepalive.
+    if let TunnResult::WriteToNetwork(p) = c.decapsulate(None, &buf[..n], &mut out) {
+        udp.send_to(p, b_udp).await.unwrap();
+    }
+
+    let b_overlay = pyralog_p2p::wg::overlay_address(&wg_public(2));
+    let before = b.net.overlay().unwrap().stats().bad_inner;
+    // Sends one SYN from `src` and returns the inner packets B sent back within 1 s.
+    let mut send_syn = async |src| {
+        let TunnResult::WriteToNetwork(d) = c.encapsulate(&syn(src, b_overlay), &mut out) else {
+            panic!("no data packet");
+        };
+        udp.send_to(d, b_udp).await.unwrap();
+        let mut answers = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, udp.recv_from(&mut buf)).await
+        {
+            let mut inner = vec![0u8; 65_535];
+            if let TunnResult::WriteToTunnelV6(p, _) = c.decapsulate(None, &buf[..n], &mut inner)
+                && p.len() >= 60
+            {
+                answers.push(p.to_vec());
+            }
+        }
+        answers
+    };
+    // Claiming A's address: dropped, counted, unanswered.
+    let a_overlay = pyralog_p2p::wg::overlay_address(&wg_public(1));
+    assert!(send_syn(a_overlay).await.is_empty());
+    assert_eq!(b.net.overlay().unwrap().stats().bad_inner, before + 1);
+    // From C's own address: B's TCP stack answers with a SYN-ACK to C.
+    let c_overlay = pyralog_p2p::wg::overlay_address(&wg_public(3));
+    let answers = send_syn(c_overlay).await;
+    assert!(
+        answers
+            .iter()
+            .any(|p| p[24..40] == c_overlay.octets() && p[40 + 13] & 0x12 == 0x12),
+        "no SYN-ACK: {answers:?}"
+    );
+    assert_eq!(b.net.overlay().unwrap().stats().bad_inner, before + 1);
+}
