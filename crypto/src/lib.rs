@@ -22,6 +22,7 @@ pub mod recent;
 pub use hash::{Hash, HashDomain, Hasher, content_digest, hash_file};
 pub use keys::{
     BatchItem, Keypair, PublicKey, SigDomain, Signature, verify_batch, verify_batch_report,
+    verify_batch_report_parallel,
 };
 
 /// Errors of the crypto crate.
