@@ -148,6 +148,34 @@ impl Rpc {
         }
         Ok(out)
     }
+
+    /// The header and certificate this node serves at `height` (one round trip, not
+    /// verified).
+    pub async fn signed_at(&self, height: u64) -> Result<SignedHeader> {
+        let answers = self
+            .batch(&[
+                ("header", vec![serde_json::json!(height)]),
+                ("certificate", vec![serde_json::json!(height)]),
+            ])
+            .await?;
+        let mut it = answers.into_iter();
+        let (Some(h), Some(c)) = (it.next(), it.next()) else {
+            return Err(check(format!("node {}: short batch answer", self.url)));
+        };
+        let (h, c) = match (h, c) {
+            (Ok(h), Ok(c)) => (h, c),
+            (Err(e), _) | (_, Err(e)) => {
+                return Err(node(format!(
+                    "node {}: no header at height {height}: {e}",
+                    self.url
+                )));
+            }
+        };
+        Ok(SignedHeader {
+            header: decode_value(&self.url, "header", &h)?,
+            cert: decode_value(&self.url, "certificate", &c)?,
+        })
+    }
 }
 
 /// A malformed answer: a failed check (the server is broken or lying).

@@ -12,7 +12,7 @@ use pyralog_ledger::{Certificate, Decode, Encode, Genesis, Header, ValidatorSet}
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::client::{ConsistencyAnswer, NOT_FOUND, Rpc, SignedHeader, decode_value};
+use crate::client::{ConsistencyAnswer, NOT_FOUND, Rpc, SignedHeader};
 use crate::error::{Result, WalletError, check, usage};
 use crate::home::{io, read_text, write_atomic};
 
@@ -273,7 +273,7 @@ impl LightClient {
             && answer.old.hash() != t.header.hash()
         {
             // The server's own history differs at the trusted height: certified there too?
-            let theirs = self.signed_at(primary, t.header.height).await?;
+            let theirs = primary.signed_at(t.header.height).await?;
             self.certified(primary.url(), &theirs)?;
             return Err(self.conflicting(
                 format!(
@@ -310,46 +310,19 @@ impl LightClient {
         Ok(a.new)
     }
 
-    /// The header and certificate of `rpc` at `height` (one round trip, not verified).
-    pub async fn signed_at(&self, rpc: &Rpc, height: u64) -> Result<SignedHeader> {
-        let answers = rpc
-            .batch(&[
-                ("header", vec![json!(height)]),
-                ("certificate", vec![json!(height)]),
-            ])
-            .await?;
-        let mut it = answers.into_iter();
-        let (Some(h), Some(c)) = (it.next(), it.next()) else {
-            return Err(check(format!("node {}: short batch answer", rpc.url())));
-        };
-        let (h, c) = match (h, c) {
-            (Ok(h), Ok(c)) => (h, c),
-            (Err(e), _) | (_, Err(e)) => {
-                return Err(crate::error::node(format!(
-                    "node {}: no header at height {height}: {e}",
-                    rpc.url()
-                )));
-            }
-        };
-        Ok(SignedHeader {
-            header: decode_value(rpc.url(), "header", &h)?,
-            cert: decode_value(rpc.url(), "certificate", &c)?,
-        })
-    }
-
     /// Compares a witness with the primary's new head `offered`: a different certified
     /// header at the same height is a fork alarm. A witness that is behind is compared at
     /// its own head, against the primary's header there.
     async fn cross_check(&self, w: &Rpc, primary: &Rpc, offered: &SignedHeader) -> Result<()> {
         let height = offered.header.height;
-        let theirs = match self.signed_at(w, height).await {
+        let theirs = match w.signed_at(height).await {
             Ok(s) => s,
             Err(WalletError::Node(e)) => {
                 // Behind (no such height yet) or unreachable: compare at its head if it
                 // answers at all; an unreachable witness only warns.
                 match self.head_of(w).await {
                     Ok(head) if head.header.height < height => {
-                        let ours = self.signed_at(primary, head.header.height).await?;
+                        let ours = primary.signed_at(head.header.height).await?;
                         return self.compare(primary.url(), &ours, w.url(), &head);
                     }
                     Ok(_) => return Err(check(format!("witness {}: {e}", w.url()))),

@@ -206,7 +206,7 @@ async fn finish(
         let time_ms = if header.height == height {
             header.time_ms
         } else {
-            let s = lc.signed_at(rpc, height).await?;
+            let s = rpc.signed_at(height).await?;
             lc.check_header(rpc.url(), &s)?;
             s.header.time_ms
         };

@@ -462,38 +462,17 @@ impl Auditor {
         Ok(true)
     }
 
+    /// [`Rpc::signed_at`], and the header must be for `height`.
     async fn signed_at(&self, ep: &Rpc, height: u64) -> Result<SignedHeader, WalletError> {
-        let answers = ep
-            .batch(&[
-                ("header", vec![json!(height)]),
-                ("certificate", vec![json!(height)]),
-            ])
-            .await?;
-        let mut it = answers.into_iter();
-        match (it.next(), it.next()) {
-            (Some(Ok(h)), Some(Ok(c))) => {
-                let signed = SignedHeader {
-                    header: decode_value(ep.url(), "header", &h)?,
-                    cert: decode_value(ep.url(), "certificate", &c)?,
-                };
-                if signed.header.height != height {
-                    return Err(pyralog_wallet::error::check(format!(
-                        "node {} answered for height {height} with header {}",
-                        ep.url(),
-                        signed.header.height
-                    )));
-                }
-                Ok(signed)
-            }
-            (Some(Err(e)), _) | (_, Some(Err(e))) => Err(pyralog_wallet::error::node(format!(
-                "node {}: header {height}: {e}",
-                ep.url()
-            ))),
-            _ => Err(pyralog_wallet::error::check(format!(
-                "node {}: short batch answer",
-                ep.url()
-            ))),
+        let signed = ep.signed_at(height).await?;
+        if signed.header.height != height {
+            return Err(pyralog_wallet::error::check(format!(
+                "node {} answered for height {height} with header {}",
+                ep.url(),
+                signed.header.height
+            )));
         }
+        Ok(signed)
     }
 
     /// The replica height whose block holds log entry `index` (binary search on sizes).
