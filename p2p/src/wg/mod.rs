@@ -75,6 +75,8 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 const RESTART_MIN_AGE: Duration = Duration::from_secs(3);
 /// boringtun's own rekey interval (REKEY_AFTER_TIME).
 const BORINGTUN_REKEY: Duration = Duration::from_secs(120);
+/// WireGuard resends an unanswered handshake initiation after this (REKEY_TIMEOUT).
+const HANDSHAKE_RETRY: Duration = Duration::from_secs(5);
 /// boringtun starts a new handshake after sending without an answer for this long
 /// (KEEPALIVE_TIMEOUT + REKEY_TIMEOUT).
 const RETRY_AFTER_SILENCE: Duration = Duration::from_secs(15);
@@ -233,6 +235,8 @@ struct Peer {
     handshakes: u64,
     /// We start rekeys only if our key is the smaller one, so both ends do not race.
     rekeys: bool,
+    /// When we last sent a rekey initiation that is not answered yet.
+    rekey_sent: Option<Instant>,
     /// The receiver index of the last data packet: a new one means a new session.
     rx_session: Option<u32>,
     /// While set, old connections of this peer are being probed (see `probe`).
@@ -469,6 +473,7 @@ impl Overlay {
                 last_rx: None,
                 handshakes: 0,
                 rekeys: static_public.as_bytes() < &wg_public,
+                rekey_sent: None,
                 rx_session: None,
                 probe_until: None,
             });
@@ -1138,6 +1143,8 @@ impl State {
         self.rate_limiter.reset_count();
         self.end_probes();
         let rekey_after = self.config.rekey_after;
+        // Shortened with the rekey interval (tests), never longer than WireGuard's.
+        let retry = HANDSHAKE_RETRY.min(rekey_after / 4);
         let expire_after = self.config.expire_after;
         let mut expired = Vec::new();
         for (i, peer) in self.peers.iter_mut().enumerate() {
@@ -1153,13 +1160,19 @@ impl State {
                 _ => {}
             }
             let (since, ..) = peer.tunn.stats();
-            if peer.rekeys
-                && since.is_some_and(|s| s >= rekey_after)
-                && let TunnResult::WriteToNetwork(out) =
-                    peer.tunn.format_handshake_initiation(buf, false)
-                && let Some(ep) = peer.endpoint
-            {
-                self.outbox.push((ep, out.to_vec()));
+            if !(peer.rekeys && since.is_some_and(|s| s >= rekey_after)) {
+                peer.rekey_sent = None;
+            } else if peer.rekey_sent.is_none_or(|t| t.elapsed() >= retry) {
+                // An initiation or its response can be lost (a peer roaming away from
+                // the endpoint it was sent to): resend a fresh one, as WireGuard does.
+                let resend = peer.rekey_sent.is_some();
+                if let TunnResult::WriteToNetwork(out) =
+                    peer.tunn.format_handshake_initiation(buf, resend)
+                    && let Some(ep) = peer.endpoint
+                {
+                    self.outbox.push((ep, out.to_vec()));
+                }
+                peer.rekey_sent = Some(Instant::now());
             }
             if peer.last_rx.is_some_and(|t| t.elapsed() > expire_after) {
                 expired.push((i, "nothing authenticated received"));
