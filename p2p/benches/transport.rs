@@ -176,7 +176,18 @@ struct Link {
     echo: SubstreamBox,
     bulk: Vec<SubstreamBox>,
     mib_per_s: Vec<f64>,
+    /// CPU seconds of the whole process (both ends) per GiB moved.
+    cpu_s_per_gib: Vec<f64>,
     rtts: Vec<Duration>,
+}
+
+/// CPU time of this process, every thread: both ends of a link, and the kernel's work
+/// on their behalf. Unlike wall time it does not grow when the shared machine steals
+/// the cores.
+fn cpu_time() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 impl Link {
@@ -195,6 +206,7 @@ impl Link {
             echo,
             bulk: streams,
             mib_per_s: Vec::new(),
+            cpu_s_per_gib: Vec::new(),
             rtts: Vec::new(),
         }
     }
@@ -219,6 +231,7 @@ impl Link {
         let chunk = vec![0xa5u8; 1 << 16];
         let total = (mib as u64) << 20;
         let t = Instant::now();
+        let cpu = cpu_time();
         bulk.write_all(b"B").await.unwrap();
         let mut sent = 0u64;
         while sent < total {
@@ -230,6 +243,8 @@ impl Link {
         bulk.read_exact(&mut n).await.unwrap();
         assert_eq!(u64::from_le_bytes(n), total);
         self.mib_per_s.push(mib as f64 / t.elapsed().as_secs_f64());
+        self.cpu_s_per_gib
+            .push((cpu_time() - cpu).as_secs_f64() * 1024.0 / mib as f64);
     }
 }
 
@@ -285,7 +300,8 @@ fn main() {
             "one libp2p stream (yamux) on 127.0.0.1: {rounds} rounds of {mib} MiB bulk and 1000 round trips of 64 B per transport, in turn; medians"
         );
         println!("tcp: noise over TCP; wireguard: the node's overlay transport; + noise: noise inside the tunnel too");
-        println!("transport         throughput   rtt median   rtt p99");
+        println!("cpu: CPU seconds of both ends per GiB moved (robust to a busy machine)");
+        println!("transport         throughput    cpu/GiB   rtt median   rtt p99");
         let rtt = |l: &Link, q: usize| {
             let mut r = l.rtts.clone();
             r.sort();
@@ -293,9 +309,10 @@ fn main() {
         };
         for l in &links {
             println!(
-                "{:<16} {:>8.1} MiB/s {:>9.1} µs {:>8.1} µs",
+                "{:<16} {:>8.1} MiB/s {:>7.2} s {:>9.1} µs {:>8.1} µs",
                 l.name,
                 median(&l.mib_per_s),
+                median(&l.cpu_s_per_gib),
                 rtt(l, 50) * 1e6,
                 rtt(l, 99) * 1e6
             );
@@ -310,12 +327,19 @@ fn main() {
                 .zip(&tcp.mib_per_s)
                 .map(|(w, t)| w / t)
                 .collect();
+            let cpu: Vec<f64> = l
+                .cpu_s_per_gib
+                .iter()
+                .zip(&tcp.cpu_s_per_gib)
+                .map(|(w, t)| w / t)
+                .collect();
             println!(
-                "{} / tcp: throughput {:.2}x (rounds {:.2}..{:.2}), rtt median {:.2}x",
+                "{} / tcp: throughput {:.2}x (rounds {:.2}..{:.2}), cpu per byte {:.2}x, rtt median {:.2}x",
                 l.name,
                 median(&ratios),
                 ratios.iter().copied().fold(f64::INFINITY, f64::min),
                 ratios.iter().copied().fold(0.0, f64::max),
+                median(&cpu),
                 rtt(l, 50) / rtt(tcp, 50)
             );
         }

@@ -2,7 +2,8 @@
 //! stack (smoltcp) whose IP packets travel inside WireGuard tunnels (boringtun), one UDP
 //! socket for all peers. No TUN device, no root.
 //!
-//! One actor task owns the UDP socket. Per allowed peer it keeps a boringtun
+//! One actor task reads the UDP socket and runs the timers; a stream's write sends its
+//! own datagrams (`Shared::egress`). Per allowed peer the overlay keeps a boringtun
 //! [`Tunn`](boringtun::noise::Tunn) keyed with the x25519 form of both node keys (so the
 //! WireGuard key and the libp2p peer id name the same identity), the peer's endpoint
 //! (updated on every authenticated packet: roaming) and its overlay address, an IPv6 ULA
@@ -26,7 +27,7 @@ mod transport;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -374,11 +375,20 @@ pub(crate) struct State {
 /// The overlay shared by its actor, the transport and every stream.
 pub(crate) struct Shared {
     state: Mutex<State>,
-    /// Wakes the actor: a stream wrote, read or closed, or a dial started.
+    /// Wakes the actor: a stream read or closed, a dial started, or datagrams wait for
+    /// the socket.
     wake: Notify,
     drops: DropCounters,
     /// The actor died (a panic in the TCP stack): every stream and dial fails.
     dead: std::sync::atomic::AtomicBool,
+    udp: UdpSocket,
+    /// UDP segmentation offload is on (until the kernel refuses it once).
+    gso: AtomicBool,
+    /// Held while a batch of datagrams is sent; taken before the state lock is released,
+    /// so batches leave in the order the TCP stack made them, whoever sends them.
+    sending: Mutex<()>,
+    /// When the actor next runs the TCP stack's timers, on `State::now`'s clock (µs).
+    actor_wakes_at: AtomicU64,
 }
 
 impl Shared {
@@ -396,6 +406,46 @@ impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves smoltcp consistent enough to go on.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the TCP stack and sends what it produced, in the caller's task: a stream
+    /// that wrote sends its own segments, as a kernel's `send` does, instead of waking
+    /// the actor for every write. The actor is woken only if the datagrams must wait
+    /// for the socket, or if the stack now needs its timers sooner than the actor
+    /// planned (a retransmission timer the write started).
+    pub(crate) fn egress(&self, mut st: MutexGuard<'_, State>) {
+        st.poll();
+        let next = st.poll_at();
+        let sooner = next < self.actor_wakes_at.load(Ordering::Relaxed);
+        if self.send_outbox(st) || sooner {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Sends the state's outbox after releasing the state lock, without waiting for the
+    /// socket. True if datagrams are left because the socket's buffer is full: they
+    /// stay first in the outbox.
+    fn send_outbox(&self, mut st: MutexGuard<'_, State>) -> bool {
+        if st.outbox.is_empty() {
+            return false;
+        }
+        let mut batch = std::mem::take(&mut st.outbox);
+        let sending = self.sending.lock().unwrap_or_else(|e| e.into_inner());
+        drop(st);
+        let sent = try_send_all(&self.udp, &batch, &self.gso);
+        drop(sending);
+        let mut st = self.lock();
+        let left = sent < batch.len();
+        if left {
+            let rest: Vec<_> = batch.drain(sent..).collect();
+            st.outbox.splice(0..0, rest);
+        }
+        st.device.pool.give_all(&mut batch);
+        if st.outbox.is_empty() {
+            // Keep the allocation for the next batch.
+            st.outbox = batch;
+        }
+        left
     }
 }
 
@@ -527,8 +577,12 @@ impl Overlay {
             wake: Notify::new(),
             drops: DropCounters::default(),
             dead: Default::default(),
+            udp: socket,
+            gso: AtomicBool::new(cfg!(target_os = "linux")),
+            sending: Mutex::new(()),
+            actor_wakes_at: AtomicU64::new(0),
         });
-        let actor = tokio::spawn(run(shared.clone(), socket));
+        let actor = tokio::spawn(run(shared.clone()));
         let watched = Arc::downgrade(&shared);
         tokio::spawn(async move {
             if let Err(e) = actor.await {
@@ -620,6 +674,16 @@ fn bind_udp(addr: SocketAddr) -> Result<(UdpSocket, SocketAddr), P2pError> {
 impl State {
     fn now(&self) -> smoltcp::time::Instant {
         smoltcp::time::Instant::from_micros(self.started.elapsed().as_micros() as i64)
+    }
+
+    /// When the TCP stack next needs a poll (its timers), in µs on `now`'s clock;
+    /// `u64::MAX` if it needs none.
+    fn poll_at(&mut self) -> u64 {
+        let now = self.now();
+        let State { iface, sockets, .. } = self;
+        iface
+            .poll_at(now, sockets)
+            .map_or(u64::MAX, |t| t.total_micros().max(0) as u64)
     }
 
     /// `connect_timeout` in smoltcp's units.
@@ -1190,21 +1254,19 @@ fn is_cookie_reply(packet: &[u8]) -> bool {
 
 /// The overlay actor: reads datagrams, runs the TCP stack and the timers, sends
 /// datagrams. Stops when nothing else holds the overlay.
-async fn run(shared: Arc<Shared>, udp: UdpSocket) {
+async fn run(shared: Arc<Shared>) {
     let (mtu, tick) = {
         let st = shared.lock();
         (st.config.mtu, st.config.tick)
     };
+    let udp = &shared.udp;
     let mut buf = vec![0u8; (mtu + WG_OVERHEAD).max(MIN_DATAGRAM).max(MAX_DATAGRAM)];
     let mut rx = vec![0u8; MAX_DATAGRAM];
     let mut timers = tokio::time::interval(tick);
     timers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut outbox = Vec::new();
     let mut delay = Duration::from_millis(1);
-    // UDP segmentation offload: one system call for a run of datagrams to one peer;
-    // and its receive side, datagrams of one sender coalesced into one read.
-    let mut gso = cfg!(target_os = "linux");
-    let gro = enable_gro(&udp);
+    // UDP's receive offload: datagrams of one sender coalesced into one read.
+    let gro = enable_gro(udp);
     loop {
         tokio::select! {
             r = udp.readable() => {
@@ -1212,7 +1274,7 @@ async fn run(shared: Arc<Shared>, udp: UdpSocket) {
                     break;
                 }
                 for _ in 0..RECV_BATCH {
-                    match recv(&udp, &mut rx, gro) {
+                    match recv(udp, &mut rx, gro) {
                         Ok((n, segment, src)) => {
                             let mut st = shared.lock();
                             // A coalesced read holds datagrams of `segment` bytes (the
@@ -1238,20 +1300,22 @@ async fn run(shared: Arc<Shared>, udp: UdpSocket) {
                 shared.lock().timers(&mut buf);
             }
         }
-        {
+        let blocked = {
             let mut st = shared.lock();
-            st.device.pool.give_all(&mut outbox);
             st.poll();
-            std::mem::swap(&mut outbox, &mut st.outbox);
-            let now = st.now();
-            let State { iface, sockets, .. } = &mut *st;
-            delay = iface
-                .poll_delay(now, sockets)
-                .map(|d| Duration::from_micros(d.total_micros()))
-                .unwrap_or(tick)
-                .min(tick);
+            let now = st.now().total_micros().max(0) as u64;
+            let at = st.poll_at().min(now + tick.as_micros() as u64);
+            delay = Duration::from_micros(at.saturating_sub(now));
+            shared.actor_wakes_at.store(at, Ordering::Relaxed);
+            shared.send_outbox(st)
+        };
+        if blocked {
+            // The socket's buffer is full: send the rest once it drains.
+            if udp.writable().await.is_err() {
+                break;
+            }
+            shared.wake.notify_one();
         }
-        send_all(&udp, &outbox, &mut gso).await;
     }
     // Whatever stopped the actor, nothing will drive the streams any more.
     shared.dead.store(true, Ordering::SeqCst);
@@ -1324,16 +1388,19 @@ fn recv(udp: &UdpSocket, rx: &mut [u8], _: bool) -> std::io::Result<(usize, usiz
 const GSO_SEGMENTS: usize = 64;
 const GSO_BYTES: usize = 64_000;
 
-/// Sends the outbox. Runs of datagrams to one endpoint, all of one size but the last,
-/// go in one `sendmsg` with `UDP_SEGMENT` where the kernel supports it.
-async fn send_all(udp: &UdpSocket, outbox: &[(SocketAddr, Vec<u8>)], gso: &mut bool) {
+/// Sends `outbox` in order without waiting for the socket: runs of datagrams to one
+/// endpoint, all of one size but the last, go in one `sendmsg` with `UDP_SEGMENT` where
+/// the kernel supports it. Returns how many were sent (fewer than all when the socket's
+/// buffer is full). A datagram the kernel refuses otherwise is dropped, as a network
+/// would drop it (TCP retransmits).
+fn try_send_all(udp: &UdpSocket, outbox: &[(SocketAddr, Vec<u8>)], gso: &AtomicBool) -> usize {
     let mut i = 0;
     while i < outbox.len() {
         let (to, first) = &outbox[i];
         let size = first.len();
         let mut j = i + 1;
         let mut bytes = size;
-        while *gso
+        while gso.load(Ordering::Relaxed)
             && j < outbox.len()
             && j - i < GSO_SEGMENTS
             && outbox[j].0 == *to
@@ -1346,88 +1413,121 @@ async fn send_all(udp: &UdpSocket, outbox: &[(SocketAddr, Vec<u8>)], gso: &mut b
                 break;
             }
         }
-        if j - i > 1 && !send_segments(udp, *to, &outbox[i..j], size, gso).await {
-            // Not supported here: one by one from now on.
-            for (to, d) in &outbox[i..j] {
-                send(udp, *to, d).await;
+        let r = if j - i > 1 {
+            send_segments(udp, *to, &outbox[i..j], size)
+        } else {
+            udp.try_send_to(first, *to).map(drop)
+        };
+        match r {
+            Ok(()) => i = j,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return i,
+            Err(e) if j - i > 1 => {
+                // Not supported here: one by one from now on.
+                tracing::debug!(%to, error = %e, "segmentation offload refused: sending datagrams one by one");
+                gso.store(false, Ordering::Relaxed);
             }
-        } else if j - i == 1 {
-            send(udp, *to, first).await;
+            Err(e) => {
+                tracing::debug!(%to, error = %e, "udp send failed");
+                i = j;
+            }
         }
-        i = j;
     }
+    i
 }
 
-/// One `sendmsg` with `UDP_SEGMENT`; false (and `gso` off) if the kernel refuses it.
+/// One `sendmsg` with `UDP_SEGMENT`.
 #[cfg(target_os = "linux")]
-async fn send_segments(
+fn send_segments(
     udp: &UdpSocket,
     to: SocketAddr,
     run: &[(SocketAddr, Vec<u8>)],
     size: usize,
-    gso: &mut bool,
-) -> bool {
+) -> std::io::Result<()> {
     use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
     use std::os::fd::AsRawFd;
     let iov: Vec<std::io::IoSlice<'_>> =
         run.iter().map(|(_, d)| std::io::IoSlice::new(d)).collect();
     let addr = SockaddrStorage::from(to);
-    let Ok(segment) = u16::try_from(size) else {
-        *gso = false;
-        return false;
-    };
-    loop {
-        let r = udp.try_io(tokio::io::Interest::WRITABLE, || {
-            sendmsg(
-                udp.as_raw_fd(),
-                &iov,
-                &[ControlMessage::UdpGsoSegments(&segment)],
-                MsgFlags::empty(),
-                Some(&addr),
-            )
-            .map_err(std::io::Error::from)
-        });
-        match r {
-            Ok(_) => return true,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if udp.writable().await.is_err() {
-                    return true;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(%to, error = %e, "segmentation offload refused: sending datagrams one by one");
-                *gso = false;
-                return false;
-            }
-        }
-    }
+    let segment = u16::try_from(size).map_err(std::io::Error::other)?;
+    udp.try_io(tokio::io::Interest::WRITABLE, || {
+        sendmsg(
+            udp.as_raw_fd(),
+            &iov,
+            &[ControlMessage::UdpGsoSegments(&segment)],
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .map(drop)
+        .map_err(std::io::Error::from)
+    })
 }
 
 #[cfg(not(target_os = "linux"))]
-async fn send_segments(
+fn send_segments(
     _: &UdpSocket,
     _: SocketAddr,
     _: &[(SocketAddr, Vec<u8>)],
     _: usize,
-    gso: &mut bool,
-) -> bool {
-    *gso = false;
-    false
+) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
-async fn send(udp: &UdpSocket, to: SocketAddr, datagram: &[u8]) {
-    loop {
-        match udp.try_send_to(datagram, to) {
-            Ok(_) => return,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if udp.writable().await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(%to, error = %e, "udp send failed");
-                return;
-            }
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Datagrams waiting at `socket`, in arrival order.
+    async fn received(socket: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        for _ in 0..n {
+            let (len, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            got.push(buf[..len].to_vec());
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn an_outbox_leaves_whole_and_in_order_with_or_without_offload() {
+        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let one = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let two = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (a, b) = (one.local_addr().unwrap(), two.local_addr().unwrap());
+        // Runs of equal sizes to one endpoint (one `sendmsg` each with offload), a
+        // shorter datagram that ends a run, a change of endpoint, a larger one after.
+        let sizes = [
+            (a, 1200),
+            (a, 1200),
+            (a, 1200),
+            (a, 300),
+            (a, 1200),
+            (b, 80),
+            (a, 1400),
+        ];
+        let outbox: Vec<(SocketAddr, Vec<u8>)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &(to, len))| (to, (0..len).map(|j| (i * 31 + j) as u8).collect()))
+            .collect();
+        for offload in [true, false] {
+            // Sends never wait: until the reactor has seen the socket writable, nothing
+            // leaves (the actor waits for that and sends the rest).
+            sender.writable().await.unwrap();
+            let gso = AtomicBool::new(offload);
+            assert_eq!(try_send_all(&sender, &outbox, &gso), outbox.len());
+            let to = |addr| {
+                outbox
+                    .iter()
+                    .filter(|(t, _)| *t == addr)
+                    .map(|(_, d)| d.clone())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(received(&one, 6).await, to(a), "offload {offload}");
+            assert_eq!(received(&two, 1).await, to(b), "offload {offload}");
         }
     }
 }

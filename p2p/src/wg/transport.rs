@@ -273,8 +273,8 @@ impl AsyncWrite for WgStream {
             let n = s
                 .send_slice(buf)
                 .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))?;
-            drop(st);
-            self.shared.wake.notify_one();
+            // Segment, encrypt and send it now, in this task.
+            self.shared.egress(st);
             return Poll::Ready(Ok(n));
         }
         s.register_send_waker(cx.waker());
@@ -282,7 +282,8 @@ impl AsyncWrite for WgStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The actor sends what the socket holds as soon as it is woken.
+        // A write sends what the window allows at once; the rest leaves as ACKs open
+        // the window.
         Poll::Ready(Ok(()))
     }
 
