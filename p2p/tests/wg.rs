@@ -133,27 +133,40 @@ async fn echo(a: &Node, b: &Node, len: usize) {
 }
 
 /// A UDP relay between B (which believes the relay is A) and A. It can change the port
-/// it uses towards A (B roams), drop everything (B vanishes), and it keeps the first
-/// handshake initiation B sent.
+/// it uses towards A (B roams), drop everything (B vanishes) or handshake messages, and
+/// it keeps the first handshake initiation B sent.
 struct Relay {
     front: SocketAddr,
     roam: mpsc::UnboundedSender<()>,
-    blackhole: Arc<AtomicBool>,
-    /// Handshake messages (either way) still to be dropped.
-    drop_handshakes: Arc<AtomicU32>,
+    faults: Arc<Faults>,
     first_init: Arc<Mutex<Option<Vec<u8>>>>,
     back_ports: Arc<Mutex<Vec<u16>>>,
 }
 
-/// Whether the relay drops `datagram`: everything while blackholed, and a handshake
-/// message while `drop_handshakes` counts down.
-fn dropped(datagram: &[u8], blackhole: &AtomicBool, drop_handshakes: &AtomicU32) -> bool {
-    let handshake = matches!((datagram.len(), datagram[0]), (148, 1) | (92, 2));
-    blackhole.load(Ordering::Relaxed)
-        || (handshake
-            && drop_handshakes
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                .is_ok())
+/// What the relay drops, either way.
+#[derive(Default)]
+struct Faults {
+    /// Everything.
+    blackhole: AtomicBool,
+    /// The next this many handshake messages (initiations and responses).
+    handshakes: AtomicU32,
+    /// The next this many handshake responses.
+    responses: AtomicU32,
+}
+
+impl Faults {
+    fn drops(&self, datagram: &[u8]) -> bool {
+        let take = |n: &AtomicU32| {
+            n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+        };
+        match (datagram.len(), datagram.first()) {
+            _ if self.blackhole.load(Ordering::Relaxed) => true,
+            (148, Some(1)) => take(&self.handshakes),
+            (92, Some(2)) => take(&self.handshakes) || take(&self.responses),
+            _ => false,
+        }
+    }
 }
 
 impl Relay {
@@ -161,16 +174,14 @@ impl Relay {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let front_addr = front.local_addr().unwrap();
         let b_addr: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
-        let blackhole = Arc::new(AtomicBool::new(false));
-        let drop_handshakes = Arc::new(AtomicU32::new(0));
+        let faults = Arc::new(Faults::default());
         let first_init: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
         let back_ports: Arc<Mutex<Vec<u16>>> = Arc::default();
         let (roam, mut roams) = mpsc::unbounded_channel::<()>();
-        let (f, b, bh, dh, fi, bp) = (
+        let (f, b, fa, fi, bp) = (
             front.clone(),
             b_addr.clone(),
-            blackhole.clone(),
-            drop_handshakes.clone(),
+            faults.clone(),
             first_init.clone(),
             back_ports.clone(),
         );
@@ -178,13 +189,7 @@ impl Relay {
             let mut back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
             bp.lock().unwrap().push(back.local_addr().unwrap().port());
             let pump = |back: &Arc<UdpSocket>| {
-                tokio::spawn(pump(
-                    back.clone(),
-                    f.clone(),
-                    b.clone(),
-                    bh.clone(),
-                    dh.clone(),
-                ))
+                tokio::spawn(pump(back.clone(), f.clone(), b.clone(), fa.clone()))
             };
             let mut back_task = pump(&back);
             let mut buf = vec![0u8; 65_535];
@@ -197,7 +202,7 @@ impl Relay {
                         if n == 148 && d[0] == 1 {
                             fi.lock().unwrap().get_or_insert_with(|| d.to_vec());
                         }
-                        if !dropped(d, &bh, &dh) {
+                        if !fa.drops(d) {
                             let _ = back.send_to(d, a).await;
                         }
                     }
@@ -213,8 +218,7 @@ impl Relay {
         Relay {
             front: front_addr,
             roam,
-            blackhole,
-            drop_handshakes,
+            faults,
             first_init,
             back_ports,
         }
@@ -226,8 +230,7 @@ async fn pump(
     back: Arc<UdpSocket>,
     front: Arc<UdpSocket>,
     b: Arc<Mutex<Option<SocketAddr>>>,
-    blackhole: Arc<AtomicBool>,
-    drop_handshakes: Arc<AtomicU32>,
+    faults: Arc<Faults>,
 ) {
     let mut buf = vec![0u8; 65_535];
     loop {
@@ -235,7 +238,7 @@ async fn pump(
             return;
         };
         let to = *b.lock().unwrap();
-        if let (Some(to), false) = (to, dropped(&buf[..n], &blackhole, &drop_handshakes)) {
+        if let (Some(to), false) = (to, faults.drops(&buf[..n])) {
             let _ = front.send_to(&buf[..n], to).await;
         }
     }
@@ -361,7 +364,7 @@ async fn a_stream_survives_rekeys_roaming_and_replays() {
         // Two handshake messages lost (a rekey initiation, its resend or a response):
         // the rekeying side resends rather than wait out WireGuard's 5 s.
         if !lossy && started.elapsed() > Duration::from_secs(1) {
-            relay.drop_handshakes.store(2, Ordering::Relaxed);
+            relay.faults.handshakes.store(2, Ordering::Relaxed);
             lossy = true;
         }
         if !roamed && started.elapsed() > Duration::from_secs(3) {
@@ -371,7 +374,7 @@ async fn a_stream_survives_rekeys_roaming_and_replays() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(rounds > 20);
-    assert_eq!(relay.drop_handshakes.load(Ordering::Relaxed), 0);
+    assert_eq!(relay.faults.handshakes.load(Ordering::Relaxed), 0);
     // One connection the whole time: no disconnect on either side.
     assert_eq!(a.events_so_far(), vec![]);
     assert_eq!(b.events_so_far(), vec![]);
@@ -395,6 +398,43 @@ async fn a_stream_survives_rekeys_roaming_and_replays() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_rekey_response_is_not_taken_for_a_restart() {
+    // A handshake initiation on a session between 3 s old and 90% of the rekey interval
+    // means the peer lost its state, and its connections are reset, unless the peer
+    // never got our response to its last initiation. With a 14 s rekey the initiator
+    // resends after 3.5 s, inside that window.
+    let slow = |allowed: &[u8]| WgConfig {
+        rekey_after: Duration::from_secs(14),
+        ..wg_config(allowed)
+    };
+    let mut a = node(1, slow(&[2]), vec![]).await;
+    let relay = Relay::start(a.udp()).await;
+    let mut b = node(2, slow(&[1]), vec![a.dial_addr(relay.front)]).await;
+    connected(&mut a, &b).await;
+    connected(&mut b, &a).await;
+    // The next response is the rekey's.
+    relay.faults.responses.store(1, Ordering::Relaxed);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        echo(&a, &b, 100).await;
+        echo(&b, &a, 100).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(relay.faults.responses.load(Ordering::Relaxed), 0);
+    assert_eq!(a.events_so_far(), vec![]);
+    assert_eq!(b.events_so_far(), vec![]);
+    // The resent initiation completed the rekey.
+    for n in [&a, &b] {
+        let peer = n.net.overlay().unwrap().stats().peers[0].clone();
+        assert!(
+            peer.since_handshake
+                .is_some_and(|t| t < Duration::from_secs(4)),
+            "{peer:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_peer_is_torn_down_after_expiry() {
     let quick = |allowed: &[u8]| WgConfig {
         expire_after: Duration::from_secs(2),
@@ -411,7 +451,7 @@ async fn a_silent_peer_is_torn_down_after_expiry() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(a.events_so_far(), vec![]);
 
-    relay.blackhole.store(true, Ordering::Relaxed);
+    relay.faults.blackhole.store(true, Ordering::Relaxed);
     let cut = Instant::now();
     let ev = a.next_conn(Duration::from_secs(8)).await;
     assert_eq!(ev, Some((b.net.local_peer_id(), false)));

@@ -240,6 +240,9 @@ struct Peer {
     rekey_sent: Option<Instant>,
     /// The receiver index of the last data packet: a new one means a new session.
     rx_session: Option<u32>,
+    /// The session index our last handshake response gave the peer, until data arrives
+    /// on it: while set, the peer may not have our response.
+    unconfirmed: Option<u32>,
     /// While set, old connections of this peer are being probed (see `probe`).
     probe_until: Option<Instant>,
 }
@@ -379,14 +382,19 @@ pub(crate) struct Shared {
     /// the socket.
     wake: Notify,
     drops: DropCounters,
-    /// The actor died (a panic in the TCP stack): every stream and dial fails.
+    /// The overlay stopped (the actor died, or the TCP stack panicked in a writing
+    /// task): every stream and dial fails.
     dead: std::sync::atomic::AtomicBool,
     udp: UdpSocket,
     /// UDP segmentation offload is on (until the kernel refuses it once).
     gso: AtomicBool,
-    /// Held while a batch of datagrams is sent; taken before the state lock is released,
-    /// so batches leave in the order the TCP stack made them, whoever sends them.
-    sending: Mutex<()>,
+    /// Datagrams the socket could not take yet. Every send goes through it, and it is
+    /// locked before the state lock is released, so datagrams leave in the order the
+    /// TCP stack made them, whichever task sends them.
+    backlog: Mutex<Backlog>,
+    /// The backlog is not empty (read without its lock, to skip it when there is
+    /// nothing to send).
+    backlogged: AtomicBool,
     /// When the actor next runs the TCP stack's timers, on `State::now`'s clock (µs).
     actor_wakes_at: AtomicU64,
 }
@@ -414,7 +422,16 @@ impl Shared {
     /// for the socket, or if the stack now needs its timers sooner than the actor
     /// planned (a retransmission timer the write started).
     pub(crate) fn egress(&self, mut st: MutexGuard<'_, State>) {
-        st.poll();
+        // A panic in the TCP stack stops the overlay here as it does in the actor.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| st.poll()));
+        if polled.is_err() {
+            tracing::error!(
+                "the WireGuard overlay stopped: p2p connections fail until the node restarts"
+            );
+            self.dead.store(true, Ordering::SeqCst);
+            st.abort_all();
+            return;
+        }
         let next = st.poll_at();
         let sooner = next < self.actor_wakes_at.load(Ordering::Relaxed);
         if self.send_outbox(st) || sooner {
@@ -422,30 +439,51 @@ impl Shared {
         }
     }
 
-    /// Sends the state's outbox after releasing the state lock, without waiting for the
-    /// socket. True if datagrams are left because the socket's buffer is full: they
-    /// stay first in the outbox.
+    /// Sends the state's outbox, after the backlog, once the state lock is released,
+    /// without waiting for the socket. True if datagrams are left in the backlog
+    /// because the socket's buffer is full.
     fn send_outbox(&self, mut st: MutexGuard<'_, State>) -> bool {
-        if st.outbox.is_empty() {
+        if st.outbox.is_empty() && !self.backlogged.load(Ordering::Relaxed) {
             return false;
         }
         let mut batch = std::mem::take(&mut st.outbox);
-        let sending = self.sending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
         drop(st);
-        let sent = try_send_all(&self.udp, &batch, &self.gso);
-        drop(sending);
+        backlog.send(&mut batch, |d| try_send_all(&self.udp, d, &self.gso));
+        let left = !backlog.0.is_empty();
+        self.backlogged.store(left, Ordering::Relaxed);
+        drop(backlog);
         let mut st = self.lock();
-        let left = sent < batch.len();
-        if left {
-            let rest: Vec<_> = batch.drain(sent..).collect();
-            st.outbox.splice(0..0, rest);
-        }
         st.device.pool.give_all(&mut batch);
         if st.outbox.is_empty() {
             // Keep the allocation for the next batch.
             st.outbox = batch;
         }
         left
+    }
+}
+
+/// Datagrams the socket could not take yet, oldest first.
+#[derive(Default)]
+struct Backlog(Vec<(SocketAddr, Vec<u8>)>);
+
+impl Backlog {
+    /// Sends the backlog and then `batch`, in order, with `send` (which returns how
+    /// many of the datagrams it was given left). Keeps what was not sent; leaves the
+    /// sent datagrams in `batch`, whose buffers can be reused.
+    fn send(
+        &mut self,
+        batch: &mut Vec<(SocketAddr, Vec<u8>)>,
+        mut send: impl FnMut(&[(SocketAddr, Vec<u8>)]) -> usize,
+    ) {
+        if self.0.is_empty() {
+            let sent = send(batch);
+            self.0.extend(batch.drain(sent..));
+        } else {
+            self.0.append(batch);
+            let sent = send(&self.0);
+            batch.extend(self.0.drain(..sent));
+        }
     }
 }
 
@@ -525,6 +563,7 @@ impl Overlay {
                 rekeys: static_public.as_bytes() < &wg_public,
                 rekey_sent: None,
                 rx_session: None,
+                unconfirmed: None,
                 probe_until: None,
             });
         }
@@ -579,7 +618,8 @@ impl Overlay {
             dead: Default::default(),
             udp: socket,
             gso: AtomicBool::new(cfg!(target_os = "linux")),
-            sending: Mutex::new(()),
+            backlog: Mutex::default(),
+            backlogged: AtomicBool::new(false),
             actor_wakes_at: AtomicU64::new(0),
         });
         let actor = tokio::spawn(run(shared.clone()));
@@ -1027,8 +1067,11 @@ impl State {
         // that is, it restarted (or our answer to its last initiation was lost). Its new
         // TCP stack knows none of our connections.
         // A peer also re-handshakes after 15 s of sending without hearing from us (a
-        // network outage), so only a peer we heard from within that time counts.
+        // network outage), so only a peer we heard from within that time counts. And a
+        // peer resends its initiation when our response was lost: it has not used the
+        // session our last response made yet.
         let restarted = matches!(packet, Packet::HandshakeInit(_))
+            && peer.unconfirmed.is_none()
             && peer
                 .tunn
                 .stats()
@@ -1077,6 +1120,9 @@ impl State {
                         // A handshake message was accepted.
                         peer.handshakes += 1;
                         accepted_handshake = true;
+                        if let Some(index) = response_sender(out) {
+                            peer.unconfirmed = Some(index);
+                        }
                     }
                     authenticated = true;
                     // Queued packets go to where the peer is now.
@@ -1119,6 +1165,9 @@ impl State {
             peer.endpoint = Some(src);
             peer.last_rx = Some(Instant::now());
             if let Some(session) = data_session {
+                if peer.unconfirmed == Some(session) {
+                    peer.unconfirmed = None;
+                }
                 let previous = peer.rx_session.replace(session);
                 if previous.is_some_and(|p| p != session) {
                     self.probe(index);
@@ -1207,8 +1256,9 @@ impl State {
         self.rate_limiter.reset_count();
         self.end_probes();
         let rekey_after = self.config.rekey_after;
-        // Shortened with the rekey interval (tests), never longer than WireGuard's.
-        let retry = HANDSHAKE_RETRY.min(rekey_after / 4);
+        // Shortened with the rekey interval (tests); at WireGuard's interval boringtun
+        // resends on its own.
+        let retry = (rekey_after / 4).max(self.config.tick).min(HANDSHAKE_RETRY);
         let expire_after = self.config.expire_after;
         let mut expired = Vec::new();
         for (i, peer) in self.peers.iter_mut().enumerate() {
@@ -1226,7 +1276,10 @@ impl State {
             let (since, ..) = peer.tunn.stats();
             if !(peer.rekeys && since.is_some_and(|s| s >= rekey_after)) {
                 peer.rekey_sent = None;
-            } else if peer.rekey_sent.is_none_or(|t| t.elapsed() >= retry) {
+            } else if peer
+                .rekey_sent
+                .is_none_or(|t| retry < HANDSHAKE_RETRY && t.elapsed() >= retry)
+            {
                 // An initiation or its response can be lost (a peer roaming away from
                 // the endpoint it was sent to): resend a fresh one, as WireGuard does.
                 let resend = peer.rekey_sent.is_some();
@@ -1252,6 +1305,14 @@ fn is_cookie_reply(packet: &[u8]) -> bool {
     packet.len() == 64 && packet[..4] == 3u32.to_le_bytes()
 }
 
+/// The sender index of a handshake response (the session the peer will send data to).
+fn response_sender(packet: &[u8]) -> Option<u32> {
+    if packet.len() != 92 || packet[..4] != 2u32.to_le_bytes() {
+        return None;
+    }
+    Some(u32::from_le_bytes(packet[4..8].try_into().ok()?))
+}
+
 /// The overlay actor: reads datagrams, runs the TCP stack and the timers, sends
 /// datagrams. Stops when nothing else holds the overlay.
 async fn run(shared: Arc<Shared>) {
@@ -1267,6 +1328,8 @@ async fn run(shared: Arc<Shared>) {
     let mut delay = Duration::from_millis(1);
     // UDP's receive offload: datagrams of one sender coalesced into one read.
     let gro = enable_gro(udp);
+    // Datagrams wait in the backlog for the socket to drain.
+    let mut blocked = false;
     loop {
         tokio::select! {
             r = udp.readable() => {
@@ -1292,6 +1355,11 @@ async fn run(shared: Arc<Shared>) {
                 }
             }
             _ = shared.wake.notified() => {}
+            r = udp.writable(), if blocked => {
+                if r.is_err() {
+                    break;
+                }
+            }
             _ = tokio::time::sleep(delay) => {}
             _ = timers.tick() => {
                 if Arc::strong_count(&shared) == 1 {
@@ -1300,7 +1368,7 @@ async fn run(shared: Arc<Shared>) {
                 shared.lock().timers(&mut buf);
             }
         }
-        let blocked = {
+        blocked = {
             let mut st = shared.lock();
             st.poll();
             let now = st.now().total_micros().max(0) as u64;
@@ -1309,13 +1377,6 @@ async fn run(shared: Arc<Shared>) {
             shared.actor_wakes_at.store(at, Ordering::Relaxed);
             shared.send_outbox(st)
         };
-        if blocked {
-            // The socket's buffer is full: send the rest once it drains.
-            if udp.writable().await.is_err() {
-                break;
-            }
-            shared.wake.notify_one();
-        }
     }
     // Whatever stopped the actor, nothing will drive the streams any more.
     shared.dead.store(true, Ordering::SeqCst);
@@ -1498,13 +1559,15 @@ mod tests {
         let two = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let (a, b) = (one.local_addr().unwrap(), two.local_addr().unwrap());
         // Runs of equal sizes to one endpoint (one `sendmsg` each with offload), a
-        // shorter datagram that ends a run, a change of endpoint, a larger one after.
+        // shorter datagram that ends a run, a larger one that starts the next, a change
+        // of endpoint.
         let sizes = [
             (a, 1200),
             (a, 1200),
             (a, 1200),
             (a, 300),
             (a, 1200),
+            (a, 1400),
             (b, 80),
             (a, 1400),
         ];
@@ -1526,8 +1589,44 @@ mod tests {
                     .map(|(_, d)| d.clone())
                     .collect::<Vec<_>>()
             };
-            assert_eq!(received(&one, 6).await, to(a), "offload {offload}");
+            assert_eq!(received(&one, 7).await, to(a), "offload {offload}");
             assert_eq!(received(&two, 1).await, to(b), "offload {offload}");
         }
+    }
+
+    #[test]
+    fn the_backlog_goes_first_and_keeps_what_the_socket_refuses() {
+        let at: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let batch = |ids: &[u8]| ids.iter().map(|&i| (at, vec![i])).collect::<Vec<_>>();
+        let ids = |v: &[(SocketAddr, Vec<u8>)]| v.iter().map(|(_, d)| d[0]).collect::<Vec<_>>();
+        let mut backlog = Backlog::default();
+        let mut wire = Vec::new();
+
+        // The socket takes two of five: three wait.
+        let mut first = batch(&[1, 2, 3, 4, 5]);
+        backlog.send(&mut first, |d| {
+            wire.extend(ids(&d[..2]));
+            2
+        });
+        assert_eq!(ids(&first), [1, 2], "the sent ones come back for reuse");
+        assert_eq!(ids(&backlog.0), [3, 4, 5]);
+
+        // A later batch queues behind them; the socket takes one.
+        let mut second = batch(&[6, 7]);
+        backlog.send(&mut second, |d| {
+            wire.extend(ids(&d[..1]));
+            1
+        });
+        assert_eq!(ids(&second), [3]);
+        assert_eq!(ids(&backlog.0), [4, 5, 6, 7]);
+
+        // The socket drained: all of it, in order.
+        let mut third = batch(&[8]);
+        backlog.send(&mut third, |d| {
+            wire.extend(ids(d));
+            d.len()
+        });
+        assert!(backlog.0.is_empty());
+        assert_eq!(wire, [1, 2, 3, 4, 5, 6, 7, 8]);
     }
 }
