@@ -423,12 +423,12 @@ async fn a_lost_rekey_response_is_not_taken_for_a_restart() {
     assert_eq!(relay.faults.responses.load(Ordering::Relaxed), 0);
     assert_eq!(a.events_so_far(), vec![]);
     assert_eq!(b.events_so_far(), vec![]);
-    // The resent initiation completed the rekey.
+    // The rekey completed after all.
     for n in [&a, &b] {
         let peer = n.net.overlay().unwrap().stats().peers[0].clone();
         assert!(
             peer.since_handshake
-                .is_some_and(|t| t < Duration::from_secs(4)),
+                .is_some_and(|t| t < Duration::from_secs(6)),
             "{peer:?}"
         );
     }

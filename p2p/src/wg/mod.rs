@@ -78,6 +78,9 @@ const RESTART_MIN_AGE: Duration = Duration::from_secs(3);
 const BORINGTUN_REKEY: Duration = Duration::from_secs(120);
 /// WireGuard resends an unanswered handshake initiation after this (REKEY_TIMEOUT).
 const HANDSHAKE_RETRY: Duration = Duration::from_secs(5);
+/// An initiation this soon after our unconfirmed response may be the peer's resend
+/// (two retries and their jitter).
+const RESEND_WINDOW: Duration = Duration::from_secs(12);
 /// boringtun starts a new handshake after sending without an answer for this long
 /// (KEEPALIVE_TIMEOUT + REKEY_TIMEOUT).
 const RETRY_AFTER_SILENCE: Duration = Duration::from_secs(15);
@@ -240,9 +243,9 @@ struct Peer {
     rekey_sent: Option<Instant>,
     /// The receiver index of the last data packet: a new one means a new session.
     rx_session: Option<u32>,
-    /// The session index our last handshake response gave the peer, until data arrives
-    /// on it: while set, the peer may not have our response.
-    unconfirmed: Option<u32>,
+    /// The session index our last handshake response gave the peer, and when, until
+    /// data arrives on it: while set, the peer may not have our response.
+    unconfirmed: Option<(u32, Instant)>,
     /// While set, old connections of this peer are being probed (see `probe`).
     probe_until: Option<Instant>,
 }
@@ -1064,14 +1067,16 @@ impl State {
         };
         // The peer starts a handshake although our session with it is younger than any
         // rekey would be, and older than a crossing first handshake: it lost its state,
-        // that is, it restarted (or our answer to its last initiation was lost). Its new
-        // TCP stack knows none of our connections.
+        // that is, it restarted. Its new TCP stack knows none of our connections.
         // A peer also re-handshakes after 15 s of sending without hearing from us (a
         // network outage), so only a peer we heard from within that time counts. And a
         // peer resends its initiation when our response was lost: it has not used the
-        // session our last response made yet.
+        // session our last response made yet, and that response is recent.
+        let resend = peer
+            .unconfirmed
+            .is_some_and(|(_, at)| at.elapsed() < RESEND_WINDOW);
         let restarted = matches!(packet, Packet::HandshakeInit(_))
-            && peer.unconfirmed.is_none()
+            && !resend
             && peer
                 .tunn
                 .stats()
@@ -1121,7 +1126,7 @@ impl State {
                         peer.handshakes += 1;
                         accepted_handshake = true;
                         if let Some(index) = response_sender(out) {
-                            peer.unconfirmed = Some(index);
+                            peer.unconfirmed = Some((index, Instant::now()));
                         }
                     }
                     authenticated = true;
@@ -1165,7 +1170,7 @@ impl State {
             peer.endpoint = Some(src);
             peer.last_rx = Some(Instant::now());
             if let Some(session) = data_session {
-                if peer.unconfirmed == Some(session) {
+                if peer.unconfirmed.is_some_and(|(i, _)| i == session) {
                     peer.unconfirmed = None;
                 }
                 let previous = peer.rx_session.replace(session);
@@ -1331,6 +1336,10 @@ async fn run(shared: Arc<Shared>) {
     // Datagrams wait in the backlog for the socket to drain.
     let mut blocked = false;
     loop {
+        if shared.dead.load(Ordering::SeqCst) {
+            // The TCP stack panicked in a writing task.
+            break;
+        }
         tokio::select! {
             r = udp.readable() => {
                 if r.is_err() {
