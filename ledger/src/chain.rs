@@ -340,7 +340,7 @@ impl Default for ChainParams {
             timeout_prevote_ms: 500,
             timeout_precommit_ms: 500,
             timeout_delta_ms: 500,
-            timeout_commit_ms: 100,
+            timeout_commit_ms: 10,
         }
     }
 }

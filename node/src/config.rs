@@ -176,6 +176,11 @@ pub struct MempoolConfig {
     pub max_bytes: usize,
     /// How far ahead of a sender's next nonce a transaction may be and still wait here.
     pub max_nonce_gap: u64,
+    /// A validator whose turn it is to propose (round 0) with an empty mempool waits up
+    /// to this long for a transaction before it proposes an empty block, so an idle
+    /// chain makes fewer blocks. Capped at half the genesis propose timeout, so the
+    /// other validators never give up on the proposal; 0 proposes at once.
+    pub propose_wait_ms: u64,
 }
 
 impl Default for MempoolConfig {
@@ -184,6 +189,7 @@ impl Default for MempoolConfig {
             max_txs: 100_000,
             max_bytes: 256 << 20,
             max_nonce_gap: 1024,
+            propose_wait_ms: 200,
         }
     }
 }

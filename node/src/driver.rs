@@ -178,6 +178,12 @@ pub struct Driver {
     sync_rx: mpsc::Receiver<(PeerId, SyncResponse)>,
     evidence: Vec<DuplicateVote>,
     audit: Option<Arc<crate::audit::NodeAudit>>,
+    /// How long a round-0 proposal waits for a transaction (`mempool.propose_wait_ms`,
+    /// capped at half the propose timeout).
+    propose_wait: Duration,
+    /// The proposal the engine asked for while the mempool was empty: height, round,
+    /// and when it goes out empty.
+    held_proposal: Option<(u64, u32, Instant)>,
 }
 
 /// Milliseconds since the Unix epoch (the engine's clock input).
@@ -242,6 +248,11 @@ impl Driver {
         let (tx_feed, _) = broadcast::channel(16384);
         let (status, status_rx) = watch::channel(Status::default());
         let (sync_tx, sync_rx) = mpsc::channel(16);
+        let propose_wait = Duration::from_millis(
+            cfg.mempool
+                .propose_wait_ms
+                .min(genesis.params.timeout_propose_ms / 2),
+        );
         let driver = Driver {
             engine,
             pool: Mempool::new(cfg.mempool),
@@ -270,6 +281,8 @@ impl Driver {
             sync_rx,
             evidence,
             audit: cfg.audit,
+            propose_wait,
+            held_proposal: None,
         };
         let feeds = Feeds {
             headers,
@@ -306,6 +319,11 @@ impl Driver {
                     .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
                     .into(),
             );
+            let held = self.held_proposal.map(|(.., at)| at);
+            let held_expires = tokio::time::sleep_until(
+                held.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+                    .into(),
+            );
             tokio::select! {
                 _ = shutdown.changed() => break,
                 ev = events.recv() => match ev {
@@ -324,7 +342,9 @@ impl Driver {
                 Some((peer, resp)) = self.sync_rx.recv() => self.synced(peer, resp).await?,
                 _ = flush.tick() => self.flush_txs().await,
                 _ = sync_tick.tick() => self.start_sync(),
+                _ = held_expires, if held.is_some() => {}
             }
+            self.release_proposal().await?;
         }
         self.flush_txs().await;
         Ok(())
@@ -376,22 +396,12 @@ impl Driver {
                 self.timers.due.insert((at, self.timers.seq), timeout);
             }
             Output::RequestProposal { height, round } => {
-                let Some(proposer) = self.proposer else {
-                    return Ok(None);
-                };
-                if height != self.chain.height() + 1 {
+                if round == 0 && self.pool.is_empty() && !self.propose_wait.is_zero() {
+                    // Wait for a transaction rather than propose an empty block at once.
+                    self.held_proposal = Some((height, round, Instant::now() + self.propose_wait));
                     return Ok(None);
                 }
-                let (block, dead) = self.chain.build_block(proposer, &self.pool)?;
-                for h in dead {
-                    self.pool.remove(&h);
-                }
-                tracing::debug!(height, round, txs = block.txs.len(), "proposing");
-                return Ok(Some(Input::ProposalReady {
-                    height,
-                    round,
-                    block: Box::new(block),
-                }));
+                return self.build_proposal(height, round);
             }
             Output::ValidateBlock(block) => {
                 let height = block.header.height;
@@ -450,6 +460,42 @@ impl Driver {
             }
         }
         Ok(None)
+    }
+
+    /// The block for the engine's proposal at `height` and `round`, from the mempool.
+    fn build_proposal(&mut self, height: u64, round: u32) -> Result<Option<Input>, Fatal> {
+        let Some(proposer) = self.proposer else {
+            return Ok(None);
+        };
+        if height != self.chain.height() + 1 {
+            return Ok(None);
+        }
+        let (block, dead) = self.chain.build_block(proposer, &self.pool)?;
+        for h in dead {
+            self.pool.remove(&h);
+        }
+        tracing::debug!(height, round, txs = block.txs.len(), "proposing");
+        Ok(Some(Input::ProposalReady {
+            height,
+            round,
+            block: Box::new(block),
+        }))
+    }
+
+    /// Proposes the held proposal once a transaction arrived or the wait is over (the
+    /// engine ignores it if its round moved on meanwhile).
+    async fn release_proposal(&mut self) -> Result<(), Fatal> {
+        let Some((height, round, at)) = self.held_proposal else {
+            return Ok(());
+        };
+        if self.pool.is_empty() && Instant::now() < at {
+            return Ok(());
+        }
+        self.held_proposal = None;
+        if let Some(ready) = self.build_proposal(height, round)? {
+            self.input(ready).await?;
+        }
+        Ok(())
     }
 
     fn record_evidence(&mut self, ev: DuplicateVote) -> Result<(), Fatal> {

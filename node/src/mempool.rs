@@ -292,6 +292,7 @@ mod tests {
             max_txs,
             max_bytes: 10_000,
             max_nonce_gap: 4,
+            ..MempoolConfig::default()
         }
     }
 

@@ -292,6 +292,35 @@ async fn reqwest_metrics(url: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_chain_waits_for_transactions_before_proposing() {
+    // An idle height's proposer waits `mempool.propose_wait_ms` (200 ms by default) for
+    // a transaction before it proposes an empty block, so a few seconds hold at most one
+    // idle height per 200 ms (one more at each edge of the window). Without the wait,
+    // the 10 ms commit pause would allow several times as many.
+    let net = Net::up(4);
+    let chain = net.genesis().chain_id.clone();
+    let clients = net.clients();
+    let (h0, t0) = (height(&clients[0]).await, Instant::now());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let h1 = height(&clients[0]).await;
+    let secs = t0.elapsed();
+    assert!(h1 > h0, "an idle chain still makes blocks");
+    let most = secs.as_millis() as u64 / 200 + 2;
+    assert!(h1 - h0 <= most, "{} idle heights in {secs:?}", h1 - h0);
+
+    // A transaction ends the wait: it is proposed and committed.
+    let key = &accounts(1, 9)[0];
+    let r = call(
+        &clients[2],
+        "broadcast_tx",
+        vec![hex_tx(&put(key, &chain, 0, "idle")), json!("commit")],
+    )
+    .await
+    .unwrap();
+    assert!(r["committed"]["height"].as_u64() > Some(h1), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_of_four_down_halts_without_forks_and_progress_resumes() {
     let net = Net::up(4);
     let clients = net.clients();
