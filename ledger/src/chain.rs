@@ -327,7 +327,10 @@ pub struct ChainParams {
     pub timeout_precommit_ms: u64,
     /// Growth of every timeout per round, in milliseconds.
     pub timeout_delta_ms: u64,
-    /// Pause after a commit before the next height starts, in milliseconds.
+    /// Pause after a commit before the next height starts, in milliseconds. New
+    /// genesis files get 10; a genesis file without the field means 100, the default
+    /// when it was written, so its hash (the chain's identity) does not change.
+    #[serde(default = "ChainParams::omitted_timeout_commit_ms")]
     pub timeout_commit_ms: u64,
 }
 
@@ -346,6 +349,10 @@ impl Default for ChainParams {
 }
 
 impl ChainParams {
+    fn omitted_timeout_commit_ms() -> u64 {
+        100
+    }
+
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.max_block_txs.to_be_bytes());
         out.extend_from_slice(&self.max_block_bytes.to_be_bytes());

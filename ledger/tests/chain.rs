@@ -591,3 +591,21 @@ fn the_carried_last_certificate_is_bound_and_checked() {
         Err(VerifyError::UnexpectedLastCertificate)
     );
 }
+
+#[test]
+fn a_genesis_without_the_commit_pause_keeps_the_pause_and_hash_it_was_written_with() {
+    // New genesis files get a 10 ms pause; one written when the default was 100 ms and
+    // leaving the field out still means 100 ms, and names the same chain.
+    assert_eq!(pyralog_ledger::ChainParams::default().timeout_commit_ms, 10);
+    let mut genesis = TestChain::new(1, EngineId::Tendermint).genesis;
+    genesis.params.timeout_commit_ms = 100;
+    let mut json: serde_json::Value = serde_json::from_str(&genesis.to_json()).unwrap();
+    let removed = json["params"]
+        .as_object_mut()
+        .unwrap()
+        .remove("timeout_commit_ms");
+    assert_eq!(removed, Some(serde_json::json!(100)));
+    let read = pyralog_ledger::Genesis::from_json(&json.to_string()).unwrap();
+    assert_eq!(read.params.timeout_commit_ms, 100);
+    assert_eq!(read.hash().unwrap(), genesis.hash().unwrap());
+}

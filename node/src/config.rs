@@ -176,10 +176,10 @@ pub struct MempoolConfig {
     pub max_bytes: usize,
     /// How far ahead of a sender's next nonce a transaction may be and still wait here.
     pub max_nonce_gap: u64,
-    /// A validator whose turn it is to propose (round 0) with an empty mempool waits up
-    /// to this long for a transaction before it proposes an empty block, so an idle
-    /// chain makes fewer blocks. Capped at half the genesis propose timeout, so the
-    /// other validators never give up on the proposal; 0 proposes at once.
+    /// A validator whose turn it is to propose (round 0), with no transaction it can
+    /// include, waits up to this long for one before it proposes an empty block, so an
+    /// idle chain makes fewer blocks. Capped at half the genesis propose timeout, which
+    /// leaves the other half for the proposal to reach the others; 0 proposes at once.
     pub propose_wait_ms: u64,
 }
 

@@ -181,9 +181,24 @@ pub struct Driver {
     /// How long a round-0 proposal waits for a transaction (`mempool.propose_wait_ms`,
     /// capped at half the propose timeout).
     propose_wait: Duration,
-    /// The proposal the engine asked for while the mempool was empty: height, round,
-    /// and when it goes out empty.
-    held_proposal: Option<(u64, u32, Instant)>,
+    /// The proposal the engine asked for while no transaction could go in it.
+    held_proposal: Option<HeldProposal>,
+}
+
+/// A round-0 proposal waiting for a transaction it can include.
+#[derive(Clone, Copy)]
+struct HeldProposal {
+    height: u64,
+    round: u32,
+    /// When it goes out, empty if need be.
+    until: Instant,
+    /// The mempool's size when a block was last tried: a new try only when it changed.
+    pool_seen: usize,
+}
+
+/// Whether a built proposal carries transactions.
+fn has_txs(ready: &Option<Input>) -> bool {
+    matches!(ready, Some(Input::ProposalReady { block, .. }) if !block.txs.is_empty())
 }
 
 /// Milliseconds since the Unix epoch (the engine's clock input).
@@ -319,7 +334,7 @@ impl Driver {
                     .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
                     .into(),
             );
-            let held = self.held_proposal.map(|(.., at)| at);
+            let held = self.held_proposal.map(|h| h.until);
             let held_expires = tokio::time::sleep_until(
                 held.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
                     .into(),
@@ -396,10 +411,20 @@ impl Driver {
                 self.timers.due.insert((at, self.timers.seq), timeout);
             }
             Output::RequestProposal { height, round } => {
-                if round == 0 && self.pool.is_empty() && !self.propose_wait.is_zero() {
-                    // Wait for a transaction rather than propose an empty block at once.
-                    self.held_proposal = Some((height, round, Instant::now() + self.propose_wait));
-                    return Ok(None);
+                self.held_proposal = None;
+                if round == 0 && !self.propose_wait.is_zero() {
+                    let ready = self.build_proposal(height, round)?;
+                    if !has_txs(&ready) {
+                        // Wait for a transaction rather than propose an empty block now.
+                        self.held_proposal = Some(HeldProposal {
+                            height,
+                            round,
+                            until: Instant::now() + self.propose_wait,
+                            pool_seen: self.pool.len(),
+                        });
+                        return Ok(None);
+                    }
+                    return Ok(ready);
                 }
                 return self.build_proposal(height, round);
             }
@@ -474,7 +499,7 @@ impl Driver {
         for h in dead {
             self.pool.remove(&h);
         }
-        tracing::debug!(height, round, txs = block.txs.len(), "proposing");
+        tracing::debug!(height, round, txs = block.txs.len(), "built a proposal");
         Ok(Some(Input::ProposalReady {
             height,
             round,
@@ -482,17 +507,27 @@ impl Driver {
         }))
     }
 
-    /// Proposes the held proposal once a transaction arrived or the wait is over (the
-    /// engine ignores it if its round moved on meanwhile).
+    /// Proposes the held proposal once a block with a transaction can be built or the
+    /// wait is over (the engine ignores it if its round moved on meanwhile). A pool of
+    /// transactions that cannot go in yet (a nonce gap) does not end the wait.
     async fn release_proposal(&mut self) -> Result<(), Fatal> {
-        let Some((height, round, at)) = self.held_proposal else {
+        let Some(held) = self.held_proposal else {
             return Ok(());
         };
-        if self.pool.is_empty() && Instant::now() < at {
+        let expired = Instant::now() >= held.until;
+        if !expired && self.pool.len() == held.pool_seen {
+            return Ok(());
+        }
+        let ready = self.build_proposal(held.height, held.round)?;
+        if !expired && ready.is_some() && !has_txs(&ready) {
+            self.held_proposal = Some(HeldProposal {
+                pool_seen: self.pool.len(),
+                ..held
+            });
             return Ok(());
         }
         self.held_proposal = None;
-        if let Some(ready) = self.build_proposal(height, round)? {
+        if let Some(ready) = ready {
             self.input(ready).await?;
         }
         Ok(())

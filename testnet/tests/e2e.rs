@@ -294,12 +294,23 @@ async fn reqwest_metrics(url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_chain_waits_for_transactions_before_proposing() {
     // An idle height's proposer waits `mempool.propose_wait_ms` (200 ms by default) for
-    // a transaction before it proposes an empty block, so a few seconds hold at most one
-    // idle height per 200 ms (one more at each edge of the window). Without the wait,
-    // the 10 ms commit pause would allow several times as many.
+    // a transaction it can include before it proposes an empty block, so a few seconds
+    // hold at most one idle height per 200 ms (one more at each edge of the window).
+    // Without the wait, the 10 ms commit pause allows about 35 a second.
     let net = Net::up(4);
     let chain = net.genesis().chain_id.clone();
     let clients = net.clients();
+    // A transaction that cannot go in yet (its sender's nonce 0 is missing) waits in
+    // every mempool; it must not end the wait.
+    let keys = accounts(2, 9);
+    let gap = call(
+        &clients[0],
+        "broadcast_tx",
+        vec![hex_tx(&put(&keys[0], &chain, 3, "gap")), json!("sync")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(gap["status"], "pending", "{gap}");
     let (h0, t0) = (height(&clients[0]).await, Instant::now());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let h1 = height(&clients[0]).await;
@@ -308,12 +319,11 @@ async fn an_idle_chain_waits_for_transactions_before_proposing() {
     let most = secs.as_millis() as u64 / 200 + 2;
     assert!(h1 - h0 <= most, "{} idle heights in {secs:?}", h1 - h0);
 
-    // A transaction ends the wait: it is proposed and committed.
-    let key = &accounts(1, 9)[0];
+    // A transaction that can go in ends the wait: it is proposed and committed.
     let r = call(
         &clients[2],
         "broadcast_tx",
-        vec![hex_tx(&put(key, &chain, 0, "idle")), json!("commit")],
+        vec![hex_tx(&put(&keys[1], &chain, 0, "idle")), json!("commit")],
     )
     .await
     .unwrap();
