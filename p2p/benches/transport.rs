@@ -248,6 +248,11 @@ impl Link {
     }
 }
 
+/// Each round's figure over the baseline's figure in the same round.
+fn per_round(ours: &[f64], baseline: &[f64]) -> Vec<f64> {
+    ours.iter().zip(baseline).map(|(w, t)| w / t).collect()
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -321,18 +326,8 @@ fn main() {
         for l in &links[1..] {
             // The ratio of each round's pair, then the median: a slow spell during one
             // round cancels out.
-            let ratios: Vec<f64> = l
-                .mib_per_s
-                .iter()
-                .zip(&tcp.mib_per_s)
-                .map(|(w, t)| w / t)
-                .collect();
-            let cpu: Vec<f64> = l
-                .cpu_s_per_gib
-                .iter()
-                .zip(&tcp.cpu_s_per_gib)
-                .map(|(w, t)| w / t)
-                .collect();
+            let ratios = per_round(&l.mib_per_s, &tcp.mib_per_s);
+            let cpu = per_round(&l.cpu_s_per_gib, &tcp.cpu_s_per_gib);
             println!(
                 "{} / tcp: throughput {:.2}x (rounds {:.2}..{:.2}), cpu per byte {:.2}x, rtt median {:.2}x",
                 l.name,
