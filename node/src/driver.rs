@@ -196,9 +196,9 @@ struct HeldProposal {
     pool_seen: usize,
 }
 
-/// Whether a built proposal carries transactions.
-fn has_txs(ready: &Option<Input>) -> bool {
-    matches!(ready, Some(Input::ProposalReady { block, .. }) if !block.txs.is_empty())
+/// Whether a proposal was built and carries no transaction.
+fn is_empty_proposal(ready: &Option<Input>) -> bool {
+    matches!(ready, Some(Input::ProposalReady { block, .. }) if block.txs.is_empty())
 }
 
 /// Milliseconds since the Unix epoch (the engine's clock input).
@@ -412,21 +412,18 @@ impl Driver {
             }
             Output::RequestProposal { height, round } => {
                 self.held_proposal = None;
-                if round == 0 && !self.propose_wait.is_zero() {
-                    let ready = self.build_proposal(height, round)?;
-                    if !has_txs(&ready) {
-                        // Wait for a transaction rather than propose an empty block now.
-                        self.held_proposal = Some(HeldProposal {
-                            height,
-                            round,
-                            until: Instant::now() + self.propose_wait,
-                            pool_seen: self.pool.len(),
-                        });
-                        return Ok(None);
-                    }
-                    return Ok(ready);
+                let ready = self.build_proposal(height, round)?;
+                if round == 0 && !self.propose_wait.is_zero() && is_empty_proposal(&ready) {
+                    // Wait for a transaction rather than propose an empty block now.
+                    self.held_proposal = Some(HeldProposal {
+                        height,
+                        round,
+                        until: Instant::now() + self.propose_wait,
+                        pool_seen: self.pool.len(),
+                    });
+                    return Ok(None);
                 }
-                return self.build_proposal(height, round);
+                return Ok(ready);
             }
             Output::ValidateBlock(block) => {
                 let height = block.header.height;
@@ -519,7 +516,7 @@ impl Driver {
             return Ok(());
         }
         let ready = self.build_proposal(held.height, held.round)?;
-        if !expired && ready.is_some() && !has_txs(&ready) {
+        if !expired && is_empty_proposal(&ready) {
             self.held_proposal = Some(HeldProposal {
                 pool_seen: self.pool.len(),
                 ..held

@@ -225,6 +225,17 @@ impl Relay {
     }
 }
 
+/// Nodes 1 (A) and 2 (B), each with `config(allowed)`, B dialling A through a relay,
+/// connected both ways.
+async fn relayed(config: impl Fn(&[u8]) -> WgConfig) -> (Node, Relay, Node) {
+    let mut a = node(1, config(&[2]), vec![]).await;
+    let relay = Relay::start(a.udp()).await;
+    let mut b = node(2, config(&[1]), vec![a.dial_addr(relay.front)]).await;
+    connected(&mut a, &b).await;
+    connected(&mut b, &a).await;
+    (a, relay, b)
+}
+
 /// A → B direction of the relay.
 async fn pump(
     back: Arc<UdpSocket>,
@@ -347,11 +358,7 @@ async fn a_stream_survives_rekeys_roaming_and_replays() {
         rekey_after: Duration::from_millis(800),
         ..wg_config(allowed)
     };
-    let mut a = node(1, fast(&[2]), vec![]).await;
-    let relay = Relay::start(a.udp()).await;
-    let mut b = node(2, fast(&[1]), vec![a.dial_addr(relay.front)]).await;
-    connected(&mut a, &b).await;
-    connected(&mut b, &a).await;
+    let (mut a, relay, mut b) = relayed(fast).await;
 
     let started = Instant::now();
     let mut roamed = false;
@@ -407,11 +414,7 @@ async fn a_lost_rekey_response_is_not_taken_for_a_restart() {
         rekey_after: Duration::from_secs(14),
         ..wg_config(allowed)
     };
-    let mut a = node(1, slow(&[2]), vec![]).await;
-    let relay = Relay::start(a.udp()).await;
-    let mut b = node(2, slow(&[1]), vec![a.dial_addr(relay.front)]).await;
-    connected(&mut a, &b).await;
-    connected(&mut b, &a).await;
+    let (mut a, relay, mut b) = relayed(slow).await;
     // The next response is the rekey's.
     relay.faults.responses.store(1, Ordering::Relaxed);
     let started = Instant::now();
@@ -441,11 +444,7 @@ async fn a_silent_peer_is_torn_down_after_expiry() {
         persistent_keepalive: Some(1),
         ..wg_config(allowed)
     };
-    let mut a = node(1, quick(&[2]), vec![]).await;
-    let relay = Relay::start(a.udp()).await;
-    let mut b = node(2, quick(&[1]), vec![a.dial_addr(relay.front)]).await;
-    connected(&mut a, &b).await;
-    connected(&mut b, &a).await;
+    let (mut a, relay, b) = relayed(quick).await;
     echo(&a, &b, 10).await;
     // Keepalives hold the connection while the path works.
     tokio::time::sleep(Duration::from_secs(3)).await;
