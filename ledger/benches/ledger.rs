@@ -13,7 +13,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use pyralog_crypto::{Hash, content_digest};
 use pyralog_ledger::log::{self, MemLog};
 use pyralog_ledger::merkle::{TreeHasher, verify_consistency, verify_inclusion};
-use pyralog_ledger::state::{self, EMPTY_ROOT, MemState, verify_state_proof};
+use pyralog_ledger::state::{self, MemState, Subtree, verify_state_proof};
 
 const LOG_SIZE: u64 = 1 << 17;
 const STATE_KEYS: u32 = 100_000;
@@ -93,13 +93,13 @@ fn bench_state(c: &mut Criterion) {
     let all: BTreeMap<Hash, Option<Vec<u8>>> = (0..STATE_KEYS)
         .map(|k| (content_digest(&k.to_be_bytes()), Some(vec![1u8; 16])))
         .collect();
-    let (root, writes) = state::update(&store, &EMPTY_ROOT, &all).unwrap();
+    let (root, writes) = state::update(&store, &Subtree::EMPTY, 1, &all).unwrap();
     store.insert_all(writes);
     let mut g = c.benchmark_group("state");
     let one: BTreeMap<Hash, Option<Vec<u8>>> =
         [(content_digest(b"new key"), Some(vec![2u8; 16]))].into();
     g.bench_function("update 1 key in 100k", |b| {
-        b.iter(|| state::update(&store, &root, black_box(&one)).unwrap())
+        b.iter(|| state::update(&store, &root, 2, black_box(&one)).unwrap())
     });
     let thousand: BTreeMap<Hash, Option<Vec<u8>>> = (0..1000u32)
         .map(|k| {
@@ -112,7 +112,7 @@ fn bench_state(c: &mut Criterion) {
     g.bench_function("update 1000 keys in 100k (one block)", |b| {
         b.iter_batched(
             || thousand.clone(),
-            |u| state::update(&store, &root, &u).unwrap(),
+            |u| state::update(&store, &root, 2, &u).unwrap(),
             BatchSize::SmallInput,
         )
     });
@@ -125,7 +125,9 @@ fn bench_state(c: &mut Criterion) {
         b.iter(|| state::prove(&store, &root, black_box(&key)).unwrap())
     });
     g.bench_function("verify a value proof in 100k", |b| {
-        b.iter(|| verify_state_proof(&root, &key, value.as_deref(), black_box(&proof)).unwrap())
+        b.iter(|| {
+            verify_state_proof(&root.hash, &key, value.as_deref(), black_box(&proof)).unwrap()
+        })
     });
     g.bench_function("baseline: 18 raw BLAKE3 of 64 bytes (one path)", |b| {
         b.iter(|| raw_hashes(18, 64))

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{CodecError, Decode, Decoder, Encode};
 use crate::log::{LogNodes, NodeId};
 use crate::merkle::TxTree;
-use crate::state::{Namespace, StateNode, StateNodes, state_key};
+use crate::state::{Namespace, NodeRef, StateNode, StateNodes, Subtree, state_key};
 use crate::{
     Block, Certificate, ChainId, EngineId, Genesis, Hash, Header, Payload, StoreError, Transaction,
     ValidatorSet, log, state,
@@ -40,6 +40,8 @@ pub struct Tip {
     pub log_size: u64,
     /// State root.
     pub state_root: Hash,
+    /// Where the state root's node is stored (zero for the empty state).
+    pub state_root_at: NodeRef,
 }
 
 impl Tip {
@@ -49,6 +51,15 @@ impl Tip {
             height: 0,
             log_size: 0,
             state_root: state::EMPTY_ROOT,
+            state_root_at: NodeRef::default(),
+        }
+    }
+
+    /// The state tree at this tip.
+    pub fn state(&self) -> Subtree {
+        Subtree {
+            hash: self.state_root,
+            at: self.state_root_at,
         }
     }
 }
@@ -249,12 +260,15 @@ pub struct Execution {
     pub log_root: Hash,
     /// State root after the block.
     pub state_root: Hash,
+    /// Where the state root's node is stored: among `state_writes`, or an older node
+    /// when the block changed no state.
+    pub state_root_at: NodeRef,
     /// Hashes of the executed transactions, in order.
     pub tx_hashes: Vec<Hash>,
     /// Log nodes to store.
     pub log_writes: Vec<(NodeId, Hash)>,
-    /// State nodes to store.
-    pub state_writes: Vec<(Hash, StateNode)>,
+    /// State nodes to store, at the block's height and indices 0, 1, 2... in order.
+    pub state_writes: Vec<(Subtree, StateNode)>,
 }
 
 impl Execution {
@@ -264,6 +278,7 @@ impl Execution {
             height,
             log_size: self.log_size,
             state_root: self.state_root,
+            state_root_at: self.state_root_at,
         }
     }
 }
@@ -309,7 +324,7 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
     fn read(&self, key: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
         match self.updates.get(key) {
             Some(v) => Ok(v.clone()),
-            None => state::get(self.state, &self.tip.state_root, key),
+            None => state::get(self.state, &self.tip.state(), key),
         }
     }
 
@@ -429,13 +444,14 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
         let (log_writes, log_root) =
             log::append_with_root(self.log, self.tip.log_size, &self.tx_hashes)?;
         let (state_root, state_writes) =
-            state::update(self.state, &self.tip.state_root, &self.updates)?;
+            state::update(self.state, &self.tip.state(), self.height, &self.updates)?;
         Ok(Execution {
             tx_root,
             tx_count: self.tx_hashes.len() as u32,
             log_size: self.tip.log_size + self.tx_hashes.len() as u64,
             log_root,
-            state_root,
+            state_root: state_root.hash,
+            state_root_at: state_root.at,
             tx_hashes: self.tx_hashes,
             log_writes,
             state_writes,

@@ -12,8 +12,13 @@
 //! - A node always has two non-empty children, or one internal child beside an empty one;
 //!   a lone leaf moves up (Diem's sparse Merkle tree). With keys that are BLAKE3 outputs,
 //!   a path is O(log n) long, so an update costs O(log n) hashes, not 256.
-//! - Nodes are stored by their hash and never change, so the tree at every height stays
-//!   readable from that height's root: proofs of a value or of absence work at any height.
+//! - Nodes never change once written, so the tree at every height stays readable from
+//!   that height's root: proofs of a value or of absence work at any height.
+//! - A node is stored at a [`NodeRef`]: the height whose block wrote it (its version) and
+//!   its position among that block's new nodes. An internal node holds its children's
+//!   hashes and locations ([`Subtree`]); only the hashes are hashed. Stores can then keep a
+//!   block's nodes side by side under sequential keys instead of scattering them under
+//!   their hashes (see `pyralog-storage`).
 //!
 //! A key is `H_key(namespace || application key)` ([`state_key`]). Proofs carry the
 //! sibling hashes from the root down and the leaf met at the end of the key's path; see
@@ -68,6 +73,62 @@ fn node_hash(left: &Hash, right: &Hash) -> Hash {
     HashDomain::StateNode.hash_pair(left, right)
 }
 
+/// Where a stored state node is: the height whose block wrote it, and its position among
+/// the nodes that block wrote (in the order [`update`] returns them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeRef {
+    /// The height whose block wrote the node.
+    pub version: u64,
+    /// The node's position among that block's new nodes.
+    pub index: u32,
+}
+
+/// A subtree: the hash of its top node and where that node is stored. The empty subtree
+/// ([`EMPTY_ROOT`]) is stored nowhere; its location is zero and never read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Subtree {
+    /// The subtree's hash.
+    pub hash: Hash,
+    /// Where its top node is stored.
+    pub at: NodeRef,
+}
+
+impl Subtree {
+    /// The empty tree.
+    pub const EMPTY: Subtree = Subtree {
+        hash: EMPTY_ROOT,
+        at: NodeRef {
+            version: 0,
+            index: 0,
+        },
+    };
+
+    /// Whether this is the empty subtree.
+    pub fn is_empty(&self) -> bool {
+        self.hash == EMPTY_ROOT
+    }
+}
+
+impl Encode for Subtree {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.hash.encode(out);
+        out.extend_from_slice(&self.at.version.to_be_bytes());
+        out.extend_from_slice(&self.at.index.to_be_bytes());
+    }
+}
+
+impl Decode for Subtree {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        Ok(Subtree {
+            hash: d.hash("subtree hash")?,
+            at: NodeRef {
+                version: d.u64("subtree version")?,
+                index: d.u32("subtree index")?,
+            },
+        })
+    }
+}
+
 /// A stored node of the state tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StateNode {
@@ -80,19 +141,19 @@ pub enum StateNode {
     },
     /// An inner node (either child may be [`EMPTY_ROOT`], not both).
     Internal {
-        /// Hash of the subtree whose next key bit is 0.
-        left: Hash,
-        /// Hash of the subtree whose next key bit is 1.
-        right: Hash,
+        /// The subtree whose next key bit is 0.
+        left: Subtree,
+        /// The subtree whose next key bit is 1.
+        right: Subtree,
     },
 }
 
 impl StateNode {
-    /// The node's hash (its storage key).
+    /// The node's hash (children's locations are not part of it).
     pub fn hash(&self) -> Hash {
         match self {
             StateNode::Leaf { key, value } => leaf_hash(key, &value_hash(value)),
-            StateNode::Internal { left, right } => node_hash(left, right),
+            StateNode::Internal { left, right } => node_hash(&left.hash, &right.hash),
         }
     }
 }
@@ -122,8 +183,8 @@ impl Decode for StateNode {
                 value: d.bytes("leaf value", MAX_STATE_VALUE_BYTES)?.to_vec(),
             }),
             2 => Ok(StateNode::Internal {
-                left: d.hash("left")?,
-                right: d.hash("right")?,
+                left: Subtree::decode(d)?,
+                right: Subtree::decode(d)?,
             }),
             tag => Err(CodecError::BadTag {
                 what: "state node",
@@ -135,23 +196,44 @@ impl Decode for StateNode {
 
 /// Read access to stored state nodes.
 pub trait StateNodes {
-    /// The node whose hash is `hash`, if stored.
-    fn state_node(&self, hash: &Hash) -> Result<Option<StateNode>, StoreError>;
+    /// The node stored at `node.at`, if any. A store must return
+    /// [`StoreError::Corrupt`] rather than a node whose hash is not `node.hash`
+    /// ([`check_node`]).
+    fn state_node(&self, node: &Subtree) -> Result<Option<StateNode>, StoreError>;
 }
 
-fn load<S: StateNodes + ?Sized>(store: &S, hash: &Hash) -> Result<StateNode, StoreError> {
+/// `stored` if its hash is `expected.hash`, else the corruption error stores return.
+pub fn check_node(expected: &Subtree, stored: StateNode) -> Result<StateNode, StoreError> {
+    let hash = stored.hash();
+    if hash == expected.hash {
+        Ok(stored)
+    } else {
+        Err(StoreError::Corrupt {
+            what: "state node",
+            reason: format!(
+                "the node at version {} index {} has hash {hash}, expected {}",
+                expected.at.version, expected.at.index, expected.hash
+            ),
+        })
+    }
+}
+
+fn load<S: StateNodes + ?Sized>(store: &S, node: &Subtree) -> Result<StateNode, StoreError> {
     store
-        .state_node(hash)?
+        .state_node(node)?
         .ok_or_else(|| StoreError::MissingNode {
             what: "state node",
-            at: hash.to_hex(),
+            at: format!(
+                "{} (version {} index {})",
+                node.hash, node.at.version, node.at.index
+            ),
         })
 }
 
 /// State nodes in memory (tests and tools).
 #[derive(Clone, Debug, Default)]
 pub struct MemState {
-    nodes: HashMap<Hash, StateNode>,
+    nodes: HashMap<NodeRef, StateNode>,
 }
 
 impl MemState {
@@ -161,8 +243,9 @@ impl MemState {
     }
 
     /// Stores nodes returned by [`update`].
-    pub fn insert_all(&mut self, nodes: Vec<(Hash, StateNode)>) {
-        self.nodes.extend(nodes);
+    pub fn insert_all(&mut self, nodes: Vec<(Subtree, StateNode)>) {
+        self.nodes
+            .extend(nodes.into_iter().map(|(at, node)| (at.at, node)));
     }
 
     /// Number of stored nodes.
@@ -177,20 +260,23 @@ impl MemState {
 }
 
 impl StateNodes for MemState {
-    fn state_node(&self, hash: &Hash) -> Result<Option<StateNode>, StoreError> {
-        Ok(self.nodes.get(hash).cloned())
+    fn state_node(&self, node: &Subtree) -> Result<Option<StateNode>, StoreError> {
+        self.nodes
+            .get(&node.at)
+            .map(|stored| check_node(node, stored.clone()))
+            .transpose()
     }
 }
 
-/// The value of `key` in the tree with root `root`.
+/// The value of `key` in the tree `root`.
 pub fn get<S: StateNodes + ?Sized>(
     store: &S,
-    root: &Hash,
+    root: &Subtree,
     key: &Hash,
 ) -> Result<Option<Vec<u8>>, StoreError> {
     let mut current = *root;
     let mut depth = 0;
-    while current != EMPTY_ROOT {
+    while !current.is_empty() {
         match load(store, &current)? {
             StateNode::Leaf { key: k, value } => return Ok((k == *key).then_some(value)),
             StateNode::Internal { left, right } => {
@@ -207,55 +293,73 @@ pub fn get<S: StateNodes + ?Sized>(
 #[derive(Clone)]
 enum Sub {
     Empty,
-    Leaf(Hash),
-    Internal(Hash),
+    Leaf(Subtree),
+    Internal(Subtree),
 }
 
 impl Sub {
-    fn hash(&self) -> Hash {
+    fn tree(&self) -> Subtree {
         match self {
-            Sub::Empty => EMPTY_ROOT,
-            Sub::Leaf(h) | Sub::Internal(h) => *h,
+            Sub::Empty => Subtree::EMPTY,
+            Sub::Leaf(t) | Sub::Internal(t) => *t,
         }
     }
 }
 
-/// Applies `updates` (key → new value, `None` = delete) to the tree with root `root`.
-/// Returns the new root and the new nodes to store (old nodes stay valid for old roots).
-pub fn update<S: StateNodes + ?Sized>(
-    store: &S,
-    root: &Hash,
-    updates: &BTreeMap<Hash, Option<Vec<u8>>>,
-) -> Result<(Hash, Vec<(Hash, StateNode)>), StoreError> {
-    let updates: Vec<(&Hash, &Option<Vec<u8>>)> = updates.iter().collect();
-    let mut writes = Vec::new();
-    let sub = update_at(store, *root, 0, &updates, &mut writes)?;
-    Ok((sub.hash(), writes))
+/// The new nodes of one block, numbered in order at one version.
+struct Writes {
+    version: u64,
+    nodes: Vec<(Subtree, StateNode)>,
 }
 
-fn put(writes: &mut Vec<(Hash, StateNode)>, node: StateNode) -> Hash {
-    let h = node.hash();
-    writes.push((h, node));
-    h
+/// Applies `updates` (key → new value, `None` = delete) to the tree `root`, as the block
+/// at height `version`. Returns the new root and the new nodes to store, at `version` and
+/// indices 0, 1, 2... in order (old nodes stay valid for old roots).
+pub fn update<S: StateNodes + ?Sized>(
+    store: &S,
+    root: &Subtree,
+    version: u64,
+    updates: &BTreeMap<Hash, Option<Vec<u8>>>,
+) -> Result<(Subtree, Vec<(Subtree, StateNode)>), StoreError> {
+    let updates: Vec<(&Hash, &Option<Vec<u8>>)> = updates.iter().collect();
+    let mut writes = Writes {
+        version,
+        nodes: Vec::new(),
+    };
+    let sub = update_at(store, *root, 0, &updates, &mut writes)?;
+    Ok((sub.tree(), writes.nodes))
+}
+
+fn put(writes: &mut Writes, node: StateNode) -> Subtree {
+    let at = Subtree {
+        hash: node.hash(),
+        at: NodeRef {
+            version: writes.version,
+            index: writes.nodes.len() as u32,
+        },
+    };
+    writes.nodes.push((at, node));
+    at
 }
 
 fn update_at<S: StateNodes + ?Sized>(
     store: &S,
-    current: Hash,
+    current: Subtree,
     depth: usize,
     updates: &[(&Hash, &Option<Vec<u8>>)],
-    writes: &mut Vec<(Hash, StateNode)>,
+    writes: &mut Writes,
 ) -> Result<Sub, StoreError> {
     if updates.is_empty() {
-        return Ok(match current {
-            h if h == EMPTY_ROOT => Sub::Empty,
-            h => match load(store, &h)? {
-                StateNode::Leaf { .. } => Sub::Leaf(h),
-                StateNode::Internal { .. } => Sub::Internal(h),
-            },
+        return Ok(if current.is_empty() {
+            Sub::Empty
+        } else {
+            match load(store, &current)? {
+                StateNode::Leaf { .. } => Sub::Leaf(current),
+                StateNode::Internal { .. } => Sub::Internal(current),
+            }
         });
     }
-    if current == EMPTY_ROOT {
+    if current.is_empty() {
         let leaves: Vec<(&Hash, &[u8])> = updates
             .iter()
             .filter_map(|(k, v)| v.as_deref().map(|v| (*k, v)))
@@ -288,7 +392,7 @@ fn update_at<S: StateNodes + ?Sized>(
 }
 
 /// A parent of two updated subtrees, collapsing a lone leaf upwards.
-fn join(l: Sub, r: Sub, writes: &mut Vec<(Hash, StateNode)>) -> Sub {
+fn join(l: Sub, r: Sub, writes: &mut Writes) -> Sub {
     match (&l, &r) {
         (Sub::Empty, Sub::Empty) => Sub::Empty,
         (Sub::Leaf(_), Sub::Empty) => l,
@@ -296,15 +400,15 @@ fn join(l: Sub, r: Sub, writes: &mut Vec<(Hash, StateNode)>) -> Sub {
         _ => Sub::Internal(put(
             writes,
             StateNode::Internal {
-                left: l.hash(),
-                right: r.hash(),
+                left: l.tree(),
+                right: r.tree(),
             },
         )),
     }
 }
 
 /// The subtree at `depth` holding exactly `leaves` (sorted by key, distinct).
-fn build(depth: usize, leaves: &[(&Hash, &[u8])], writes: &mut Vec<(Hash, StateNode)>) -> Sub {
+fn build(depth: usize, leaves: &[(&Hash, &[u8])], writes: &mut Writes) -> Sub {
     match leaves {
         [] => Sub::Empty,
         [(key, value)] => Sub::Leaf(put(
@@ -363,15 +467,15 @@ impl Decode for StateProof {
     }
 }
 
-/// Builds the proof for `key` in the tree with root `root`, with the value if present.
+/// Builds the proof for `key` in the tree `root`, with the value if present.
 pub fn prove<S: StateNodes + ?Sized>(
     store: &S,
-    root: &Hash,
+    root: &Subtree,
     key: &Hash,
 ) -> Result<(Option<Vec<u8>>, StateProof), StoreError> {
     let mut siblings = Vec::new();
     let mut current = *root;
-    while current != EMPTY_ROOT {
+    while !current.is_empty() {
         match load(store, &current)? {
             StateNode::Leaf { key: k, value } => {
                 let proof = StateProof {
@@ -386,7 +490,7 @@ pub fn prove<S: StateNodes + ?Sized>(
                 } else {
                     (left, right)
                 };
-                siblings.push(sibling);
+                siblings.push(sibling.hash);
                 current = next;
             }
         }

@@ -9,7 +9,7 @@ use pyralog_crypto::{Hash, Keypair};
 use crate::exec::{BlockContext, BlockExecutor, Execution, Tip};
 use crate::log::{self, LogNodes, MemLog};
 use crate::merkle::TxTree;
-use crate::state::{MemState, StateNodes};
+use crate::state::{MemState, StateNodes, Subtree};
 use crate::{
     Block, Certificate, ChainId, ChainParams, CommitSig, EngineId, Genesis, GenesisValidator,
     Header, Payload, Receipt, Transaction, ValidatorSet, Vote,
@@ -180,6 +180,14 @@ impl TestChain {
         let (block, execution) = self.make_block(txs);
         let cert = self.certify_all(&block.header);
         self.apply_committed(block, cert, execution)
+    }
+
+    /// The state tree after the block at `height` (the empty tree at 0).
+    pub fn state_at(&self, height: u64) -> Subtree {
+        match height {
+            0 => Subtree::EMPTY,
+            h => self.executions[h as usize - 1].tip(h).state(),
+        }
     }
 
     /// Stores a block that was certified elsewhere.

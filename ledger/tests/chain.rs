@@ -113,7 +113,7 @@ fn put_delete_and_limits() {
     let mut chain = TestChain::new(1, EngineId::Raft);
     let alice = user(1);
     chain.commit(vec![chain.put(&alice, 0, b"k", b"v1")]);
-    let root_1 = chain.tip.state_root;
+    let root_1 = chain.tip.state();
     let del = pyralog_ledger::Transaction::new_signed(
         &alice,
         chain.chain_id(),
@@ -138,7 +138,7 @@ fn put_delete_and_limits() {
     );
     // A delete leaves a tombstone that links back to the deleted version.
     assert_eq!(
-        record(&chain.tip.state_root),
+        record(&chain.tip.state()),
         Some(KvRecord {
             value: None,
             height: 2,
@@ -187,7 +187,7 @@ fn kv_versions_link_back_one_per_height() {
     chain.commit(vec![chain.put(&alice, 3, b"k", b"c")]);
     let kv = state_key(Namespace::Kv, b"k");
     let at = |height: u64| {
-        let root = chain.blocks[height as usize - 1].header.state_root;
+        let root = chain.state_at(height);
         KvRecord::from_bytes(&state::get(&chain.state, &root, &kv).unwrap().unwrap()).unwrap()
     };
     // Walk back from the newest version, as `pyralog history` does.
@@ -278,7 +278,7 @@ fn re_execution_reproduces_every_header_and_certificates_verify() {
     let alice = &users[0];
     let header = &chain.blocks.last().unwrap().header;
     let key = state_key(Namespace::Account, alice.public().as_bytes());
-    let (value, proof) = state::prove(&chain.state, &header.state_root, &key).unwrap();
+    let (value, proof) = state::prove(&chain.state, &chain.state_at(header.height), &key).unwrap();
     verify::verify_state(
         header,
         Namespace::Account,
@@ -291,7 +291,7 @@ fn re_execution_reproduces_every_header_and_certificates_verify() {
     assert_eq!(account.next_nonce, 6);
     let (none, proof) = state::prove(
         &chain.state,
-        &header.state_root,
+        &chain.state_at(header.height),
         &state_key(Namespace::Kv, b"nope"),
     )
     .unwrap();

@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 use pyralog_crypto::{Hash, Keypair, Signature};
 use pyralog_ledger::codec::{CodecError, Decode, Encode};
-use pyralog_ledger::state::{StateNode, StateProof};
+use pyralog_ledger::state::{NodeRef, StateNode, StateProof, Subtree};
 use pyralog_ledger::{
     Block, Certificate, ChainId, CommitSig, EngineId, Header, Payload, Transaction, Validator,
     ValidatorSet, Vote, VoteKind,
@@ -158,8 +158,14 @@ fn valset() -> impl Strategy<Value = ValidatorSet> {
 fn state_node() -> impl Strategy<Value = StateNode> {
     prop_oneof![
         (hash(), bytes(50)).prop_map(|(key, value)| StateNode::Leaf { key, value }),
-        (hash(), hash()).prop_map(|(left, right)| StateNode::Internal { left, right }),
+        (subtree(), subtree()).prop_map(|(left, right)| StateNode::Internal { left, right }),
     ]
+}
+fn subtree() -> impl Strategy<Value = Subtree> {
+    (hash(), any::<u64>(), any::<u32>()).prop_map(|(hash, version, index)| Subtree {
+        hash,
+        at: NodeRef { version, index },
+    })
 }
 fn state_proof() -> impl Strategy<Value = StateProof> {
     (

@@ -7,7 +7,11 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use pyralog_crypto::{Hash, content_digest};
-use pyralog_ledger::state::{self, EMPTY_ROOT, MemState, StateProofError, verify_state_proof};
+use pyralog_ledger::StoreError;
+use pyralog_ledger::state::{
+    self, EMPTY_ROOT, MemState, NodeRef, StateNode, StateNodes, StateProofError, Subtree,
+    verify_state_proof,
+};
 
 fn key(k: u16) -> Hash {
     content_digest(&k.to_be_bytes())
@@ -33,9 +37,9 @@ proptest! {
     fn matches_model_at_every_version(blocks in proptest::collection::vec(proptest::collection::vec(op(), 0..12), 1..10)) {
         let mut store = MemState::new();
         let mut model: BTreeMap<Hash, Vec<u8>> = BTreeMap::new();
-        let mut versions: Vec<(Hash, BTreeMap<Hash, Vec<u8>>)> = vec![(EMPTY_ROOT, model.clone())];
-        let mut root = EMPTY_ROOT;
-        for ops in blocks {
+        let mut versions: Vec<(Subtree, BTreeMap<Hash, Vec<u8>>)> = vec![(Subtree::EMPTY, model.clone())];
+        let mut root = Subtree::EMPTY;
+        for (height, ops) in (1..).zip(blocks) {
             let mut updates = BTreeMap::new();
             for op in ops {
                 match op {
@@ -43,7 +47,12 @@ proptest! {
                     Op::Del(k) => { updates.insert(key(k), None); model.remove(&key(k)); }
                 }
             }
-            let (new_root, writes) = state::update(&store, &root, &updates).unwrap();
+            let (new_root, writes) = state::update(&store, &root, height, &updates).unwrap();
+            // The block's new nodes are numbered in order at its height.
+            for (i, (at, node)) in writes.iter().enumerate() {
+                prop_assert_eq!(at.at, NodeRef { version: height, index: i as u32 });
+                prop_assert_eq!(at.hash, node.hash());
+            }
             store.insert_all(writes);
             root = new_root;
             versions.push((root, model.clone()));
@@ -51,9 +60,9 @@ proptest! {
         // The root depends only on the contents, not on the history.
         let mut fresh = MemState::new();
         let all: BTreeMap<Hash, Option<Vec<u8>>> = model.iter().map(|(k, v)| (*k, Some(v.clone()))).collect();
-        let (fresh_root, writes) = state::update(&fresh, &EMPTY_ROOT, &all).unwrap();
+        let (fresh_root, writes) = state::update(&fresh, &Subtree::EMPTY, 1, &all).unwrap();
         fresh.insert_all(writes);
-        prop_assert_eq!(fresh_root, root);
+        prop_assert_eq!(fresh_root.hash, root.hash);
         // Every version: every key's value or absence is proven and verifies.
         for (root, contents) in &versions {
             for k in 0..64u16 {
@@ -63,22 +72,22 @@ proptest! {
                 prop_assert_eq!(got.as_ref(), expected);
                 let (value, proof) = state::prove(&store, root, &k).unwrap();
                 prop_assert_eq!(value.as_ref(), expected);
-                prop_assert!(verify_state_proof(root, &k, expected.map(Vec::as_slice), &proof).is_ok());
+                prop_assert!(verify_state_proof(&root.hash, &k, expected.map(Vec::as_slice), &proof).is_ok());
                 // The opposite claim fails.
                 match expected {
                     Some(v) => {
-                        prop_assert!(verify_state_proof(root, &k, None, &proof).is_err());
+                        prop_assert!(verify_state_proof(&root.hash, &k, None, &proof).is_err());
                         let mut other = v.clone();
                         other.push(1);
-                        prop_assert!(verify_state_proof(root, &k, Some(&other), &proof).is_err());
+                        prop_assert!(verify_state_proof(&root.hash, &k, Some(&other), &proof).is_err());
                     }
-                    None => prop_assert!(verify_state_proof(root, &k, Some(b"x"), &proof).is_err()),
+                    None => prop_assert!(verify_state_proof(&root.hash, &k, Some(b"x"), &proof).is_err()),
                 }
                 // Tampered siblings fail.
                 if !proof.siblings.is_empty() {
                     let mut bad = proof.clone();
                     bad.siblings[0].0[0] ^= 1;
-                    prop_assert!(verify_state_proof(root, &k, expected.map(Vec::as_slice), &bad).is_err());
+                    prop_assert!(verify_state_proof(&root.hash, &k, expected.map(Vec::as_slice), &bad).is_err());
                 }
             }
         }
@@ -90,22 +99,24 @@ fn deleting_everything_returns_to_the_empty_root() {
     let mut store = MemState::new();
     let updates: BTreeMap<Hash, Option<Vec<u8>>> =
         (0..100).map(|k| (key(k), Some(vec![k as u8]))).collect();
-    let (root, writes) = state::update(&store, &EMPTY_ROOT, &updates).unwrap();
+    let (root, writes) = state::update(&store, &Subtree::EMPTY, 1, &updates).unwrap();
     store.insert_all(writes);
-    assert_ne!(root, EMPTY_ROOT);
+    assert_ne!(root.hash, EMPTY_ROOT);
     let deletes: BTreeMap<Hash, Option<Vec<u8>>> = (0..100).map(|k| (key(k), None)).collect();
-    let (root, _) = state::update(&store, &root, &deletes).unwrap();
-    assert_eq!(root, EMPTY_ROOT);
+    let (root, writes) = state::update(&store, &root, 2, &deletes).unwrap();
+    assert!(root.is_empty());
+    assert!(writes.is_empty());
 }
 
 #[test]
 fn absence_proof_with_a_foreign_leaf_must_share_the_path() {
     let mut store = MemState::new();
     let updates: BTreeMap<Hash, Option<Vec<u8>>> = [(key(1), Some(b"one".to_vec()))].into();
-    let (root, writes) = state::update(&store, &EMPTY_ROOT, &updates).unwrap();
+    let (root, writes) = state::update(&store, &Subtree::EMPTY, 1, &updates).unwrap();
     store.insert_all(writes);
+    let (tree, root) = (root, root.hash);
     // One key: the root is its leaf; any other key's absence is proven by that leaf.
-    let (value, proof) = state::prove(&store, &root, &key(2)).unwrap();
+    let (value, proof) = state::prove(&store, &tree, &key(2)).unwrap();
     assert_eq!(value, None);
     assert!(proof.siblings.is_empty());
     verify_state_proof(&root, &key(2), None, &proof).unwrap();
@@ -122,7 +133,7 @@ fn absence_proof_with_a_foreign_leaf_must_share_the_path() {
             &root,
             &key(1),
             None,
-            &state::prove(&store, &root, &key(1)).unwrap().1
+            &state::prove(&store, &tree, &key(1)).unwrap().1
         ),
         Err(StateProofError::KeyPresent)
     );
@@ -135,13 +146,13 @@ fn a_single_update_writes_o_log_n_nodes() {
     let updates: BTreeMap<Hash, Option<Vec<u8>>> = (0..n)
         .map(|k| (content_digest(&k.to_be_bytes()), Some(vec![1])))
         .collect();
-    let (mut root, writes) = state::update(&store, &EMPTY_ROOT, &updates).unwrap();
+    let (mut root, writes) = state::update(&store, &Subtree::EMPTY, 1, &updates).unwrap();
     store.insert_all(writes);
     let log2n = (n as f64).log2();
-    for k in 0..50u32 {
+    for (height, k) in (2..).zip(0..50u32) {
         let key = content_digest(&(k * 7919).to_be_bytes());
         let single: BTreeMap<Hash, Option<Vec<u8>>> = [(key, Some(vec![2, k as u8]))].into();
-        let (new_root, writes) = state::update(&store, &root, &single).unwrap();
+        let (new_root, writes) = state::update(&store, &root, height, &single).unwrap();
         // One leaf plus one inner node per level of the path: about log2(n), not 256.
         assert!(
             (writes.len() as f64) < 2.0 * log2n + 8.0,
@@ -150,5 +161,60 @@ fn a_single_update_writes_o_log_n_nodes() {
         );
         store.insert_all(writes);
         root = new_root;
+    }
+}
+
+/// A store whose node at a location is not the one the parent's hash names.
+struct Swapped(MemState, NodeRef, StateNode);
+
+impl StateNodes for Swapped {
+    fn state_node(&self, node: &Subtree) -> Result<Option<StateNode>, StoreError> {
+        if node.at == self.1 {
+            return state::check_node(node, self.2.clone()).map(Some);
+        }
+        self.0.state_node(node)
+    }
+}
+
+#[test]
+fn a_node_whose_hash_is_not_the_parents_is_corruption() {
+    let mut store = MemState::new();
+    let updates: BTreeMap<Hash, Option<Vec<u8>>> =
+        (0..8).map(|k| (key(k), Some(vec![k as u8]))).collect();
+    let (root, writes) = state::update(&store, &Subtree::EMPTY, 1, &updates).unwrap();
+    let (leaf_at, _) = writes[0].clone();
+    store.insert_all(writes.clone());
+    let wrong = StateNode::Leaf {
+        key: key(99),
+        value: b"other".to_vec(),
+    };
+    // The same location answered with another node, in memory or through `check_node`.
+    let mut swapped_mem = MemState::new();
+    swapped_mem.insert_all(
+        writes
+            .iter()
+            .map(|(at, node)| match at.at == leaf_at.at {
+                true => (*at, wrong.clone()),
+                false => (*at, node.clone()),
+            })
+            .collect(),
+    );
+    let swapped = Swapped(store, leaf_at.at, wrong);
+    let StateNode::Leaf { key: leaf_key, .. } = &writes[0].1 else {
+        panic!("the first node written is a leaf");
+    };
+    for s in [&swapped as &dyn StateNodes, &swapped_mem] {
+        let got = state::get(s, &root, leaf_key);
+        assert!(
+            matches!(
+                got,
+                Err(StoreError::Corrupt {
+                    what: "state node",
+                    ..
+                })
+            ),
+            "{got:?}"
+        );
+        assert!(state::prove(s, &root, leaf_key).is_err());
     }
 }

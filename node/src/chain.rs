@@ -181,8 +181,8 @@ impl Chain {
     /// The height at which `digest` was notarized, if it was.
     pub fn notarized_at(&self, digest: &Hash) -> Result<Option<u64>, Fatal> {
         let key = state_key(Namespace::Notarization, &digest.0);
-        let value = state::get(&*self.store, &self.tip.state_root, &key)
-            .map_err(|e| Fatal(e.to_string()))?;
+        let value =
+            state::get(&*self.store, &self.tip.state(), &key).map_err(|e| Fatal(e.to_string()))?;
         Ok(value.and_then(|v| {
             pyralog_ledger::exec::NotarizationRecord::from_bytes(&v)
                 .ok()

@@ -12,7 +12,7 @@ pub mod arrow;
 pub mod sled;
 
 use pyralog_ledger::log::LogNodes;
-use pyralog_ledger::state::StateNodes;
+use pyralog_ledger::state::{StateNodes, Subtree};
 use pyralog_ledger::{Block, Certificate, Execution, Hash, Header, Tip};
 
 pub use crate::sled::SledStore;
@@ -47,6 +47,19 @@ pub enum StorageError {
         /// What differs.
         reason: String,
     },
+    /// A database written in another storage format.
+    #[error(
+        "the database in {} has storage format {found}, and this build reads format {}. \
+         Move the directory away and let the node sync the chain from its peers",
+        path.display(),
+        crate::sled::FORMAT
+    )]
+    Format {
+        /// The database directory.
+        path: std::path::PathBuf,
+        /// The format found.
+        found: String,
+    },
     /// Writing an export failed.
     #[error("export: {0}")]
     Export(String),
@@ -77,6 +90,11 @@ pub trait Store: LogNodes + StateNodes + Send + Sync {
         cert: &Certificate,
         execution: &Execution,
     ) -> Result<(), StorageError>;
+
+    /// The state tree after the block at `height` (the empty tree at 0): its root hash,
+    /// which is the header's `state_root`, and where the root node is stored. Proofs at
+    /// `height` start there.
+    fn state_root(&self, height: u64) -> Result<Option<Subtree>, StorageError>;
 
     /// The block at `height`.
     fn block(&self, height: u64) -> Result<Option<Block>, StorageError>;

@@ -7,35 +7,56 @@
 //! | `c` | height | canonical certificate |
 //! | `t` | transaction hash | height, index, log index |
 //! | `l` | level (u8), index (u64 BE) | log node hash |
-//! | `s` | node hash | canonical state node |
+//! | `S` | version (u64 BE), page (u32 BE) | up to 64 state nodes ([`NODES_PER_PAGE`]) |
+//! | `r` | height | the state root: hash, version, index |
 //! | `m` | name | node-local metadata ([`Store::meta`]) |
-//! | `T` | (none) | the committed tip: height, log size, state root |
+//! | `T` | (none) | the committed tip: height, log size, state root and its location |
+//! | `F` | (none) | the storage format ([`FORMAT`]) |
 //!
 //! One tree keeps every commit a single atomic `Batch` (sled's multi-tree transactions are
 //! slower and the sled notes advise few trees). Durability comes from `flush()` after each
 //! batch: sled otherwise persists only every 500 ms.
+//!
+//! **State nodes in pages.** A block's new state nodes are numbered 0, 1, 2... at the
+//! block's height ([`NodeRef`]), and nodes `64k..64k+63` are one record: a page is
+//! `1 ‖ (u32 BE length ‖ node)*`. sled spends about 15 µs on every record it inserts
+//! whatever its size, and a transaction writes about 16 nodes, so one record per node
+//! made the commit most of a validator's work; in pages a block's nodes cost a few
+//! sequential records. A node is read by decoding its page up to it, and checked against
+//! the hash its parent names.
 
 use std::path::Path;
 
 use pyralog_crypto::recent::Recent;
 use pyralog_ledger::codec::{Decode, Encode};
 use pyralog_ledger::log::{LogNodes, NodeId};
-use pyralog_ledger::state::{StateNode, StateNodes};
+use pyralog_ledger::state::{self, NodeRef, StateNode, StateNodes, Subtree};
 use pyralog_ledger::{Block, Certificate, Execution, Hash, Header, StoreError, Tip};
 
 use crate::{StorageError, Store, TxLocation};
 
 const TIP_KEY: &[u8] = b"T";
+const FORMAT_KEY: &[u8] = b"F";
+
+/// The storage format this code reads and writes. Format 1 (until 2026-11) kept state
+/// nodes under their hashes; it is not read.
+pub const FORMAT: u8 = 2;
+
+/// State nodes per page record.
+pub const NODES_PER_PAGE: u32 = 64;
+
+/// Page encoding version.
+const PAGE_VERSION: u8 = 1;
 
 /// A [`Store`] in a sled database directory.
 pub struct SledStore {
     db: ::sled::Db,
     /// Serialises commits: the tip check and the batch must not interleave.
     commit_lock: std::sync::Mutex<()>,
-    /// Decoded state nodes, the hot ones: every transaction walks the tree from the
-    /// root, so its upper levels are read for every key. A node is stored under its own
-    /// hash and never changes, so a cached node is never stale.
-    nodes: std::sync::Mutex<Recent<Hash, StateNode>>,
+    /// Decoded state nodes with their hashes, the hot ones: every transaction walks the
+    /// tree from the root, so its upper levels are read for every key. A stored node
+    /// never changes, so a cached node is never stale.
+    nodes: std::sync::Mutex<Recent<NodeRef, (Hash, StateNode)>>,
 }
 
 /// Nodes per generation of the state-node cache: at most twice this many are held,
@@ -73,26 +94,86 @@ fn log_key(id: NodeId) -> [u8; 10] {
     k
 }
 
+fn page_key(version: u64, page: u32) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[0] = b'S';
+    k[1..9].copy_from_slice(&version.to_be_bytes());
+    k[9..].copy_from_slice(&page.to_be_bytes());
+    k
+}
+
+/// The page records of a block's new state nodes (numbered 0, 1, 2... in order).
+fn encode_pages(version: u64, writes: &[(Subtree, StateNode)]) -> Vec<([u8; 13], Vec<u8>)> {
+    writes
+        .chunks(NODES_PER_PAGE as usize)
+        .enumerate()
+        .map(|(page, nodes)| {
+            let mut out = Vec::with_capacity(1 + nodes.len() * 96);
+            out.push(PAGE_VERSION);
+            for (_, node) in nodes {
+                let at = out.len();
+                out.extend_from_slice(&[0; 4]);
+                node.encode(&mut out);
+                let len = (out.len() - at - 4) as u32;
+                out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            }
+            (page_key(version, page as u32), out)
+        })
+        .collect()
+}
+
+/// Node `slot` of a page record, or `None` if the page holds fewer nodes.
+fn decode_page_slot(page: &[u8], slot: u32) -> Result<Option<StateNode>, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: "state node page",
+        reason,
+    };
+    let mut d = pyralog_ledger::codec::Decoder::new(page);
+    d.version("state node page", PAGE_VERSION)
+        .map_err(|e| corrupt(e.to_string()))?;
+    for _ in 0..slot {
+        if d.remaining() == 0 {
+            return Ok(None);
+        }
+        let len = d.u32("node length").map_err(|e| corrupt(e.to_string()))?;
+        d.take(len as usize, "node")
+            .map_err(|e| corrupt(e.to_string()))?;
+    }
+    if d.remaining() == 0 {
+        return Ok(None);
+    }
+    let len = d.u32("node length").map_err(|e| corrupt(e.to_string()))?;
+    let bytes = d
+        .take(len as usize, "node")
+        .map_err(|e| corrupt(e.to_string()))?;
+    StateNode::from_bytes(bytes)
+        .map(Some)
+        .map_err(|e| corrupt(e.to_string()))
+}
+
 fn encode_tip(tip: &Tip) -> Vec<u8> {
-    let mut out = Vec::with_capacity(49);
-    out.push(1);
+    let mut out = Vec::with_capacity(61);
+    out.push(2);
     out.extend_from_slice(&tip.height.to_be_bytes());
     out.extend_from_slice(&tip.log_size.to_be_bytes());
-    out.extend_from_slice(&tip.state_root.0);
+    tip.state().encode(&mut out);
     out
 }
 
 fn decode_tip(bytes: &[u8]) -> Result<Tip, StorageError> {
     let mut d = pyralog_ledger::codec::Decoder::new(bytes);
     let tip = (|| {
-        d.version("tip", 1)?;
-        let tip = Tip {
-            height: d.u64("height")?,
-            log_size: d.u64("log size")?,
-            state_root: d.hash("state root")?,
-        };
+        d.version("tip", 2)?;
+        let height = d.u64("height")?;
+        let log_size = d.u64("log size")?;
+        let state = Subtree::decode(&mut d)?;
         d.finish()?;
-        Ok::<_, pyralog_ledger::CodecError>(tip)
+        Ok::<_, pyralog_ledger::CodecError>(Tip {
+            height,
+            log_size,
+            state_root: state.hash,
+            state_root_at: state.at,
+        })
     })();
     tip.map_err(|e| StorageError::Corrupt {
         what: "tip",
@@ -152,6 +233,26 @@ impl SledStore {
                 other => break other?,
             }
         };
+        match db.get(FORMAT_KEY)? {
+            Some(v) if v.as_ref() == [FORMAT] => {}
+            Some(v) => {
+                return Err(StorageError::Format {
+                    path: path.to_path_buf(),
+                    found: format!("{:?}", v.as_ref()),
+                });
+            }
+            // Format 1 wrote no marker; a database with a tip is one.
+            None if db.get(TIP_KEY)?.is_some() => {
+                return Err(StorageError::Format {
+                    path: path.to_path_buf(),
+                    found: "1".into(),
+                });
+            }
+            None => {
+                db.insert(FORMAT_KEY, &[FORMAT])?;
+                db.flush()?;
+            }
+        }
         Ok(SledStore {
             db,
             commit_lock: std::sync::Mutex::new(()),
@@ -164,7 +265,7 @@ impl SledStore {
         Ok(self.db.size_on_disk()?)
     }
 
-    fn node_cache(&self) -> std::sync::MutexGuard<'_, Recent<Hash, StateNode>> {
+    fn node_cache(&self) -> std::sync::MutexGuard<'_, Recent<NodeRef, (Hash, StateNode)>> {
         // The cache holds only immutable nodes; one left mid-update by a panic is
         // still correct.
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
@@ -198,23 +299,31 @@ impl LogNodes for SledStore {
 }
 
 impl StateNodes for SledStore {
-    fn state_node(&self, hash: &Hash) -> Result<Option<StateNode>, StoreError> {
-        if let Some(node) = self.node_cache().get(hash) {
-            return Ok(Some(node));
+    fn state_node(&self, node: &Subtree) -> Result<Option<StateNode>, StoreError> {
+        if let Some((hash, cached)) = self.node_cache().get(&node.at) {
+            return if hash == node.hash {
+                Ok(Some(cached))
+            } else {
+                state::check_node(node, cached).map(Some)
+            };
         }
-        match self.db.get(key(b's', &hash.0)).map_err(backend)? {
-            None => Ok(None),
-            Some(v) => {
-                let node = StateNode::from_bytes(&v).map_err(|e| StoreError::Corrupt {
-                    what: "state node",
-                    reason: e.to_string(),
-                })?;
-                if cacheable(&node) {
-                    self.node_cache().insert(*hash, node.clone());
-                }
-                Ok(Some(node))
-            }
+        let NodeRef { version, index } = node.at;
+        let Some(page) = self
+            .db
+            .get(page_key(version, index / NODES_PER_PAGE))
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let Some(stored) = decode_page_slot(&page, index % NODES_PER_PAGE)? else {
+            return Ok(None);
+        };
+        let checked = state::check_node(node, stored)?;
+        if cacheable(&checked) {
+            self.node_cache()
+                .insert(node.at, (node.hash, checked.clone()));
         }
+        Ok(Some(checked))
     }
 }
 
@@ -262,6 +371,14 @@ impl Store for SledStore {
         {
             return mismatch("roots, sizes or transaction count differ from the header");
         }
+        if execution
+            .state_writes
+            .iter()
+            .enumerate()
+            .any(|(i, (at, _))| at.at.version != height || at.at.index as usize != i)
+        {
+            return mismatch("state nodes are not numbered 0, 1, 2... at the block's height");
+        }
         if execution.tx_hashes.len() != block.txs.len()
             || execution
                 .tx_hashes
@@ -286,18 +403,27 @@ impl Store for SledStore {
         for (id, hash) in &execution.log_writes {
             batch.insert(&log_key(*id)[..], &hash.0[..]);
         }
-        for (hash, node) in &execution.state_writes {
-            batch.insert(key(b's', &hash.0), node.to_bytes());
+        for (k, page) in encode_pages(height, &execution.state_writes) {
+            batch.insert(&k[..], page);
         }
-        batch.insert(TIP_KEY, encode_tip(&execution.tip(height)));
+        let new_tip = execution.tip(height);
+        batch.insert(height_key(b'r', height), new_tip.state().to_bytes());
+        batch.insert(TIP_KEY, encode_tip(&new_tip));
         self.db.apply_batch(batch)?;
         self.db.flush()?;
         // The new nodes are the tree's new upper levels: the next block reads them.
         let mut cache = self.node_cache();
-        for (hash, node) in execution.state_writes.iter().filter(|(_, n)| cacheable(n)) {
-            cache.insert(*hash, node.clone());
+        for (at, node) in execution.state_writes.iter().filter(|(_, n)| cacheable(n)) {
+            cache.insert(at.at, (at.hash, node.clone()));
         }
         Ok(())
+    }
+
+    fn state_root(&self, height: u64) -> Result<Option<Subtree>, StorageError> {
+        if height == 0 {
+            return Ok(Some(Subtree::EMPTY));
+        }
+        self.get_decoded("state root", &height_key(b'r', height))
     }
 
     fn block(&self, height: u64) -> Result<Option<Block>, StorageError> {
@@ -335,37 +461,134 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn node(n: u8) -> (Hash, StateNode) {
-        let node = StateNode::Leaf {
+    fn leaf(n: u8, len: usize) -> StateNode {
+        StateNode::Leaf {
             key: Hash([n; 32]),
-            value: vec![n],
-        };
-        (node.hash(), node)
+            value: vec![n; len],
+        }
+    }
+
+    /// `nodes` as a block's writes at `version`.
+    fn writes(version: u64, nodes: Vec<StateNode>) -> Vec<(Subtree, StateNode)> {
+        nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let at = NodeRef {
+                    version,
+                    index: i as u32,
+                };
+                (
+                    Subtree {
+                        hash: node.hash(),
+                        at,
+                    },
+                    node,
+                )
+            })
+            .collect()
+    }
+
+    fn put_pages(store: &SledStore, version: u64, w: &[(Subtree, StateNode)]) {
+        for (k, page) in encode_pages(version, w) {
+            store.db.insert(k, page).unwrap();
+        }
     }
 
     #[test]
-    fn cached_and_stored_nodes_agree() {
+    fn pages_hold_64_nodes_and_every_slot_reads_back() {
+        let nodes: Vec<StateNode> = (0..150).map(|i| leaf(i as u8, i % 7)).collect();
+        let w = writes(9, nodes);
+        let pages = encode_pages(9, &w);
+        assert_eq!(pages.len(), 3);
+        assert_eq!(pages[2].0, page_key(9, 2));
+        for (at, node) in &w {
+            let (_, page) = &pages[(at.at.index / NODES_PER_PAGE) as usize];
+            let got = decode_page_slot(page, at.at.index % NODES_PER_PAGE).unwrap();
+            assert_eq!(got.as_ref(), Some(node));
+        }
+        // Past the last node of a page, or of the last page: nothing.
+        assert_eq!(decode_page_slot(&pages[2].1, 22).unwrap(), None);
+        // Truncated or mislabelled pages are corruption, never a panic.
+        let page = &pages[0].1;
+        for cut in 1..page.len() {
+            let got = decode_page_slot(&page[..cut], 63);
+            assert!(
+                matches!(got, Err(StoreError::Corrupt { .. }) | Ok(None)),
+                "{cut}"
+            );
+        }
+        let mut other = page.clone();
+        other[0] = 7;
+        assert!(decode_page_slot(&other, 0).is_err());
+    }
+
+    #[test]
+    fn cached_and_stored_nodes_agree_and_are_checked_against_the_parents_hash() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        let (hash, n) = node(7);
-        store.db.insert(key(b's', &hash.0), n.to_bytes()).unwrap();
+        let big = leaf(8, NODE_CACHE_VALUE_BYTES + 1);
+        let w = writes(3, vec![leaf(7, 1), big.clone()]);
+        put_pages(&store, 3, &w);
+        let (small_at, big_at) = (w[0].0, w[1].0);
         // Read from sled; then, gone from sled, still served from the cache.
-        assert_eq!(store.state_node(&hash).unwrap(), Some(n.clone()));
-        store.db.remove(key(b's', &hash.0)).unwrap();
-        assert_eq!(store.state_node(&hash).unwrap(), Some(n));
-        assert_eq!(store.state_node(&Hash([9; 32])).unwrap(), None);
-        // A leaf with a large value is read but not kept.
-        let big = StateNode::Leaf {
-            key: Hash([8; 32]),
-            value: vec![8; NODE_CACHE_VALUE_BYTES + 1],
+        assert_eq!(store.state_node(&small_at).unwrap(), Some(leaf(7, 1)));
+        assert_eq!(store.state_node(&big_at).unwrap(), Some(big));
+        store.db.remove(page_key(3, 0)).unwrap();
+        assert_eq!(store.state_node(&small_at).unwrap(), Some(leaf(7, 1)));
+        // A leaf with a large value was read but not kept.
+        assert_eq!(store.state_node(&big_at).unwrap(), None);
+        // The right location with another hash is corruption, cached or not.
+        let wrong = Subtree {
+            hash: Hash([1; 32]),
+            ..small_at
         };
-        let big_hash = big.hash();
-        store
-            .db
-            .insert(key(b's', &big_hash.0), big.to_bytes())
-            .unwrap();
-        assert_eq!(store.state_node(&big_hash).unwrap(), Some(big));
-        store.db.remove(key(b's', &big_hash.0)).unwrap();
-        assert_eq!(store.state_node(&big_hash).unwrap(), None);
+        assert!(matches!(
+            store.state_node(&wrong),
+            Err(StoreError::Corrupt { .. })
+        ));
+        put_pages(&store, 3, &w);
+        let wrong_big = Subtree {
+            hash: Hash([1; 32]),
+            ..big_at
+        };
+        assert!(matches!(
+            store.state_node(&wrong_big),
+            Err(StoreError::Corrupt { .. })
+        ));
+        // Nothing stored at a location: none.
+        let nowhere = Subtree {
+            at: NodeRef {
+                version: 4,
+                index: 0,
+            },
+            ..small_at
+        };
+        assert_eq!(store.state_node(&nowhere).unwrap(), None);
+    }
+
+    #[test]
+    fn a_database_of_another_format_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // Format 1: a tip and no format marker.
+            let db = ::sled::open(dir.path()).unwrap();
+            db.insert(TIP_KEY, &[1u8; 49][..]).unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledStore::open(dir.path()).err().unwrap();
+        assert!(
+            matches!(&err, StorageError::Format { found, .. } if found == "1"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("sync the chain"), "{err}");
+        // A fresh directory is marked with this format and opens again.
+        let fresh = tempfile::tempdir().unwrap();
+        drop(SledStore::open(fresh.path()).unwrap());
+        let store = SledStore::open(fresh.path()).unwrap();
+        assert_eq!(
+            store.db.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
+            [FORMAT]
+        );
     }
 }

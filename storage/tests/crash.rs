@@ -73,19 +73,22 @@ fn check_store(store: &SledStore, from: u64) -> Tip {
             1 => Tip::genesis(),
             _ => {
                 let p = store.header(h - 1).unwrap().unwrap();
+                let state = store.state_root(h - 1).unwrap().unwrap();
+                assert_eq!(state.hash, p.state_root);
                 Tip {
                     height: h - 1,
                     log_size: p.log_size,
-                    state_root: p.state_root,
+                    state_root: state.hash,
+                    state_root_at: state.at,
                 }
             }
         };
         let exec = apply_block(store, store, &before, &block).unwrap();
         verify::verify_execution(&header, &exec).unwrap();
         let key = pyralog_ledger::state::state_key(pyralog_ledger::Namespace::Kv, b"counter");
-        let stored = state::get(store, &header.state_root, &key)
-            .unwrap()
-            .unwrap();
+        let state = store.state_root(h).unwrap().unwrap();
+        assert_eq!(state.hash, header.state_root);
+        let stored = state::get(store, &state, &key).unwrap().unwrap();
         let record = pyralog_ledger::KvRecord::from_bytes(&stored).unwrap();
         assert_eq!(record.value, Some(h.to_be_bytes().to_vec()));
     }

@@ -65,12 +65,13 @@ fn committed_blocks_survive_reopen_and_serve_proofs_at_every_height() {
         }
         // Time travel: the counter's value as of height h, proven against header h.
         let key = state_key(Namespace::Kv, b"counter");
-        let (value, proof) = state::prove(&store, &header.state_root, &key).unwrap();
+        let root = store.state_root(h).unwrap().unwrap();
+        assert_eq!(root.hash, header.state_root);
+        let (value, proof) = state::prove(&store, &root, &key).unwrap();
         let record = pyralog_ledger::KvRecord::from_bytes(value.as_deref().unwrap()).unwrap();
         assert_eq!(record.value, Some(h.to_be_bytes().to_vec()));
         verify::verify_state(header, Namespace::Kv, b"counter", value.as_deref(), &proof).unwrap();
-        let (absent, proof) =
-            state::prove(&store, &header.state_root, &state_key(Namespace::Kv, b"x")).unwrap();
+        let (absent, proof) = state::prove(&store, &root, &state_key(Namespace::Kv, b"x")).unwrap();
         assert!(absent.is_none());
         verify::verify_state(header, Namespace::Kv, b"x", None, &proof).unwrap();
     }
@@ -126,6 +127,15 @@ fn only_the_next_height_can_be_committed() {
     )]);
     assert!(matches!(
         store.commit_block(&block, &cert, &other_exec),
+        Err(StorageError::ExecutionMismatch { .. })
+    ));
+    // State nodes that are not numbered 0, 1, 2... at the block's height are refused:
+    // they would land in another block's pages.
+    let node = chain.executions[1].state_writes[0].clone();
+    let mut misnumbered = exec.clone();
+    misnumbered.state_writes = vec![node];
+    assert!(matches!(
+        store.commit_block(&block, &cert, &misnumbered),
         Err(StorageError::ExecutionMismatch { .. })
     ));
     store.commit_block(&block, &cert, &exec).unwrap();

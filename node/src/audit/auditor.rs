@@ -732,12 +732,18 @@ impl Auditor {
                     .await?;
                 return Ok(false);
             }
-            let expected = pyralog_ledger::state::get(
-                &**self.chain.store(),
-                &ours.state_root,
-                &state_key(*ns, key),
-            )
-            .map_err(|e| Fatal(e.to_string()))?;
+            let store = self.chain.store();
+            let root = store
+                .state_root(*h)
+                .map_err(|e| Fatal(e.to_string()))?
+                .filter(|root| root.hash == ours.state_root)
+                .ok_or_else(|| {
+                    Fatal(format!(
+                        "the replica's state root at height {h} is missing or not its header's"
+                    ))
+                })?;
+            let expected = pyralog_ledger::state::get(&**store, &root, &state_key(*ns, key))
+                .map_err(|e| Fatal(e.to_string()))?;
             let proven = verify_state(&ours, *ns, key, a.record.as_deref(), &a.proof);
             if let Err(e) = proven.as_ref().map_err(ToString::to_string).and_then(|()| {
                 if a.record == expected {
