@@ -6,7 +6,7 @@
 //! | `h` | height | canonical header |
 //! | `c` | height | canonical certificate |
 //! | `t` | transaction hash | height, index, log index |
-//! | `l` | level (u8), index (u64 BE) | log node hash |
+//! | `L` | level (u8), page (u64 BE) | up to 64 log node hashes, nodes `64 × page` on |
 //! | `S` | version (u64 BE), page (u32 BE) | up to 64 state nodes ([`NODES_PER_PAGE`]) |
 //! | `r` | height | the state root: hash, version, index |
 //! | `m` | name | node-local metadata ([`Store::meta`]) |
@@ -24,6 +24,10 @@
 //! made the commit most of a validator's work; in pages a block's nodes cost a few
 //! sequential records. A node is read by decoding its page up to it, and checked against
 //! the hash its parent names.
+//!
+//! **Log nodes in pages** for the same reason: a level's nodes are written once, in index
+//! order, so page `p` of a level holds the hashes of nodes `64p..64p+63` back to back and
+//! grows by appending until it is full.
 
 use std::path::Path;
 
@@ -47,6 +51,9 @@ pub const NODES_PER_PAGE: u32 = 64;
 
 /// Page encoding version.
 const PAGE_VERSION: u8 = 1;
+
+/// Log-tree nodes (32-byte hashes) per page record.
+pub const LOG_NODES_PER_PAGE: u64 = 64;
 
 /// A [`Store`] in a sled database directory.
 pub struct SledStore {
@@ -86,12 +93,13 @@ fn height_key(prefix: u8, height: u64) -> Vec<u8> {
     key(prefix, &height.to_be_bytes())
 }
 
-fn log_key(id: NodeId) -> [u8; 10] {
+/// The key of the log page holding node `id`, and the node's slot in it.
+fn log_page(id: NodeId) -> ([u8; 10], usize) {
     let mut k = [0u8; 10];
-    k[0] = b'l';
+    k[0] = b'L';
     k[1] = id.level;
-    k[2..].copy_from_slice(&id.index.to_be_bytes());
-    k
+    k[2..].copy_from_slice(&(id.index / LOG_NODES_PER_PAGE).to_be_bytes());
+    (k, (id.index % LOG_NODES_PER_PAGE) as usize)
 }
 
 fn page_key(version: u64, page: u32) -> [u8; 13] {
@@ -286,15 +294,20 @@ fn backend(e: ::sled::Error) -> StoreError {
 
 impl LogNodes for SledStore {
     fn log_node(&self, id: NodeId) -> Result<Option<Hash>, StoreError> {
-        match self.db.get(log_key(id)).map_err(backend)? {
-            None => Ok(None),
-            Some(v) => <[u8; 32]>::try_from(v.as_ref())
-                .map(|h| Some(Hash(h)))
-                .map_err(|_| StoreError::Corrupt {
-                    what: "log node",
-                    reason: format!("{} bytes", v.len()),
-                }),
+        let (k, slot) = log_page(id);
+        let Some(page) = self.db.get(k).map_err(backend)? else {
+            return Ok(None);
+        };
+        if page.len() % 32 != 0 || page.len() > 32 * LOG_NODES_PER_PAGE as usize {
+            return Err(StoreError::Corrupt {
+                what: "log node page",
+                reason: format!("{} bytes", page.len()),
+            });
         }
+        Ok(page
+            .get(slot * 32..slot * 32 + 32)
+            .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            .map(Hash))
     }
 }
 
@@ -400,8 +413,23 @@ impl Store for SledStore {
             };
             batch.insert(key(b't', &tx_hash.0), &encode_location(&loc)[..]);
         }
+        // Each level's new nodes continue its last page: read it once, append, write it.
+        let mut log_pages: std::collections::BTreeMap<[u8; 10], Vec<u8>> = Default::default();
         for (id, hash) in &execution.log_writes {
-            batch.insert(&log_key(*id)[..], &hash.0[..]);
+            let (k, slot) = log_page(*id);
+            let page = match log_pages.entry(k) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(self.db.get(k)?.map(|v| v.to_vec()).unwrap_or_default())
+                }
+            };
+            if page.len() != slot * 32 {
+                return mismatch("log nodes do not continue the stored log");
+            }
+            page.extend_from_slice(&hash.0);
+        }
+        for (k, page) in log_pages {
+            batch.insert(&k[..], page);
         }
         for (k, page) in encode_pages(height, &execution.state_writes) {
             batch.insert(&k[..], page);
@@ -581,7 +609,7 @@ mod tests {
             matches!(&err, StorageError::Format { found, .. } if found == "1"),
             "{err}"
         );
-        assert!(err.to_string().contains("sync the chain"), "{err}");
+        assert!(err.to_string().contains("moved away"), "{err}");
         // A fresh directory is marked with this format and opens again.
         let fresh = tempfile::tempdir().unwrap();
         drop(SledStore::open(fresh.path()).unwrap());

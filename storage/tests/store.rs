@@ -30,7 +30,8 @@ fn committed_blocks_survive_reopen_and_serve_proofs_at_every_height() {
     let chain = {
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.tip().unwrap(), Tip::genesis());
-        build(&store, 12)
+        // 40 blocks of 4 transactions: the log's pages of 64 nodes fill and continue.
+        build(&store, 40)
     };
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.tip().unwrap(), chain.tip);
@@ -136,6 +137,20 @@ fn only_the_next_height_can_be_committed() {
     misnumbered.state_writes = vec![node];
     assert!(matches!(
         store.commit_block(&block, &cert, &misnumbered),
+        Err(StorageError::ExecutionMismatch { .. })
+    ));
+    // Log nodes that skip a position (or repeat one) are refused: a level's page only grows.
+    let mut skipping_log = exec.clone();
+    let (id, hash) = chain.executions[1].log_writes[0];
+    skipping_log.log_writes = vec![(
+        pyralog_ledger::log::NodeId {
+            index: id.index + 5,
+            ..id
+        },
+        hash,
+    )];
+    assert!(matches!(
+        store.commit_block(&block, &cert, &skipping_log),
         Err(StorageError::ExecutionMismatch { .. })
     ));
     store.commit_block(&block, &cert, &exec).unwrap();
