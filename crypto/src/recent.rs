@@ -1,5 +1,5 @@
 //! A bounded map of recently used values, for caches of things that never change under
-//! their key (decompressed public keys, state nodes stored by their hash).
+//! their key (decompressed public keys, state nodes at their storage location).
 
 use std::collections::HashMap;
 use std::hash::Hash;

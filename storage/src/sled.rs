@@ -67,8 +67,8 @@ pub struct SledStore {
 }
 
 /// Nodes per generation of the state-node cache: at most twice this many are held,
-/// each at most about 100 + [`NODE_CACHE_VALUE_BYTES`] bytes (internal nodes, the many,
-/// are 64 bytes).
+/// each at most about 200 + [`NODE_CACHE_VALUE_BYTES`] bytes with its location, hash and
+/// the map's overhead (internal nodes, the many, hold two 44-byte children).
 const NODE_CACHE_NODES: usize = 200_000;
 
 /// Leaves with larger values are not cached: a value may be up to 64 KiB, and the hot
@@ -384,13 +384,28 @@ impl Store for SledStore {
         {
             return mismatch("roots, sizes or transaction count differ from the header");
         }
+        // The nodes' places and hashes go into the pages and the node cache as given, so
+        // they are checked here, as the transaction hashes are below.
         if execution
             .state_writes
             .iter()
             .enumerate()
-            .any(|(i, (at, _))| at.at.version != height || at.at.index as usize != i)
+            .any(|(i, (at, node))| {
+                at.at.version != height || at.at.index as usize != i || at.hash != node.hash()
+            })
         {
-            return mismatch("state nodes are not numbered 0, 1, 2... at the block's height");
+            return mismatch(
+                "state nodes are not numbered 0, 1, 2... at the block's height, or not under their hashes",
+            );
+        }
+        let root = execution.tip(height).state();
+        let root_found = match execution.state_writes.get(root.at.index as usize) {
+            _ if root.is_empty() => true,
+            Some((at, _)) if root.at.version == height => *at == root,
+            _ => root.at.version < height && root.at.version > 0,
+        };
+        if !root_found {
+            return mismatch("the state root's location is not one of the stored nodes");
         }
         if execution.tx_hashes.len() != block.txs.len()
             || execution
@@ -423,6 +438,12 @@ impl Store for SledStore {
                     e.insert(self.db.get(k)?.map(|v| v.to_vec()).unwrap_or_default())
                 }
             };
+            if page.len() % 32 != 0 || page.len() > 32 * LOG_NODES_PER_PAGE as usize {
+                return Err(StorageError::Corrupt {
+                    what: "log node page",
+                    reason: format!("{} bytes", page.len()),
+                });
+            }
             if page.len() != slot * 32 {
                 return mismatch("log nodes do not continue the stored log");
             }

@@ -139,6 +139,32 @@ fn only_the_next_height_can_be_committed() {
         store.commit_block(&block, &cert, &misnumbered),
         Err(StorageError::ExecutionMismatch { .. })
     ));
+    // A node under another hash, or a root location that names no stored node, too.
+    let (_, other_node) = chain.executions[1].state_writes[0].clone();
+    let mut mislabelled = exec.clone();
+    mislabelled.state_writes = vec![(
+        state::Subtree {
+            hash: pyralog_crypto::Hash([7; 32]),
+            at: state::NodeRef {
+                version: 3,
+                index: 0,
+            },
+        },
+        other_node,
+    )];
+    assert!(matches!(
+        store.commit_block(&block, &cert, &mislabelled),
+        Err(StorageError::ExecutionMismatch { .. })
+    ));
+    let mut lost_root = exec.clone();
+    lost_root.state_root_at = state::NodeRef {
+        version: 3,
+        index: 0,
+    };
+    assert!(matches!(
+        store.commit_block(&block, &cert, &lost_root),
+        Err(StorageError::ExecutionMismatch { .. })
+    ));
     // Log nodes that skip a position (or repeat one) are refused: a level's page only grows.
     let mut skipping_log = exec.clone();
     let (id, hash) = chain.executions[1].log_writes[0];
