@@ -441,17 +441,7 @@ impl Api {
         h: u64,
     ) -> RpcResult<(GetView, Option<KvRecord>)> {
         let header = self.header_at(h)?;
-        let root = self
-            .0
-            .store
-            .state_root(h)
-            .map_err(internal)?
-            .filter(|root| root.hash == header.state_root)
-            .ok_or_else(|| {
-                internal(format!(
-                    "the store's state root at height {h} is missing or not the header's"
-                ))
-            })?;
+        let root = self.0.store.state_tree_of(&header).map_err(internal)?;
         let (record, proof) =
             pyralog_ledger::state::prove(&*self.0.store, &root, &state_key(namespace, raw))
                 .map_err(internal)?;

@@ -97,6 +97,21 @@ pub trait Store: LogNodes + StateNodes + Send + Sync {
     /// `height` start there.
     fn state_root(&self, height: u64) -> Result<Option<Subtree>, StorageError>;
 
+    /// The state tree of `header`, a committed header of this store: the stored root at
+    /// its height, which must be the header's `state_root`.
+    fn state_tree_of(&self, header: &Header) -> Result<Subtree, StorageError> {
+        match self.state_root(header.height)? {
+            Some(root) if root.hash == header.state_root => Ok(root),
+            _ => Err(StorageError::Corrupt {
+                what: "state root",
+                reason: format!(
+                    "the stored state root at height {} is missing or not the header's",
+                    header.height
+                ),
+            }),
+        }
+    }
+
     /// The block at `height`.
     fn block(&self, height: u64) -> Result<Option<Block>, StorageError>;
 

@@ -132,31 +132,32 @@ fn encode_pages(version: u64, writes: &[(Subtree, StateNode)]) -> Vec<([u8; 13],
 
 /// Node `slot` of a page record, or `None` if the page holds fewer nodes.
 fn decode_page_slot(page: &[u8], slot: u32) -> Result<Option<StateNode>, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        what: "state node page",
-        reason,
-    };
     let mut d = pyralog_ledger::codec::Decoder::new(page);
-    d.version("state node page", PAGE_VERSION)
-        .map_err(|e| corrupt(e.to_string()))?;
-    for _ in 0..slot {
-        if d.remaining() == 0 {
-            return Ok(None);
+    let node = (|| {
+        d.version("state node page", PAGE_VERSION)?;
+        for i in 0..=slot {
+            if d.remaining() == 0 {
+                return Ok(None);
+            }
+            let len = d.u32("node length")?;
+            let bytes = d.take(len as usize, "node")?;
+            if i == slot {
+                return StateNode::from_bytes(bytes).map(Some);
+            }
         }
-        let len = d.u32("node length").map_err(|e| corrupt(e.to_string()))?;
-        d.take(len as usize, "node")
-            .map_err(|e| corrupt(e.to_string()))?;
-    }
-    if d.remaining() == 0 {
-        return Ok(None);
-    }
-    let len = d.u32("node length").map_err(|e| corrupt(e.to_string()))?;
-    let bytes = d
-        .take(len as usize, "node")
-        .map_err(|e| corrupt(e.to_string()))?;
-    StateNode::from_bytes(bytes)
-        .map(Some)
-        .map_err(|e| corrupt(e.to_string()))
+        Ok(None)
+    })();
+    node.map_err(|e: pyralog_ledger::CodecError| StoreError::Corrupt {
+        what: "state node page",
+        reason: e.to_string(),
+    })
+}
+
+/// Why a stored log page is corrupt, if it is: its length must be whole hashes, at most
+/// a page of them.
+fn log_page_fault(page: &[u8]) -> Option<String> {
+    (!page.len().is_multiple_of(32) || page.len() > 32 * LOG_NODES_PER_PAGE as usize)
+        .then(|| format!("{} bytes", page.len()))
 }
 
 fn encode_tip(tip: &Tip) -> Vec<u8> {
@@ -241,25 +242,22 @@ impl SledStore {
                 other => break other?,
             }
         };
-        match db.get(FORMAT_KEY)? {
-            Some(v) if v.as_ref() == [FORMAT] => {}
-            Some(v) => {
-                return Err(StorageError::Format {
-                    path: path.to_path_buf(),
-                    found: format!("{:?}", v.as_ref()),
-                });
-            }
+        let other_format = match db.get(FORMAT_KEY)? {
+            Some(v) if v.as_ref() == [FORMAT] => None,
+            Some(v) => Some(format!("{:?}", v.as_ref())),
             // Format 1 wrote no marker; a database with a tip is one.
-            None if db.get(TIP_KEY)?.is_some() => {
-                return Err(StorageError::Format {
-                    path: path.to_path_buf(),
-                    found: "1".into(),
-                });
-            }
+            None if db.get(TIP_KEY)?.is_some() => Some("1".into()),
             None => {
                 db.insert(FORMAT_KEY, &[FORMAT])?;
                 db.flush()?;
+                None
             }
+        };
+        if let Some(found) = other_format {
+            return Err(StorageError::Format {
+                path: path.to_path_buf(),
+                found,
+            });
         }
         Ok(SledStore {
             db,
@@ -298,10 +296,10 @@ impl LogNodes for SledStore {
         let Some(page) = self.db.get(k).map_err(backend)? else {
             return Ok(None);
         };
-        if page.len() % 32 != 0 || page.len() > 32 * LOG_NODES_PER_PAGE as usize {
+        if let Some(reason) = log_page_fault(&page) {
             return Err(StoreError::Corrupt {
                 what: "log node page",
-                reason: format!("{} bytes", page.len()),
+                reason,
             });
         }
         Ok(page
@@ -398,7 +396,8 @@ impl Store for SledStore {
                 "state nodes are not numbered 0, 1, 2... at the block's height, or not under their hashes",
             );
         }
-        let root = execution.tip(height).state();
+        let new_tip = execution.tip(height);
+        let root = new_tip.state();
         let root_found = match execution.state_writes.get(root.at.index as usize) {
             _ if root.is_empty() => true,
             Some((at, _)) if root.at.version == height => *at == root,
@@ -438,10 +437,10 @@ impl Store for SledStore {
                     e.insert(self.db.get(k)?.map(|v| v.to_vec()).unwrap_or_default())
                 }
             };
-            if page.len() % 32 != 0 || page.len() > 32 * LOG_NODES_PER_PAGE as usize {
+            if let Some(reason) = log_page_fault(page) {
                 return Err(StorageError::Corrupt {
                     what: "log node page",
-                    reason: format!("{} bytes", page.len()),
+                    reason,
                 });
             }
             if page.len() != slot * 32 {
@@ -455,8 +454,7 @@ impl Store for SledStore {
         for (k, page) in encode_pages(height, &execution.state_writes) {
             batch.insert(&k[..], page);
         }
-        let new_tip = execution.tip(height);
-        batch.insert(height_key(b'r', height), new_tip.state().to_bytes());
+        batch.insert(height_key(b'r', height), root.to_bytes());
         batch.insert(TIP_KEY, encode_tip(&new_tip));
         self.db.apply_batch(batch)?;
         self.db.flush()?;

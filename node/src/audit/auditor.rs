@@ -734,14 +734,8 @@ impl Auditor {
             }
             let store = self.chain.store();
             let root = store
-                .state_root(*h)
-                .map_err(|e| Fatal(e.to_string()))?
-                .filter(|root| root.hash == ours.state_root)
-                .ok_or_else(|| {
-                    Fatal(format!(
-                        "the replica's state root at height {h} is missing or not its header's"
-                    ))
-                })?;
+                .state_tree_of(&ours)
+                .map_err(|e| Fatal(e.to_string()))?;
             let expected = pyralog_ledger::state::get(&**store, &root, &state_key(*ns, key))
                 .map_err(|e| Fatal(e.to_string()))?;
             let proven = verify_state(&ours, *ns, key, a.record.as_deref(), &a.proof);
