@@ -2,7 +2,7 @@
 //! their key (decompressed public keys, state nodes at their storage location).
 
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
 
 /// The values most recently inserted or hit, up to two generations of `capacity`.
 ///
@@ -10,19 +10,22 @@ use std::hash::Hash;
 /// in the old generation moves to the young one, and a full young generation becomes
 /// the old one while the old one is dropped. Only for values that never change under
 /// their key: nothing here invalidates an entry.
+///
+/// `S` hashes the keys: SipHash by default, which keys a peer can choose need; a cache of
+/// keys the node assigns itself may use a cheaper one.
 #[derive(Debug)]
-pub struct Recent<K, V> {
-    young: HashMap<K, V>,
-    old: HashMap<K, V>,
+pub struct Recent<K, V, S = RandomState> {
+    young: HashMap<K, V, S>,
+    old: HashMap<K, V, S>,
     capacity: usize,
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> Recent<K, V> {
+impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
     /// An empty cache of at most `2 × capacity` entries.
-    pub fn new(capacity: usize) -> Recent<K, V> {
+    pub fn new(capacity: usize) -> Recent<K, V, S> {
         Recent {
-            young: HashMap::new(),
-            old: HashMap::new(),
+            young: HashMap::default(),
+            old: HashMap::default(),
             capacity: capacity.max(1),
         }
     }
@@ -62,7 +65,7 @@ mod tests {
 
     #[test]
     fn keeps_what_was_used_last() {
-        let mut cache = Recent::new(2);
+        let mut cache: Recent<i32, &str> = Recent::new(2);
         cache.insert(1, "a");
         cache.insert(2, "b");
         // The young generation is full: it becomes the old one.

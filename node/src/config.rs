@@ -39,6 +39,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Transaction pool.
     pub mempool: MempoolConfig,
+    /// The database.
+    pub storage: StorageConfig,
     /// Logging.
     pub log: LogConfig,
     /// Auditor mode.
@@ -194,6 +196,26 @@ impl Default for MempoolConfig {
     }
 }
 
+/// Database settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Memory for decoded state-tree nodes, in MiB (about 200 bytes a node, in two
+    /// generations of half each). Every state read walks the tree from its root, and a
+    /// node not held here costs a database read of its page: a validator whose live tree
+    /// (about two nodes per state key) outgrows this falls behind under load long before
+    /// its CPU would (docs/PERFORMANCE.md has the figures).
+    pub state_cache_mb: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            state_cache_mb: pyralog_storage::sled::DEFAULT_STATE_CACHE_BYTES >> 20,
+        }
+    }
+}
+
 /// Logging settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -289,6 +311,9 @@ mod tests {
         let partial: Config = toml::from_str("[rpc]\nlisten = \"127.0.0.1:9\"\n").unwrap();
         assert_eq!(partial.rpc.listen.port(), 9);
         assert_eq!(partial.mempool, MempoolConfig::default());
+        assert_eq!(partial.storage.state_cache_mb, 256);
+        let sized: Config = toml::from_str("[storage]\nstate_cache_mb = 64\n").unwrap();
+        assert_eq!(sized.storage.state_cache_mb, 64);
         assert!(toml::from_str::<Config>("[rpc]\nlisen = \"x\"\n").is_err());
     }
 }

@@ -27,8 +27,11 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
         Mode::Full | Mode::Auditor => None,
     };
     let store = Arc::new(
-        SledStore::open(&home.data())
-            .with_context(|| format!("opening the database in {}", home.data().display()))?,
+        SledStore::open_with_cache(
+            &home.data(),
+            config.storage.state_cache_mb.saturating_mul(1 << 20),
+        )
+        .with_context(|| format!("opening the database in {}", home.data().display()))?,
     );
     let chain = Chain::open(genesis.clone(), store.clone())?;
     let genesis_hash = genesis.hash()?;

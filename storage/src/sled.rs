@@ -29,6 +29,7 @@
 //! order, so page `p` of a level holds the hashes of nodes `64p..64p+63` back to back and
 //! grows by appending until it is full.
 
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
 use pyralog_crypto::recent::Recent;
@@ -63,13 +64,60 @@ pub struct SledStore {
     /// Decoded state nodes with their hashes, the hot ones: every transaction walks the
     /// tree from the root, so its upper levels are read for every key. A stored node
     /// never changes, so a cached node is never stale.
-    nodes: std::sync::Mutex<Recent<NodeRef, (Hash, StateNode)>>,
+    nodes: std::sync::Mutex<NodeCache>,
 }
 
-/// Nodes per generation of the state-node cache: at most twice this many are held,
-/// each at most about 200 + [`NODE_CACHE_VALUE_BYTES`] bytes with its location, hash and
-/// the map's overhead (internal nodes, the many, hold two 44-byte children).
-const NODE_CACHE_NODES: usize = 200_000;
+/// The state-node cache: a node's hash and decoded form under its location.
+type NodeCache = Recent<NodeRef, (Hash, StateNode), BuildHasherDefault<NodeRefHasher>>;
+
+/// Hashes a [`NodeRef`] with one multiply per word rather than SipHash. A transaction
+/// asks the cache for about a hundred nodes on each validator (every read walks the
+/// tree from its root), and the locations are numbers the store assigns itself (a
+/// height and a position in its block), so no peer can choose them to collide.
+#[derive(Default)]
+struct NodeRefHasher(u64);
+
+impl NodeRefHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for NodeRefHasher {
+    fn finish(&self) -> u64 {
+        // The multiply carries only upward: fold the high bits into the low ones, which
+        // pick the bucket.
+        self.0 ^ (self.0 >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.add(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+}
+
+/// Memory a cached state node takes on average, for sizing the cache from a byte budget:
+/// its location, hash and decoded form with the map's share. Internal nodes, the many,
+/// hold two 44-byte children; leaves up to [`NODE_CACHE_VALUE_BYTES`] of value.
+pub const STATE_CACHE_BYTES_PER_NODE: usize = 200;
+
+/// The state-node cache of [`SledStore::open`].
+///
+/// Every read walks the state tree from its root, and a node the cache does not hold
+/// costs a sled read of its 64-node page. Once the live tree (about two nodes per key)
+/// outgrows the cache, the reads of a validator under load slow down several times:
+/// with 200,000 nodes per generation, a 4-validator testnet fed 1,200 tx/s fell behind
+/// at about 110,000 keys, with 1,000,000 at about 250,000 (docs/PERFORMANCE.md).
+pub const DEFAULT_STATE_CACHE_BYTES: usize = 256 << 20;
 
 /// Leaves with larger values are not cached: a value may be up to 64 KiB, and the hot
 /// nodes are the internal ones near the root.
@@ -219,13 +267,21 @@ fn decode_location(bytes: &[u8]) -> Result<TxLocation, StorageError> {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in directory `path`.
+    /// Opens (or creates) the store in directory `path`, with the default state-node
+    /// cache ([`DEFAULT_STATE_CACHE_BYTES`]).
+    pub fn open(path: &Path) -> Result<SledStore, StorageError> {
+        SledStore::open_with_cache(path, DEFAULT_STATE_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the store in directory `path`, with a state-node cache of about
+    /// `cache_bytes`: two generations of `cache_bytes / 2 / STATE_CACHE_BYTES_PER_NODE`
+    /// nodes ([`Recent`]).
     ///
     /// sled holds the directory's lock until its background flusher lets go of a dropped
     /// database, which can take a moment after the previous owner (a process still
     /// exiting, or an earlier handle in this one) has closed it; the lock is retried for
     /// up to 3 s before the error is returned.
-    pub fn open(path: &Path) -> Result<SledStore, StorageError> {
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<SledStore, StorageError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         let db = loop {
             match ::sled::Config::new()
@@ -262,7 +318,7 @@ impl SledStore {
         Ok(SledStore {
             db,
             commit_lock: std::sync::Mutex::new(()),
-            nodes: std::sync::Mutex::new(Recent::new(NODE_CACHE_NODES)),
+            nodes: std::sync::Mutex::new(Recent::new(cache_bytes / 2 / STATE_CACHE_BYTES_PER_NODE)),
         })
     }
 
@@ -271,7 +327,7 @@ impl SledStore {
         Ok(self.db.size_on_disk()?)
     }
 
-    fn node_cache(&self) -> std::sync::MutexGuard<'_, Recent<NodeRef, (Hash, StateNode)>> {
+    fn node_cache(&self) -> std::sync::MutexGuard<'_, NodeCache> {
         // The cache holds only immutable nodes; one left mid-update by a panic is
         // still correct.
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
@@ -513,6 +569,19 @@ mod tests {
             key: Hash([n; 32]),
             value: vec![n; len],
         }
+    }
+
+    #[test]
+    fn node_locations_spread_over_the_cache_buckets() {
+        use std::hash::BuildHasher;
+        let hasher = BuildHasherDefault::<NodeRefHasher>::default();
+        // A thousand blocks of 64 nodes, into 2^16 buckets picked by the low bits, as
+        // the map picks them: a uniform hash fills about 63% of the buckets (40,800).
+        let buckets: std::collections::HashSet<u64> = (1..=1000u64)
+            .flat_map(|version| (0..64u32).map(move |index| NodeRef { version, index }))
+            .map(|r| hasher.hash_one(r) & 0xffff)
+            .collect();
+        assert!(buckets.len() > 38_000, "{} buckets used", buckets.len());
     }
 
     /// `nodes` as a block's writes at `version`.
