@@ -658,6 +658,11 @@ impl Driver {
     /// decoders bound the size; RPC verifies the signature on its worker threads, gossip
     /// batches are verified together). A transaction from RPC comes with its encoding
     /// (`gossip`), published once admitted; gossip relays the others already.
+    ///
+    /// The checks run cheapest first, so that a node under more load than it can take
+    /// turns the excess away with memory lookups (a full pool, a nonce out of the window)
+    /// rather than spend a storage read on each: the state-tree walk of the notarization
+    /// check is the costliest, and comes last.
     fn admit(
         &mut self,
         tx: Transaction,
@@ -666,19 +671,6 @@ impl Driver {
         gossip: Option<Vec<u8>>,
     ) -> Result<Submitted, Reject> {
         let fatal = |e: Fatal| Reject::Unavailable(e.0);
-        if let Some(loc) = self
-            .chain
-            .store()
-            .tx_location(&hash)
-            .map_err(|e| Reject::Unavailable(e.to_string()))?
-        {
-            return Ok(Submitted::Committed(TxCommitted {
-                hash,
-                height: loc.height,
-                index: loc.index,
-                log_index: loc.log_index,
-            }));
-        }
         if self.pool.contains(&hash) {
             return Ok(Submitted::Pending { already: true });
         }
@@ -688,12 +680,29 @@ impl Driver {
                 found: tx.chain_id.to_string(),
             });
         }
+        let next = self.chain.next_nonce(&tx.sender).map_err(fatal)?;
+        // Nonces commit in order, so only a transaction whose nonce is used can be a
+        // committed one: a resubmission is answered with where it is.
+        if tx.nonce < next
+            && let Some(loc) = self
+                .chain
+                .store()
+                .tx_location(&hash)
+                .map_err(|e| Reject::Unavailable(e.to_string()))?
+        {
+            return Ok(Submitted::Committed(TxCommitted {
+                hash,
+                height: loc.height,
+                index: loc.index,
+                log_index: loc.log_index,
+            }));
+        }
+        self.pool.check(&tx, len, next)?;
         if let pyralog_ledger::Payload::Notarize { digest, .. } = &tx.payload
             && let Some(height) = self.chain.notarized_at(digest).map_err(fatal)?
         {
             return Err(Reject::AlreadyNotarized { height });
         }
-        let next = self.chain.next_nonce(&tx.sender).map_err(fatal)?;
         match self.pool.admit(tx, hash, len, next)? {
             Admitted::Added => {
                 if let Some(encoded) = gossip {

@@ -168,18 +168,16 @@ impl Mempool {
         self.by_hash.contains_key(hash)
     }
 
-    /// Admits `tx` (hash `hash`, `len` encoded bytes, signature and chain already
-    /// checked) given its sender's next nonce on the committed chain.
-    pub fn admit(
-        &mut self,
-        tx: Transaction,
-        hash: Hash,
+    /// Whether a new transaction `tx` of `len` encoded bytes, whose sender's next nonce on
+    /// the committed chain is `committed_next_nonce`, would fit: its nonce is unused and
+    /// within the window, no other pending transaction has it, and the pool has room.
+    /// Memory lookups only, so the node asks this before any costlier check of its own.
+    pub fn check(
+        &self,
+        tx: &Transaction,
         len: usize,
         committed_next_nonce: u64,
-    ) -> Result<Admitted, Reject> {
-        if self.by_hash.contains_key(&hash) {
-            return Ok(Admitted::AlreadyPending);
-        }
+    ) -> Result<(), Reject> {
         if tx.nonce < committed_next_nonce {
             return Err(Reject::NonceReplayed {
                 expected: committed_next_nonce,
@@ -205,6 +203,22 @@ impl Mempool {
                 bytes: self.bytes,
             });
         }
+        Ok(())
+    }
+
+    /// Admits `tx` (hash `hash`, `len` encoded bytes, signature and chain already
+    /// checked) given its sender's next nonce on the committed chain ([`Mempool::check`]).
+    pub fn admit(
+        &mut self,
+        tx: Transaction,
+        hash: Hash,
+        len: usize,
+        committed_next_nonce: u64,
+    ) -> Result<Admitted, Reject> {
+        if self.by_hash.contains_key(&hash) {
+            return Ok(Admitted::AlreadyPending);
+        }
+        self.check(&tx, len, committed_next_nonce)?;
         let seq = self.next_seq;
         self.next_seq += 1;
         self.order.insert(seq, hash);
@@ -332,6 +346,22 @@ mod tests {
         let (t, h) = tx(&k, 8);
         assert_eq!(m.admit(t, h, 100, 5).unwrap_err().code(), "mempool_full");
         assert_eq!((m.len(), m.bytes()), (3, 300));
+    }
+
+    #[test]
+    fn check_gives_the_verdict_of_admit_and_holds_nothing() {
+        let k = Keypair::from_seed(&[2; 32]);
+        let mut m = Mempool::new(cfg(1));
+        let (t0, h0) = tx(&k, 0);
+        assert_eq!(m.check(&t0, 100, 0), Ok(()));
+        assert!(m.is_empty());
+        assert_eq!(m.admit(t0.clone(), h0, 100, 0), Ok(Admitted::Added));
+        // Now the same sender and nonce is taken, and the pool is full.
+        assert_eq!(m.check(&t0, 100, 0), Err(Reject::NonceTaken { nonce: 0 }));
+        let (t1, h1) = tx(&k, 1);
+        assert_eq!(m.check(&t1, 100, 0).unwrap_err().code(), "mempool_full");
+        assert_eq!(m.admit(t1, h1, 100, 0).unwrap_err().code(), "mempool_full");
+        assert_eq!((m.len(), m.bytes()), (1, 100));
     }
 
     #[test]
