@@ -4,8 +4,8 @@
 //! The load is notarizations of about `tx_size` bytes from `accounts` accounts, all signed
 //! before the clock starts. Batches of `broadcast_tx` (`sync`: answered with the mempool's
 //! verdict, so rejections are counted) go to every node in turn,
-//! either as fast as the nodes take them (`rate: None`) or paced at `rate` tx/s. A poller
-//! records when each height is first seen committed on node0; after the run, a sample of
+//! either as fast as the nodes take them (`rate: None`) or paced at `rate` tx/s. Node0's
+//! header subscription records when each height is committed; after the run, a sample of
 //! transactions is looked up to turn (submitted at, committed at height) into
 //! submit→commit latencies.
 
@@ -355,8 +355,12 @@ async fn load_with_catch_up(m: &mut Manifest, opts: &BenchOptions) -> anyhow::Re
     Ok(report)
 }
 
-/// Records when each height is first seen committed on `rpc`, until `stop`.
+/// Records when each height is first seen committed on node `url` (reached through
+/// `rpc`), until `stop`. The times come from the node's header subscription, so they are
+/// the moment the node announced the commit, not the next tick of a poller; if the
+/// subscription cannot be opened or ends, polling every 25 ms takes over.
 fn watch_heights(
+    url: &str,
     rpc: Rpc,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> (
@@ -365,17 +369,56 @@ fn watch_heights(
 ) {
     let seen = Arc::new(Mutex::new(BTreeMap::new()));
     let out = seen.clone();
+    let stopped = move || stop.load(std::sync::atomic::Ordering::Relaxed);
+    let record = move |height: u64| {
+        if let Ok(mut s) = seen.lock() {
+            s.entry(height).or_insert_with(Instant::now);
+        }
+    };
+    let ws_url = url.replacen("http://", "ws://", 1);
     let task = tokio::spawn(async move {
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok((_, height)) = head(&rpc).await
-                && let Ok(mut s) = seen.lock()
-            {
-                s.entry(height).or_insert_with(Instant::now);
+        if let Ok((_client, mut headers)) = subscribe_headers(&ws_url).await {
+            // `_client` holds the connection the subscription lives on.
+            while !stopped() {
+                match tokio::time::timeout(Duration::from_millis(100), headers.next()).await {
+                    Err(_) => {} // no header for 100 ms: look at `stop` again
+                    Ok(Some(Ok(h))) => {
+                        if let Some(height) = h.get("height").and_then(Value::as_u64) {
+                            record(height);
+                        }
+                    }
+                    Ok(_) => break, // the subscription ended: poll instead
+                }
+            }
+        }
+        while !stopped() {
+            if let Ok((_, height)) = head(&rpc).await {
+                record(height);
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     });
     (out, task)
+}
+
+async fn subscribe_headers(
+    ws_url: &str,
+) -> anyhow::Result<(
+    jsonrpsee::ws_client::WsClient,
+    jsonrpsee::core::client::Subscription<Value>,
+)> {
+    use jsonrpsee::core::client::SubscriptionClientT;
+    let client = jsonrpsee::ws_client::WsClientBuilder::default()
+        .build(ws_url)
+        .await?;
+    let sub = client
+        .subscribe(
+            "subscribe_headers",
+            jsonrpsee::rpc_params![],
+            "unsubscribe_headers",
+        )
+        .await?;
+    Ok((client, sub))
 }
 
 /// Runs the load against the running network `m`.
@@ -385,11 +428,18 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
     let hashes: Vec<Hash> = txs.iter().map(Transaction::hash).collect();
     let tx_bytes =
         txs.iter().map(|t| t.to_bytes().len()).sum::<usize>() as f64 / txs.len().max(1) as f64;
-    let rpcs: Vec<Rpc> = m
+    let urls: Vec<&str> = m
         .nodes
         .iter()
         .filter(|n| n.mode == pyralog_node::config::Mode::Validator && n.pid.is_some())
-        .map(|n| Rpc::new(&n.rpc, Duration::from_secs(60)))
+        .map(|n| n.rpc.as_str())
+        .collect();
+    if urls.is_empty() {
+        bail!("the testnet has no running validator to load");
+    }
+    let rpcs: Vec<Rpc> = urls
+        .iter()
+        .map(|url| Rpc::new(url, Duration::from_secs(60)))
         .collect::<Result<_, _>>()?;
     let pids: Vec<(String, u32)> = m
         .nodes
@@ -413,7 +463,7 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         .collect();
     let cpu_before: Vec<Option<f64>> = pids.iter().map(|(_, p)| cpu_secs(*p)).collect();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (seen, watcher) = watch_heights(rpcs[0].clone(), stop.clone());
+    let (seen, watcher) = watch_heights(urls[0], rpcs[0].clone(), stop.clone());
 
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(batches.len());
@@ -531,7 +581,7 @@ async fn latencies(
         .zip(answers)
         .filter_map(|(&i, a)| {
             let height = a.ok()?.get("height")?.as_u64()?;
-            // The first height seen at or above it: the poller may skip heights.
+            // The first height seen at or above it: a slow subscriber or the poller may skip heights.
             let (_, at) = seen.range(height..).next()?;
             let sent = submitted_at[i / BATCH];
             Some(at.saturating_duration_since(sent).as_secs_f64() * 1000.0)
