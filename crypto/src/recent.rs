@@ -43,7 +43,12 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
     /// Holds `value` under `key`.
     pub fn insert(&mut self, key: K, value: V) {
         if self.young.len() >= self.capacity {
-            self.old = std::mem::take(&mut self.young);
+            // The young generation becomes the old one, and the old one's table, emptied,
+            // the young one: it keeps its allocation, so a cache of a million entries
+            // does not grow a new table (rehashing each entry at every doubling) and
+            // free the old one every generation.
+            std::mem::swap(&mut self.young, &mut self.old);
+            self.young.clear();
         }
         self.young.insert(key, value);
     }

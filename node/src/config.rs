@@ -200,7 +200,7 @@ impl Default for MempoolConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Memory for decoded state-tree nodes, in MiB (about 200 bytes a node, in two
+    /// Memory for decoded state-tree nodes, in MiB (about 300 bytes a node, in two
     /// generations of half each). Every state read walks the tree from its root, and a
     /// node not held here costs a database read of its page: a validator whose live tree
     /// (about two nodes per state key) outgrows this falls behind under load long before

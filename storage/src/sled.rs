@@ -105,10 +105,11 @@ impl Hasher for NodeRefHasher {
     }
 }
 
-/// Memory a cached state node takes on average, for sizing the cache from a byte budget:
-/// its location, hash and decoded form with the map's share. Internal nodes, the many,
-/// hold two 44-byte children; leaves up to [`NODE_CACHE_VALUE_BYTES`] of value.
-pub const STATE_CACHE_BYTES_PER_NODE: usize = 200;
+/// Memory a cached state node takes, for sizing the cache from a byte budget: an entry
+/// (location, hash and decoded node) is 152 bytes, and the map's table holds up to twice
+/// as many slots as entries (its size is a power of two); a leaf's value, up to
+/// [`NODE_CACHE_VALUE_BYTES`], is on the heap besides.
+pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 
 /// The state-node cache of [`SledStore::open`].
 ///
