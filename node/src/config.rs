@@ -204,7 +204,7 @@ pub struct StorageConfig {
     /// generations of half each). Every state read walks the tree from its root, and a
     /// node not held here costs a database read of its page: a validator whose live tree
     /// (about two nodes per state key) outgrows this falls behind under load long before
-    /// its CPU would (docs/PERFORMANCE.md has the figures).
+    /// its CPU would (docs/PERFORMANCE.md has the figures). 0 keeps a single node.
     pub state_cache_mb: usize,
 }
 

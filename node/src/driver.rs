@@ -659,10 +659,11 @@ impl Driver {
     /// batches are verified together). A transaction from RPC comes with its encoding
     /// (`gossip`), published once admitted; gossip relays the others already.
     ///
-    /// The checks run cheapest first, so that a node under more load than it can take
-    /// turns the excess away with memory lookups (a full pool, a nonce out of the window)
-    /// rather than spend a storage read on each: the state-tree walk of the notarization
-    /// check is the costliest, and comes last.
+    /// The checks run cheapest first. The sender's next nonce is a state read too, but of
+    /// an account key that active senders keep in the node cache; the notarization check
+    /// walks to a fresh, random key, whose lower nodes a large state's cache misses, so it
+    /// comes last, after the pool's own rules (room, nonce window). A node under more load
+    /// than it can take turns the excess away without that walk.
     fn admit(
         &mut self,
         tx: Transaction,

@@ -171,7 +171,7 @@ impl Mempool {
     /// Whether a new transaction `tx` of `len` encoded bytes, whose sender's next nonce on
     /// the committed chain is `committed_next_nonce`, would fit: its nonce is unused and
     /// within the window, no other pending transaction has it, and the pool has room.
-    /// Memory lookups only, so the node asks this before any costlier check of its own.
+    /// Memory lookups only, so the node asks this before its costlier checks.
     pub fn check(
         &self,
         tx: &Transaction,

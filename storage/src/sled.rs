@@ -106,9 +106,9 @@ impl Hasher for NodeRefHasher {
 }
 
 /// Memory a cached state node takes, for sizing the cache from a byte budget: an entry
-/// (location, hash and decoded node) is 152 bytes, and the map's table holds up to twice
-/// as many slots as entries (its size is a power of two); a leaf's value, up to
-/// [`NODE_CACHE_VALUE_BYTES`], is on the heap besides.
+/// (location, hash and decoded node) is 152 bytes, and the map's power-of-two table at
+/// 7/8 load holds 1.14 to 2.3 slots per entry (about 180 bytes a node at the default
+/// budget); a leaf's value, up to [`NODE_CACHE_VALUE_BYTES`], is on the heap besides.
 pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 
 /// The state-node cache of [`SledStore::open`].

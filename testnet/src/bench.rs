@@ -357,9 +357,11 @@ async fn load_with_catch_up(m: &mut Manifest, opts: &BenchOptions) -> anyhow::Re
 
 /// Records when each height is first seen committed on node `url` (reached through
 /// `rpc`), until `stop`. The times come from the node's header subscription, so they are
-/// the moment the node announced the commit, not the next tick of a poller; if the
-/// subscription cannot be opened or ends, polling every 25 ms takes over.
-fn watch_heights(
+/// the moment the node announced the commit, not the next tick of a poller. The
+/// subscription is open when this returns (call it before the clock starts, or the first
+/// heights are missed); if it cannot be opened within 5 s, or ends, polling every 25 ms
+/// takes over.
+async fn watch_heights(
     url: &str,
     rpc: Rpc,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -376,8 +378,12 @@ fn watch_heights(
         }
     };
     let ws_url = url.replacen("http://", "ws://", 1);
+    let subscribed = tokio::time::timeout(Duration::from_secs(5), subscribe_headers(&ws_url))
+        .await
+        .ok()
+        .and_then(Result::ok);
     let task = tokio::spawn(async move {
-        if let Ok((_client, mut headers)) = subscribe_headers(&ws_url).await {
+        if let Some((_client, mut headers)) = subscribed {
             // `_client` holds the connection the subscription lives on.
             while !stopped() {
                 match tokio::time::timeout(Duration::from_millis(100), headers.next()).await {
@@ -463,7 +469,7 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         .collect();
     let cpu_before: Vec<Option<f64>> = pids.iter().map(|(_, p)| cpu_secs(*p)).collect();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (seen, watcher) = watch_heights(urls[0], rpcs[0].clone(), stop.clone());
+    let (seen, watcher) = watch_heights(urls[0], rpcs[0].clone(), stop.clone()).await;
 
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(batches.len());
