@@ -116,8 +116,9 @@ pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 /// Every read walks the state tree from its root, and a node the cache does not hold
 /// costs a sled read of its 64-node page. Once the live tree (about two nodes per key)
 /// outgrows the cache, the reads of a validator under load slow down several times:
-/// with 200,000 nodes per generation, a 4-validator testnet fed 1,200 tx/s fell behind
-/// at about 110,000 keys, with 1,000,000 at about 250,000 (docs/PERFORMANCE.md).
+/// a 4-validator testnet fed 1,200 tx/s fell behind at about 110,000 keys with 200,000
+/// nodes per generation, at 160,000 to 190,000 with this default (about 447,000), and at
+/// about 250,000 with 1,000,000 (docs/PERFORMANCE.md).
 pub const DEFAULT_STATE_CACHE_BYTES: usize = 256 << 20;
 
 /// Leaves with larger values are not cached: a value may be up to 64 KiB, and the hot
