@@ -205,19 +205,21 @@ impl Chain {
         BlockContext::next(&self.genesis, &self.validators, prev).map_err(|e| e.to_string())
     }
 
-    /// Builds the next block from the mempool, within the chain's block limits, proposed
-    /// by `proposer`. Returns the block and the hashes of pool transactions that can never
+    /// Builds the next block from the mempool, within the chain's block limits and at
+    /// most `max_bytes` of transactions (what this node's gossip can carry), proposed by
+    /// `proposer`. Returns the block and the hashes of pool transactions that can never
     /// execute (to drop from the pool).
     pub fn build_block(
         &mut self,
         proposer: PublicKey,
         pool: &Mempool,
+        max_bytes: usize,
     ) -> Result<(Block, Vec<Hash>), Fatal> {
         let ctx = self.context().map_err(Fatal)?;
         let params = &self.genesis.params;
         let (max_txs, max_bytes) = (
             params.max_block_txs as usize,
-            params.max_block_bytes as usize,
+            (params.max_block_bytes as usize).min(max_bytes),
         );
         let mut exec = self.executor(ctx.time_ms);
         let mut txs = Vec::new();
@@ -430,6 +432,28 @@ mod tests {
     use super::*;
     use pyralog_ledger::EngineId;
     use pyralog_ledger::testing::{TestChain, user};
+
+    #[test]
+    fn a_block_is_built_within_the_byte_cap_the_caller_gives() {
+        let tc = TestChain::new(4, EngineId::Tendermint);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let mut chain = Chain::open(tc.genesis.clone(), store).unwrap();
+        let mut pool = Mempool::new(crate::config::MempoolConfig::default());
+        let mut len = 0;
+        for n in 0..3u8 {
+            let tx = tc.put(&user(u64::from(n) + 1), 0, &[n], &[n; 40_000]);
+            len = tx.to_bytes().len();
+            pool.admit(tx.clone(), tx.hash(), len, 0).unwrap();
+        }
+        let proposer = tc.validator_keys[0].public();
+        // Room for two of the three: the third waits for the next block.
+        let (block, dead) = chain.build_block(proposer, &pool, 2 * len + 1).unwrap();
+        assert_eq!((block.txs.len(), dead.len()), (2, 0));
+        // The chain's own limit (8 MiB here) still applies to a larger cap.
+        let (block, _) = chain.build_block(proposer, &pool, usize::MAX).unwrap();
+        assert_eq!(block.txs.len(), 3);
+    }
 
     #[test]
     fn signatures_are_checked_unless_this_node_verified_them_before() {

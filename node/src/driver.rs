@@ -34,6 +34,11 @@ const MAX_EVIDENCE: usize = 1000;
 const TX_FLUSH: Duration = Duration::from_millis(20);
 /// ... or once it holds this many bytes.
 const TX_FLUSH_BYTES: usize = 1 << 20;
+/// Room in a gossip message for what a proposal carries besides its transactions (their
+/// length prefixes, the header, the last certificate, the signature, gossip framing):
+/// a block is built to at most `p2p.max_gossip_bytes` minus this, or the proposal would
+/// not leave the node and every round it proposed in would time out.
+const PROPOSAL_MARGIN_BYTES: usize = 256 << 10;
 /// Score lost by a peer that authored an invalid message.
 const BAD_MESSAGE_PENALTY: i32 = 20;
 
@@ -143,6 +148,8 @@ pub struct DriverConfig {
     pub mempool: crate::config::MempoolConfig,
     /// Auditor mode: where alarms and checkpoints go.
     pub audit: Option<Arc<crate::audit::NodeAudit>>,
+    /// The largest gossip message (`p2p.max_gossip_bytes`): proposals are built to fit.
+    pub max_gossip_bytes: usize,
 }
 
 struct Timers {
@@ -183,6 +190,8 @@ pub struct Driver {
     propose_wait: Duration,
     /// The proposal the engine asked for while no transaction could go in it.
     held_proposal: Option<HeldProposal>,
+    /// Most transaction bytes in a block this node proposes: what its gossip carries.
+    block_bytes: usize,
 }
 
 /// A round-0 proposal waiting for a transaction it can include.
@@ -298,6 +307,7 @@ impl Driver {
             audit: cfg.audit,
             propose_wait,
             held_proposal: None,
+            block_bytes: cfg.max_gossip_bytes.saturating_sub(PROPOSAL_MARGIN_BYTES),
         };
         let feeds = Feeds {
             headers,
@@ -492,7 +502,9 @@ impl Driver {
         if height != self.chain.height() + 1 {
             return Ok(None);
         }
-        let (block, dead) = self.chain.build_block(proposer, &self.pool)?;
+        let (block, dead) = self
+            .chain
+            .build_block(proposer, &self.pool, self.block_bytes)?;
         for h in dead {
             self.pool.remove(&h);
         }

@@ -81,6 +81,7 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
             validator,
             mempool: config.mempool.clone(),
             audit: audit.as_ref().map(|(a, _)| a.clone()),
+            max_gossip_bytes: config.p2p.max_gossip_bytes,
         },
         chain,
         net,
