@@ -433,12 +433,19 @@ mod tests {
     use pyralog_ledger::EngineId;
     use pyralog_ledger::testing::{TestChain, user};
 
-    #[test]
-    fn a_block_is_built_within_the_byte_cap_the_caller_gives() {
+    /// A 4-validator test chain and a node's `Chain` for it on a fresh store (keep the
+    /// directory alive while the chain is used).
+    fn test_chain() -> (TestChain, tempfile::TempDir, Chain) {
         let tc = TestChain::new(4, EngineId::Tendermint);
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(dir.path()).unwrap());
-        let mut chain = Chain::open(tc.genesis.clone(), store).unwrap();
+        let chain = Chain::open(tc.genesis.clone(), store).unwrap();
+        (tc, dir, chain)
+    }
+
+    #[test]
+    fn a_block_is_built_within_the_byte_cap_the_caller_gives() {
+        let (tc, _dir, mut chain) = test_chain();
         let mut pool = Mempool::new(crate::config::MempoolConfig::default());
         let mut len = 0;
         for n in 0..3u8 {
@@ -450,17 +457,14 @@ mod tests {
         // Room for two of the three: the third waits for the next block.
         let (block, dead) = chain.build_block(proposer, &pool, 2 * len + 1).unwrap();
         assert_eq!((block.txs.len(), dead.len()), (2, 0));
-        // The chain's own limit (8 MiB here) still applies to a larger cap.
+        // With no cap of its own, the chain's limit (8 MiB here) takes all three.
         let (block, _) = chain.build_block(proposer, &pool, usize::MAX).unwrap();
         assert_eq!(block.txs.len(), 3);
     }
 
     #[test]
     fn signatures_are_checked_unless_this_node_verified_them_before() {
-        let tc = TestChain::new(4, EngineId::Tendermint);
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SledStore::open(dir.path()).unwrap());
-        let mut chain = Chain::open(tc.genesis.clone(), store).unwrap();
+        let (tc, _dir, mut chain) = test_chain();
         let good = tc.put(&user(1), 0, b"a", b"1");
         let mut bad = tc.put(&user(2), 0, b"b", b"2");
         bad.signature.0[5] ^= 1;

@@ -657,23 +657,16 @@ mod tests {
         // A leaf with a large value was read but not kept.
         assert_eq!(store.state_node(&big_at).unwrap(), None);
         // The right location with another hash is corruption, cached or not.
-        let wrong = Subtree {
-            hash: Hash([1; 32]),
-            ..small_at
+        let corrupt_with_another_hash = |at: Subtree| {
+            let wrong = Subtree {
+                hash: Hash([1; 32]),
+                ..at
+            };
+            matches!(store.state_node(&wrong), Err(StoreError::Corrupt { .. }))
         };
-        assert!(matches!(
-            store.state_node(&wrong),
-            Err(StoreError::Corrupt { .. })
-        ));
+        assert!(corrupt_with_another_hash(small_at));
         put_pages(&store, 3, &w);
-        let wrong_big = Subtree {
-            hash: Hash([1; 32]),
-            ..big_at
-        };
-        assert!(matches!(
-            store.state_node(&wrong_big),
-            Err(StoreError::Corrupt { .. })
-        ));
+        assert!(corrupt_with_another_hash(big_at));
         // Nothing stored at a location: none.
         let nowhere = Subtree {
             at: NodeRef {
