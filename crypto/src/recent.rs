@@ -53,6 +53,13 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
         self.young.insert(key, value);
     }
 
+    /// Drops the value under `key`, if held: for a value that will not be asked for
+    /// again, so that it does not take the room of one that will.
+    pub fn remove(&mut self, key: &K) {
+        self.young.remove(key);
+        self.old.remove(key);
+    }
+
     /// Number of entries held.
     pub fn len(&self) -> usize {
         self.young.len() + self.old.len()
@@ -83,5 +90,22 @@ mod tests {
             assert_eq!(cache.get(&k), Some(v));
         }
         assert!(cache.len() <= 4);
+    }
+
+    #[test]
+    fn a_removed_entry_is_gone_and_frees_its_room() {
+        let mut cache: Recent<i32, &str> = Recent::new(2);
+        cache.insert(1, "a");
+        cache.insert(2, "b");
+        cache.remove(&2);
+        // Young holds only 1: inserting 3 fills it without starting a new generation.
+        cache.insert(3, "c");
+        assert_eq!(cache.get(&2), None);
+        assert_eq!((cache.get(&1), cache.get(&3)), (Some("a"), Some("c")));
+        // From the old generation too.
+        cache.insert(4, "d");
+        cache.remove(&1);
+        assert_eq!(cache.get(&1), None);
+        assert_eq!(cache.get(&4), Some("d"));
     }
 }

@@ -269,6 +269,9 @@ pub struct Execution {
     pub log_writes: Vec<(NodeId, Hash)>,
     /// State nodes to store, at the block's height and indices 0, 1, 2... in order.
     pub state_writes: Vec<(Subtree, StateNode)>,
+    /// Stored state nodes the block's tree no longer holds ([`state::Update::replaced`]):
+    /// not part of what is committed, a hint for caches of the tip's nodes.
+    pub state_replaced: Vec<NodeRef>,
 }
 
 impl Execution {
@@ -443,8 +446,11 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
         let tx_root = TxTree::new(&self.tx_hashes).root();
         let (log_writes, log_root) =
             log::append_with_root(self.log, self.tip.log_size, &self.tx_hashes)?;
-        let (state_root, state_writes) =
-            state::update(self.state, &self.tip.state(), self.height, &self.updates)?;
+        let state::Update {
+            root: state_root,
+            writes: state_writes,
+            replaced: state_replaced,
+        } = state::update_tracked(self.state, &self.tip.state(), self.height, &self.updates)?;
         Ok(Execution {
             tx_root,
             tx_count: self.tx_hashes.len() as u32,
@@ -455,6 +461,7 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
             tx_hashes: self.tx_hashes,
             log_writes,
             state_writes,
+            state_replaced,
         })
     }
 }

@@ -306,10 +306,25 @@ impl Sub {
     }
 }
 
-/// The new nodes of one block, numbered in order at one version.
+/// The new nodes of one block, numbered in order at one version, and the old nodes they
+/// replace.
 struct Writes {
     version: u64,
     nodes: Vec<(Subtree, StateNode)>,
+    replaced: Vec<NodeRef>,
+}
+
+/// What [`update_tracked`] did to a tree.
+#[derive(Clone, Debug)]
+pub struct Update {
+    /// The new root.
+    pub root: Subtree,
+    /// The new nodes to store, at the update's version and indices 0, 1, 2... in order.
+    pub writes: Vec<(Subtree, StateNode)>,
+    /// Where the old tree's nodes that the new tree no longer holds are stored: exactly
+    /// the nodes reachable from the old root and not from the new one. They stay valid
+    /// for the old roots; a cache of the nodes reads at the tip use can drop them.
+    pub replaced: Vec<NodeRef>,
 }
 
 /// Applies `updates` (key → new value, `None` = delete) to the tree `root`, as the block
@@ -321,13 +336,29 @@ pub fn update<S: StateNodes + ?Sized>(
     version: u64,
     updates: &BTreeMap<Hash, Option<Vec<u8>>>,
 ) -> Result<(Subtree, Vec<(Subtree, StateNode)>), StoreError> {
+    let Update { root, writes, .. } = update_tracked(store, root, version, updates)?;
+    Ok((root, writes))
+}
+
+/// [`update`], also saying which of the old tree's nodes the new tree no longer holds.
+pub fn update_tracked<S: StateNodes + ?Sized>(
+    store: &S,
+    root: &Subtree,
+    version: u64,
+    updates: &BTreeMap<Hash, Option<Vec<u8>>>,
+) -> Result<Update, StoreError> {
     let updates: Vec<(&Hash, &Option<Vec<u8>>)> = updates.iter().collect();
     let mut writes = Writes {
         version,
         nodes: Vec::new(),
+        replaced: Vec::new(),
     };
     let sub = update_at(store, *root, 0, &updates, &mut writes)?;
-    Ok((sub.tree(), writes.nodes))
+    Ok(Update {
+        root: sub.tree(),
+        writes: writes.nodes,
+        replaced: writes.replaced,
+    })
 }
 
 fn put(writes: &mut Writes, node: StateNode) -> Subtree {
@@ -380,9 +411,12 @@ fn update_at<S: StateNodes + ?Sized>(
                     return Ok(Sub::Leaf(current));
                 }
             }
+            writes.replaced.push(current.at);
             Ok(build(depth, &leaves, writes))
         }
         StateNode::Internal { left, right } => {
+            // With updates below it, an internal node is always rewritten (or collapses).
+            writes.replaced.push(current.at);
             let split = updates.partition_point(|(k, _)| !k.bit(depth));
             let l = update_at(store, left, depth + 1, &updates[..split], writes)?;
             let r = update_at(store, right, depth + 1, &updates[split..], writes)?;

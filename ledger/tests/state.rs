@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use pyralog_crypto::{Hash, content_digest};
@@ -12,6 +12,22 @@ use pyralog_ledger::state::{
     self, EMPTY_ROOT, MemState, NodeRef, StateNode, StateNodes, StateProofError, Subtree,
     verify_state_proof,
 };
+
+/// Where the nodes of the tree `root` are stored.
+fn reachable(store: &MemState, root: &Subtree) -> BTreeSet<NodeRef> {
+    let mut found = BTreeSet::new();
+    let mut todo = vec![*root];
+    while let Some(at) = todo.pop() {
+        if at.is_empty() {
+            continue;
+        }
+        assert!(found.insert(at.at), "{at:?} twice in one tree");
+        if let Some(StateNode::Internal { left, right }) = store.state_node(&at).unwrap() {
+            todo.extend([left, right]);
+        }
+    }
+    found
+}
 
 fn key(k: u16) -> Hash {
     content_digest(&k.to_be_bytes())
@@ -47,13 +63,19 @@ proptest! {
                     Op::Del(k) => { updates.insert(key(k), None); model.remove(&key(k)); }
                 }
             }
-            let (new_root, writes) = state::update(&store, &root, height, &updates).unwrap();
+            let state::Update { root: new_root, writes, replaced } =
+                state::update_tracked(&store, &root, height, &updates).unwrap();
             // The block's new nodes are numbered in order at its height.
             for (i, (at, node)) in writes.iter().enumerate() {
                 prop_assert_eq!(at.at, NodeRef { version: height, index: i as u32 });
                 prop_assert_eq!(at.hash, node.hash());
             }
             store.insert_all(writes);
+            // Replaced: exactly the old tree's nodes the new one no longer holds.
+            let (old_nodes, new_nodes) = (reachable(&store, &root), reachable(&store, &new_root));
+            let gone: BTreeSet<NodeRef> = old_nodes.difference(&new_nodes).copied().collect();
+            prop_assert_eq!(replaced.len(), gone.len(), "a node replaced twice");
+            prop_assert_eq!(replaced.iter().copied().collect::<BTreeSet<_>>(), gone);
             root = new_root;
             versions.push((root, model.clone()));
         }

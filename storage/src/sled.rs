@@ -516,8 +516,15 @@ impl Store for SledStore {
         batch.insert(TIP_KEY, encode_tip(&new_tip));
         self.db.apply_batch(batch)?;
         self.db.flush()?;
-        // The new nodes are the tree's new upper levels: the next block reads them.
+        // The new nodes are the tree's new upper levels: the next block reads them. The
+        // nodes they replace are read again only for proofs at older heights; left in,
+        // they would fill most of the cache (a transaction replaces about as many nodes
+        // as it writes) and push out the live nodes deep in the tree, which the next
+        // writes to those keys need.
         let mut cache = self.node_cache();
+        for at in &execution.state_replaced {
+            cache.remove(at);
+        }
         for (at, node) in execution.state_writes.iter().filter(|(_, n)| cacheable(n)) {
             cache.insert(at.at, (at.hash, node.clone()));
         }
@@ -676,6 +683,50 @@ mod tests {
             ..small_at
         };
         assert_eq!(store.state_node(&nowhere).unwrap(), None);
+    }
+
+    #[test]
+    fn the_nodes_a_block_replaces_leave_the_cache_and_stay_readable() {
+        use pyralog_ledger::EngineId;
+        use pyralog_ledger::testing::{TestChain, user};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let chain = TestChain::new(4, EngineId::Tendermint);
+        let mut executions = Vec::new();
+        for h in 1..=2u64 {
+            let tip = store.tip().unwrap();
+            let txs = (0..8)
+                .map(|i| chain.notarize(&user(h * 10 + i), 0, Hash([(h * 10 + i) as u8; 32]), "m"))
+                .collect();
+            let prev = store
+                .header(h - 1)
+                .unwrap()
+                .zip(store.certificate(h - 1).unwrap());
+            let (block, exec) = chain.build_block(
+                &store,
+                &store,
+                &tip,
+                prev.as_ref().map(|(h, c)| (h, c)),
+                txs,
+            );
+            store
+                .commit_block(&block, &chain.certify_all(&block.header), &exec)
+                .unwrap();
+            executions.push((tip, exec));
+        }
+        let (before, second) = &executions[1];
+        assert!(!second.state_replaced.is_empty());
+        for at in &second.state_replaced {
+            assert_eq!(store.node_cache().get(at), None, "{at:?}");
+        }
+        for (at, _) in &second.state_writes {
+            assert!(store.node_cache().get(&at.at).is_some(), "{at:?}");
+        }
+        // Out of the cache, the tree at height 1 is still read from the pages.
+        for i in 10..18 {
+            let key = state::state_key(state::Namespace::Notarization, &[i; 32]);
+            assert!(state::get(&store, &before.state(), &key).unwrap().is_some());
+        }
     }
 
     #[test]
