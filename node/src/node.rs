@@ -30,6 +30,7 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
         SledStore::open_with_cache(
             &home.data(),
             config.storage.state_cache_mb.saturating_mul(1 << 20),
+            config.storage.db_cache_mb.saturating_mul(1 << 20),
         )
         .with_context(|| format!("opening the database in {}", home.data().display()))?,
     );

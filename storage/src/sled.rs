@@ -121,6 +121,19 @@ pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 /// about 250,000 with 1,000,000 (docs/PERFORMANCE.md).
 pub const DEFAULT_STATE_CACHE_BYTES: usize = 256 << 20;
 
+/// sled's own cache of its B-tree pages, which hold the records (state pages, blocks,
+/// indexes), for [`SledStore::open`].
+///
+/// A state node the node cache does not hold is read from its record's sled page; one
+/// that sled does not hold either is read from the file in several reads into zeroed
+/// buffers, and deserialised whole. The records are about 900 bytes per committed
+/// transaction, so this holds those of about half a million (it was 128 MiB; see
+/// docs/PERFORMANCE.md).
+pub const DEFAULT_DB_CACHE_BYTES: usize = 512 << 20;
+
+/// The smallest sled cache [`SledStore::open_with_cache`] sets.
+const MIN_DB_CACHE_BYTES: usize = 8 << 20;
+
 /// Leaves with larger values are not cached: a value may be up to 64 KiB, and the hot
 /// nodes are the internal ones near the root.
 const NODE_CACHE_VALUE_BYTES: usize = 256;
@@ -269,26 +282,31 @@ fn decode_location(bytes: &[u8]) -> Result<TxLocation, StorageError> {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in directory `path`, with the default state-node
-    /// cache ([`DEFAULT_STATE_CACHE_BYTES`]).
+    /// Opens (or creates) the store in directory `path`, with the default caches
+    /// ([`DEFAULT_STATE_CACHE_BYTES`], [`DEFAULT_DB_CACHE_BYTES`]).
     pub fn open(path: &Path) -> Result<SledStore, StorageError> {
-        SledStore::open_with_cache(path, DEFAULT_STATE_CACHE_BYTES)
+        SledStore::open_with_cache(path, DEFAULT_STATE_CACHE_BYTES, DEFAULT_DB_CACHE_BYTES)
     }
 
     /// Opens (or creates) the store in directory `path`, with a state-node cache of about
-    /// `cache_bytes`: two generations of `cache_bytes / 2 / STATE_CACHE_BYTES_PER_NODE`
-    /// nodes ([`Recent`]).
+    /// `state_cache_bytes` (two generations of `state_cache_bytes / 2 /
+    /// STATE_CACHE_BYTES_PER_NODE` nodes, [`Recent`]) and `db_cache_bytes` (at least
+    /// 8 MiB) for sled's cache of its pages.
     ///
     /// sled holds the directory's lock until its background flusher lets go of a dropped
     /// database, which can take a moment after the previous owner (a process still
     /// exiting, or an earlier handle in this one) has closed it; the lock is retried for
     /// up to 3 s before the error is returned.
-    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<SledStore, StorageError> {
+    pub fn open_with_cache(
+        path: &Path,
+        state_cache_bytes: usize,
+        db_cache_bytes: usize,
+    ) -> Result<SledStore, StorageError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         let db = loop {
             match ::sled::Config::new()
                 .path(path)
-                .cache_capacity(128 << 20)
+                .cache_capacity(db_cache_bytes.max(MIN_DB_CACHE_BYTES) as u64)
                 .open()
             {
                 Err(::sled::Error::Io(e))
@@ -320,7 +338,9 @@ impl SledStore {
         Ok(SledStore {
             db,
             commit_lock: std::sync::Mutex::new(()),
-            nodes: std::sync::Mutex::new(Recent::new(cache_bytes / 2 / STATE_CACHE_BYTES_PER_NODE)),
+            nodes: std::sync::Mutex::new(Recent::new(
+                state_cache_bytes / 2 / STATE_CACHE_BYTES_PER_NODE,
+            )),
         })
     }
 
