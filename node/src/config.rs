@@ -208,7 +208,7 @@ pub struct StorageConfig {
     pub state_cache_mb: usize,
     /// Memory for the database's own cache of its pages, in MiB. A state node missing from
     /// the node cache is read from here, or else from the file, several times slower.
-    /// The records take about 900 bytes per committed transaction. At least 8 MiB is used.
+    /// sled counts it in serialised bytes, so the memory used is larger. At least 8 MiB.
     pub db_cache_mb: usize,
 }
 
@@ -321,6 +321,8 @@ mod tests {
         let sized: Config = toml::from_str("[storage]\nstate_cache_mb = 64\n").unwrap();
         assert_eq!(sized.storage.state_cache_mb, 64);
         assert_eq!(sized.storage.db_cache_mb, 512);
+        let sized: Config = toml::from_str("[storage]\ndb_cache_mb = 2048\n").unwrap();
+        assert_eq!(sized.storage.db_cache_mb, 2048);
         assert!(toml::from_str::<Config>("[rpc]\nlisen = \"x\"\n").is_err());
     }
 }

@@ -118,7 +118,9 @@ pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 /// outgrows the cache, the reads of a validator under load slow down several times:
 /// a 4-validator testnet fed 1,200 tx/s fell behind at about 110,000 keys with 200,000
 /// nodes per generation, at 160,000 to 190,000 with this default (about 447,000), and at
-/// about 250,000 with 1,000,000 (docs/PERFORMANCE.md).
+/// about 250,000 with 1,000,000, while commits left replaced nodes in the cache. Since
+/// they drop them, and with sled's cache at [`DEFAULT_DB_CACHE_BYTES`], this default
+/// kept up to about 345,000 keys (docs/PERFORMANCE.md).
 pub const DEFAULT_STATE_CACHE_BYTES: usize = 256 << 20;
 
 /// sled's own cache of its B-tree pages, which hold the records (state pages, blocks,
@@ -126,9 +128,8 @@ pub const DEFAULT_STATE_CACHE_BYTES: usize = 256 << 20;
 ///
 /// A state node the node cache does not hold is read from its record's sled page; one
 /// that sled does not hold either is read from the file in several reads into zeroed
-/// buffers, and deserialised whole. The records are about 900 bytes per committed
-/// transaction, so this holds those of about half a million (it was 128 MiB; see
-/// docs/PERFORMANCE.md).
+/// buffers, and deserialised whole. sled counts its cache in serialised bytes, so the
+/// process uses more memory than this. It was 128 MiB (docs/PERFORMANCE.md).
 pub const DEFAULT_DB_CACHE_BYTES: usize = 512 << 20;
 
 /// The smallest sled cache [`SledStore::open_with_cache`] sets.
@@ -739,9 +740,18 @@ mod tests {
         for at in &second.state_replaced {
             assert_eq!(store.node_cache().get(at), None, "{at:?}");
         }
-        for (at, _) in &second.state_writes {
-            assert!(store.node_cache().get(&at.at).is_some(), "{at:?}");
+        // Every node of the new tree is still cached: block 2's and those of block 1 it
+        // kept.
+        let mut live = vec![store.tip().unwrap().state()];
+        let mut kept_from_block_1 = 0;
+        while let Some(at) = live.pop() {
+            let (_, node) = store.node_cache().get(&at.at).expect("a live node cached");
+            kept_from_block_1 += usize::from(at.at.version == 1);
+            if let StateNode::Internal { left, right } = node {
+                live.extend([left, right].into_iter().filter(|t| !t.is_empty()));
+            }
         }
+        assert!(kept_from_block_1 > 0);
         // Out of the cache, the tree at height 1 is still read from the pages.
         for i in 10..18 {
             let key = state::state_key(state::Namespace::Notarization, &[i; 32]);
