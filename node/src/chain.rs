@@ -4,7 +4,7 @@
 //! The checks are the simulator host's (`consensus::sim::app`) and the light client's:
 //! the same `ledger::verify` functions, here over the sled store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use pyralog_crypto::PublicKey;
@@ -15,7 +15,7 @@ use pyralog_ledger::verify::{
 };
 use pyralog_ledger::{
     Block, BlockContext, BlockExecutor, Certificate, Decode, Encode, ExecError, Execution, Genesis,
-    Hash, Header, Tip, Transaction, TxError, ValidatorSet, apply_block, verify_signatures_of,
+    Hash, Header, Tip, Transaction, ValidatorSet, apply_block, verify_signatures_of,
 };
 use pyralog_storage::{SledStore, Store};
 
@@ -225,36 +225,58 @@ impl Chain {
         let mut txs = Vec::new();
         let mut bytes = 0usize;
         let mut dead = Vec::new();
-        let mut skipped = true;
-        let mut included = std::collections::HashSet::new();
-        // A few passes: a transaction skipped for a nonce gap may run after a later one.
-        for _ in 0..3 {
-            if !skipped || txs.len() >= max_txs {
-                break;
-            }
-            skipped = false;
-            for (hash, tx, len) in pool.iter() {
-                if txs.len() >= max_txs {
-                    break;
+        // One pass in arrival order. Each sender's next nonce is read once; a transaction
+        // that arrived ahead of its predecessor (gossip and RPC reorder them) waits here
+        // and goes in right after it. Only transactions whose nonce is the sender's next
+        // are executed: a pool full of transactions behind a nonce gap costs a map
+        // insert each, not a state read (the build used to try the whole pool up to
+        // three times, which took most of a validator under a backlog).
+        let mut next: HashMap<PublicKey, u64> = HashMap::new();
+        let mut ahead: HashMap<PublicKey, BTreeMap<u64, (&Hash, &Transaction, usize)>> =
+            HashMap::new();
+        'pool: for (hash, tx, len) in pool.iter() {
+            let expected = match next.get(&tx.sender) {
+                Some(n) => *n,
+                None => {
+                    let n = exec
+                        .next_nonce(&tx.sender)
+                        .map_err(|e| Fatal(e.to_string()))?;
+                    *next.entry(tx.sender).or_insert(n)
                 }
-                if included.contains(hash) {
-                    continue;
+            };
+            if tx.nonce > expected {
+                ahead
+                    .entry(tx.sender)
+                    .or_default()
+                    .insert(tx.nonce, (hash, tx, len));
+                continue;
+            }
+            // This transaction, then those of its sender that were waiting for it.
+            let mut candidate = Some((hash, tx, len));
+            while let Some((hash, tx, len)) = candidate {
+                if txs.len() >= max_txs {
+                    break 'pool;
                 }
                 if bytes + len > max_bytes {
-                    continue;
+                    // Its successors cannot go in without it.
+                    break;
                 }
                 match exec.apply(tx) {
                     Ok(()) => {
                         bytes += len;
-                        included.insert(*hash);
                         txs.push(tx.clone());
+                        let after = tx.nonce.saturating_add(1);
+                        next.insert(tx.sender, after);
+                        candidate = ahead
+                            .get_mut(&tx.sender)
+                            .and_then(|waiting| waiting.remove(&after));
                     }
-                    Err(ExecError::Tx {
-                        error: TxError::NonceGap { .. },
-                        ..
-                    }) => skipped = true,
+                    // Its nonce was used, or it can never execute (a notarized digest,
+                    // a missing key): drop it. A sender's later transactions then wait
+                    // for a replacement.
                     Err(ExecError::Tx { .. }) | Err(ExecError::TooManyTxs { .. }) => {
-                        dead.push(*hash)
+                        dead.push(*hash);
+                        break;
                     }
                     Err(ExecError::Store(e)) => return Err(Fatal(e.to_string())),
                 }
@@ -460,6 +482,34 @@ mod tests {
         // With no cap of its own, the chain's limit (8 MiB here) takes all three.
         let (block, _) = chain.build_block(proposer, &pool, usize::MAX).unwrap();
         assert_eq!(block.txs.len(), 3);
+    }
+
+    #[test]
+    fn a_block_takes_each_senders_transactions_in_nonce_order_whatever_their_arrival() {
+        let (tc, _dir, mut chain) = test_chain();
+        let mut pool = Mempool::new(crate::config::MempoolConfig::default());
+        let mut admit = |tx: pyralog_ledger::Transaction| {
+            let len = tx.to_bytes().len();
+            pool.admit(tx.clone(), tx.hash(), len, 0).unwrap();
+        };
+        let (a, b, c) = (user(1), user(2), user(3));
+        let digest = |n: u8| pyralog_crypto::content_digest(&[n]);
+        // a's three arrive last first; b's only one skips nonce 0; c's second notarizes
+        // the digest its first does.
+        for n in [2u8, 1, 0] {
+            admit(tc.notarize(&a, u64::from(n), digest(n), "a"));
+        }
+        admit(tc.notarize(&b, 1, digest(10), "b"));
+        let repeat = tc.notarize(&c, 1, digest(20), "c");
+        admit(tc.notarize(&c, 0, digest(20), "c"));
+        admit(repeat.clone());
+        let proposer = tc.validator_keys[0].public();
+        let (block, dead) = chain.build_block(proposer, &pool, usize::MAX).unwrap();
+        let got: Vec<(PublicKey, u64)> = block.txs.iter().map(|t| (t.sender, t.nonce)).collect();
+        let (a, c) = (a.public(), c.public());
+        assert_eq!(got, [(a, 0), (a, 1), (a, 2), (c, 0)]);
+        // b waits for its nonce 0; c's repeat can never execute.
+        assert_eq!(dead, [repeat.hash()]);
     }
 
     #[test]
