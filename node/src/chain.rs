@@ -15,7 +15,7 @@ use pyralog_ledger::verify::{
 };
 use pyralog_ledger::{
     Block, BlockContext, BlockExecutor, Certificate, Decode, Encode, ExecError, Execution, Genesis,
-    Hash, Header, Tip, Transaction, ValidatorSet, apply_block, verify_signatures_of,
+    Hash, Header, Tip, Transaction, TxError, ValidatorSet, apply_block, verify_signatures_of,
 };
 use pyralog_storage::{SledStore, Store};
 
@@ -225,12 +225,13 @@ impl Chain {
         let mut txs = Vec::new();
         let mut bytes = 0usize;
         let mut dead = Vec::new();
-        // One pass in arrival order. Each sender's next nonce is read once; a transaction
-        // that arrived ahead of its predecessor (gossip and RPC reorder them) waits here
-        // and goes in right after it. Only transactions whose nonce is the sender's next
-        // are executed: a pool full of transactions behind a nonce gap costs a map
-        // insert each, not a state read (the build used to try the whole pool up to
-        // three times, which took most of a validator under a backlog).
+        // One pass in arrival order. Each sender's next nonce is read once (one state
+        // read per sender); a transaction that arrived ahead of its predecessor (gossip
+        // and RPC reorder them) waits here and goes in right after it. Only transactions
+        // at their sender's next nonce are executed, so a sender's transactions behind a
+        // nonce gap cost a map insert each, not a state read each (the build used to try
+        // the whole pool up to three times, which took most of a validator under a
+        // backlog).
         let mut next: HashMap<PublicKey, u64> = HashMap::new();
         let mut ahead: HashMap<PublicKey, BTreeMap<u64, (&Hash, &Transaction, usize)>> =
             HashMap::new();
@@ -271,12 +272,25 @@ impl Chain {
                             .get_mut(&tx.sender)
                             .and_then(|waiting| waiting.remove(&after));
                     }
-                    // Its nonce was used, or it can never execute (a notarized digest,
-                    // a missing key): drop it. A sender's later transactions then wait
-                    // for a replacement.
-                    Err(ExecError::Tx { .. }) | Err(ExecError::TooManyTxs { .. }) => {
+                    // A delete of a key that is not there yet: a later transaction may
+                    // create it, so it stays in the pool, and its sender's later
+                    // transactions wait behind it.
+                    Err(ExecError::Tx {
+                        error: TxError::KeyNotFound,
+                        ..
+                    }) => break,
+                    // Its nonce was used, or it can never execute (another chain, over a
+                    // limit, a notarized digest): drop it. A sender's later transactions
+                    // then wait for a replacement.
+                    Err(ExecError::Tx { .. }) => {
                         dead.push(*hash);
                         break;
+                    }
+                    // `apply` counts no block size; the cap above is the only one.
+                    Err(ExecError::TooManyTxs { count, max }) => {
+                        return Err(Fatal(format!(
+                            "the executor refused transaction {count} of at most {max}"
+                        )));
                     }
                     Err(ExecError::Store(e)) => return Err(Fatal(e.to_string())),
                 }
@@ -485,30 +499,51 @@ mod tests {
     }
 
     #[test]
-    fn a_block_takes_each_senders_transactions_in_nonce_order_whatever_their_arrival() {
+    fn a_block_takes_each_senders_transactions_in_nonce_order_in_one_pass() {
         let (tc, _dir, mut chain) = test_chain();
         let mut pool = Mempool::new(crate::config::MempoolConfig::default());
         let mut admit = |tx: pyralog_ledger::Transaction| {
             let len = tx.to_bytes().len();
             pool.admit(tx.clone(), tx.hash(), len, 0).unwrap();
         };
-        let (a, b, c) = (user(1), user(2), user(3));
+        let (a, b, c, d) = (user(1), user(2), user(3), user(4));
         let digest = |n: u8| pyralog_crypto::content_digest(&[n]);
-        // a's three arrive last first; b's only one skips nonce 0; c's second notarizes
-        // the digest its first does.
-        for n in [2u8, 1, 0] {
+        // d deletes a key before a's put creates it, and d's next waits behind that;
+        // a's five arrive last first (more than the old three passes could sort); b's
+        // only one skips nonce 0; c's second notarizes the digest its first does.
+        let delete = pyralog_ledger::Transaction::new_signed(
+            &d,
+            tc.chain_id(),
+            0,
+            pyralog_ledger::Payload::Delete { key: b"k".to_vec() },
+        )
+        .unwrap();
+        admit(delete.clone());
+        admit(tc.notarize(&d, 1, digest(30), "d"));
+        for n in (0..5u8).rev() {
             admit(tc.notarize(&a, u64::from(n), digest(n), "a"));
         }
+        admit(tc.put(&a, 5, b"k", b"v"));
         admit(tc.notarize(&b, 1, digest(10), "b"));
         let repeat = tc.notarize(&c, 1, digest(20), "c");
         admit(tc.notarize(&c, 0, digest(20), "c"));
         admit(repeat.clone());
         let proposer = tc.validator_keys[0].public();
         let (block, dead) = chain.build_block(proposer, &pool, usize::MAX).unwrap();
-        let got: Vec<(PublicKey, u64)> = block.txs.iter().map(|t| (t.sender, t.nonce)).collect();
-        let (a, c) = (a.public(), c.public());
-        assert_eq!(got, [(a, 0), (a, 1), (a, 2), (c, 0)]);
-        // b waits for its nonce 0; c's repeat can never execute.
+        let nonces_of = |who: &pyralog_crypto::Keypair| -> Vec<u64> {
+            let key = who.public();
+            block
+                .txs
+                .iter()
+                .filter(|t| t.sender == key)
+                .map(|t| t.nonce)
+                .collect()
+        };
+        assert_eq!(nonces_of(&a), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(nonces_of(&c), [0]);
+        assert_eq!(block.txs.len(), 7);
+        // b waits for its nonce 0, and d's delete for its key (it stays pending, with d's
+        // next behind it); only c's repeat can never execute.
         assert_eq!(dead, [repeat.hash()]);
     }
 

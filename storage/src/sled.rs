@@ -120,7 +120,8 @@ pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 /// nodes per generation, at 160,000 to 190,000 with this default (about 447,000), and at
 /// about 250,000 with 1,000,000, while commits left replaced nodes in the cache. Since
 /// they drop them, and with sled's cache at [`DEFAULT_DB_CACHE_BYTES`], this default
-/// kept up to about 345,000 keys (docs/PERFORMANCE.md).
+/// kept up to about 345,000 keys, and with a cheaper proposal build besides, through a
+/// whole run to 480,000 (docs/PERFORMANCE.md; one run each).
 pub const DEFAULT_STATE_CACHE_BYTES: usize = 256 << 20;
 
 /// sled's own cache of its B-tree pages, which hold the records (state pages, blocks,
