@@ -286,12 +286,9 @@ impl Chain {
                         dead.push(*hash);
                         break;
                     }
-                    // `apply` counts no block size; the cap above is the only one.
-                    Err(ExecError::TooManyTxs { count, max }) => {
-                        return Err(Fatal(format!(
-                            "the executor refused transaction {count} of at most {max}"
-                        )));
-                    }
+                    // The block is full by the executor's count (`apply` keeps none
+                    // today; the cap above is the one that stops the build).
+                    Err(ExecError::TooManyTxs { .. }) => break 'pool,
                     Err(ExecError::Store(e)) => return Err(Fatal(e.to_string())),
                 }
             }
