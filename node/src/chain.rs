@@ -4,6 +4,7 @@
 //! The checks are the simulator host's (`consensus::sim::app`) and the light client's:
 //! the same `ledger::verify` functions, here over the sled store.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -236,14 +237,12 @@ impl Chain {
         let mut ahead: HashMap<PublicKey, BTreeMap<u64, (&Hash, &Transaction, usize)>> =
             HashMap::new();
         'pool: for (hash, tx, len) in pool.iter() {
-            let expected = match next.get(&tx.sender) {
-                Some(n) => *n,
-                None => {
-                    let n = exec
-                        .next_nonce(&tx.sender)
-                        .map_err(|e| Fatal(e.to_string()))?;
-                    *next.entry(tx.sender).or_insert(n)
-                }
+            let expected = match next.entry(tx.sender) {
+                Entry::Occupied(known) => *known.get(),
+                Entry::Vacant(first) => *first.insert(
+                    exec.next_nonce(&tx.sender)
+                        .map_err(|e| Fatal(e.to_string()))?,
+                ),
             };
             if tx.nonce > expected {
                 ahead
