@@ -236,7 +236,7 @@ impl Chain {
         let mut next: HashMap<PublicKey, u64> = HashMap::new();
         let mut ahead: HashMap<PublicKey, BTreeMap<u64, (&Hash, &Transaction, usize)>> =
             HashMap::new();
-        'pool: for (hash, tx, len) in pool.iter() {
+        'pool: for (hash, tx, len) in pool.ready() {
             let expected = match next.entry(tx.sender) {
                 Entry::Occupied(known) => *known.get(),
                 Entry::Vacant(first) => *first.insert(

@@ -99,8 +99,8 @@ pub enum Request {
         encoded: Vec<u8>,
         /// Answered with the admission.
         reply: oneshot::Sender<Result<Submitted, Reject>>,
-        /// Answered when it commits.
-        waiter: Option<oneshot::Sender<TxCommitted>>,
+        /// Answered when it commits, or when it leaves the pool uncommitted (evicted).
+        waiter: Option<oneshot::Sender<Result<TxCommitted, Reject>>>,
     },
 }
 
@@ -174,7 +174,7 @@ pub struct Driver {
     timers: Timers,
     outbox: Vec<Vec<u8>>,
     outbox_bytes: usize,
-    waiters: HashMap<Hash, Vec<oneshot::Sender<TxCommitted>>>,
+    waiters: HashMap<Hash, Vec<oneshot::Sender<Result<TxCommitted, Reject>>>>,
     headers: broadcast::Sender<Header>,
     tx_feed: broadcast::Sender<TxCommitted>,
     status: watch::Sender<Status>,
@@ -201,8 +201,9 @@ struct HeldProposal {
     round: u32,
     /// When it goes out, empty if need be.
     until: Instant,
-    /// The mempool's size when a block was last tried: a new try only when it changed.
-    pool_seen: usize,
+    /// The mempool's count of transactions that became ready when a block was last
+    /// tried: a new try only when one has since.
+    ready_seen: u64,
 }
 
 /// Whether a proposal was built and carries no transaction.
@@ -429,7 +430,7 @@ impl Driver {
                         height,
                         round,
                         until: Instant::now() + self.propose_wait,
-                        pool_seen: self.pool.len(),
+                        ready_seen: self.pool.became_ready(),
                     });
                     return Ok(None);
                 }
@@ -517,20 +518,20 @@ impl Driver {
     }
 
     /// Proposes the held proposal once a block with a transaction can be built or the
-    /// wait is over (the engine ignores it if its round moved on meanwhile). A pool of
-    /// transactions that cannot go in yet (a nonce gap) does not end the wait.
+    /// wait is over (the engine ignores it if its round moved on meanwhile). A
+    /// transaction queued behind a nonce gap does not end the wait, nor cause a rebuild.
     async fn release_proposal(&mut self) -> Result<(), Fatal> {
         let Some(held) = self.held_proposal else {
             return Ok(());
         };
         let expired = Instant::now() >= held.until;
-        if !expired && self.pool.len() == held.pool_seen {
+        if !expired && self.pool.became_ready() == held.ready_seen {
             return Ok(());
         }
         let ready = self.build_proposal(held.height, held.round)?;
         if !expired && is_empty_proposal(&ready) {
             self.held_proposal = Some(HeldProposal {
-                pool_seen: self.pool.len(),
+                ready_seen: self.pool.became_ready(),
                 ..held
             });
             return Ok(());
@@ -584,7 +585,7 @@ impl Driver {
             };
             if let Some(ws) = self.waiters.remove(hash) {
                 for w in ws {
-                    let _ = w.send(loc);
+                    let _ = w.send(Ok(loc));
                 }
             }
             let _ = self.tx_feed.send(loc);
@@ -610,9 +611,17 @@ impl Driver {
         self.publish_status();
     }
 
-    fn publish_status(&mut self) {
+    fn pool_gauges(&self) {
         set(&self.metrics.mempool_txs, self.pool.len() as u64);
         set(&self.metrics.mempool_bytes, self.pool.bytes() as u64);
+        set(
+            &self.metrics.mempool_queued_txs,
+            self.pool.queued_len() as u64,
+        );
+    }
+
+    fn publish_status(&mut self) {
+        self.pool_gauges();
         let (latest_hash, latest_time_ms, log_size, state_root) = match self.chain.last() {
             Some((h, _)) => (
                 h.hash().to_hex(),
@@ -655,12 +664,12 @@ impl Driver {
                         self.waiters.entry(hash).or_default().push(w)
                     }
                     (Ok(Submitted::Committed(loc)), Some(w)) => {
-                        let _ = w.send(*loc);
+                        let _ = w.send(Ok(*loc));
                     }
                     _ => {}
                 }
                 let _ = reply.send(res);
-                set(&self.metrics.mempool_txs, self.pool.len() as u64);
+                self.pool_gauges();
             }
         }
         Ok(())
@@ -716,7 +725,14 @@ impl Driver {
         {
             return Err(Reject::AlreadyNotarized { height });
         }
-        match self.pool.admit(tx, hash, len, next)? {
+        let admitted = self.pool.admit(tx, hash, len, next)?;
+        for evicted in self.pool.take_evicted() {
+            self.metrics.reject(Reject::Evicted.code());
+            for w in self.waiters.remove(&evicted).unwrap_or_default() {
+                let _ = w.send(Err(Reject::Evicted));
+            }
+        }
+        match admitted {
             Admitted::Added => {
                 if let Some(encoded) = gossip {
                     self.outbox_bytes += encoded.len();

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub mempool_txs: Gauge,
     /// Pending bytes.
     pub mempool_bytes: Gauge,
+    /// Pending transactions queued behind a nonce gap.
+    pub mempool_queued_txs: Gauge,
     /// Committed transactions (rate: tx/s).
     pub committed_txs: Counter,
     /// Committed blocks.
@@ -69,6 +71,7 @@ impl Metrics {
             peers: Gauge::default(),
             mempool_txs: Gauge::default(),
             mempool_bytes: Gauge::default(),
+            mempool_queued_txs: Gauge::default(),
             committed_txs: Counter::default(),
             committed_blocks: Counter::default(),
             commit_latency: Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
@@ -92,6 +95,11 @@ impl Metrics {
             "mempool_bytes",
             "Pending transaction bytes",
             m.mempool_bytes.clone(),
+        );
+        registry.register(
+            "mempool_queued_txs",
+            "Pending transactions queued behind a nonce gap (evicted first when the pool is full)",
+            m.mempool_queued_txs.clone(),
         );
         registry.register(
             "committed_txs",

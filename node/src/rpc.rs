@@ -600,12 +600,13 @@ impl NodeApiServer for Api {
             });
         };
         match tokio::time::timeout(self.0.commit_timeout, committed).await {
-            Ok(Ok(loc)) => Ok(BroadcastView {
+            Ok(Ok(Ok(loc))) => Ok(BroadcastView {
                 hash,
                 status: "committed",
                 already_known: already,
                 committed: Some(loc),
             }),
+            Ok(Ok(Err(reason))) => Err(rejected(&reason)),
             Ok(Err(_)) => Err(rejected(&Reject::Unavailable("shutting down".into()))),
             Err(_) => Err(err(
                 TIMEOUT,

@@ -25,21 +25,76 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `status` over a plain HTTP/1.1 POST (no client library needed).
-fn rpc_status(port: u16) -> Option<serde_json::Value> {
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP/1.1 request to 127.0.0.1:`port` (no client library needed); the body of the
+/// answer.
+fn http(port: u16, request: &str, timeout: Duration) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let body = r#"{"jsonrpc":"2.0","id":1,"method":"status","params":[]}"#;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// A JSON-RPC call over a plain HTTP/1.1 POST.
+fn rpc(port: u16, method: &str, params: serde_json::Value) -> Option<serde_json::Value> {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        .to_string();
     let req = format!(
         "POST / HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (_, json) = out.split_once("\r\n\r\n")?;
-    serde_json::from_str(json).ok()
+    serde_json::from_str(&http(port, &req, Duration::from_secs(40))?).ok()
+}
+
+fn rpc_status(port: u16) -> Option<serde_json::Value> {
+    rpc(port, "status", serde_json::json!([]))
+}
+
+/// A `pyralog-node start` child, killed on drop.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `init` in `home`, with the RPC, p2p and metrics on free ports and `edit` applied to
+/// the config file. Returns the RPC and metrics ports.
+fn init_on_free_ports(home: &std::path::Path, edit: impl Fn(String) -> String) -> (u16, u16) {
+    let (ok, _, err) = run(&["init", "--home", home.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (rpc, p2p, metrics) = (free_port(), free_udp_port(), free_port());
+    let cfg = std::fs::read_to_string(home.join("config.toml")).unwrap();
+    let cfg = cfg
+        .replace("127.0.0.1:26657", &format!("127.0.0.1:{rpc}"))
+        .replace("/udp/26656", &format!("/udp/{p2p}"))
+        .replace("127.0.0.1:26660", &format!("127.0.0.1:{metrics}"));
+    std::fs::write(home.join("config.toml"), edit(cfg)).unwrap();
+    (rpc, metrics)
+}
+
+fn wait_for_height(port: u16, height: u64) {
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(60), "no commits");
+        let h = rpc_status(port).and_then(|v| v["result"]["height"].as_u64());
+        if h >= Some(height) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -72,10 +127,10 @@ fn init_key_show_config_and_a_dev_chain_that_stops_cleanly() {
     // Precedence: flag > file > default.
     let cfg = std::fs::read_to_string(home.join("config.toml")).unwrap();
     assert!(cfg.contains("moniker = \"alice\""), "{cfg}");
-    let (rpc, p2p) = (free_port(), free_port());
+    let (rpc, p2p) = (free_port(), free_udp_port());
     let cfg = cfg
         .replace("127.0.0.1:26657", &format!("127.0.0.1:{rpc}"))
-        .replace("/tcp/26656", &format!("/tcp/{p2p}"));
+        .replace("/udp/26656", &format!("/udp/{p2p}"));
     std::fs::write(home.join("config.toml"), cfg).unwrap();
     let (ok, out, _) = run(&["config", "--home", home_s, "--moniker", "bob"]);
     assert!(ok);
@@ -124,4 +179,91 @@ fn init_key_show_config_and_a_dev_chain_that_stops_cleanly() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status:?}");
+}
+
+fn signed_put(key: &pyralog_crypto::Keypair, chain: &str, nonce: u64) -> serde_json::Value {
+    use pyralog_ledger::Encode;
+    let tx = pyralog_ledger::Transaction::new_signed(
+        key,
+        pyralog_ledger::ChainId::new(chain).unwrap(),
+        nonce,
+        pyralog_ledger::Payload::Put {
+            key: format!("k{nonce}").into_bytes(),
+            value: vec![1; 32],
+        },
+    )
+    .unwrap();
+    serde_json::json!(hex::encode(tx.to_bytes()))
+}
+
+#[test]
+fn a_full_mempool_evicts_a_transaction_stuck_behind_a_nonce_gap_and_tells_its_waiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("n");
+    let (port, metrics) =
+        init_on_free_ports(&home, |c| c.replace("max_txs = 100000", "max_txs = 3"));
+    let genesis: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("genesis.json")).unwrap()).unwrap();
+    let chain = genesis["chain_id"].as_str().unwrap().to_string();
+    let _node = Running(
+        Command::new(EXE)
+            .args(["start", "--home", home.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_height(port, 1);
+    let (a, b) = (
+        pyralog_crypto::Keypair::from_seed(&[1; 32]),
+        pyralog_crypto::Keypair::from_seed(&[2; 32]),
+    );
+    // a's nonce 0 never comes: 5, 6 and 7 wait behind the gap and fill the pool. The
+    // first waits for its commit.
+    let first = signed_put(&a, &chain, 5);
+    let waiting =
+        std::thread::spawn(move || rpc(port, "broadcast_tx", serde_json::json!([first, "commit"])));
+    let start = Instant::now();
+    while rpc_status(port).and_then(|v| v["result"]["mempool_txs"].as_u64()) != Some(1) {
+        assert!(start.elapsed() < Duration::from_secs(20), "a5 not admitted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for n in [6, 7] {
+        let r = rpc(
+            port,
+            "broadcast_tx",
+            serde_json::json!([signed_put(&a, &chain, n), "sync"]),
+        );
+        assert_eq!(r.as_ref().unwrap()["result"]["status"], "pending", "{r:?}");
+    }
+    // The pool is full: another queued transaction is refused...
+    let r = rpc(
+        port,
+        "broadcast_tx",
+        serde_json::json!([signed_put(&a, &chain, 8), "sync"]),
+    )
+    .unwrap();
+    assert_eq!(r["error"]["data"]["reason"], "mempool_full", "{r}");
+    // ...and one that can run takes the place of the oldest queued one, a5, whose waiter
+    // hears so at once.
+    let r = rpc(
+        port,
+        "broadcast_tx",
+        serde_json::json!([signed_put(&b, &chain, 0), "commit"]),
+    )
+    .unwrap();
+    assert_eq!(r["result"]["status"], "committed", "{r}");
+    let evicted = waiting.join().unwrap().unwrap();
+    assert_eq!(evicted["error"]["data"]["reason"], "evicted", "{evicted}");
+    let text = http(
+        metrics,
+        "GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(
+        text.contains("pyralog_rejected_txs_total{reason=\"evicted\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("pyralog_mempool_queued_txs 2"), "{text}");
 }
