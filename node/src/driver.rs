@@ -321,7 +321,7 @@ impl Driver {
     /// Runs until `shutdown` fires or a fatal error. Storage failures are fatal.
     pub async fn run(
         mut self,
-        mut events: mpsc::Receiver<Event>,
+        mut events: pyralog_p2p::Events,
         mut requests: mpsc::Receiver<Request>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), Fatal> {
@@ -621,6 +621,10 @@ impl Driver {
     }
 
     fn publish_status(&mut self) {
+        set(
+            &self.metrics.dropped_tx_batches,
+            self.net.dropped_tx_batches(),
+        );
         self.pool_gauges();
         let (latest_hash, latest_time_ms, log_size, state_root) = match self.chain.last() {
             Some((h, _)) => (

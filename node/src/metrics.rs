@@ -39,6 +39,8 @@ pub struct Metrics {
     pub synced_blocks: Counter,
     /// Consensus messages rejected by the engine.
     pub rejected_messages: Counter,
+    /// Transaction batches from gossip dropped while the node was behind (running count).
+    pub dropped_tx_batches: Gauge,
     /// The WireGuard overlay, read at each scrape.
     overlay: std::sync::OnceLock<pyralog_p2p::wg::Overlay>,
     wg_dropped: Family<Vec<(String, String)>, Gauge>,
@@ -78,6 +80,7 @@ impl Metrics {
             rejected_txs: Family::default(),
             synced_blocks: Counter::default(),
             rejected_messages: Counter::default(),
+            dropped_tx_batches: Gauge::default(),
             overlay: std::sync::OnceLock::new(),
             wg_dropped: Family::default(),
             wg_cookies: Gauge::default(),
@@ -130,6 +133,11 @@ impl Metrics {
             "rejected_consensus_messages",
             "Consensus messages the engine rejected",
             m.rejected_messages.clone(),
+        );
+        registry.register(
+            "p2p_dropped_tx_batches",
+            "Transaction batches from gossip dropped because the node was behind on admitting them (running count)",
+            m.dropped_tx_batches.clone(),
         );
         registry.register(
             "wg_dropped_datagrams",

@@ -29,6 +29,8 @@ mod limits;
 pub mod wg;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -212,9 +214,16 @@ pub struct Network {
     commands: mpsc::Sender<Command>,
     local: PeerId,
     overlay: Option<wg::Overlay>,
+    dropped_tx_batches: Arc<AtomicU64>,
 }
 
 impl Network {
+    /// Transaction batches from gossip dropped because the node had this many waiting
+    /// ([`Events`]); a running count.
+    pub fn dropped_tx_batches(&self) -> u64 {
+        self.dropped_tx_batches.load(Ordering::Relaxed)
+    }
+
     /// The WireGuard overlay, when it is the transport.
     pub fn overlay(&self) -> Option<&wg::Overlay> {
         self.overlay.as_ref()
@@ -311,13 +320,39 @@ struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
 }
 
+/// Transaction batches from gossip waiting for the node; more are dropped (counted).
+const TX_GOSSIP_QUEUE: usize = 1024;
+
+/// The events of the networking task, in two queues: control (consensus, evidence, sync,
+/// peers) and transaction gossip. [`Events::recv`] always takes a control event first, so
+/// a proposal or vote never waits behind a backlog of transactions to admit.
+///
+/// The control queue is bounded with backpressure: if the node stops reading it, the
+/// network stops reading its peers. Transaction gossip is best effort, as in every
+/// ledger: when its queue is full (the node cannot admit transactions as fast as peers
+/// relay them), further batches are dropped and counted
+/// ([`Network::dropped_tx_batches`]). The peers that relayed them keep them, and a block
+/// that carries them is still checked in full.
+pub struct Events {
+    control: mpsc::Receiver<Event>,
+    txs: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event, control events first; `None` once the networking task stopped.
+    /// Cancel-safe (it can be a `select!` branch).
+    pub async fn recv(&mut self) -> Option<Event> {
+        tokio::select! {
+            biased;
+            e = self.control.recv() => e,
+            Some(e) = self.txs.recv() => Some(e),
+        }
+    }
+}
+
 /// Starts the networking task with the node key's `seed`. Returns the handle and the
-/// event stream (bounded: if the node stops reading, the network applies backpressure).
-/// Must be called inside a tokio runtime.
-pub async fn spawn(
-    seed: &[u8; 32],
-    config: Config,
-) -> Result<(Network, mpsc::Receiver<Event>), P2pError> {
+/// event stream ([`Events`]). Must be called inside a tokio runtime.
+pub async fn spawn(seed: &[u8; 32], config: Config) -> Result<(Network, Events), P2pError> {
     let key = keypair_from_seed(seed)?;
     let local = key.public().to_peer_id();
     let overlay = match &config.transport {
@@ -366,12 +401,16 @@ pub async fn spawn(
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(4096);
     let (ev_tx, ev_rx) = mpsc::channel(4096);
+    let (tx_ev_tx, tx_ev_rx) = mpsc::channel(TX_GOSSIP_QUEUE);
+    let dropped_tx_batches = Arc::new(AtomicU64::new(0));
     let actor = Actor {
         limits: PeerLimits::new(config.peer_messages_per_sec, config.ban),
         config,
         swarm,
         topics,
         events: ev_tx,
+        tx_events: tx_ev_tx,
+        dropped_tx_batches: dropped_tx_batches.clone(),
         pending: HashMap::new(),
         inbound: HashMap::new(),
         next_inbound: 0,
@@ -382,8 +421,12 @@ pub async fn spawn(
             commands: cmd_tx,
             local,
             overlay,
+            dropped_tx_batches,
         },
-        ev_rx,
+        Events {
+            control: ev_rx,
+            txs: tx_ev_rx,
+        },
     ))
 }
 
@@ -460,11 +503,32 @@ fn make_behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour,
     })
 }
 
+/// Queues a transaction batch from gossip for the node, or drops and counts it when the
+/// queue is full; false once the node stopped reading.
+fn queue_tx_gossip(queue: &mpsc::Sender<Event>, dropped: &AtomicU64, e: Event) -> bool {
+    match queue.try_send(e) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    dropped = n,
+                    "the node is behind on transaction gossip: dropping batches"
+                );
+            }
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
 struct Actor {
     config: Config,
     swarm: Swarm<Behaviour>,
     topics: HashMap<gossipsub::TopicHash, Topic>,
     events: mpsc::Sender<Event>,
+    tx_events: mpsc::Sender<Event>,
+    dropped_tx_batches: Arc<AtomicU64>,
     pending:
         HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, P2pError>>>,
     inbound: HashMap<InboundId, request_response::ResponseChannel<Vec<u8>>>,
@@ -600,6 +664,11 @@ impl Actor {
             _ => None,
         };
         match event {
+            Some(
+                e @ Event::Gossip {
+                    topic: Topic::Txs, ..
+                },
+            ) => queue_tx_gossip(&self.tx_events, &self.dropped_tx_batches, e),
             Some(e) => self.events.send(e).await.is_ok(),
             None => true,
         }
@@ -672,5 +741,54 @@ impl Actor {
             }
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gossip(topic: Topic, data: u8) -> Event {
+        Event::Gossip {
+            from: PeerId::random(),
+            author: None,
+            topic,
+            data: vec![data],
+        }
+    }
+
+    fn data(e: Option<Event>) -> (Topic, u8) {
+        match e {
+            Some(Event::Gossip { topic, data, .. }) => (topic, data[0]),
+            other => panic!("not gossip: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn control_events_come_before_waiting_transaction_batches() {
+        let (control, control_rx) = mpsc::channel(8);
+        let (txs, txs_rx) = mpsc::channel(2);
+        let dropped = AtomicU64::new(0);
+        let mut events = Events {
+            control: control_rx,
+            txs: txs_rx,
+        };
+        for i in 0..3 {
+            assert!(queue_tx_gossip(&txs, &dropped, gossip(Topic::Txs, i)));
+        }
+        // The third batch found the queue full: dropped and counted, not waited for.
+        assert_eq!(dropped.load(Ordering::Relaxed), 1);
+        control.send(gossip(Topic::Consensus, 9)).await.unwrap();
+        assert_eq!(data(events.recv().await), (Topic::Consensus, 9));
+        assert_eq!(data(events.recv().await), (Topic::Txs, 0));
+        control.send(gossip(Topic::Evidence, 8)).await.unwrap();
+        assert_eq!(data(events.recv().await), (Topic::Evidence, 8));
+        assert_eq!(data(events.recv().await), (Topic::Txs, 1));
+        // The task stopped: both queues close, and the stream ends.
+        drop((control, txs));
+        assert!(events.recv().await.is_none());
+        // A closed queue tells the actor to stop.
+        let (closed, _) = mpsc::channel(1);
+        assert!(!queue_tx_gossip(&closed, &dropped, gossip(Topic::Txs, 0)));
     }
 }
