@@ -206,20 +206,22 @@ impl Chain {
         BlockContext::next(&self.genesis, &self.validators, prev).map_err(|e| e.to_string())
     }
 
-    /// Builds the next block from the mempool, within the chain's block limits and at
-    /// most `max_bytes` of transactions (what this node's gossip can carry), proposed by
-    /// `proposer`. Returns the block and the hashes of pool transactions that can never
-    /// execute (to drop from the pool).
+    /// Builds the next block from the mempool, proposed by `proposer`, within the chain's
+    /// block limits and the caller's caps: at most `max_txs` transactions (what it can
+    /// execute in time) and `max_bytes` of them (what its gossip can carry). Returns the
+    /// block and the hashes of pool transactions that can never execute (to drop from
+    /// the pool).
     pub fn build_block(
         &mut self,
         proposer: PublicKey,
         pool: &Mempool,
+        max_txs: usize,
         max_bytes: usize,
     ) -> Result<(Block, Vec<Hash>), Fatal> {
         let ctx = self.context().map_err(Fatal)?;
         let params = &self.genesis.params;
         let (max_txs, max_bytes) = (
-            params.max_block_txs as usize,
+            (params.max_block_txs as usize).min(max_txs),
             (params.max_block_bytes as usize).min(max_bytes),
         );
         let mut exec = self.executor(ctx.time_ms);
@@ -476,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn a_block_is_built_within_the_byte_cap_the_caller_gives() {
+    fn a_block_is_built_within_the_caps_the_caller_gives() {
         let (tc, _dir, mut chain) = test_chain();
         let mut pool = Mempool::new(crate::config::MempoolConfig::default());
         let mut len = 0;
@@ -487,10 +489,17 @@ mod tests {
         }
         let proposer = tc.validator_keys[0].public();
         // Room for two of the three: the third waits for the next block.
-        let (block, dead) = chain.build_block(proposer, &pool, 2 * len + 1).unwrap();
+        let (block, dead) = chain
+            .build_block(proposer, &pool, usize::MAX, 2 * len + 1)
+            .unwrap();
         assert_eq!((block.txs.len(), dead.len()), (2, 0));
+        // The count cap likewise.
+        let (block, _) = chain.build_block(proposer, &pool, 1, usize::MAX).unwrap();
+        assert_eq!(block.txs.len(), 1);
         // With no cap of its own, the chain's limit (8 MiB here) takes all three.
-        let (block, _) = chain.build_block(proposer, &pool, usize::MAX).unwrap();
+        let (block, _) = chain
+            .build_block(proposer, &pool, usize::MAX, usize::MAX)
+            .unwrap();
         assert_eq!(block.txs.len(), 3);
     }
 
@@ -525,7 +534,9 @@ mod tests {
         admit(tc.notarize(&c, 0, digest(20), "c"));
         admit(repeat.clone());
         let proposer = tc.validator_keys[0].public();
-        let (block, dead) = chain.build_block(proposer, &pool, usize::MAX).unwrap();
+        let (block, dead) = chain
+            .build_block(proposer, &pool, usize::MAX, usize::MAX)
+            .unwrap();
         let nonces_of = |who: &pyralog_crypto::Keypair| -> Vec<u64> {
             let key = who.public();
             block

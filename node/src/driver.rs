@@ -42,6 +42,51 @@ const PROPOSAL_MARGIN_BYTES: usize = 256 << 10;
 /// Score lost by a peer that authored an invalid message.
 const BAD_MESSAGE_PENALTY: i32 = 20;
 
+/// The fewest transactions a proposal may always hold, and the fewest a block must have
+/// to measure the cost of one (below it, the block's fixed cost dominates).
+const MIN_BLOCK_TXS: usize = 100;
+
+/// How many transactions a proposal may hold so that building it takes at most half the
+/// propose timeout: the other validators start their propose timers when the proposer
+/// starts building, and a proposal that reaches them after it fails the round (and is
+/// built again by the next proposer, as late). Executing a transaction, with its share
+/// of the new state root, costs more as the state outgrows the caches, so the cost is
+/// measured: a moving average over the blocks this node lately built, or validated for
+/// another proposer.
+#[derive(Debug)]
+struct ExecBudget {
+    /// Seconds a build may take.
+    secs: f64,
+    /// Seconds per transaction, once measured.
+    per_tx: Option<f64>,
+}
+
+impl ExecBudget {
+    fn new(timeout_propose_ms: u64) -> ExecBudget {
+        ExecBudget {
+            secs: timeout_propose_ms as f64 / 2000.0,
+            per_tx: None,
+        }
+    }
+
+    /// Executing a block of `txs` transactions took `secs`.
+    fn observe(&mut self, txs: usize, secs: f64) {
+        if txs < MIN_BLOCK_TXS {
+            return;
+        }
+        let x = secs / txs as f64;
+        self.per_tx = Some(self.per_tx.map_or(x, |p| 0.7 * p + 0.3 * x));
+    }
+
+    /// The cap on the next proposal's transactions.
+    fn max_txs(&self) -> usize {
+        match self.per_tx {
+            Some(p) if p > 0.0 => ((self.secs / p) as usize).max(MIN_BLOCK_TXS),
+            _ => usize::MAX,
+        }
+    }
+}
+
 /// The signer's durable position, in the node's store.
 pub struct StoreSigner(pub Arc<SledStore>);
 
@@ -192,6 +237,8 @@ pub struct Driver {
     held_proposal: Option<HeldProposal>,
     /// Most transaction bytes in a block this node proposes: what its gossip carries.
     block_bytes: usize,
+    /// Most transactions in a block this node proposes: what it can execute in time.
+    exec_budget: ExecBudget,
 }
 
 /// A round-0 proposal waiting for a transaction it can include.
@@ -204,6 +251,11 @@ struct HeldProposal {
     /// The mempool's count of transactions that became ready when a block was last
     /// tried: a new try only when one has since.
     ready_seen: u64,
+}
+
+/// The chain's limit on a block's transactions.
+fn block_limit(chain: &Chain) -> usize {
+    usize::try_from(chain.genesis().params.max_block_txs).unwrap_or(usize::MAX)
 }
 
 /// Whether a proposal was built and carries no transaction.
@@ -309,6 +361,7 @@ impl Driver {
             propose_wait,
             held_proposal: None,
             block_bytes: cfg.max_gossip_bytes.saturating_sub(PROPOSAL_MARGIN_BYTES),
+            exec_budget: ExecBudget::new(genesis.params.timeout_propose_ms),
         };
         let feeds = Feeds {
             headers,
@@ -440,7 +493,15 @@ impl Driver {
                 let height = block.header.height;
                 let hash = block.header.hash();
                 let pool = &self.pool;
-                let valid = match self.chain.validate_with(&block, &|h| pool.contains(h)) {
+                let started = Instant::now();
+                let checked = self.chain.validate_with(&block, &|h| pool.contains(h));
+                let secs = started.elapsed().as_secs_f64();
+                // This node's own proposals were executed when built.
+                if Some(block.header.proposer) != self.proposer {
+                    self.metrics.validate_seconds.observe(secs);
+                    self.exec_budget.observe(block.txs.len(), secs);
+                }
+                let valid = match checked {
                     Ok(()) => true,
                     Err(reason) => {
                         tracing::warn!(height, block = %hash.to_hex(), %reason, "invalid proposal");
@@ -458,7 +519,12 @@ impl Driver {
                 if height <= self.chain.height() {
                     return Ok(None);
                 }
-                match self.chain.commit(*block, certificate)? {
+                let started = Instant::now();
+                let stored = self.chain.commit(*block, certificate)?;
+                self.metrics
+                    .store_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                match stored {
                     Ok(c) => self.committed(c, false),
                     Err(refused) => {
                         let reason = &refused.reason;
@@ -503,9 +569,18 @@ impl Driver {
         if height != self.chain.height() + 1 {
             return Ok(None);
         }
-        let (block, dead) = self
-            .chain
-            .build_block(proposer, &self.pool, self.block_bytes)?;
+        let started = Instant::now();
+        let max_txs = self.exec_budget.max_txs();
+        let (block, dead) =
+            self.chain
+                .build_block(proposer, &self.pool, max_txs, self.block_bytes)?;
+        let secs = started.elapsed().as_secs_f64();
+        self.metrics.build_seconds.observe(secs);
+        self.exec_budget.observe(block.txs.len(), secs);
+        set(
+            &self.metrics.proposal_max_txs,
+            self.exec_budget.max_txs().min(block_limit(&self.chain)) as u64,
+        );
         for h in dead {
             self.pool.remove(&h);
         }
@@ -1052,4 +1127,33 @@ pub fn decode_evidence(bytes: &[u8]) -> Result<Vec<DuplicateVote>, pyralog_ledge
         out.push(DuplicateVote::from_bytes(d.bytes("evidence", 1 << 16)?)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proposal_cap_follows_the_measured_cost_of_a_transaction() {
+        // Propose timeout 1 s: a build may take 0.5 s.
+        let mut b = ExecBudget::new(1000);
+        assert_eq!(b.max_txs(), usize::MAX, "no cap before a measurement");
+        // A small block says nothing of the cost per transaction.
+        b.observe(MIN_BLOCK_TXS - 1, 10.0);
+        assert_eq!(b.max_txs(), usize::MAX);
+        // 10,000 transactions in 2 s: 200 µs each, so 2,500 fit.
+        b.observe(10_000, 2.0);
+        assert_eq!(b.max_txs(), 2_500);
+        // Cheaper blocks raise the cap step by step (a moving average).
+        b.observe(2_500, 0.125);
+        let after_one = b.max_txs();
+        assert!(after_one > 2_500 && after_one < 10_000, "{after_one}");
+        for _ in 0..40 {
+            b.observe(2_500, 0.125);
+        }
+        assert!((9_900..=10_000).contains(&b.max_txs()), "{}", b.max_txs());
+        // However slow execution gets, a proposal may hold the minimum.
+        b.observe(MIN_BLOCK_TXS, 1_000.0);
+        assert_eq!(b.max_txs(), MIN_BLOCK_TXS);
+    }
 }

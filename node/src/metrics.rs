@@ -12,6 +12,9 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// Buckets of the per-block stage histograms, in seconds.
+const STAGE_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
 /// Every metric the node exports.
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +36,15 @@ pub struct Metrics {
     pub committed_blocks: Counter,
     /// Seconds from a height's start to its commit.
     pub commit_latency: Histogram,
+    /// Seconds to build (execute) a proposal from the mempool.
+    pub build_seconds: Histogram,
+    /// The cap on the transactions of this node's next proposal (what it can execute in
+    /// half the propose timeout).
+    pub proposal_max_txs: Gauge,
+    /// Seconds to validate (execute) another validator's proposal.
+    pub validate_seconds: Histogram,
+    /// Seconds to commit a decided block to storage.
+    pub store_seconds: Histogram,
     /// Rejected transactions by reason.
     pub rejected_txs: Family<Vec<(String, String)>, Counter>,
     /// Blocks committed through sync.
@@ -77,6 +89,10 @@ impl Metrics {
             committed_txs: Counter::default(),
             committed_blocks: Counter::default(),
             commit_latency: Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            build_seconds: Histogram::new(STAGE_BUCKETS),
+            proposal_max_txs: Gauge::default(),
+            validate_seconds: Histogram::new(STAGE_BUCKETS),
+            store_seconds: Histogram::new(STAGE_BUCKETS),
             rejected_txs: Family::default(),
             synced_blocks: Counter::default(),
             rejected_messages: Counter::default(),
@@ -118,6 +134,26 @@ impl Metrics {
             "commit_latency_seconds",
             "Time from the start of a height to its commit",
             m.commit_latency.clone(),
+        );
+        registry.register(
+            "proposal_build_seconds",
+            "Time to build a proposal from the mempool (executing its transactions)",
+            m.build_seconds.clone(),
+        );
+        registry.register(
+            "proposal_max_txs",
+            "Cap on the transactions of this node's next proposal: what it can execute in half the propose timeout, at its measured cost per transaction",
+            m.proposal_max_txs.clone(),
+        );
+        registry.register(
+            "block_validate_seconds",
+            "Time to validate another validator's proposal (executing its transactions)",
+            m.validate_seconds.clone(),
+        );
+        registry.register(
+            "block_store_seconds",
+            "Time to write a decided block to storage",
+            m.store_seconds.clone(),
         );
         registry.register(
             "rejected_txs",
