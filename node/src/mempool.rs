@@ -76,7 +76,7 @@ pub enum Reject {
     /// It was admitted, then evicted: it waited behind a nonce gap while the pool was
     /// full, and a transaction that could run needed its place.
     #[error(
-        "evicted from the full mempool: it waited behind a nonce gap (its sender's next nonce is not pending); submit the missing nonce, then this one again"
+        "evicted from this node's full mempool (other nodes may still hold it): it waited behind a nonce gap (its sender's next nonce is not pending); submit the missing nonce, then this one again"
     )]
     Evicted,
     /// The node cannot accept transactions now (shutting down, storage error).
