@@ -404,10 +404,12 @@ impl Mempool {
             }
             account.base = next;
         }
-        let mut end = account.ready_end.max(account.base);
-        while let Some(h) = account.nonces.get(&end) {
+        let end = run_end(account, account.base);
+        for (_, h) in account
+            .nonces
+            .range(account.ready_end.max(account.base)..end)
+        {
             self.set_ready(h, true);
-            end += 1;
         }
         account.ready_end = end;
     }
