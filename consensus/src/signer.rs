@@ -62,7 +62,7 @@ impl Step {
 }
 
 /// The last position the signer signed at, as persisted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LastSigned {
     /// Height.
     pub height: u64,
@@ -72,6 +72,11 @@ pub struct LastSigned {
     pub step: Step,
     /// The block signed for (`None`: nil).
     pub block: Option<Hash>,
+    /// For a vote, the vote and its signature: a validator that crashed after signing
+    /// but before its engine kept or sent the vote can send that same vote again
+    /// ([`Signer::last_vote`]) where it would be refused another. `None` for a proposal,
+    /// and in a state saved by version 1.
+    pub vote: Option<Box<(Vote, Signature)>>,
 }
 
 impl LastSigned {
@@ -91,24 +96,52 @@ impl fmt::Display for LastSigned {
     }
 }
 
+/// The signer state's encoding version (1 had no vote time and signature).
+const STATE_VERSION: u8 = 2;
+
 impl Encode for LastSigned {
     fn encode(&self, out: &mut Vec<u8>) {
-        out.push(1);
+        out.push(STATE_VERSION);
         out.extend_from_slice(&self.height.to_be_bytes());
         out.extend_from_slice(&self.round.to_be_bytes());
         out.push(self.step as u8);
         pyralog_ledger::codec::put_option_hash(out, &self.block);
+        match &self.vote {
+            None => out.push(0),
+            Some(signed) => {
+                let (vote, signature) = &**signed;
+                out.push(1);
+                vote.encode(out);
+                out.extend_from_slice(&signature.0);
+            }
+        }
     }
 }
 
 impl Decode for LastSigned {
     fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
-        d.version("signer state", 1)?;
+        let version = d.u8("signer state version")?;
+        if version != 1 && version != STATE_VERSION {
+            return Err(CodecError::BadVersion {
+                what: "signer state",
+                version,
+            });
+        }
+        let height = d.u64("height")?;
+        let round = d.u32("round")?;
+        let step = Step::decode(d)?;
+        let block = d.option_hash("block")?;
+        let vote = if version == 1 || !d.bool("vote")? {
+            None
+        } else {
+            Some(Box::new((Vote::decode(d)?, d.signature("vote signature")?)))
+        };
         Ok(LastSigned {
-            height: d.u64("height")?,
-            round: d.u32("round")?,
-            step: Step::decode(d)?,
-            block: d.option_hash("block")?,
+            height,
+            round,
+            step,
+            block,
+            vote,
         })
     }
 }
@@ -198,8 +231,8 @@ impl<S: SignerStore> Signer<S> {
     }
 
     /// The last signed position.
-    pub fn last_signed(&self) -> Option<LastSigned> {
-        self.last
+    pub fn last_signed(&self) -> Option<&LastSigned> {
+        self.last.as_ref()
     }
 
     /// Records that `height` is committed: nothing at or below it will be signed.
@@ -231,13 +264,19 @@ impl<S: SignerStore> Signer<S> {
                 committed: self.committed,
             });
         }
-        if let Some(last) = self.last {
+        if let Some(last) = &self.last {
             match requested.position().cmp(&last.position()) {
                 std::cmp::Ordering::Less => {
-                    return Err(SignerError::Regression { last, requested });
+                    return Err(SignerError::Regression {
+                        last: last.clone(),
+                        requested,
+                    });
                 }
                 std::cmp::Ordering::Equal if requested.block != last.block => {
-                    return Err(SignerError::Equivocation { last, requested });
+                    return Err(SignerError::Equivocation {
+                        last: last.clone(),
+                        requested,
+                    });
                 }
                 std::cmp::Ordering::Equal => return Ok(()), // same message again: already persisted
                 std::cmp::Ordering::Greater => {}
@@ -250,13 +289,21 @@ impl<S: SignerStore> Signer<S> {
 
     /// Signs `vote` if the guard allows it; the position is durable before this returns.
     pub fn sign_vote(&mut self, vote: &Vote) -> Result<Signature, SignerError> {
+        let signature = vote.sign(&self.key, &self.chain_id);
         self.admit(LastSigned {
             height: vote.height,
             round: vote.round,
             step: Step::of(vote.kind),
             block: vote.block,
+            vote: Some(Box::new((*vote, signature))),
         })?;
-        Ok(vote.sign(&self.key, &self.chain_id))
+        Ok(signature)
+    }
+
+    /// The vote this signer signed last, with its signature, if the last thing it signed
+    /// was a vote (and its state recorded it).
+    pub fn last_vote(&self) -> Option<(Vote, Signature)> {
+        self.last.as_ref()?.vote.as_deref().copied()
     }
 
     /// Signs a proposal of `block` at `height` and `round`, whose canonical bytes (defined
@@ -273,6 +320,7 @@ impl<S: SignerStore> Signer<S> {
             round,
             step: Step::Propose,
             block: Some(block),
+            vote: None,
         })?;
         Ok(self
             .key

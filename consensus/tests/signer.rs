@@ -106,13 +106,17 @@ fn proposals_are_guarded_too() {
 fn crash_between_persist_and_send_never_allows_a_conflicting_vote() {
     let mut signer = open(MemSignerStore::default(), 0);
     // The signature is produced (so persisted) but the process dies before sending it.
-    let _lost = signer
+    let lost = signer
         .sign_vote(&vote(VoteKind::Prevote, 3, 2, Some(7)))
         .unwrap();
     let disk = signer.store().clone();
     drop(signer);
-    // Restart from what was on disk.
+    // Restart from what was on disk: the vote itself is there, to be sent instead.
     let mut signer = open(disk, 2);
+    let (kept, signature) = signer.last_vote().unwrap();
+    assert_eq!(kept, vote(VoteKind::Prevote, 3, 2, Some(7)));
+    assert_eq!(signature, lost);
+    kept.verify(&key().public(), &chain(), &signature).unwrap();
     assert!(matches!(
         signer.sign_vote(&vote(VoteKind::Prevote, 3, 2, Some(8))),
         Err(SignerError::Equivocation { .. })
@@ -211,4 +215,35 @@ fn corrupt_state_is_an_error_not_a_fresh_start() {
         Signer::open(key(), chain(), store, 0),
         Err(SignerError::Store(_))
     ));
+}
+
+#[test]
+fn a_state_saved_by_version_1_still_guards() {
+    // Version 1 kept the position and block, not the vote: height 3, round 2, prevote,
+    // block [7; 32].
+    let mut bytes = vec![1];
+    bytes.extend_from_slice(&3u64.to_be_bytes());
+    bytes.extend_from_slice(&2u32.to_be_bytes());
+    bytes.push(Step::Prevote as u8);
+    bytes.push(1);
+    bytes.extend_from_slice(&[7; 32]);
+    let store = MemSignerStore {
+        bytes: Some(bytes),
+        fail_saves: false,
+    };
+    let mut signer = open(store, 2);
+    assert_eq!(signer.last_vote(), None);
+    assert!(matches!(
+        signer.sign_vote(&vote(VoteKind::Prevote, 3, 2, None)),
+        Err(SignerError::Equivocation { .. })
+    ));
+    signer
+        .sign_vote(&vote(VoteKind::Precommit, 3, 2, Some(7)))
+        .unwrap();
+    // Saved again in the current version, with the vote.
+    let reopened = open(signer.store().clone(), 2);
+    assert_eq!(
+        reopened.last_vote().map(|(v, _)| v),
+        Some(vote(VoteKind::Precommit, 3, 2, Some(7)))
+    );
 }

@@ -207,6 +207,53 @@ impl Harness {
         assert_eq!(self.engine.locked(), Some((round, block.header.hash())));
     }
 
+    /// The engine states persisted since the outputs were last cleared, oldest first.
+    fn persisted(&self) -> Vec<Vec<u8>> {
+        self.outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Persist(b) => Some(b.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Restarts: a new engine on the same signer store, started from `persisted`.
+    fn restart(&mut self, persisted: Vec<u8>) {
+        let store = self.engine.signer().unwrap().store().clone();
+        let signer = Signer::open(
+            self.keys[ME as usize].clone(),
+            self.chain_id.clone(),
+            store,
+            0,
+        )
+        .unwrap();
+        self.engine = Tendermint::new(
+            tendermint::Config {
+                chain_id: self.chain_id.clone(),
+                validators: self.set.clone(),
+                params: sim_params(),
+            },
+            Some(signer),
+        );
+        self.outputs.clear();
+        self.input(Input::Start {
+            height: 1,
+            persisted: Some(persisted),
+        });
+    }
+
+    /// How many proposals the engine broadcast since the outputs were last cleared.
+    fn proposals_sent(&self) -> usize {
+        self.outputs
+            .iter()
+            .filter(|o| {
+                matches!(o, Output::Broadcast(b)
+                    if matches!(Message::decode_limited(b), Ok(Message::Proposal { .. })))
+            })
+            .count()
+    }
+
     /// Moves the engine to `round` through nil precommits and the precommit timeout.
     fn advance_to_round(&mut self, round: u32) {
         while self.engine.round() < round {
@@ -523,31 +570,8 @@ fn a_restart_keeps_the_lock() {
     let mut h = Harness::new();
     let locked = h.block(1);
     h.lock_on(0, &locked);
-    let persisted = h
-        .outputs
-        .iter()
-        .rev()
-        .find_map(|o| match o {
-            Output::Persist(b) => Some(b.clone()),
-            _ => None,
-        })
-        .unwrap();
-    // Restart: a new engine on the same signer store and the persisted state.
-    let store = h.engine.signer().unwrap().store().clone();
-    let signer = Signer::open(h.keys[ME as usize].clone(), h.chain_id.clone(), store, 0).unwrap();
-    h.engine = Tendermint::new(
-        tendermint::Config {
-            chain_id: h.chain_id.clone(),
-            validators: h.set.clone(),
-            params: sim_params(),
-        },
-        Some(signer),
-    );
-    h.outputs.clear();
-    h.input(Input::Start {
-        height: 1,
-        persisted: Some(persisted),
-    });
+    let persisted = h.persisted().pop().unwrap();
+    h.restart(persisted);
     assert_eq!(h.engine.locked(), Some((0, locked.header.hash())));
     // Its signed precommit is re-sent (crash between persist and send).
     assert_eq!(
@@ -772,5 +796,115 @@ fn oversized_proposals_are_rejected_before_anything_is_kept() {
         !h.outputs
             .iter()
             .any(|o| matches!(o, Output::ValidateBlock(_)))
+    );
+}
+
+#[test]
+fn a_prevote_signed_but_lost_in_a_crash_is_sent_rather_than_refused() {
+    let mut h = Harness::new();
+    let r = round_where_proposer_is_not(&h.set, ME, 1);
+    h.advance_to_round(r - 1);
+    h.vote(VoteKind::Precommit, r - 1, None, &[0, 2, 3]);
+    h.timeout(timer::PRECOMMIT, r - 1);
+    // The state persisted when round r started; then the propose timeout signs a nil
+    // prevote, and the process dies before its engine state or the vote is written.
+    let before = h.persisted().pop().unwrap();
+    h.timeout(timer::PROPOSE, r);
+    assert_eq!(h.my_votes(), vec![(VoteKind::Prevote, r, None)]);
+    h.restart(before);
+    assert_eq!(h.my_votes(), vec![]);
+    // A valid proposal now: the engine would prevote it, but its vote in this round is
+    // the nil one it signed, and that is what it sends (not nothing, which would leave
+    // the round an honest vote short for good).
+    let block = h.block(1);
+    h.proposal(r, None, &block, proposer_of(&h.set, r));
+    assert!(
+        !h.outputs
+            .iter()
+            .any(|o| matches!(o, Output::SignerRefused(_)))
+    );
+    assert_eq!(h.my_votes(), vec![(VoteKind::Prevote, r, None)]);
+    assert_eq!(h.engine.step(), RoundStep::Prevote);
+}
+
+#[test]
+fn a_precommit_lost_in_a_crash_is_sent_with_its_lock() {
+    let mut h = Harness::new();
+    let r = round_where_proposer_is_not(&h.set, ME, 0);
+    h.advance_to_round(r);
+    let block = h.block(1);
+    h.lock_on(r, &block);
+    // Persisted: after the prevote (no lock yet), then with the lock and the precommit.
+    // The crash loses the second.
+    let states = h.persisted();
+    let before = states[states.len() - 2].clone();
+    h.restart(before);
+    assert_eq!(h.engine.locked(), None);
+    assert_eq!(
+        h.my_votes(),
+        vec![(VoteKind::Prevote, r, Some(block.header.hash()))]
+    );
+    // The prevote timeout would precommit nil; the signed precommit is for the block.
+    h.timeout(timer::PREVOTE, r);
+    assert_eq!(
+        h.my_votes(),
+        vec![(VoteKind::Precommit, r, Some(block.header.hash()))]
+    );
+    assert_eq!(h.engine.locked(), Some((r, block.header.hash())));
+}
+
+#[test]
+fn a_validator_one_height_behind_is_sent_the_decision_only_after_a_grace() {
+    let mut h = Harness::new();
+    for m in h.decisions(1) {
+        h.input(Input::Message(m));
+    }
+    assert_eq!(h.engine.height(), 2);
+    h.outputs.clear();
+    let syncs = |h: &Harness| {
+        h.outputs
+            .iter()
+            .filter(|o| matches!(o, Output::SyncPeer { to: 2, height: 1 }))
+            .count()
+    };
+    // Validator 2's precommit of height 1 arrives just after this node decided: it is
+    // finishing that height on the same votes.
+    let late = h.signed_vote(VoteKind::Precommit, 0, None, 2);
+    h.input(Input::Message(late));
+    assert_eq!(syncs(&h), 0);
+    // It is still at height 1 a propose timeout later: it gets the decision.
+    h.now += sim_params().timeout_propose_ms;
+    let stuck = h.signed_vote(VoteKind::Prevote, 0, None, 2);
+    h.input(Input::Message(stuck));
+    assert_eq!(syncs(&h), 1);
+}
+
+#[test]
+fn a_proposal_is_rebroadcast_only_until_every_validator_prevoted_in_its_round() {
+    let mut h = Harness::new();
+    let r = (0..100).find(|r| proposer_of(&h.set, *r) == ME).unwrap();
+    h.advance_to_round(r);
+    let block = h.block(1);
+    h.input(Input::ProposalReady {
+        height: 1,
+        round: r,
+        block: Box::new(block.clone()),
+    });
+    assert_eq!(h.proposals_sent(), 1);
+    let rebroadcast = |h: &mut Harness| {
+        h.outputs.clear();
+        h.timeout(timer::REBROADCAST, 0);
+        h.proposals_sent()
+    };
+    assert_eq!(rebroadcast(&mut h), 1);
+    h.vote(VoteKind::Prevote, r, None, &[0, 2]);
+    assert_eq!(rebroadcast(&mut h), 1);
+    // Validator 3 prevotes too: every validator has, and the block is not sent again;
+    // this validator's own votes still are.
+    h.vote(VoteKind::Prevote, r, Some(block.header.hash()), &[3]);
+    assert_eq!(rebroadcast(&mut h), 0);
+    assert!(
+        h.my_votes()
+            .contains(&(VoteKind::Prevote, r, Some(block.header.hash())))
     );
 }

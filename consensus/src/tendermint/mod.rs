@@ -44,8 +44,10 @@
 //! - **Progress after GST.** Timeouts grow with the round (`base + round × delta`), f+1
 //!   messages from a later round pull a validator forward (L55), every validator
 //!   re-broadcasts its own current messages periodically (Algorithm 1 assumes gossip that
-//!   eventually delivers), and a validator that is seen behind is sent the committed
-//!   blocks it misses ([`Output::SyncPeer`]).
+//!   eventually delivers; a proposal only until every validator prevoted in its round),
+//!   and a validator that is seen behind is sent the committed blocks it misses
+//!   ([`Output::SyncPeer`]; one height behind, only once a propose timeout has passed
+//!   since this node decided that height).
 //!
 //! Evidence: two conflicting signed votes from one validator at one (height, round, kind)
 //! give a [`DuplicateVote`], reported once as [`Output::Evidence`].
@@ -311,6 +313,8 @@ pub struct Tendermint<S: SignerStore> {
     future_decisions: BTreeMap<u64, Vec<u8>>,
     synced: BTreeMap<u32, u64>,
     future_bytes: usize,
+    /// When this node reached its current height (the time of its last decision).
+    height_since: u64,
 }
 
 impl<S: SignerStore> Tendermint<S> {
@@ -352,6 +356,7 @@ impl<S: SignerStore> Tendermint<S> {
             future_decisions: BTreeMap::new(),
             synced: BTreeMap::new(),
             future_bytes: 0,
+            height_since: 0,
         }
     }
 
@@ -424,6 +429,7 @@ impl<S: SignerStore> Tendermint<S> {
             self.rotation = ProposerRotation::at_height(&self.cfg.validators, height);
         }
         self.height = height;
+        self.height_since = self.now;
         self.round = 0;
         self.step = RoundStep::Propose;
         self.started = false;
@@ -636,7 +642,7 @@ impl<S: SignerStore> Tendermint<S> {
             (VoteKind::Precommit, Some(b)) => self.now.max(b.header.time_ms.saturating_add(1)),
             _ => self.now,
         };
-        let vote = Vote {
+        let mut vote = Vote {
             kind,
             height: self.height,
             round: self.round,
@@ -645,10 +651,29 @@ impl<S: SignerStore> Tendermint<S> {
         };
         let signature = match signer.sign_vote(&vote) {
             Ok(s) => s,
-            Err(e) => {
-                self.out.push(Output::SignerRefused(e));
-                return;
-            }
+            Err(e) => match signer.last_vote() {
+                // This validator signed another vote here and crashed before its state
+                // kept it (or it was sent): that vote is its vote, so send it. Refusing
+                // to vote at all would leave the round one honest vote short for good.
+                Some((signed, s))
+                    if (signed.height, signed.round, signed.kind)
+                        == (vote.height, vote.round, kind) =>
+                {
+                    // A precommit for a block came with a lock on it, lost in the same
+                    // crash: take it again (a later lock is kept).
+                    if let (VoteKind::Precommit, Some(hash)) = (kind, signed.block)
+                        && self.locked.is_none_or(|(r, _)| r <= self.round)
+                    {
+                        self.locked = Some((self.round, hash));
+                    }
+                    vote = signed;
+                    s
+                }
+                _ => {
+                    self.out.push(Output::SignerRefused(e));
+                    return;
+                }
+            },
         };
         let signed = SignedVote {
             validator: me,
@@ -790,7 +815,15 @@ impl<S: SignerStore> Tendermint<S> {
         };
         if v.height < self.height {
             // The sender is behind: once its signature checks, send it what it misses.
-            if self.sync_due(sv.validator)
+            // Unless it is one height behind and this node decided only just now: then it
+            // is most likely finishing that height on the same votes (this is the vote
+            // that came after the quorum), and sending it the decided block would cost
+            // every peer a copy of it. If it is stuck, it re-broadcasts its votes, and
+            // one of them comes after this grace.
+            let settling = v.height + 1 == self.height
+                && self.now.saturating_sub(self.height_since) < self.cfg.params.timeout_propose_ms;
+            if !settling
+                && self.sync_due(sv.validator)
                 && v.verify(&key, &self.cfg.chain_id, &sv.signature).is_ok()
             {
                 self.sync(sv.validator, v.height);
@@ -989,10 +1022,20 @@ impl<S: SignerStore> Tendermint<S> {
         }
         match t.kind {
             timer::REBROADCAST => {
+                // Own messages of this round and the one before; a proposal only while
+                // some validator has not prevoted in its round. Once all have, it can
+                // change no prevote, and a validator that still lacks its block gets it
+                // with the decision; re-sending a large block every period to peers
+                // that have it is most of the traffic of a loaded network.
                 let from = self.round.saturating_sub(1);
+                let everyone = self.cfg.validators.total_power();
                 let mut mine: Vec<Vec<u8>> = self
                     .own
                     .range((from, 0)..)
+                    .filter(|((round, step), _)| {
+                        *step != timer::PROPOSE
+                            || self.prevotes(*round).is_none_or(|s| s.total < everyone)
+                    })
                     .map(|(_, b)| b.clone())
                     .collect();
                 // Relay the polkas others need for L28: the one behind our valid value,
