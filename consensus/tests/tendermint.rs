@@ -701,6 +701,15 @@ impl Harness {
     }
 
     /// Decision messages for heights 1..=n of a chain built elsewhere.
+    /// Decides heights 1 to `n` from decision messages, then clears the outputs.
+    fn decide_heights(&mut self, n: u64) {
+        for m in self.decisions(n) {
+            self.input(Input::Message(m));
+        }
+        assert_eq!(self.engine.height(), n + 1);
+        self.outputs.clear();
+    }
+
     fn decisions(&self, n: u64) -> Vec<Vec<u8>> {
         let mut other = self.app.clone();
         let users: Vec<Keypair> = vec![Keypair::from_seed(&[9; 32])];
@@ -740,11 +749,7 @@ fn a_burst_of_decisions_is_kept_and_committed_in_order() {
 #[test]
 fn replayed_old_votes_trigger_at_most_one_sync_per_window() {
     let mut h = Harness::new();
-    for m in h.decisions(3) {
-        h.input(Input::Message(m));
-    }
-    assert_eq!(h.engine.height(), 4);
-    h.outputs.clear();
+    h.decide_heights(3);
     for i in 0..6u64 {
         let vote = Vote {
             kind: VoteKind::Prevote,
@@ -856,11 +861,7 @@ fn a_precommit_lost_in_a_crash_is_sent_with_its_lock() {
 #[test]
 fn a_validator_one_height_behind_is_sent_the_decision_only_after_a_grace() {
     let mut h = Harness::new();
-    for m in h.decisions(1) {
-        h.input(Input::Message(m));
-    }
-    assert_eq!(h.engine.height(), 2);
-    h.outputs.clear();
+    h.decide_heights(1);
     let syncs = |h: &Harness| {
         h.outputs
             .iter()
