@@ -1,7 +1,8 @@
 //! The signer: every consensus signature goes through it, and it never signs two
 //! conflicting messages, even across crashes and restarts.
 //!
-//! It keeps the last signed position `(height, round, step, block)` and refuses:
+//! It keeps the last signed position `(height, round, step, block)`, and for a vote the
+//! vote and its signature (see [`Signer::last_vote`]), and refuses:
 //! - anything before that position (a *regression*);
 //! - at that exact position, a different block (an *equivocation*; re-signing the same
 //!   block, e.g. after a crash between signing and sending, is allowed);
@@ -96,7 +97,7 @@ impl fmt::Display for LastSigned {
     }
 }
 
-/// The signer state's encoding version (1 had no vote time and signature).
+/// The signer state's encoding version (version 1 had no vote).
 const STATE_VERSION: u8 = 2;
 
 impl Encode for LastSigned {
@@ -134,7 +135,17 @@ impl Decode for LastSigned {
         let vote = if version == 1 || !d.bool("vote")? {
             None
         } else {
-            Some(Box::new((Vote::decode(d)?, d.signature("vote signature")?)))
+            let (vote, signature) = (Vote::decode(d)?, d.signature("vote signature")?);
+            // The vote is the one signed at this position, or the state is corrupt.
+            if (vote.height, vote.round, Step::of(vote.kind), vote.block)
+                != (height, round, step, block)
+            {
+                return Err(CodecError::Invalid {
+                    what: "signer state",
+                    reason: "the kept vote is not the one at the signed position".into(),
+                });
+            }
+            Some(Box::new((vote, signature)))
         };
         Ok(LastSigned {
             height,

@@ -247,3 +247,31 @@ fn a_state_saved_by_version_1_still_guards() {
         Some(vote(VoteKind::Precommit, 3, 2, Some(7)))
     );
 }
+
+#[test]
+fn a_state_whose_vote_is_not_at_its_position_or_that_does_not_parse_is_refused() {
+    let mut signer = open(MemSignerStore::default(), 0);
+    signer
+        .sign_vote(&vote(VoteKind::Precommit, 3, 2, Some(7)))
+        .unwrap();
+    let good = signer.store().bytes.clone().unwrap();
+    let with = |bytes: Vec<u8>| MemSignerStore {
+        bytes: Some(bytes),
+        fail_saves: false,
+    };
+    assert!(Signer::open(key(), chain(), with(good.clone()), 0).is_ok());
+    // The position says height 4, the kept vote height 3.
+    let mut moved = good.clone();
+    moved[1..9].copy_from_slice(&4u64.to_be_bytes());
+    // An unknown version, and a trailing byte.
+    let mut version = good.clone();
+    version[0] = 3;
+    let mut trailing = good;
+    trailing.push(0);
+    for bad in [moved, version, trailing] {
+        assert!(matches!(
+            Signer::open(key(), chain(), with(bad), 0),
+            Err(SignerError::Store(_))
+        ));
+    }
+}

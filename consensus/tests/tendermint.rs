@@ -700,7 +700,6 @@ impl Harness {
         }
     }
 
-    /// Decision messages for heights 1..=n of a chain built elsewhere.
     /// Decides heights 1 to `n` from decision messages, then clears the outputs.
     fn decide_heights(&mut self, n: u64) {
         for m in self.decisions(n) {
@@ -710,6 +709,7 @@ impl Harness {
         self.outputs.clear();
     }
 
+    /// Decision messages for heights 1..=n of a chain built elsewhere.
     fn decisions(&self, n: u64) -> Vec<Vec<u8>> {
         let mut other = self.app.clone();
         let users: Vec<Keypair> = vec![Keypair::from_seed(&[9; 32])];
@@ -840,22 +840,44 @@ fn a_precommit_lost_in_a_crash_is_sent_with_its_lock() {
     let block = h.block(1);
     h.lock_on(r, &block);
     // Persisted: after the prevote (no lock yet), then with the lock and the precommit.
-    // The crash loses the second.
+    // The crash loses the second, and the precommit with it.
     let states = h.persisted();
     let before = states[states.len() - 2].clone();
+    let my_precommits = |h: &Harness| -> Vec<Vec<u8>> {
+        h.outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Broadcast(b) => match Message::decode_limited(b) {
+                    Ok(Message::Vote(sv))
+                        if sv.validator == ME && sv.vote.kind == VoteKind::Precommit =>
+                    {
+                        Some(b.clone())
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    };
+    let signed = my_precommits(&h);
+    assert_eq!(signed.len(), 1);
     h.restart(before);
+    let hash = block.header.hash();
     assert_eq!(h.engine.locked(), None);
-    assert_eq!(
-        h.my_votes(),
-        vec![(VoteKind::Prevote, r, Some(block.header.hash()))]
-    );
-    // The prevote timeout would precommit nil; the signed precommit is for the block.
+    assert_eq!(h.my_votes(), vec![(VoteKind::Prevote, r, Some(hash))]);
+    // The proposal comes again (relays), so the block is known.
+    h.proposal(r, None, &block, proposer_of(&h.set, r));
+    assert_eq!(h.my_votes(), vec![]);
+    // The prevote timeout would precommit nil; the precommit it signed, for the block, is
+    // sent instead: the same bytes (time and signature), with the lock and valid value.
     h.timeout(timer::PREVOTE, r);
-    assert_eq!(
-        h.my_votes(),
-        vec![(VoteKind::Precommit, r, Some(block.header.hash()))]
-    );
-    assert_eq!(h.engine.locked(), Some((r, block.header.hash())));
+    assert_eq!(my_precommits(&h), signed);
+    assert_eq!(h.engine.locked(), Some((r, hash)));
+    assert_eq!(h.engine.valid(), Some((r, hash)));
+    // Persisted before it was sent: a second crash right after keeps the lock.
+    let after = h.persisted().pop().unwrap();
+    h.restart(after);
+    assert_eq!(h.engine.locked(), Some((r, hash)));
 }
 
 #[test]

@@ -313,7 +313,7 @@ pub struct Tendermint<S: SignerStore> {
     future_decisions: BTreeMap<u64, Vec<u8>>,
     synced: BTreeMap<u32, u64>,
     future_bytes: usize,
-    /// When this node reached its current height (the time of its last decision).
+    /// When this node reached its current height (its last decision, or its start).
     height_since: u64,
 }
 
@@ -659,12 +659,14 @@ impl<S: SignerStore> Tendermint<S> {
                     if (signed.height, signed.round, signed.kind)
                         == (vote.height, vote.round, kind) =>
                 {
-                    // A precommit for a block came with a lock on it, lost in the same
-                    // crash: take it again (a later lock is kept).
-                    if let (VoteKind::Precommit, Some(hash)) = (kind, signed.block)
-                        && self.locked.is_none_or(|(r, _)| r <= self.round)
-                    {
+                    // A precommit for a block came with a lock on it and the valid
+                    // value (L38-L43), lost in the same crash: take them again. No lock
+                    // is from a later round than this one.
+                    if let (VoteKind::Precommit, Some(hash)) = (kind, signed.block) {
                         self.locked = Some((self.round, hash));
+                        if self.blocks.contains_key(&hash) {
+                            self.valid = Some((self.round, hash));
+                        }
                     }
                     vote = signed;
                     s
