@@ -67,7 +67,7 @@ pub use message::{MAX_MESSAGE_BYTES, MESSAGE_VERSION, Message, Proposal, SignedV
 
 use crate::engine::{Engine, Input, Output, Timeout};
 use crate::proposer::ProposerRotation;
-use crate::signer::{Signer, SignerStore};
+use crate::signer::{Signer, SignerError, SignerStore};
 
 /// Messages more rounds ahead than this are dropped (bounds memory per height).
 pub const MAX_ROUNDS_AHEAD: u32 = 64;
@@ -656,8 +656,9 @@ impl<S: SignerStore> Tendermint<S> {
                 // kept it (or it was sent): that vote is its vote, so send it. Refusing
                 // to vote at all would leave the round one honest vote short for good.
                 Some((signed, s))
-                    if (signed.height, signed.round, signed.kind)
-                        == (vote.height, vote.round, kind) =>
+                    if matches!(e, SignerError::Equivocation { .. })
+                        && (signed.height, signed.round, signed.kind)
+                            == (vote.height, vote.round, kind) =>
                 {
                     // A precommit for a block came with a lock on it and the valid
                     // value (L38-L43), lost in the same crash: take them again. No lock
