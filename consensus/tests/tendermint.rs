@@ -168,13 +168,22 @@ impl Harness {
 
     /// The votes this engine broadcast since the last call, as (kind, round, block).
     fn my_votes(&mut self) -> Vec<(VoteKind, u32, Option<Hash>)> {
-        let outs = std::mem::take(&mut self.outputs);
-        outs.iter()
+        let votes = self
+            .my_vote_messages()
+            .into_iter()
+            .map(|(sv, _)| (sv.vote.kind, sv.vote.round, sv.vote.block))
+            .collect();
+        self.outputs.clear();
+        votes
+    }
+
+    /// The votes this engine broadcast among the outputs, decoded and as sent.
+    fn my_vote_messages(&self) -> Vec<(SignedVote, Vec<u8>)> {
+        self.outputs
+            .iter()
             .filter_map(|o| match o {
                 Output::Broadcast(b) => match Message::decode_limited(b) {
-                    Ok(Message::Vote(sv)) if sv.validator == ME => {
-                        Some((sv.vote.kind, sv.vote.round, sv.vote.block))
-                    }
+                    Ok(Message::Vote(sv)) if sv.validator == ME => Some((sv, b.clone())),
                     _ => None,
                 },
                 _ => None,
@@ -844,19 +853,10 @@ fn a_precommit_lost_in_a_crash_is_sent_with_its_lock() {
     let states = h.persisted();
     let before = states[states.len() - 2].clone();
     let my_precommits = |h: &Harness| -> Vec<Vec<u8>> {
-        h.outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::Broadcast(b) => match Message::decode_limited(b) {
-                    Ok(Message::Vote(sv))
-                        if sv.validator == ME && sv.vote.kind == VoteKind::Precommit =>
-                    {
-                        Some(b.clone())
-                    }
-                    _ => None,
-                },
-                _ => None,
-            })
+        h.my_vote_messages()
+            .into_iter()
+            .filter(|(sv, _)| sv.vote.kind == VoteKind::Precommit)
+            .map(|(_, bytes)| bytes)
             .collect()
     };
     let signed = my_precommits(&h);
