@@ -18,8 +18,10 @@
 //! ([`apply_block`]).
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use pyralog_crypto::PublicKey;
+use pyralog_crypto::recent::Recent;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{CodecError, Decode, Decoder, Encode};
@@ -272,6 +274,9 @@ pub struct Execution {
     /// Stored state nodes the block's tree no longer holds ([`state::Update::replaced`]):
     /// not part of what is committed, a hint for caches of the tip's nodes.
     pub state_replaced: Vec<NodeRef>,
+    /// The state values the block set (`None`: removed), by key: not part of what is
+    /// committed, what a [`TipCache`] needs to follow the tip ([`TipCache::advance`]).
+    pub state_updates: BTreeMap<Hash, Option<Vec<u8>>>,
 }
 
 impl Execution {
@@ -296,6 +301,7 @@ pub struct BlockExecutor<'a, S: ?Sized, L: ?Sized> {
     time_ms: u64,
     updates: BTreeMap<Hash, Option<Vec<u8>>>,
     tx_hashes: Vec<Hash>,
+    values: Option<&'a TipCache>,
 }
 
 impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
@@ -311,7 +317,16 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
             time_ms,
             updates: BTreeMap::new(),
             tx_hashes: Vec::new(),
+            values: None,
         }
+    }
+
+    /// Reads the tip's values through `cache` before walking the state tree, and notes
+    /// what it walked for. The cache answers only for the state it follows
+    /// ([`TipCache::advance`]), so the results are those of the tree either way.
+    pub fn with_cache(mut self, cache: &'a TipCache) -> Self {
+        self.values = Some(cache);
+        self
     }
 
     /// Number of transactions applied so far.
@@ -325,10 +340,18 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
     }
 
     fn read(&self, key: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.updates.get(key) {
-            Some(v) => Ok(v.clone()),
-            None => state::get(self.state, &self.tip.state(), key),
+        if let Some(v) = self.updates.get(key) {
+            return Ok(v.clone());
         }
+        let Some(cache) = self.values else {
+            return state::get(self.state, &self.tip.state(), key);
+        };
+        if let Some(v) = cache.get(&self.tip.state_root, key) {
+            return Ok(v);
+        }
+        let value = state::get(self.state, &self.tip.state(), key)?;
+        cache.note(&self.tip.state_root, key, &value);
+        Ok(value)
     }
 
     fn read_decoded<T: Decode>(&self, key: &Hash) -> Result<Option<T>, StoreError> {
@@ -348,6 +371,11 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
         Ok(self
             .read_decoded::<Account>(&key)?
             .map_or(0, |a| a.next_nonce))
+    }
+
+    /// The record of `digest`'s notarization, including this block's transactions so far.
+    pub fn notarization(&self, digest: &Hash) -> Result<Option<NotarizationRecord>, StoreError> {
+        self.read_decoded(&state_key(Namespace::Notarization, &digest.0))
     }
 
     /// The next version of a key whose current record is `current`: it links to the
@@ -462,6 +490,7 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
             log_writes,
             state_writes,
             state_replaced,
+            state_updates: self.updates,
         })
     }
 }
@@ -474,6 +503,18 @@ pub fn apply_block<S: StateNodes + ?Sized, L: LogNodes + ?Sized>(
     log: &L,
     tip: &Tip,
     block: &Block,
+) -> Result<Execution, ExecError> {
+    apply_block_cached(state, log, tip, block, None)
+}
+
+/// [`apply_block`], reading the tip's values through `cache` when there is one
+/// ([`BlockExecutor::with_cache`]): the same result, fewer tree walks.
+pub fn apply_block_cached<S: StateNodes + ?Sized, L: LogNodes + ?Sized>(
+    state: &S,
+    log: &L,
+    tip: &Tip,
+    block: &Block,
+    cache: Option<&TipCache>,
 ) -> Result<Execution, ExecError> {
     if block.txs.len() > crate::block::MAX_BLOCK_TXS {
         return Err(ExecError::TooManyTxs {
@@ -488,10 +529,103 @@ pub fn apply_block<S: StateNodes + ?Sized, L: LogNodes + ?Sized>(
         block.header.chain_id.clone(),
         block.header.time_ms,
     );
+    if let Some(cache) = cache {
+        exec = exec.with_cache(cache);
+    }
     for tx in &block.txs {
         exec.apply(tx)?;
     }
     Ok(exec.finish()?)
+}
+
+/// The values of one state (the committed tip's), by key, as far as they were read: a
+/// read at the tip costs a hash lookup instead of a walk down the state tree.
+///
+/// The cache follows one state, named by its root hash. It answers only reads of that
+/// state, so a stale answer needs a commit that did not go through
+/// [`TipCache::advance`]: then the roots differ and it answers nothing. `advance` with the
+/// block's [`Execution`] moves it to the next state, setting what the block wrote; from
+/// any other state it starts empty. Keys the block did not write keep their values,
+/// which is what makes the entries outlive a block. Absent keys are kept too (a new
+/// notarization's digest is read at admission, then again when a block executes it).
+///
+/// Bounded: at most `2 × capacity` entries ([`Recent`]).
+#[derive(Debug)]
+pub struct TipCache {
+    inner: Mutex<TipCacheInner>,
+}
+
+#[derive(Debug)]
+struct TipCacheInner {
+    root: Hash,
+    values: Recent<Hash, Option<Vec<u8>>>,
+    capacity: usize,
+}
+
+impl TipCache {
+    /// An empty cache of the state whose root hash is `root`, holding at most
+    /// `2 × capacity` values.
+    pub fn new(root: Hash, capacity: usize) -> TipCache {
+        TipCache {
+            inner: Mutex::new(TipCacheInner {
+                root,
+                values: Recent::new(capacity),
+                capacity,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TipCacheInner> {
+        // What a panic under the lock can leave is consistent: `advance` takes the values
+        // out while it updates them, so the cache holds either the old state's values
+        // under the old root, none, or the new state's under the new root.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The value of `key` in the state whose root hash is `root` (`Some(None)`: known
+    /// absent), if this cache follows that state and holds the key.
+    pub fn get(&self, root: &Hash, key: &Hash) -> Option<Option<Vec<u8>>> {
+        let mut inner = self.lock();
+        if inner.root != *root {
+            return None;
+        }
+        inner.values.get(key)
+    }
+
+    /// Notes the value of `key` read from the tree of the state whose root is `root`.
+    pub fn note(&self, root: &Hash, key: &Hash, value: &Option<Vec<u8>>) {
+        let mut inner = self.lock();
+        if inner.root == *root {
+            inner.values.insert(*key, value.clone());
+        }
+    }
+
+    /// Moves the cache from the state `from` to the state after a block on it, whose
+    /// execution is `execution`. A cache that did not follow `from` starts empty at the
+    /// new state.
+    pub fn advance(&self, from: &Hash, execution: &Execution) {
+        let mut inner = self.lock();
+        let empty = Recent::new(inner.capacity);
+        let mut values = std::mem::replace(&mut inner.values, empty);
+        if inner.root == *from {
+            for (key, value) in &execution.state_updates {
+                values.remove(key);
+                values.insert(*key, value.clone());
+            }
+            inner.values = values;
+        }
+        inner.root = execution.state_root;
+    }
+
+    /// Number of values held.
+    pub fn len(&self) -> usize {
+        self.lock().values.len()
+    }
+
+    /// Whether no value is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What the next block's header takes from the chain before any transaction runs: its

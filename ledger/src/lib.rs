@@ -40,7 +40,8 @@ pub use checkpoint::{Checkpoint, SignedCheckpoint};
 pub use codec::{CodecError, Decode, Encode};
 pub use evidence::{DuplicateVote, EvidenceError};
 pub use exec::{
-    BlockContext, BlockExecutor, ExecError, Execution, KvRecord, Tip, TxError, apply_block,
+    BlockContext, BlockExecutor, ExecError, Execution, KvRecord, Tip, TipCache, TxError,
+    apply_block, apply_block_cached,
 };
 pub use merkle::{ProofError, TxTree};
 pub use pyralog_crypto::Hash;

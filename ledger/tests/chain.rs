@@ -609,3 +609,146 @@ fn a_genesis_without_the_commit_pause_keeps_the_pause_and_hash_it_was_written_wi
     assert_eq!(read.params.timeout_commit_ms, 100);
     assert_eq!(read.hash().unwrap(), genesis.hash().unwrap());
 }
+
+/// State nodes read through a counter, to see which reads walk the tree.
+struct Counting<'a> {
+    inner: &'a pyralog_ledger::state::MemState,
+    reads: std::cell::Cell<usize>,
+}
+
+impl pyralog_ledger::state::StateNodes for Counting<'_> {
+    fn state_node(
+        &self,
+        node: &pyralog_ledger::state::Subtree,
+    ) -> Result<Option<pyralog_ledger::state::StateNode>, pyralog_ledger::StoreError> {
+        self.reads.set(self.reads.get() + 1);
+        self.inner.state_node(node)
+    }
+}
+
+#[test]
+fn a_tip_cache_gives_the_trees_results_block_after_block_and_saves_the_walks() {
+    use pyralog_ledger::{Payload, TipCache, Transaction, apply_block_cached};
+    let mut chain = TestChain::new(1, EngineId::Raft);
+    let users: Vec<_> = (1..=5).map(user).collect();
+    let mut nonces = [0u64; 5];
+    let cache = TipCache::new(chain.tip.state_root, 1 << 10);
+    for height in 1..=12u64 {
+        // Each block: every user writes one of three keys (so keys change from block to
+        // block), deletes one some blocks, and notarizes a new digest.
+        let mut txs = Vec::new();
+        for (i, key) in users.iter().enumerate() {
+            let k = [b'k', ((height + i as u64) % 3) as u8];
+            let payload = if height % 4 == 0 && i == 0 {
+                Payload::Delete { key: k.to_vec() }
+            } else if i % 2 == 0 {
+                Payload::Put {
+                    key: k.to_vec(),
+                    value: format!("{height}/{i}").into_bytes(),
+                }
+            } else {
+                Payload::Notarize {
+                    digest: content_digest(format!("{height}/{i}").as_bytes()),
+                    meta: String::new(),
+                }
+            };
+            let tx = Transaction::new_signed(key, chain.chain_id(), nonces[i], payload).unwrap();
+            nonces[i] += 1;
+            txs.push(tx);
+        }
+        let (block, expected) = chain.make_block(txs);
+        let counting = Counting {
+            inner: &chain.state,
+            reads: std::cell::Cell::new(0),
+        };
+        let cached =
+            apply_block_cached(&counting, &chain.log, &chain.tip, &block, Some(&cache)).unwrap();
+        assert_eq!(cached.state_root, expected.state_root, "height {height}");
+        assert_eq!(
+            cached.state_writes, expected.state_writes,
+            "height {height}"
+        );
+        assert_eq!(
+            cached.state_updates, expected.state_updates,
+            "height {height}"
+        );
+        // The same block again: every value it reads at the tip is now in the cache.
+        let walked = counting.reads.get();
+        apply_block_cached(&counting, &chain.log, &chain.tip, &block, Some(&cache)).unwrap();
+        let rewalked = counting.reads.get() - walked;
+        // The second run reads nodes only to compute the new root, not to read values.
+        assert!(
+            rewalked < walked || walked == 0,
+            "height {height}: {rewalked} of {walked}"
+        );
+        let before = chain.tip.state_root;
+        let cert = chain.certify_all(&block.header);
+        chain.apply_committed(block, cert, expected);
+        cache.advance(&before, chain.executions.last().unwrap());
+        // What the cache now says of every user is what the new tree says.
+        let with = BlockExecutor::new(
+            &chain.state,
+            &chain.log,
+            chain.tip.clone(),
+            chain.chain_id(),
+            1,
+        )
+        .with_cache(&cache);
+        let without = BlockExecutor::new(
+            &chain.state,
+            &chain.log,
+            chain.tip.clone(),
+            chain.chain_id(),
+            1,
+        );
+        for key in &users {
+            assert_eq!(
+                with.next_nonce(&key.public()).unwrap(),
+                without.next_nonce(&key.public()).unwrap()
+            );
+        }
+        for i in 0..5 {
+            let digest = content_digest(format!("{height}/{i}").as_bytes());
+            assert_eq!(
+                with.notarization(&digest).unwrap(),
+                without.notarization(&digest).unwrap()
+            );
+        }
+    }
+    assert!(!cache.is_empty());
+    // Without walks: a user's account read at the tip through a warm cache reads no node.
+    let counting = Counting {
+        inner: &chain.state,
+        reads: std::cell::Cell::new(0),
+    };
+    let exec = BlockExecutor::new(
+        &counting,
+        &chain.log,
+        chain.tip.clone(),
+        chain.chain_id(),
+        1,
+    )
+    .with_cache(&cache);
+    assert_eq!(exec.next_nonce(&users[0].public()).unwrap(), 12);
+    assert_eq!(counting.reads.get(), 0);
+    // The same read of an older state walks the tree: the cache answers only for its own.
+    let old = BlockExecutor::new(
+        &counting,
+        &chain.log,
+        pyralog_ledger::Tip {
+            height: 11,
+            ..chain.executions[10].tip(11)
+        },
+        chain.chain_id(),
+        1,
+    )
+    .with_cache(&cache);
+    assert_eq!(old.next_nonce(&users[0].public()).unwrap(), 11);
+    assert!(counting.reads.get() > 0);
+    // A cache moved from a state it did not follow forgets everything it held.
+    let other = TipCache::new(Hash([7u8; 32]), 1 << 10);
+    other.note(&Hash([7u8; 32]), &Hash([1u8; 32]), &Some(vec![1]));
+    other.advance(&chain.tip.state_root, chain.executions.last().unwrap());
+    assert!(other.is_empty());
+    assert_eq!(other.get(&chain.tip.state_root, &Hash([1u8; 32])), None);
+}

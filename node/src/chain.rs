@@ -9,14 +9,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use pyralog_crypto::PublicKey;
-use pyralog_ledger::state::{self, Namespace, state_key};
 use pyralog_ledger::verify::{
     VerifyError, verify_block_contents, verify_certificate, verify_execution, verify_first_header,
     verify_header_link, verify_last_certificate,
 };
 use pyralog_ledger::{
     Block, BlockContext, BlockExecutor, Certificate, Decode, Encode, ExecError, Execution, Genesis,
-    Hash, Header, Tip, Transaction, TxError, ValidatorSet, apply_block, verify_signatures_of,
+    Hash, Header, Tip, TipCache, Transaction, TxError, ValidatorSet, apply_block_cached,
+    verify_signatures_of,
 };
 use pyralog_storage::{SledStore, Store};
 
@@ -107,6 +107,11 @@ pub struct Committed {
     pub first_log_index: u64,
 }
 
+/// State values at the tip kept by [`Chain`]'s cache, per generation (at most twice this
+/// many are held): a few seconds of transactions at the rates this node reaches, each
+/// reading its sender's account and its digest or key. About 100 bytes a value.
+const TIP_VALUES: usize = 1 << 17;
+
 /// The committed chain.
 pub struct Chain {
     genesis: Genesis,
@@ -115,6 +120,9 @@ pub struct Chain {
     tip: Tip,
     last: Option<(Header, Certificate)>,
     validated: HashMap<Hash, Execution>,
+    /// Values of the tip's state read so far: admission and execution read them without
+    /// a walk down the tree. It follows the tip through [`Chain::commit`].
+    values: TipCache,
 }
 
 impl Chain {
@@ -142,6 +150,7 @@ impl Chain {
             genesis,
             validators,
             store,
+            values: TipCache::new(tip.state_root, TIP_VALUES),
             tip,
             last,
             validated: HashMap::new(),
@@ -181,14 +190,11 @@ impl Chain {
 
     /// The height at which `digest` was notarized, if it was.
     pub fn notarized_at(&self, digest: &Hash) -> Result<Option<u64>, Fatal> {
-        let key = state_key(Namespace::Notarization, &digest.0);
-        let value =
-            state::get(&*self.store, &self.tip.state(), &key).map_err(|e| Fatal(e.to_string()))?;
-        Ok(value.and_then(|v| {
-            pyralog_ledger::exec::NotarizationRecord::from_bytes(&v)
-                .ok()
-                .map(|r| r.height)
-        }))
+        let record = self
+            .executor(0)
+            .notarization(digest)
+            .map_err(|e| Fatal(e.to_string()))?;
+        Ok(record.map(|r| r.height))
     }
 
     fn executor(&self, time_ms: u64) -> BlockExecutor<'_, SledStore, SledStore> {
@@ -199,6 +205,7 @@ impl Chain {
             self.genesis.chain_id.clone(),
             time_ms,
         )
+        .with_cache(&self.values)
     }
 
     fn context(&self) -> Result<BlockContext, String> {
@@ -371,8 +378,14 @@ impl Chain {
         let txs: Vec<&Transaction> = unverified.iter().map(|(_, t)| *t).collect();
         verify_signatures_of(&txs)
             .map_err(|bad| Invalid::Signatures(bad.iter().map(|&i| unverified[i].0).collect()))?;
-        let execution = apply_block(&*self.store, &*self.store, &self.tip, block)
-            .map_err(|e| Invalid::Execution(e.to_string()))?;
+        let execution = apply_block_cached(
+            &*self.store,
+            &*self.store,
+            &self.tip,
+            block,
+            Some(&self.values),
+        )
+        .map_err(|e| Invalid::Execution(e.to_string()))?;
         verify_execution(header, &execution).map_err(|e| Invalid::Execution(e.to_string()))?;
         self.validated.insert(hash, execution);
         Ok(())
@@ -420,6 +433,7 @@ impl Chain {
             .commit_block(&block, &cert, &execution)
             .map_err(|e| Fatal(e.to_string()))?;
         let first_log_index = self.tip.log_size;
+        self.values.advance(&self.tip.state_root, &execution);
         self.tip = execution.tip(block.header.height);
         let txs = block
             .txs
