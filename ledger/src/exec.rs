@@ -549,7 +549,9 @@ pub fn apply_block_cached<S: StateNodes + ?Sized, L: LogNodes + ?Sized>(
 /// which is what makes the entries outlive a block. Absent keys are kept too (a new
 /// notarization's digest is read at admission, then again when a block executes it).
 ///
-/// Bounded: at most `2 × capacity` entries ([`Recent`]).
+/// Bounded: at most `2 × capacity` entries ([`Recent`]), each a value of at most
+/// [`TipCache::MAX_VALUE_BYTES`]: a longer one (a large `Put`) is read from the tree each
+/// time, so the memory held does not depend on what users store.
 #[derive(Debug)]
 pub struct TipCache {
     inner: Mutex<TipCacheInner>,
@@ -562,7 +564,18 @@ struct TipCacheInner {
     capacity: usize,
 }
 
+/// Whether `value` is short enough for a [`TipCache`] (absent values always are).
+fn cacheable_value(value: &Option<Vec<u8>>) -> bool {
+    value
+        .as_ref()
+        .is_none_or(|v| v.len() <= TipCache::MAX_VALUE_BYTES)
+}
+
 impl TipCache {
+    /// The longest value held: accounts and notarization records (under 100 bytes) and
+    /// short key-value records fit.
+    pub const MAX_VALUE_BYTES: usize = 256;
+
     /// An empty cache of the state whose root hash is `root`, holding at most
     /// `2 × capacity` values.
     pub fn new(root: Hash, capacity: usize) -> TipCache {
@@ -595,7 +608,7 @@ impl TipCache {
     /// Notes the value of `key` read from the tree of the state whose root is `root`.
     pub fn note(&self, root: &Hash, key: &Hash, value: &Option<Vec<u8>>) {
         let mut inner = self.lock();
-        if inner.root == *root {
+        if inner.root == *root && cacheable_value(value) {
             inner.values.insert(*key, value.clone());
         }
     }
@@ -610,7 +623,9 @@ impl TipCache {
         if inner.root == *from {
             for (key, value) in &execution.state_updates {
                 values.remove(key);
-                values.insert(*key, value.clone());
+                if cacheable_value(value) {
+                    values.insert(*key, value.clone());
+                }
             }
             inner.values = values;
         }

@@ -752,3 +752,48 @@ fn a_tip_cache_gives_the_trees_results_block_after_block_and_saves_the_walks() {
     assert!(other.is_empty());
     assert_eq!(other.get(&chain.tip.state_root, &Hash([1u8; 32])), None);
 }
+
+#[test]
+fn a_tip_cache_holds_no_long_value_and_drops_a_short_one_a_long_one_replaced() {
+    use pyralog_ledger::{TipCache, apply_block_cached};
+    let mut chain = TestChain::new(1, EngineId::Raft);
+    let alice = user(1);
+    let cache = TipCache::new(chain.tip.state_root, 1 << 10);
+    let long = vec![7u8; TipCache::MAX_VALUE_BYTES + 1];
+    let kv = state_key(Namespace::Kv, b"k");
+    for (nonce, value) in [(0, b"short".to_vec()), (1, long)] {
+        let (block, execution) = chain.make_block(vec![chain.put(&alice, nonce, b"k", &value)]);
+        let cached =
+            apply_block_cached(&chain.state, &chain.log, &chain.tip, &block, Some(&cache)).unwrap();
+        assert_eq!(cached.state_root, execution.state_root);
+        let before = chain.tip.state_root;
+        let cert = chain.certify_all(&block.header);
+        chain.apply_committed(block, cert, execution);
+        cache.advance(&before, chain.executions.last().unwrap());
+        let held = cache
+            .get(&chain.tip.state_root, &kv)
+            .map(|v| v.map(|b| KvRecord::from_bytes(&b).unwrap().value));
+        if value.len() <= TipCache::MAX_VALUE_BYTES {
+            // A short record is held after the commit that wrote it.
+            assert_eq!(held, Some(Some(Some(value))));
+        } else {
+            // A long one is not, and neither is the short one it replaced.
+            assert_eq!(held, None);
+        }
+    }
+    // Read at the tip, the long record comes from the tree (the next version links to
+    // it) and is still not held.
+    let mut exec = BlockExecutor::new(
+        &chain.state,
+        &chain.log,
+        chain.tip.clone(),
+        chain.chain_id(),
+        1,
+    )
+    .with_cache(&cache);
+    exec.apply(&chain.put(&alice, 2, b"k", b"again")).unwrap();
+    let execution = exec.finish().unwrap();
+    let record = KvRecord::from_bytes(execution.state_updates[&kv].as_ref().unwrap()).unwrap();
+    assert_eq!(record.prev_height, 2);
+    assert_eq!(cache.get(&chain.tip.state_root, &kv), None);
+}

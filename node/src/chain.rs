@@ -108,9 +108,10 @@ pub struct Committed {
 }
 
 /// State values at the tip kept by [`Chain`]'s cache, per generation (at most twice this
-/// many are held): a few seconds of transactions at the rates this node reaches, each
-/// reading its sender's account and its digest or key. About 100 bytes a value.
-const TIP_VALUES: usize = 1 << 17;
+/// many are held, each of at most [`TipCache::MAX_VALUE_BYTES`]: under 50 MB): some
+/// 15 seconds of transactions at the rates this node reaches, each reading its sender's
+/// account and its digest or key.
+const TIP_VALUES: usize = 1 << 16;
 
 /// The committed chain.
 pub struct Chain {
