@@ -8,8 +8,9 @@ use std::hash::{BuildHasher, Hash, RandomState};
 ///
 /// Two generations approximate least-recently-used at the cost of a hash lookup: a hit
 /// in the old generation moves to the young one, and a full young generation becomes
-/// the old one while the old one is dropped. Only for values that never change under
-/// their key: nothing here invalidates an entry.
+/// the old one while the old one is dropped. Nothing here invalidates an entry: a value
+/// that changes under its key must be [`Recent::remove`]d before the new one is inserted
+/// (the old generation may still hold the former one).
 ///
 /// `S` hashes the keys: SipHash by default, which keys a peer can choose need; a cache of
 /// keys the node assigns itself may use a cheaper one.

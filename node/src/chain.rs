@@ -108,7 +108,7 @@ pub struct Committed {
 }
 
 /// State values at the tip kept by [`Chain`]'s cache, per generation (at most twice this
-/// many are held, each of at most [`TipCache::MAX_VALUE_BYTES`]: under 50 MB): some
+/// many are held, each of at most [`TipCache::MAX_VALUE_BYTES`]: about 50 MB): some
 /// 15 seconds of transactions at the rates this node reaches, each reading its sender's
 /// account and its digest or key.
 const TIP_VALUES: usize = 1 << 16;
@@ -490,6 +490,42 @@ mod tests {
         let store = Arc::new(SledStore::open(dir.path()).unwrap());
         let chain = Chain::open(tc.genesis.clone(), store).unwrap();
         (tc, dir, chain)
+    }
+
+    #[test]
+    fn the_tip_cache_follows_each_commit() {
+        use pyralog_ledger::exec::Account;
+        use pyralog_ledger::state::{Namespace, state_key};
+        let (tc, _dir, mut chain) = test_chain();
+        let alice = user(1);
+        let digest = pyralog_crypto::content_digest(b"x");
+        // Admission's reads at genesis: they are noted in the cache.
+        assert_eq!(chain.next_nonce(&alice.public()).unwrap(), 0);
+        assert_eq!(chain.notarized_at(&digest).unwrap(), None);
+        let account = state_key(Namespace::Account, alice.public().as_bytes());
+        let record = state_key(Namespace::Notarization, &digest.0);
+        assert_eq!(chain.values.get(&chain.tip.state_root, &record), Some(None));
+        let mut pool = Mempool::new(crate::config::MempoolConfig::default());
+        let tx = tc.notarize(&alice, 0, digest, "");
+        pool.admit(tx.clone(), tx.hash(), tx.to_bytes().len(), 0)
+            .unwrap();
+        let proposer = tc.validator_keys[0].public();
+        let (block, _) = chain
+            .build_block(proposer, &pool, usize::MAX, usize::MAX)
+            .unwrap();
+        let cert = tc.certify_all(&block.header);
+        assert!(chain.commit(block, cert).unwrap().is_ok());
+        // After the commit the cache holds what the block wrote, at the new tip.
+        let root = chain.tip.state_root;
+        let nonce = chain
+            .values
+            .get(&root, &account)
+            .flatten()
+            .map(|b| Account::from_bytes(&b).unwrap().next_nonce);
+        assert_eq!(nonce, Some(1));
+        assert!(chain.values.get(&root, &record).flatten().is_some());
+        assert_eq!(chain.next_nonce(&alice.public()).unwrap(), 1);
+        assert_eq!(chain.notarized_at(&digest).unwrap(), Some(1));
     }
 
     #[test]
