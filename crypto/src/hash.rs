@@ -104,11 +104,14 @@ pub enum HashDomain {
     Evidence,
     /// A node's address inside the WireGuard overlay (from its WireGuard public key).
     OverlayAddress,
+    /// The id of a gossip message (its claimed author, sequence number, topic and data),
+    /// under which peers drop the copies they have seen.
+    GossipMessage,
 }
 
 impl HashDomain {
     /// Every domain, for tests that check they are distinct.
-    pub const ALL: [HashDomain; 15] = [
+    pub const ALL: [HashDomain; 16] = [
         HashDomain::Tx,
         HashDomain::Header,
         HashDomain::Certificate,
@@ -124,6 +127,7 @@ impl HashDomain {
         HashDomain::StateNode,
         HashDomain::Evidence,
         HashDomain::OverlayAddress,
+        HashDomain::GossipMessage,
     ];
 
     /// The context string from which the domain's key is derived.
@@ -144,6 +148,7 @@ impl HashDomain {
             HashDomain::StateNode => "pyralog v1 state node",
             HashDomain::Evidence => "pyralog v1 evidence",
             HashDomain::OverlayAddress => "pyralog v1 overlay address",
+            HashDomain::GossipMessage => "pyralog v1 gossip message",
         }
     }
 

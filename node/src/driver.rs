@@ -39,7 +39,7 @@ const TX_FLUSH_BYTES: usize = 1 << 20;
 /// a block is built to at most `p2p.max_gossip_bytes` minus this, or the proposal would
 /// not leave the node and every round it proposed in would time out.
 const PROPOSAL_MARGIN_BYTES: usize = 256 << 10;
-/// Score lost by a peer that authored an invalid message.
+/// Score lost by a peer that published an invalid message (sent it to us as its author).
 const BAD_MESSAGE_PENALTY: i32 = 20;
 
 /// The fewest transactions a proposal may always hold, and the fewest a block must have
@@ -840,7 +840,7 @@ impl Driver {
     async fn network_event(&mut self, ev: Event) -> Result<(), Fatal> {
         match ev {
             Event::Gossip {
-                author,
+                publisher,
                 topic,
                 data,
                 ..
@@ -849,14 +849,14 @@ impl Driver {
                     let rejected_before = self.metrics.rejected_messages.get();
                     self.input(Input::Message(data)).await?;
                     if self.metrics.rejected_messages.get() > rejected_before
-                        && let Some(a) = author
+                        && let Some(a) = publisher
                     {
                         self.net
                             .penalize(a, BAD_MESSAGE_PENALTY, "invalid consensus message".into())
                             .await;
                     }
                 }
-                Topic::Txs => self.gossiped_txs(author, &data).await?,
+                Topic::Txs => self.gossiped_txs(publisher, &data).await?,
                 Topic::Evidence => {
                     let ok = DuplicateVote::from_bytes(&data).ok().filter(|ev| {
                         ev.verify(&self.chain.genesis().chain_id, self.chain.validators())
@@ -865,7 +865,7 @@ impl Driver {
                     match ok {
                         Some(ev) => self.record_evidence(ev)?,
                         None => {
-                            if let Some(a) = author {
+                            if let Some(a) = publisher {
                                 self.net
                                     .penalize(a, BAD_MESSAGE_PENALTY, "invalid evidence".into())
                                     .await;
@@ -892,11 +892,11 @@ impl Driver {
         Ok(())
     }
 
-    async fn gossiped_txs(&mut self, author: Option<PeerId>, data: &[u8]) -> Result<(), Fatal> {
+    async fn gossiped_txs(&mut self, publisher: Option<PeerId>, data: &[u8]) -> Result<(), Fatal> {
         let txs = match wire::decode_tx_batch(data) {
             Ok(t) => t,
             Err(e) => {
-                if let Some(a) = author {
+                if let Some(a) = publisher {
                     self.net
                         .penalize(a, BAD_MESSAGE_PENALTY, format!("bad tx batch: {e}"))
                         .await;
@@ -918,7 +918,7 @@ impl Driver {
             .collect();
         let bad: Vec<usize> = verify_batch_report(&items).err().unwrap_or_default();
         if !bad.is_empty()
-            && let Some(a) = author
+            && let Some(a) = publisher
         {
             self.net
                 .penalize(a, BAD_MESSAGE_PENALTY, "bad transaction signature".into())

@@ -6,7 +6,10 @@
 //!
 //! - **gossipsub** on three topics ([`Topic`]): transactions, consensus messages and
 //!   evidence. Payloads are opaque bytes; every consensus message is signed by a
-//!   validator key inside, so the transport is never trusted for authenticity.
+//!   validator key inside, so the transport is never trusted for authenticity. libp2p
+//!   does not sign messages a second time: a message names its claimed author, its id
+//!   hashes all of it ([`HashDomain::GossipMessage`]), and a bad message is blamed on the
+//!   peer that sent it only when that peer claims to be its author.
 //! - **request-response** (`/pyralog/<network>/sync/1`) for block and certificate sync,
 //!   with length-prefixed frames and size limits in both directions.
 //! - **identify** and **ping**.
@@ -39,6 +42,7 @@ use libp2p::{
     Multiaddr, StreamProtocol, Swarm, allow_block_list, gossipsub, identify, identity, noise, ping,
     request_response, tcp, yamux,
 };
+use pyralog_crypto::HashDomain;
 use tokio::sync::{mpsc, oneshot};
 
 pub use libp2p::{Multiaddr as Address, PeerId};
@@ -174,10 +178,14 @@ pub struct InboundId(u64);
 pub enum Event {
     /// A gossip message, relayed by `from`.
     Gossip {
-        /// The peer that relayed it (not necessarily its author).
+        /// The peer that sent it to this node (not necessarily its author). The transport
+        /// authenticates it.
         from: PeerId,
-        /// The peer that published it (gossip signs messages with the author's key).
-        author: Option<PeerId>,
+        /// `from`, when `from` also claims to be the message's author: it published the
+        /// message itself, so a bad message is its fault. Gossip is not signed (every
+        /// payload carries its authors' own signatures), so the claimed author of a
+        /// relayed message is unverified, and an honest relay is never blamed for it.
+        publisher: Option<PeerId>,
         /// Its topic.
         topic: Topic,
         /// The payload.
@@ -471,10 +479,36 @@ fn build_swarm(
     Ok(swarm)
 }
 
+/// The gossipsub id of a message: a hash of everything in it (claimed author, sequence
+/// number, topic, data; docs/FORMATS.md). Messages are not signed, so an id built from
+/// the author and sequence number alone could be claimed first by a peer that sends
+/// other data under it, and the real message would then be dropped as a duplicate.
+fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
+    let mut h = HashDomain::GossipMessage.hasher();
+    h.update(&[1]);
+    let source = m.source.map(|p| p.to_bytes()).unwrap_or_default();
+    // A peer id is a multihash with at most 64 bytes of digest: its length fits a byte.
+    h.update(&[u8::try_from(source.len()).unwrap_or(u8::MAX)]);
+    h.update(&source);
+    match m.sequence_number {
+        Some(n) => h.update(&[1]).update(&n.to_be_bytes()),
+        None => h.update(&[0]),
+    };
+    for field in [m.topic.as_str().as_bytes(), &m.data] {
+        h.update(&u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes());
+        h.update(field);
+    }
+    gossipsub::MessageId::new(h.finalize().as_bytes())
+}
+
 fn make_behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, BoxError> {
     let gossip_config = gossipsub::ConfigBuilder::default()
         .max_transmit_size(config.max_gossip_bytes)
-        .validation_mode(gossipsub::ValidationMode::Strict)
+        // Messages are not signed by libp2p: every payload carries the signatures of its
+        // authors (users, validators), and the transport names the peer that sent it.
+        // Permissive takes the claimed author and sequence number as they come.
+        .validation_mode(gossipsub::ValidationMode::Permissive)
+        .message_id_fn(message_id)
         .heartbeat_interval(Duration::from_millis(700))
         // Small validator networks: keep every peer in the mesh.
         .mesh_n_low(1)
@@ -484,7 +518,7 @@ fn make_behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour,
     let sync_protocol = StreamProtocol::try_from_owned(format!("/pyralog/{network}/sync/1"))?;
     let codec = SyncCodec::new(config.max_request_bytes, config.max_response_bytes);
     let gossip = gossipsub::Behaviour::new(
-        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossipsub::MessageAuthenticity::Author(key.public().to_peer_id()),
         gossip_config,
     )?;
     Ok(Behaviour {
@@ -679,7 +713,7 @@ impl Actor {
         match self.limits.admit(from) {
             Verdict::Admit => Some(Event::Gossip {
                 from,
-                author: message.source,
+                publisher: message.source.filter(|author| *author == from),
                 topic,
                 data: message.data,
             }),
@@ -751,7 +785,7 @@ mod tests {
     fn gossip(topic: Topic, data: u8) -> Event {
         Event::Gossip {
             from: PeerId::random(),
-            author: None,
+            publisher: None,
             topic,
             data: vec![data],
         }
@@ -761,6 +795,35 @@ mod tests {
         match e {
             Some(Event::Gossip { topic, data, .. }) => (topic, data[0]),
             other => panic!("not gossip: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_message_id_covers_every_field() {
+        let m = |source: Option<PeerId>, seq: Option<u64>, topic: &str, data: &[u8]| {
+            message_id(&gossipsub::Message {
+                source,
+                data: data.to_vec(),
+                sequence_number: seq,
+                topic: gossipsub::TopicHash::from_raw(topic),
+            })
+        };
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let base = m(Some(a), Some(7), "t", b"vote");
+        assert_eq!(base, m(Some(a), Some(7), "t", b"vote"));
+        // Another peer cannot claim a message's id with other data, nor with another
+        // author or sequence number.
+        for other in [
+            m(Some(a), Some(7), "t", b"junk"),
+            m(Some(b), Some(7), "t", b"vote"),
+            m(None, Some(7), "t", b"vote"),
+            m(Some(a), Some(8), "t", b"vote"),
+            m(Some(a), None, "t", b"vote"),
+            m(Some(a), Some(7), "u", b"vote"),
+            // Lengths keep the fields apart.
+            m(Some(a), Some(7), "tv", b"ote"),
+        ] {
+            assert_ne!(base, other);
         }
     }
 

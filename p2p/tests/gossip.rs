@@ -1,0 +1,128 @@
+//! Gossip between three libp2p networks on 127.0.0.1 (TCP), in a line A — B — C: who
+//! a message is blamed on, and that a relayed message still arrives.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use pyralog_p2p::{Address as Multiaddr, Config, Event, Network, PeerId, Topic, TransportKind};
+use tokio::sync::mpsc;
+
+/// A gossip message as a node saw it: (from, publisher, data).
+type Seen = (PeerId, Option<PeerId>, Vec<u8>);
+
+struct Node {
+    net: Network,
+    gossip: mpsc::UnboundedReceiver<Seen>,
+    listening: mpsc::UnboundedReceiver<Multiaddr>,
+}
+
+async fn node(n: u8, bootstrap: Vec<Multiaddr>) -> Node {
+    let config = Config {
+        network: "gossiptest".into(),
+        transport: TransportKind::Tcp,
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap,
+        redial: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let (net, mut events) = pyralog_p2p::spawn(&[n; 32], config).await.unwrap();
+    let (gossip_tx, gossip) = mpsc::unbounded_channel();
+    let (listen_tx, listening) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            match e {
+                Event::Gossip {
+                    from,
+                    publisher,
+                    topic: Topic::Consensus,
+                    data,
+                } => {
+                    let _ = gossip_tx.send((from, publisher, data));
+                }
+                Event::Listening(a) => {
+                    let _ = listen_tx.send(a);
+                }
+                _ => {}
+            }
+        }
+    });
+    Node {
+        net,
+        gossip,
+        listening,
+    }
+}
+
+impl Node {
+    fn id(&self) -> PeerId {
+        self.net.local_peer_id()
+    }
+
+    /// Its address, to bootstrap from.
+    async fn addr(&mut self) -> Multiaddr {
+        let a = tokio::time::timeout(Duration::from_secs(10), self.listening.recv())
+            .await
+            .expect("no listen address within 10 s")
+            .unwrap();
+        format!("{a}/p2p/{}", self.id()).parse().unwrap()
+    }
+
+    /// The first message seen with `data`, within `wait`.
+    async fn saw(&mut self, data: &[u8], wait: Duration) -> Option<Seen> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.gossip.recv()).await {
+                Ok(Some(s)) if s.2 == data => return Some(s),
+                Ok(Some(_)) => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Publishes numbered messages from `from` until `to` has seen one (subscriptions take a
+/// moment to spread); returns what `to` saw and the data.
+async fn deliver(from: &Node, to: &mut Node, tag: u8) -> (Seen, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for attempt in 0u8.. {
+        assert!(Instant::now() < deadline, "nothing delivered within 20 s");
+        let data = vec![tag, attempt];
+        from.net
+            .publish(Topic::Consensus, data.clone())
+            .await
+            .unwrap();
+        if let Some(s) = to.saw(&data, Duration::from_millis(500)).await {
+            return (s, data);
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_is_blamed_on_its_sender_only_when_the_sender_published_it() {
+    let mut b = node(2, vec![]).await;
+    let b_addr = b.addr().await;
+    let a = node(1, vec![b_addr.clone()]).await;
+    let mut c = node(3, vec![b_addr]).await;
+
+    // A's message reaches C through B: C can blame no one for it, since B only relayed
+    // it and gossip does not prove that A wrote it.
+    let ((from, publisher, _), data) = deliver(&a, &mut c, 1).await;
+    assert_eq!(from, b.id());
+    assert_eq!(publisher, None);
+    // B got the same message straight from A, who is held to it.
+    let (from, publisher, _) = b.saw(&data, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((from, publisher), (a.id(), Some(a.id())));
+
+    // B's own message reaches C straight from B.
+    let ((from, publisher, _), _) = deliver(&b, &mut c, 2).await;
+    assert_eq!((from, publisher), (b.id(), Some(b.id())));
+
+    // The same bytes published again are a new message (a fresh sequence number), so a
+    // re-sent proposal or vote is delivered again rather than dropped as a duplicate.
+    let (_, data) = deliver(&a, &mut c, 3).await;
+    a.net.publish(Topic::Consensus, data.clone()).await.unwrap();
+    let (from, _, _) = c.saw(&data, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(from, b.id());
+}
