@@ -4,9 +4,10 @@
 //! The load is notarizations of about `tx_size` bytes from `accounts` accounts, all signed
 //! before the clock starts. Batches of `broadcast_tx` (`sync`: answered with the mempool's
 //! verdict, so rejections are counted) go to every node in turn,
-//! either as fast as the nodes take them (`rate: None`) or paced at `rate` tx/s. Node0's
+//! either as fast as the nodes take them (`rate: None`) or paced at `rate` tx/s. A
+//! transaction refused for now is sent again, as a wallet would ([`crate::submit`]). Node0's
 //! header subscription records when each height is committed; after the run, a sample of
-//! transactions is looked up to turn (submitted at, committed at height) into
+//! transactions is looked up to turn (first sent at, committed at height) into
 //! submit→commit latencies.
 
 use std::collections::BTreeMap;
@@ -18,15 +19,19 @@ use anyhow::{Context, bail};
 use pyralog_crypto::{BatchItem, HashDomain, Keypair, SigDomain, verify_batch_report};
 use pyralog_ledger::{ChainId, ChainParams, Encode, EngineId, Hash, Payload, Transaction};
 use pyralog_node::config::Transport;
-use pyralog_wallet::client::Rpc;
+use pyralog_wallet::client::{CallError, Rpc};
 use serde_json::{Value, json};
 
+use crate::submit::{Resend, Verdict, submit};
 use crate::{Manifest, UpOptions, down, up};
 
 /// Transactions per `broadcast_tx` batch.
 const BATCH: usize = 64;
 /// Transactions looked up for latencies.
 const LATENCY_SAMPLE: usize = 2000;
+/// After the submission, a log that has not grown for this long has the senders'
+/// transactions that should be pending sent again (a full pool may have evicted them).
+const STALL: Duration = Duration::from_secs(5);
 
 /// Options of one benchmark run.
 #[derive(Clone, Debug)]
@@ -100,8 +105,18 @@ pub struct BenchReport {
     pub validators: usize,
     /// Transactions submitted.
     pub submitted: usize,
-    /// Transactions the nodes refused.
+    /// Transactions the nodes refused for good (a refusal for now is sent again).
     pub rejected: usize,
+    /// The refusals for good, by reason.
+    pub refusals: BTreeMap<String, usize>,
+    /// Transactions not sent because an earlier one of their sender was refused for good.
+    pub stranded: usize,
+    /// Sends of transactions a node had refused for now (`mempool_full`, `unavailable`,
+    /// a failed batch).
+    pub resends: usize,
+    /// Transactions sent again after the log stopped growing, because a full pool had
+    /// dropped them (evicted behind a nonce gap).
+    pub recovered: usize,
     /// Transactions committed during the run.
     pub committed: u64,
     /// Seconds from the first submission to the last commit.
@@ -453,69 +468,47 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         .filter_map(|n| Some((n.name.clone(), n.pid?)))
         .collect();
     let (base, h0) = head(&rpcs[0]).await?;
-    let batches: Vec<Vec<(String, Vec<Value>)>> = txs
-        .chunks(BATCH)
-        .map(|chunk| {
-            chunk
-                .iter()
-                .map(|t| {
-                    (
-                        "broadcast_tx".to_string(),
-                        vec![json!(hex::encode(t.to_bytes())), json!("sync")],
-                    )
-                })
-                .collect()
-        })
-        .collect();
+    let encoded: Arc<Vec<Value>> = Arc::new(
+        txs.iter()
+            .map(|t| json!(hex::encode(t.to_bytes())))
+            .collect(),
+    );
+    let accounts = opts.accounts.clamp(1, txs.len().max(1));
     let cpu_before: Vec<Option<f64>> = pids.iter().map(|(_, p)| cpu_secs(*p)).collect();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (seen, watcher) = watch_heights(urls[0], rpcs[0].clone(), stop.clone()).await;
 
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(batches.len());
-    let mut submitted_at = Vec::with_capacity(batches.len());
-    for (i, batch) in batches.into_iter().enumerate() {
-        if let Some(rate) = opts.rate {
-            let due = started + Duration::from_secs_f64((i * BATCH) as f64 / rate.max(1) as f64);
-            tokio::time::sleep_until(due.into()).await;
-        }
-        submitted_at.push(Instant::now());
-        let rpc = rpcs[i % rpcs.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let refs: Vec<(&str, Vec<Value>)> =
-                batch.iter().map(|(m, a)| (m.as_str(), a.clone())).collect();
-            rpc.batch(&refs).await
-        }));
-    }
-    // Which transactions were refused (a batch that failed in transport counts whole).
-    let mut refused = vec![false; txs.len()];
-    for (i, t) in tasks.into_iter().enumerate() {
-        let first = i * BATCH;
-        let len = BATCH.min(txs.len() - first);
-        match t.await? {
-            Ok(answers) => {
-                for (j, a) in answers.iter().enumerate() {
-                    refused[first + j] = a.is_err();
-                }
+    let send = |k: usize, batch: Vec<usize>| {
+        let rpc = rpcs[k % rpcs.len()].clone();
+        let encoded = encoded.clone();
+        async move {
+            let calls: Vec<(&str, Vec<Value>)> = batch
+                .iter()
+                .map(|&i| ("broadcast_tx", vec![encoded[i].clone(), json!("sync")]))
+                .collect();
+            match rpc.batch(&calls).await {
+                Ok(answers) => answers.iter().map(verdict).collect(),
+                Err(_) => vec![Verdict::Busy; batch.len()],
             }
-            Err(_) => refused[first..first + len].fill(true),
         }
-    }
-    let rejected = refused.iter().filter(|r| **r).count();
+    };
+    let sub = submit(
+        txs.len(),
+        accounts,
+        BATCH,
+        opts.rate,
+        Resend::default(),
+        send,
+    )
+    .await;
     let submit_secs = started.elapsed().as_secs_f64();
-    // A refused nonce strands its account's later ones (admitted, never executable).
-    let accounts = opts.accounts.clamp(1, txs.len().max(1));
-    let mut stranded = vec![false; accounts];
-    let mut expected = 0u64;
-    for (i, r) in refused.iter().enumerate() {
-        let account = i % accounts;
-        stranded[account] |= *r;
-        if !stranded[account] {
-            expected += 1;
-        }
-    }
+    let can_commit = sub.can_commit(accounts);
+    let expected = can_commit.iter().filter(|c| **c).count() as u64;
     let want = base + expected;
     let deadline = Instant::now() + Duration::from_secs(300);
+    let (mut last_size, mut last_growth) = (0, Instant::now());
+    let mut recovered = 0;
     let (size, height) = loop {
         let (size, height) = head(&rpcs[0]).await?;
         if size >= want {
@@ -531,6 +524,12 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
                 size - base
             );
         }
+        if size != last_size {
+            (last_size, last_growth) = (size, Instant::now());
+        } else if last_growth.elapsed() > STALL {
+            recovered += resend_dropped(&rpcs[0], &txs, &encoded, &can_commit, accounts).await?;
+            last_growth = Instant::now();
+        }
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
     let secs = started.elapsed().as_secs_f64();
@@ -544,12 +543,16 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
             (name.clone(), used)
         })
         .collect();
-    let latency = latencies(&rpcs[0], &hashes, &submitted_at, &seen).await?;
+    let latency = latencies(&rpcs[0], &hashes, &sub.first_sent, &seen).await?;
     let data = m.nodes[0].home.join("data");
     Ok(BenchReport {
         validators: rpcs.len(),
         submitted: txs.len(),
-        rejected,
+        rejected: sub.refused(),
+        refusals: sub.refusals(),
+        stranded: sub.stranded(),
+        resends: sub.resends,
+        recovered,
         committed: size - base,
         secs,
         submit_secs,
@@ -563,12 +566,86 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
     })
 }
 
+/// A node's answer to one `broadcast_tx`.
+fn verdict(answer: &Result<Value, CallError>) -> Verdict {
+    match answer {
+        Ok(_) => Verdict::Accepted,
+        Err(e) => match e.reason() {
+            Some("mempool_full" | "unavailable") => Verdict::Busy,
+            Some(reason) => Verdict::Refused(reason.to_string()),
+            None => Verdict::Refused(format!("error {}: {}", e.code, e.message)),
+        },
+    }
+}
+
+/// Sends again, through `rpc`, the transactions that should be pending but are not: for
+/// each sender, those from its committed next nonce up to its last one that can commit.
+/// A full pool evicts a transaction queued behind a nonce gap, and a sender that filled
+/// the gap later must send it again. Returns how many were sent.
+async fn resend_dropped(
+    rpc: &Rpc,
+    txs: &[Transaction],
+    encoded: &[Value],
+    can_commit: &[bool],
+    accounts: usize,
+) -> anyhow::Result<usize> {
+    // Per sender, its last transaction that can commit.
+    let mut last: Vec<Option<usize>> = vec![None; accounts];
+    for (i, c) in can_commit.iter().enumerate() {
+        if *c {
+            last[i % accounts] = Some(i);
+        }
+    }
+    let senders: Vec<usize> = (0..accounts).filter(|a| last[*a].is_some()).collect();
+    let calls: Vec<(&str, Vec<Value>)> = senders
+        .iter()
+        .map(|&a| {
+            (
+                "get",
+                vec![
+                    json!(hex::encode(txs[a].sender.as_bytes())),
+                    Value::Null,
+                    json!("account"),
+                ],
+            )
+        })
+        .collect();
+    let answers = rpc.batch(&calls).await?;
+    let mut again = Vec::new();
+    for (&a, answer) in senders.iter().zip(answers) {
+        let Ok(view) = answer else { continue };
+        let record = view
+            .get("record")
+            .and_then(Value::as_str)
+            .map(hex::decode)
+            .transpose()
+            .context("an account record that is not hex")?;
+        let next = pyralog_wallet::query::account_nonce(record)?;
+        let Some(end) = last[a] else { continue };
+        let first = usize::try_from(next)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(accounts)
+            .saturating_add(a);
+        again.extend((first..=end).step_by(accounts));
+    }
+    if again.is_empty() {
+        return Ok(0);
+    }
+    let calls: Vec<(&str, Vec<Value>)> = again
+        .iter()
+        .map(|&i| ("broadcast_tx", vec![encoded[i].clone(), json!("sync")]))
+        .collect();
+    rpc.batch(&calls).await?;
+    Ok(again.len())
+}
+
 /// Latencies of a sample of the transactions: the time their height was first seen
-/// committed minus the time their batch was sent.
+/// committed minus the time they were first sent (a resent one counts from its first
+/// send, as its sender would).
 async fn latencies(
     rpc: &Rpc,
     hashes: &[Hash],
-    submitted_at: &[Instant],
+    first_sent: &[Option<Instant>],
     seen: &Mutex<BTreeMap<u64, Instant>>,
 ) -> anyhow::Result<Latency> {
     let step = (hashes.len() / LATENCY_SAMPLE).max(1);
@@ -589,7 +666,7 @@ async fn latencies(
             let height = a.ok()?.get("height")?.as_u64()?;
             // The first height seen at or above it: a slow subscriber or the poller may skip heights.
             let (_, at) = seen.range(height..).next()?;
-            let sent = submitted_at[i / BATCH];
+            let sent = first_sent[i]?;
             Some(at.saturating_duration_since(sent).as_secs_f64() * 1000.0)
         })
         .collect();
@@ -616,6 +693,10 @@ pub fn report_json(r: &BenchReport, b: &Bounds, transport: &str, command: &str) 
         "validators": r.validators,
         "submitted": r.submitted,
         "rejected": r.rejected,
+        "refusals": r.refusals,
+        "stranded": r.stranded,
+        "resends": r.resends,
+        "recovered": r.recovered,
         "committed": r.committed,
         "seconds": r.secs,
         "submit_seconds": r.submit_secs,

@@ -5,6 +5,7 @@
 //! `pyralog-node`), so `cargo run -p pyralog-testnet` needs no other build step.
 
 pub mod bench;
+pub mod submit;
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -128,7 +128,9 @@ enum Commands {
         /// Transactions to submit (all signed before the clock starts).
         #[arg(long, default_value_t = 10_000)]
         txs: usize,
-        /// Submission rate: transactions per second, or max.
+        /// Submission rate: transactions per second, or max. A transaction refused for
+        /// now (full pool) is sent again, in its sender's nonce order, as a wallet would;
+        /// paced, the resends take their places in the schedule.
         #[arg(long, default_value = "max")]
         rate: String,
         /// With a numeric --rate: submit for this long (sets --txs), e.g. 30s.
@@ -488,6 +490,24 @@ fn bench(
             r.rejected,
             r.blocks_per_sec()
         );
+        if r.resends + r.stranded + r.recovered > 0 || !r.refusals.is_empty() {
+            let reasons: Vec<String> = r
+                .refusals
+                .iter()
+                .map(|(reason, n)| format!("{n} {reason}"))
+                .collect();
+            println!(
+                "{name}: {} resends of transactions refused for now; refused for good: {}; {} not sent behind a refused nonce; {} sent again after the log stalled",
+                r.resends,
+                if reasons.is_empty() {
+                    "none".to_string()
+                } else {
+                    reasons.join(", ")
+                },
+                r.stranded,
+                r.recovered
+            );
+        }
         println!(
             "{name}: submit→commit p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             r.latency.p50, r.latency.p90, r.latency.p99, r.latency.max

@@ -29,9 +29,9 @@ fn quick_bench_reports_every_figure() {
     assert_eq!(v["validators"], 4);
     assert_eq!(v["submitted"], 2000);
     assert_eq!(
-        num("committed") + num("rejected"),
+        num("committed") + num("rejected") + num("stranded"),
         2000.0,
-        "every transaction is committed or counted as rejected"
+        "every transaction is committed, counted as rejected, or not sent behind a rejected one"
     );
     assert!(num("tx_per_sec") > 0.0);
     assert!(num("blocks_per_sec") > 0.0);
@@ -55,4 +55,40 @@ fn quick_bench_reports_every_figure() {
     assert!(v["bounds"]["fsync_ms"].as_f64().unwrap() > 0.0);
     // The fresh network was stopped and removed.
     assert!(!dir.path().join("bench").join("wireguard").exists());
+}
+
+/// 400 senders, one transaction unanswered each, against pools of 100: the pools refuse
+/// most of them. The bench sends what they refused again, in each sender's nonce order,
+/// and every transaction commits.
+#[test]
+fn the_bench_resends_what_a_full_pool_refused() {
+    let net = common::Net::up(4);
+    net.down();
+    for n in net.manifest().nodes {
+        let path = n.home.join("config.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("max_txs = 100000"), "{text}");
+        std::fs::write(&path, text.replace("max_txs = 100000", "max_txs = 100")).unwrap();
+    }
+    net.cli(&["start"]);
+    let json = net.dir.join("bench.json");
+    let out = succeed(
+        std::process::Command::new(EXE)
+            .args(["bench", "--txs", "2000", "--accounts", "400", "--home"])
+            .arg(&net.home)
+            .arg("--json")
+            .arg(&json),
+        "bench",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["committed"], 2000, "{text}");
+    assert_eq!(v["rejected"], 0, "{text}");
+    assert_eq!(v["stranded"], 0, "{text}");
+    assert_eq!(v["refusals"], serde_json::json!({}), "{text}");
+    assert!(v["resends"].as_u64().unwrap() > 0, "{text}");
+    assert!(
+        text.contains("resends of transactions refused for now"),
+        "{text}"
+    );
 }
