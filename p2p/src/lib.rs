@@ -17,7 +17,8 @@
 //! Protection against misbehaving peers lives here too: per-message size limits (gossip
 //! messages and sync frames), a per-peer rate limit on inbound gossip and requests (a
 //! token bucket; messages over it are dropped and cost score), a per-peer score the
-//! node lowers with [`Network::penalize`] when a peer relays something invalid, and a
+//! node lowers with [`Network::penalize`] when a peer sends something invalid as its own
+//! (see [`Event::Gossip`]), and a
 //! temporary ban (disconnect, refuse reconnection) when the score falls below
 //! [`BAN_SCORE`].
 //!
@@ -495,7 +496,7 @@ fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
         None => h.update(&[0]),
     };
     for field in [m.topic.as_str().as_bytes(), &m.data] {
-        h.update(&u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes());
+        h.update(&(field.len() as u64).to_be_bytes());
         h.update(field);
     }
     gossipsub::MessageId::new(h.finalize().as_bytes())

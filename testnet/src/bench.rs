@@ -114,8 +114,8 @@ pub struct BenchReport {
     /// Sends of transactions a node had refused for now (`mempool_full`, `unavailable`,
     /// a failed batch).
     pub resends: usize,
-    /// Transactions sent again after the log stopped growing, because a full pool had
-    /// dropped them (evicted behind a nonce gap).
+    /// Transactions sent again after the log stopped growing that a node took as new (a
+    /// full pool had evicted them behind a nonce gap).
     pub recovered: usize,
     /// Transactions committed during the run.
     pub committed: u64,
@@ -479,8 +479,8 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
     let (seen, watcher) = watch_heights(urls[0], rpcs[0].clone(), stop.clone()).await;
 
     let started = Instant::now();
-    let send = |k: usize, batch: Vec<usize>| {
-        let rpc = rpcs[k % rpcs.len()].clone();
+    let send = |node: usize, batch: Vec<usize>| {
+        let rpc = rpcs[node].clone();
         let encoded = encoded.clone();
         async move {
             let calls: Vec<(&str, Vec<Value>)> = batch
@@ -496,6 +496,7 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
     let sub = submit(
         txs.len(),
         accounts,
+        rpcs.len(),
         BATCH,
         opts.rate,
         Resend::default(),
@@ -527,7 +528,7 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         if size != last_size {
             (last_size, last_growth) = (size, Instant::now());
         } else if last_growth.elapsed() > STALL {
-            recovered += resend_dropped(&rpcs[0], &txs, &encoded, &can_commit, accounts).await?;
+            recovered += resend_dropped(&rpcs, &txs, &encoded, &can_commit, accounts).await;
             last_growth = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -578,17 +579,19 @@ fn verdict(answer: &Result<Value, CallError>) -> Verdict {
     }
 }
 
-/// Sends again, through `rpc`, the transactions that should be pending but are not: for
-/// each sender, those from its committed next nonce up to its last one that can commit.
-/// A full pool evicts a transaction queued behind a nonce gap, and a sender that filled
-/// the gap later must send it again. Returns how many were sent.
+/// Sends again the transactions that should be pending but are not: for each sender,
+/// those from its committed next nonce up to its last one that can commit, each to its
+/// sender's node (`rpcs[sender % rpcs.len()]`, as [`submit`] sends). A pool evicts a
+/// transaction queued behind a nonce gap when it is full, and a sender that filled the
+/// gap later must send it again. Returns how many a node took as new; a node that cannot
+/// be asked is skipped (the next stall asks again).
 async fn resend_dropped(
-    rpc: &Rpc,
+    rpcs: &[Rpc],
     txs: &[Transaction],
     encoded: &[Value],
     can_commit: &[bool],
     accounts: usize,
-) -> anyhow::Result<usize> {
+) -> usize {
     // Per sender, its last transaction that can commit.
     let mut last: Vec<Option<usize>> = vec![None; accounts];
     for (i, c) in can_commit.iter().enumerate() {
@@ -596,47 +599,62 @@ async fn resend_dropped(
             last[i % accounts] = Some(i);
         }
     }
-    let senders: Vec<usize> = (0..accounts).filter(|a| last[*a].is_some()).collect();
-    let calls: Vec<(&str, Vec<Value>)> = senders
-        .iter()
-        .map(|&a| {
-            (
-                "get",
-                vec![
-                    json!(hex::encode(txs[a].sender.as_bytes())),
-                    Value::Null,
-                    json!("account"),
-                ],
-            )
-        })
-        .collect();
-    let answers = rpc.batch(&calls).await?;
-    let mut again = Vec::new();
-    for (&a, answer) in senders.iter().zip(answers) {
-        let Ok(view) = answer else { continue };
-        let record = view
-            .get("record")
-            .and_then(Value::as_str)
-            .map(hex::decode)
-            .transpose()
-            .context("an account record that is not hex")?;
-        let next = pyralog_wallet::query::account_nonce(record)?;
-        let Some(end) = last[a] else { continue };
-        let first = usize::try_from(next)
-            .unwrap_or(usize::MAX)
-            .saturating_mul(accounts)
-            .saturating_add(a);
-        again.extend((first..=end).step_by(accounts));
+    let mut recovered = 0;
+    for (node, rpc) in rpcs.iter().enumerate() {
+        let senders: Vec<usize> = (0..accounts)
+            .filter(|a| a % rpcs.len() == node && last[*a].is_some())
+            .collect();
+        let calls: Vec<(&str, Vec<Value>)> = senders
+            .iter()
+            .map(|&a| {
+                (
+                    "get",
+                    vec![
+                        json!(hex::encode(txs[a].sender.as_bytes())),
+                        Value::Null,
+                        json!("account"),
+                    ],
+                )
+            })
+            .collect();
+        let Ok(answers) = rpc.batch(&calls).await else {
+            continue;
+        };
+        let mut again = Vec::new();
+        for (&a, answer) in senders.iter().zip(answers) {
+            let record = answer
+                .ok()
+                .and_then(|v| v.get("record")?.as_str().map(hex::decode))
+                .transpose();
+            let (Ok(record), Some(end)) = (record, last[a]) else {
+                continue;
+            };
+            let Ok(next) = pyralog_wallet::query::account_nonce(record) else {
+                continue;
+            };
+            let first = usize::try_from(next)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(accounts)
+                .saturating_add(a);
+            again.extend((first..=end).step_by(accounts));
+        }
+        let calls: Vec<(&str, Vec<Value>)> = again
+            .iter()
+            .map(|&i| ("broadcast_tx", vec![encoded[i].clone(), json!("sync")]))
+            .collect();
+        if let Ok(answers) = rpc.batch(&calls).await {
+            recovered += answers
+                .iter()
+                .filter(|a| {
+                    a.as_ref().is_ok_and(|v| {
+                        v.get("status").and_then(Value::as_str) == Some("pending")
+                            && v.get("already_known").and_then(Value::as_bool) == Some(false)
+                    })
+                })
+                .count();
+        }
     }
-    if again.is_empty() {
-        return Ok(0);
-    }
-    let calls: Vec<(&str, Vec<Value>)> = again
-        .iter()
-        .map(|&i| ("broadcast_tx", vec![encoded[i].clone(), json!("sync")]))
-        .collect();
-    rpc.batch(&calls).await?;
-    Ok(again.len())
+    recovered
 }
 
 /// Latencies of a sample of the transactions: the time their height was first seen

@@ -1,9 +1,10 @@
-//! How `bench` submits its load: as wallets would. Each sender has at most one
-//! transaction unanswered: its next one goes once a node took this one, so a node never
-//! gets a transaction behind a nonce gap (which its pool would hold as queued, and evict
-//! when full). A transaction a node refuses for now (its pool is full, it is unavailable,
-//! the batch did not reach it) is sent again after a wait that doubles, and its sender's
-//! later transactions wait for it. A transaction refused for good, or still refused after
+//! How `bench` submits its load: as wallets would. Each sender talks to one node and has
+//! at most one transaction unanswered: its next one goes once the node took this one, so
+//! the node holds the predecessor (pending or committed) and never gets a transaction
+//! behind a nonce gap (which its pool would hold as queued, and evict when full). A
+//! transaction the node refuses for now (its pool is full, it is unavailable, the batch
+//! did not reach it) is sent again after a wait that doubles, and its sender's later
+//! transactions wait for it. A transaction refused for good, or still refused after
 //! [`Resend::give_up_after`], strands its sender's later ones: they are not sent.
 //!
 //! Paced at `rate`, resends take their places in the schedule like new transactions, so
@@ -67,7 +68,7 @@ pub struct Submitted {
     pub first_sent: Vec<Option<Instant>>,
     /// Sends after the first (resends of refused transactions).
     pub resends: usize,
-    /// Batches sent.
+    /// Batches sent (one per node a pacing slot had transactions for).
     pub batches: usize,
 }
 
@@ -202,7 +203,8 @@ impl Ledger {
         }
     }
 
-    /// Records the answer to batch `k` (a short answer leaves the rest to send again).
+    /// Records the answer to a batch of slot `k` (a short answer leaves the rest to send
+    /// again).
     fn answered(&mut self, k: usize, sent: Vec<usize>, verdicts: Vec<Verdict>) {
         let now = Instant::now();
         for &i in &sent {
@@ -221,7 +223,7 @@ impl Ledger {
         }
     }
 
-    /// Fills batch `k` (up to `batch`): resends due by `now`, then the next held
+    /// Fills slot `k` (up to `batch`): resends due by `now`, then the next held
     /// transaction of each sender that became free, then fresh ones from `fresh` on; at
     /// most one per sender. Returns the batch and where fresh ones go on.
     fn fill(
@@ -275,17 +277,43 @@ impl Ledger {
     }
 }
 
-/// A batch's answer: its number, what it carried, the verdicts.
+/// A batch's answer: the slot it was sent in, what it carried, the verdicts.
 type Answer = (usize, Vec<usize>, Vec<Verdict>);
 
-/// Submits transactions `0..n` in batches of `batch`, from `accounts` senders
-/// (transaction `i` is the `i / accounts`-th of sender `i % accounts`), paced at `rate`
-/// transactions per second (`None`: as fast as answers allow). `send(k, indices)` sends
-/// the `k`-th batch and returns a verdict per index, in order. A sender has at most one
-/// unanswered transaction: its next one goes once a node took this one.
+/// Delivers a batch's answer; one dropped unanswered (its `send` future panicked)
+/// answers nothing, so everything in it is sent again.
+struct Reply {
+    to: mpsc::UnboundedSender<Answer>,
+    batch: Option<(usize, Vec<usize>)>,
+}
+
+impl Reply {
+    fn answer(mut self, verdicts: Vec<Verdict>) {
+        if let Some((k, sent)) = self.batch.take() {
+            let _ = self.to.send((k, sent, verdicts));
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some((k, sent)) = self.batch.take() {
+            let _ = self.to.send((k, sent, Vec::new()));
+        }
+    }
+}
+
+/// Submits transactions `0..n` from `accounts` senders (transaction `i` is the
+/// `i / accounts`-th of sender `i % accounts`) to `nodes` nodes, paced at `rate`
+/// transactions per second (`None`: as fast as answers allow), at most `batch` per
+/// pacing slot. A sender talks to one node, `(i % accounts) % nodes`, and has at most
+/// one unanswered transaction: its next one goes once that node took this one.
+/// `send(node, indices)` sends a batch to a node and returns a verdict per index, in
+/// order.
 pub async fn submit<F, Fut>(
     n: usize,
     accounts: usize,
+    nodes: usize,
     batch: usize,
     rate: Option<u64>,
     resend: Resend,
@@ -296,6 +324,7 @@ where
     Fut: Future<Output = Vec<Verdict>> + Send + 'static,
 {
     let accounts = accounts.max(1);
+    let nodes = nodes.max(1);
     let batch = batch.max(1);
     let mut l = Ledger {
         accounts,
@@ -317,6 +346,7 @@ where
     let mut fresh = 0;
     let mut in_flight = 0usize;
     let mut k = 0;
+    let mut batches = 0;
     let mut next_at = Instant::now();
     loop {
         while let Ok((b, sent, verdicts)) = answers.try_recv() {
@@ -346,27 +376,39 @@ where
             next_at = next_at.max(Instant::now());
             continue;
         }
+        let mut by_node = vec![Vec::new(); nodes];
         for &i in &out {
             if l.first_sent[i].is_some() {
                 l.resends += 1;
             } else {
                 l.first_sent[i] = Some(now);
             }
+            by_node[(i % accounts) % nodes].push(i);
         }
-        in_flight += 1;
-        let reply = send(k, out.clone());
-        let answers_tx = answers_tx.clone();
-        let b = k;
-        tokio::spawn(async move {
-            let verdicts = reply.await;
-            let _ = answers_tx.send((b, out, verdicts));
-        });
+        for (node, part) in by_node.into_iter().enumerate() {
+            if part.is_empty() {
+                continue;
+            }
+            in_flight += 1;
+            batches += 1;
+            let fut = send(node, part.clone());
+            let reply = Reply {
+                to: answers_tx.clone(),
+                batch: Some((k, part)),
+            };
+            tokio::spawn(async move { reply.answer(fut.await) });
+        }
         k += 1;
         if let Some(interval) = interval {
-            next_at += interval;
+            // A slot not full takes its share of the interval.
+            next_at += interval.mul_f64(out.len() as f64 / batch as f64);
             tokio::time::sleep_until(next_at.into()).await;
         }
     }
+    debug_assert!(
+        l.fates.iter().all(Option::is_some),
+        "a transaction has no fate"
+    );
     Submitted {
         fates: l
             .fates
@@ -375,7 +417,7 @@ where
             .collect(),
         first_sent: l.first_sent,
         resends: l.resends,
-        batches: k,
+        batches,
     }
 }
 
@@ -466,7 +508,7 @@ mod tests {
         };
         // The verdicts are given when the batch is sent, so the pool sees the sends in
         // their order.
-        let sub = submit(n, accounts, 8, rate, resend, |_, batch| {
+        let sub = submit(n, accounts, 1, 8, rate, resend, |_, batch| {
             let verdicts: Vec<Verdict> = {
                 let mut p = pool.lock().unwrap();
                 batch.iter().map(|&i| p.answer(i)).collect()
@@ -558,21 +600,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unanswered_transactions_of_a_short_answer_are_sent_again() {
-        let answered = Arc::new(Mutex::new(BTreeSet::new()));
-        let seen = answered.clone();
-        let sub = submit(20, 4, 8, Some(10_000), quick(), move |k, batch| {
-            // The first answer covers only half of its batch.
-            let answered = if k == 0 { batch.len() / 2 } else { batch.len() };
-            let verdicts = vec![Verdict::Accepted; answered];
+    async fn senders_keep_to_one_node_and_what_is_not_answered_goes_again() {
+        let sends = Arc::new(Mutex::new(Vec::new()));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = sends.clone();
+        let resend = Resend {
+            give_up_after: Duration::from_secs(30),
+            ..quick()
+        };
+        let sub = submit(60, 6, 3, 8, Some(10_000), resend, move |node, batch| {
+            let call = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             seen.lock()
                 .unwrap()
-                .extend(batch[..answered].iter().copied());
-            async move { verdicts }
+                .extend(batch.iter().map(|&i| (node, i)));
+            // The first answer covers half its batch; the second never comes.
+            let answered = if call == 0 {
+                batch.len() / 2
+            } else {
+                batch.len()
+            };
+            let verdicts = vec![Verdict::Accepted; answered];
+            async move {
+                if call == 1 {
+                    // A send that fails without an answer (no panic hook: no backtrace).
+                    std::panic::resume_unwind(Box::new("lost"));
+                }
+                verdicts
+            }
         })
         .await;
         assert!(sub.fates.iter().all(|f| *f == Fate::Accepted));
         assert!(sub.resends > 0);
-        assert_eq!(answered.lock().unwrap().len(), 20);
+        let sends = sends.lock().unwrap();
+        assert!(
+            sends.iter().all(|&(node, i)| node == (i % 6) % 3),
+            "{sends:?}"
+        );
+        let sent: BTreeSet<usize> = sends.iter().map(|&(_, i)| i).collect();
+        assert_eq!(sent.len(), 60);
     }
 }
