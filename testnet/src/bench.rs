@@ -25,7 +25,8 @@ use serde_json::{Value, json};
 use crate::submit::{Resend, Verdict, submit};
 use crate::{Manifest, UpOptions, down, up};
 
-/// Transactions per `broadcast_tx` batch.
+/// Transactions per `broadcast_tx` batch to one validator (a pacing slot carries up to
+/// this many per validator).
 const BATCH: usize = 64;
 /// Transactions looked up for latencies.
 const LATENCY_SAMPLE: usize = 2000;
@@ -497,7 +498,7 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         txs.len(),
         accounts,
         rpcs.len(),
-        BATCH,
+        BATCH * rpcs.len(),
         opts.rate,
         Resend::default(),
         send,
@@ -522,7 +523,7 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             bail!(
                 "only {} of the {expected} transactions expected to commit did in 300 s after the submission",
-                size - base
+                size.saturating_sub(base)
             );
         }
         if size != last_size {
@@ -554,7 +555,7 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         stranded: sub.stranded(),
         resends: sub.resends,
         recovered,
-        committed: size - base,
+        committed: size.saturating_sub(base),
         secs,
         submit_secs,
         blocks: height - h0,
