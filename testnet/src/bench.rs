@@ -3,9 +3,10 @@
 //!
 //! The load is notarizations of about `tx_size` bytes from `accounts` accounts, all signed
 //! before the clock starts. Batches of `broadcast_tx` (`sync`: answered with the mempool's
-//! verdict, so rejections are counted) go to every node in turn,
-//! either as fast as the nodes take them (`rate: None`) or paced at `rate` tx/s. A
-//! transaction refused for now is sent again, as a wallet would ([`crate::submit`]). Node0's
+//! verdict, so rejections are counted) go to the validators, each sender's to its own,
+//! either as fast as answers allow (`rate: None`) or paced at `rate` tx/s. Senders behave
+//! as wallets: one transaction unanswered each, and one refused for now is sent again
+//! ([`crate::submit`]). Node0's
 //! header subscription records when each height is committed; after the run, a sample of
 //! transactions is looked up to turn (first sent at, committed at height) into
 //! submit→commit latencies.
