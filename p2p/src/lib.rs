@@ -18,9 +18,8 @@
 //! messages and sync frames), a per-peer rate limit on inbound gossip and requests (a
 //! token bucket; messages over it are dropped and cost score), a per-peer score the
 //! node lowers with [`Network::penalize`] when a peer sends something invalid as its own
-//! (see [`Event::Gossip`]), and a
-//! temporary ban (disconnect, refuse reconnection) when the score falls below
-//! [`BAN_SCORE`].
+//! (see [`Event::Gossip`]), and a temporary ban (disconnect, refuse reconnection) when
+//! the score falls below [`BAN_SCORE`].
 //!
 //! The transport is chosen by [`TransportKind`]: libp2p over the WireGuard overlay
 //! ([`wg`]: userspace WireGuard tunnels keyed by the node keys, silent to every other
