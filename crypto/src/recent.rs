@@ -1,5 +1,6 @@
-//! A bounded map of recently used values, for caches of things that never change under
-//! their key (decompressed public keys, state nodes at their storage location).
+//! A bounded map of recently used values, for caches: of things that never change under
+//! their key (decompressed public keys, state nodes at their storage location), or, with
+//! a removal before each change, of values that do (the tip's state values).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};

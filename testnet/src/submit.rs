@@ -53,7 +53,8 @@ impl Default for Resend {
 pub enum Fate {
     /// A node took it.
     Accepted,
-    /// Refused for good, with the reason (`gave up: ...` after [`Resend::give_up_after`]).
+    /// Refused for good, with the reason (`gave up after ...` past
+    /// [`Resend::give_up_after`]).
     Refused(String),
     /// Not sent: an earlier transaction of its sender was refused.
     Stranded,
@@ -68,8 +69,6 @@ pub struct Submitted {
     pub first_sent: Vec<Option<Instant>>,
     /// Sends after the first (resends of refused transactions).
     pub resends: usize,
-    /// Batches sent (one per node a pacing slot had transactions for).
-    pub batches: usize,
 }
 
 impl Submitted {
@@ -120,12 +119,12 @@ struct Ledger {
     fates: Vec<Option<Fate>>,
     first_sent: Vec<Option<Instant>>,
     tries: Vec<u32>,
-    /// Resends, by the time they are due (each a sender's `gate`).
+    /// Resends, by the time they are due (at most one per sender).
     due: BTreeSet<(Instant, usize)>,
-    /// Per sender: the batch its unanswered transactions are in.
-    sending: Vec<Option<usize>>,
-    /// Per sender: its transaction waiting for a resend.
-    gate: Vec<Option<usize>>,
+    /// Per sender: whether a transaction of its is sent and not answered.
+    unanswered: Vec<bool>,
+    /// Per sender: whether a transaction of its waits in `due` for a resend.
+    resending: Vec<bool>,
     /// Per sender: later transactions waiting for it to be answered, in nonce order.
     held: Vec<VecDeque<usize>>,
     /// Senders whose held transactions may go now, in the order they became free.
@@ -144,17 +143,13 @@ impl Ledger {
     /// or waits for a resend. So a node never gets a transaction before it took the
     /// predecessor.
     fn may_send(&self, a: usize) -> bool {
-        self.sending[a].is_none() && self.gate[a].is_none()
+        !self.unanswered[a] && !self.resending[a]
     }
 
     /// Lets sender `a`'s held transactions go next, once nothing of its is unanswered or
     /// waiting for a resend.
     fn release(&mut self, a: usize) {
-        if self.sending[a].is_none()
-            && self.gate[a].is_none()
-            && !self.held[a].is_empty()
-            && !self.in_free[a]
-        {
+        if self.may_send(a) && !self.held[a].is_empty() && !self.in_free[a] {
             self.in_free[a] = true;
             self.free.push_back(a);
         }
@@ -164,7 +159,7 @@ impl Ledger {
     /// sent.
     fn strand(&mut self, a: usize) {
         self.stranded[a] = true;
-        self.gate[a] = None;
+        self.resending[a] = false;
         for j in std::mem::take(&mut self.held[a]) {
             self.fates[j] = Some(Fate::Stranded);
         }
@@ -173,7 +168,8 @@ impl Ledger {
     /// Records a node's verdict on transaction `i`, its sender's only unanswered one.
     fn settle(&mut self, i: usize, verdict: Verdict, now: Instant) {
         let a = self.account(i);
-        self.gate[a] = None;
+        self.unanswered[a] = false;
+        self.resending[a] = false;
         match verdict {
             Verdict::Accepted => self.fates[i] = Some(Fate::Accepted),
             Verdict::Busy => {
@@ -186,7 +182,7 @@ impl Ledger {
                     self.strand(a);
                     return;
                 }
-                self.gate[a] = Some(i);
+                self.resending[a] = true;
                 let shift = self.tries[i].min(16);
                 self.tries[i] += 1;
                 let wait = self
@@ -203,16 +199,9 @@ impl Ledger {
         }
     }
 
-    /// Records the answer to a batch of slot `k` (a short answer leaves the rest to send
-    /// again).
-    fn answered(&mut self, k: usize, sent: Vec<usize>, verdicts: Vec<Verdict>) {
+    /// Records the answer to a batch (a short answer leaves the rest to send again).
+    fn answered(&mut self, sent: Vec<usize>, verdicts: Vec<Verdict>) {
         let now = Instant::now();
-        for &i in &sent {
-            let a = self.account(i);
-            if self.sending[a] == Some(k) {
-                self.sending[a] = None;
-            }
-        }
         let mut verdicts = verdicts.into_iter();
         for &i in &sent {
             let v = verdicts.next().unwrap_or(Verdict::Busy);
@@ -223,12 +212,11 @@ impl Ledger {
         }
     }
 
-    /// Fills slot `k` (up to `batch`): resends due by `now`, then the next held
+    /// Fills a pacing slot (up to `batch`): resends due by `now`, then the next held
     /// transaction of each sender that became free, then fresh ones from `fresh` on; at
-    /// most one per sender. Returns the batch and where fresh ones go on.
+    /// most one per sender. Returns the slot's transactions and where fresh ones go on.
     fn fill(
         &mut self,
-        k: usize,
         batch: usize,
         now: Instant,
         mut fresh: usize,
@@ -239,9 +227,10 @@ impl Ledger {
             match self.due.first() {
                 Some(&(at, i)) if at <= now => {
                     self.due.pop_first();
-                    // A gate's sender has nothing unanswered: its batch was answered.
+                    // A resend's sender has nothing unanswered: its batch was answered.
                     let a = self.account(i);
-                    self.sending[a] = Some(k);
+                    self.resending[a] = false;
+                    self.unanswered[a] = true;
                     out.push(i);
                 }
                 _ => break,
@@ -256,7 +245,7 @@ impl Ledger {
                 continue; // it is released again when that clears
             }
             if let Some(i) = self.held[a].pop_front() {
-                self.sending[a] = Some(k);
+                self.unanswered[a] = true;
                 out.push(i);
             }
         }
@@ -267,7 +256,7 @@ impl Ledger {
             if self.stranded[a] {
                 self.fates[i] = Some(Fate::Stranded);
             } else if self.may_send(a) && self.held[a].is_empty() {
-                self.sending[a] = Some(k);
+                self.unanswered[a] = true;
                 out.push(i);
             } else {
                 self.held[a].push_back(i);
@@ -277,28 +266,28 @@ impl Ledger {
     }
 }
 
-/// A batch's answer: the slot it was sent in, what it carried, the verdicts.
-type Answer = (usize, Vec<usize>, Vec<Verdict>);
+/// A batch's answer: what it carried, the verdicts.
+type Answer = (Vec<usize>, Vec<Verdict>);
 
 /// Delivers a batch's answer; one dropped unanswered (its `send` future panicked)
 /// answers nothing, so everything in it is sent again.
 struct Reply {
     to: mpsc::UnboundedSender<Answer>,
-    batch: Option<(usize, Vec<usize>)>,
+    batch: Option<Vec<usize>>,
 }
 
 impl Reply {
     fn answer(mut self, verdicts: Vec<Verdict>) {
-        if let Some((k, sent)) = self.batch.take() {
-            let _ = self.to.send((k, sent, verdicts));
+        if let Some(sent) = self.batch.take() {
+            let _ = self.to.send((sent, verdicts));
         }
     }
 }
 
 impl Drop for Reply {
     fn drop(&mut self) {
-        if let Some((k, sent)) = self.batch.take() {
-            let _ = self.to.send((k, sent, Vec::new()));
+        if let Some(sent) = self.batch.take() {
+            let _ = self.to.send((sent, Vec::new()));
         }
     }
 }
@@ -333,8 +322,8 @@ where
         first_sent: vec![None; n],
         tries: vec![0; n],
         due: BTreeSet::new(),
-        sending: vec![None; accounts],
-        gate: vec![None; accounts],
+        unanswered: vec![false; accounts],
+        resending: vec![false; accounts],
         held: vec![VecDeque::new(); accounts],
         free: VecDeque::new(),
         in_free: vec![false; accounts],
@@ -345,17 +334,15 @@ where
     let (answers_tx, mut answers) = mpsc::unbounded_channel::<Answer>();
     let mut fresh = 0;
     let mut in_flight = 0usize;
-    let mut k = 0;
-    let mut batches = 0;
     let mut next_at = Instant::now();
     loop {
-        while let Ok((b, sent, verdicts)) = answers.try_recv() {
+        while let Ok((sent, verdicts)) = answers.try_recv() {
             in_flight -= 1;
-            l.answered(b, sent, verdicts);
+            l.answered(sent, verdicts);
         }
         let now = Instant::now();
         let out;
-        (out, fresh) = l.fill(k, batch, now, fresh, n);
+        (out, fresh) = l.fill(batch, now, fresh, n);
         if out.is_empty() {
             if fresh == n && l.due.is_empty() && l.free.is_empty() && in_flight == 0 {
                 break;
@@ -367,9 +354,9 @@ where
                 .first()
                 .map_or(now + Duration::from_millis(50), |&(at, _)| at);
             tokio::select! {
-                Some((b, sent, verdicts)) = answers.recv() => {
+                Some((sent, verdicts)) = answers.recv() => {
                     in_flight -= 1;
-                    l.answered(b, sent, verdicts);
+                    l.answered(sent, verdicts);
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
@@ -390,15 +377,13 @@ where
                 continue;
             }
             in_flight += 1;
-            batches += 1;
             let fut = send(node, part.clone());
             let reply = Reply {
                 to: answers_tx.clone(),
-                batch: Some((k, part)),
+                batch: Some(part),
             };
             tokio::spawn(async move { reply.answer(fut.await) });
         }
-        k += 1;
         if let Some(interval) = interval {
             // A slot not full takes its share of the interval.
             next_at += interval.mul_f64(out.len() as f64 / batch as f64);
@@ -417,7 +402,6 @@ where
             .collect(),
         first_sent: l.first_sent,
         resends: l.resends,
-        batches,
     }
 }
 
