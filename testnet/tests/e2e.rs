@@ -178,6 +178,23 @@ async fn four_validators_commit_2000_txs_exactly_once_survive_a_crash_and_reject
         .await
         .unwrap();
     assert!(p["tx_proof"].is_array() && p["certificate"]["encoded"].is_string());
+    // Proofs of transactions spread over the blocks, asked in an order that goes back to
+    // blocks the node's cache of proven blocks dropped in between: each proves the
+    // transaction asked for, in its own block and in the log.
+    let mut heights = std::collections::BTreeSet::new();
+    for i in (0..2000).step_by(97).chain((0..2000).rev().step_by(89)) {
+        let p = call(&clients[0], "tx", vec![json!(wanted[i])])
+            .await
+            .unwrap();
+        let a = pyralog_wallet::client::TxAnswer::parse("node0", &p).unwrap();
+        let h = &a.signed.header;
+        assert_eq!(a.tx.hash().to_hex(), wanted[i]);
+        pyralog_ledger::verify::verify_tx_inclusion(h, &a.tx.hash(), a.index, &a.tx_proof).unwrap();
+        pyralog_ledger::verify::verify_log_inclusion(h, &a.tx.hash(), a.log_index, &a.log_proof)
+            .unwrap();
+        heights.insert(h.height);
+    }
+    assert!(heights.len() > 2, "the transactions span {heights:?}");
 
     // Rejections, each with its reason.
     let reason = |r: Result<Value, jsonrpsee::core::ClientError>| match r {
