@@ -131,6 +131,11 @@ pub struct BenchReport {
     pub latency: Latency,
     /// CPU seconds (user + system) each node spent during the run.
     pub cpu_secs: Vec<(String, f64)>,
+    /// CPU seconds the bench itself spent during the run (submitting, watching heights):
+    /// machine time the nodes did not have.
+    pub bench_cpu_secs: f64,
+    /// How the whole machine's CPU time was spent during the run (`/proc/stat`).
+    pub machine: Option<MachineShare>,
     /// Bytes node0's database occupies after the run.
     pub bytes_on_disk: u64,
     /// Transactions node0 holds in all (its log size).
@@ -288,6 +293,60 @@ async fn head(rpc: &Rpc) -> anyhow::Result<(u64, u64)> {
         .as_u64()
         .context("header without height")?;
     Ok((size, height))
+}
+
+/// How the machine's CPU time went during a run, as fractions of all of it (cores ×
+/// seconds): busy (any process, ours or not), and stolen by the hypervisor for other
+/// guests. A run with much stolen time measured a smaller machine than its bounds did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MachineShare {
+    /// User, system and interrupt time.
+    pub busy: f64,
+    /// Time the hypervisor gave to other guests while this one wanted to run.
+    pub steal: f64,
+}
+
+/// The machine's CPU tick counters: busy, idle (with I/O wait), stolen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct MachineTicks {
+    busy: u64,
+    idle: u64,
+    steal: u64,
+}
+
+impl MachineTicks {
+    /// The counters now (`None` where `/proc/stat` is missing or unreadable).
+    fn now() -> Option<MachineTicks> {
+        MachineTicks::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// The aggregate `cpu` line: user nice system idle iowait irq softirq steal (guest
+    /// time is already in user).
+    fn parse(stat: &str) -> Option<MachineTicks> {
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        let at = |i: usize| f.get(i).copied().unwrap_or(0);
+        Some(MachineTicks {
+            busy: at(0) + at(1) + at(2) + at(5) + at(6),
+            idle: at(3) + at(4),
+            steal: at(7),
+        })
+    }
+
+    /// The share of each kind of time from `self` to `later`.
+    fn share_until(self, later: MachineTicks) -> Option<MachineShare> {
+        let busy = later.busy.checked_sub(self.busy)?;
+        let idle = later.idle.checked_sub(self.idle)?;
+        let steal = later.steal.checked_sub(self.steal)?;
+        let all = (busy + idle + steal) as f64;
+        (all > 0.0).then(|| MachineShare {
+            busy: busy as f64 / all,
+            steal: steal as f64 / all,
+        })
+    }
 }
 
 /// CPU seconds (user + system) of process `pid` so far (`/proc`, 100 ticks a second).
@@ -477,6 +536,8 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
     );
     let accounts = opts.accounts.clamp(1, txs.len().max(1));
     let cpu_before: Vec<Option<f64>> = pids.iter().map(|(_, p)| cpu_secs(*p)).collect();
+    let bench_before = cpu_secs(std::process::id());
+    let machine_before = MachineTicks::now();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (seen, watcher) = watch_heights(urls[0], rpcs[0].clone(), stop.clone()).await;
 
@@ -546,6 +607,12 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
             (name.clone(), used)
         })
         .collect();
+    let bench_cpu_secs = cpu_secs(std::process::id())
+        .zip(bench_before)
+        .map_or(0.0, |(a, b)| a - b);
+    let machine = machine_before
+        .zip(MachineTicks::now())
+        .and_then(|(a, b)| a.share_until(b));
     let latency = latencies(&rpcs[0], &hashes, &sub.first_sent, &seen).await?;
     let data = m.nodes[0].home.join("data");
     Ok(BenchReport {
@@ -562,6 +629,8 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         blocks: height - h0,
         latency,
         cpu_secs: cpu,
+        bench_cpu_secs,
+        machine,
         bytes_on_disk: dir_bytes(&data),
         log_size: size,
         tx_bytes,
@@ -729,6 +798,11 @@ pub fn report_json(r: &BenchReport, b: &Bounds, transport: &str, command: &str) 
             "max": r.latency.max,
         },
         "cpu_seconds": r.cpu_secs.iter().map(|(n, s)| (n.clone(), json!(s))).collect::<serde_json::Map<_, _>>(),
+        "bench_cpu_seconds": r.bench_cpu_secs,
+        "machine": r.machine.map(|m| json!({
+            "busy_fraction": m.busy,
+            "steal_fraction": m.steal,
+        })),
         "tx_bytes": r.tx_bytes,
         "bytes_on_disk_per_tx": r.bytes_on_disk_per_tx(),
         "disk_to_raw_ratio": r.bytes_on_disk_per_tx() / r.tx_bytes.max(1.0),
@@ -750,4 +824,40 @@ pub fn report_json(r: &BenchReport, b: &Bounds, transport: &str, command: &str) 
             "fsync_ms": b.fsync_ms,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn machine_shares_come_from_the_aggregate_cpu_line() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let before = MachineTicks::parse(
+            "cpu  100 0 50 800 20 5 5 20 0 0\ncpu0 50 0 25 400 10 2 3 10 0 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            before,
+            MachineTicks {
+                busy: 160,
+                idle: 820,
+                steal: 20
+            }
+        );
+        let after = MachineTicks::parse("cpu  400 0 110 860 40 10 10 70 9 0\n").unwrap();
+        // 370 busy, 80 idle, 50 stolen ticks.
+        let share = before.share_until(after).unwrap();
+        assert!((share.busy - 370.0 / 500.0).abs() < 1e-12, "{share:?}");
+        assert!((share.steal - 50.0 / 500.0).abs() < 1e-12, "{share:?}");
+        // An older kernel without the steal column reads as none stolen.
+        let old = MachineTicks::parse("cpu  1 2 3 4 5 6 7\n").unwrap();
+        assert_eq!(old.steal, 0);
+        // Nothing elapsed, counters that went back, or no aggregate line: no share.
+        assert_eq!(after.share_until(after), None);
+        assert_eq!(after.share_until(before), None);
+        assert_eq!(MachineTicks::parse("cpu0 1 2 3\n"), None);
+        assert_eq!(MachineTicks::parse("cpu  1 x 3\n"), None);
+    }
 }

@@ -517,7 +517,18 @@ fn bench(
             .iter()
             .map(|(n, s)| format!("{n} {s:.1}"))
             .collect();
-        println!("{name}: CPU seconds: {}", cpu.join(", "));
+        println!(
+            "{name}: CPU seconds: {}; the bench itself {:.1}",
+            cpu.join(", "),
+            r.bench_cpu_secs
+        );
+        if let Some(m) = r.machine {
+            println!(
+                "{name}: the machine was {:.0}% busy during the run; the hypervisor took {:.1}% for other guests",
+                m.busy * 100.0,
+                m.steal * 100.0
+            );
+        }
         println!(
             "{name}: {:.0} bytes on disk per transaction ({:.1}× the {:.0}-byte transaction)",
             r.bytes_on_disk_per_tx(),

@@ -51,6 +51,16 @@ fn quick_bench_reports_every_figure() {
     assert_eq!(cpu.len(), 4);
     assert!(cpu.values().all(|s| s.as_f64().unwrap() > 0.0), "{cpu:?}");
     assert!(p("p50") > 0.0);
+    // The bench submits and watches: it spends some CPU, and so does the machine.
+    assert!(num("bench_cpu_seconds") > 0.0);
+    let share = |k: &str| {
+        v["machine"][k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} in {v}"))
+    };
+    assert!(share("busy_fraction") > 0.0 && share("busy_fraction") <= 1.0);
+    assert!((0.0..1.0).contains(&share("steal_fraction")));
+    assert!(text.contains("the hypervisor took"), "{text}");
     assert!(v["bounds"]["blake3_mib_per_sec"].as_f64().unwrap() > 0.0);
     assert!(v["bounds"]["fsync_ms"].as_f64().unwrap() > 0.0);
     // The fresh network was stopped and removed.
