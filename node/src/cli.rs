@@ -261,6 +261,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    pyralog_wallet::cli::exit_quietly_on_broken_pipe();
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {

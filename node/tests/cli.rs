@@ -97,6 +97,34 @@ fn wait_for_height(port: u16, height: u64) {
     }
 }
 
+/// Output into a closed pipe (`pyralog-node config | head -0`) ends the command quietly,
+/// with the status `SIGPIPE` gives other commands, not with a panic and a backtrace.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("n");
+    let home_s = home.to_str().unwrap();
+    assert!(run(&["init", "--home", home_s]).0);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(EXE)
+        .args(["config", "--home", home_s])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(pyralog_wallet::cli::BROKEN_PIPE_STATUS)),
+        "{err}"
+    );
+    assert!(err.is_empty(), "{err}");
+    // With a reader, the same command prints the whole configuration.
+    let (ok, text, err) = run(&["config", "--home", home_s]);
+    assert!(ok && text.contains("[storage]"), "{err}");
+}
+
 #[test]
 fn init_key_show_config_and_a_dev_chain_that_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();

@@ -654,6 +654,7 @@ fn demo(home: &Path, validators: usize, transport: Transport) -> anyhow::Result<
 }
 
 fn main() -> ExitCode {
+    pyralog_wallet::cli::exit_quietly_on_broken_pipe();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "node") {
         let mut node_args = vec![std::ffi::OsString::from("pyralog-node")];

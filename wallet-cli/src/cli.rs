@@ -203,12 +203,41 @@ struct Report {
     failure: Option<WalletError>,
 }
 
+/// Status of a process that wrote to a closed pipe: what a shell reports for a command
+/// that `SIGPIPE` ended (128 + 13).
+pub const BROKEN_PIPE_STATUS: u8 = 141;
+
+/// Makes a write to a closed standard output or error (`pyralog ... | head`) end the
+/// process quietly with [`BROKEN_PIPE_STATUS`], as `SIGPIPE` ends other commands, rather
+/// than with a panic and its backtrace: Rust ignores `SIGPIPE`, so `println!` panics
+/// on a broken pipe. Other panics report as before. Idempotent; every binary's `main`
+/// calls it first.
+pub fn exit_quietly_on_broken_pipe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload_as_str().is_some_and(is_broken_pipe_panic) {
+                std::process::exit(i32::from(BROKEN_PIPE_STATUS));
+            }
+            report(info);
+        }));
+    });
+}
+
+/// Whether a panic's message is `print!`'s on a closed pipe ("failed printing to stdout:
+/// Broken pipe (os error 32)").
+fn is_broken_pipe_panic(message: &str) -> bool {
+    message.starts_with("failed printing to std") && message.contains("Broken pipe")
+}
+
 /// Runs `pyralog` with `args` (the first is the program name) and returns its exit status.
 pub fn main_with_args<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    exit_quietly_on_broken_pipe();
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
