@@ -665,6 +665,7 @@ impl Driver {
             }
             let _ = self.tx_feed.send(loc);
         }
+        self.superseded();
         if let (Some(a), Some((header, cert))) = (&self.audit, self.chain.last()) {
             a.verified(header, cert);
         }
@@ -723,6 +724,20 @@ impl Driver {
             catching_up: self.sync.catching_up,
         };
         self.status.send_replace(status);
+    }
+
+    /// Tells whoever still waits for a transaction the pool dropped because its nonce was
+    /// used (another transaction of its sender's committed in its place) that it never
+    /// will commit. The committed ones' waiters were answered already.
+    fn superseded(&mut self) {
+        for (hash, reason) in self.pool.take_superseded() {
+            if let Some(ws) = self.waiters.remove(&hash) {
+                self.metrics.reject(reason.code());
+                for w in ws {
+                    let _ = w.send(Err(reason.clone()));
+                }
+            }
+        }
     }
 
     fn request(&mut self, r: Request) -> Result<(), Fatal> {
@@ -811,6 +826,7 @@ impl Driver {
                 let _ = w.send(Err(Reject::Evicted));
             }
         }
+        self.superseded();
         match admitted {
             Admitted::Added => {
                 if let Some(encoded) = gossip {

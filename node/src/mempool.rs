@@ -164,6 +164,9 @@ pub struct Mempool {
     bytes: usize,
     became_ready: u64,
     evicted: Vec<Hash>,
+    /// Pending transactions dropped because their nonce was used on the committed chain
+    /// (by them, or by another transaction of their sender's), with that rejection.
+    superseded: Vec<(Hash, Reject)>,
 }
 
 impl Mempool {
@@ -180,6 +183,7 @@ impl Mempool {
             bytes: 0,
             became_ready: 0,
             evicted: Vec::new(),
+            superseded: Vec::new(),
         }
     }
 
@@ -212,6 +216,14 @@ impl Mempool {
     /// The transactions evicted since the last call (to tell whoever waits for them).
     pub fn take_evicted(&mut self) -> Vec<Hash> {
         std::mem::take(&mut self.evicted)
+    }
+
+    /// The transactions dropped since the last call because their nonce was used on the
+    /// committed chain: the committed ones themselves, and any other of the same sender
+    /// and nonce that another validator's copy superseded. Whoever waits for one that did
+    /// not commit is told it never will.
+    pub fn take_superseded(&mut self) -> Vec<(Hash, Reject)> {
+        std::mem::take(&mut self.superseded)
     }
 
     /// Whether `hash` is pending.
@@ -401,6 +413,13 @@ impl Mempool {
                 }
                 account.nonces.remove(&n);
                 self.forget(&h);
+                self.superseded.push((
+                    h,
+                    Reject::NonceReplayed {
+                        expected: next,
+                        found: n,
+                    },
+                ));
             }
             account.base = next;
         }
@@ -559,6 +578,18 @@ mod tests {
         let left: Vec<Hash> = m.ready().map(|(h, _, _)| *h).collect();
         assert_eq!(left, vec![txs[3].1]);
         assert_eq!(m.bytes(), 10);
+        // The three dropped are listed once, with the nonce the chain had used.
+        let dropped = m.take_superseded();
+        let hashes: Vec<Hash> = dropped.iter().map(|(h, _)| *h).collect();
+        assert_eq!(hashes, vec![txs[0].1, txs[1].1, txs[2].1]);
+        assert_eq!(
+            dropped[2].1,
+            Reject::NonceReplayed {
+                expected: 3,
+                found: 2
+            }
+        );
+        assert!(m.take_superseded().is_empty());
         consistent(&m);
     }
 
