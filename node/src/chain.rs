@@ -217,15 +217,15 @@ impl Chain {
     /// Builds the next block from the mempool, proposed by `proposer`, within the chain's
     /// block limits and the caller's caps: at most `max_txs` transactions (what it can
     /// execute in time) and `max_bytes` of them (what its gossip can carry). Returns the
-    /// block and the hashes of pool transactions that can never execute (to drop from
-    /// the pool).
+    /// block and the pool transactions that can never execute, with why (to drop from the
+    /// pool).
     pub fn build_block(
         &mut self,
         proposer: PublicKey,
         pool: &Mempool,
         max_txs: usize,
         max_bytes: usize,
-    ) -> Result<(Block, Vec<Hash>), Fatal> {
+    ) -> Result<(Block, Vec<(Hash, TxError)>), Fatal> {
         let ctx = self.context().map_err(Fatal)?;
         let params = &self.genesis.params;
         let (max_txs, max_bytes) = (
@@ -291,8 +291,8 @@ impl Chain {
                     // Its nonce was used, or it can never execute (another chain, over a
                     // limit, a notarized digest): drop it. A sender's later transactions
                     // then wait for a replacement.
-                    Err(ExecError::Tx { .. }) => {
-                        dead.push(*hash);
+                    Err(ExecError::Tx { error, .. }) => {
+                        dead.push((*hash, error));
                         break;
                     }
                     // The block is full by the executor's count (`apply` keeps none
@@ -602,7 +602,13 @@ mod tests {
         assert_eq!(block.txs.len(), 7);
         // b waits for its nonce 0, and d's delete for its key (it stays pending, with d's
         // next behind it); only c's repeat can never execute.
-        assert_eq!(dead, [repeat.hash()]);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].0, repeat.hash());
+        assert!(
+            matches!(dead[0].1, TxError::AlreadyNotarized(_)),
+            "{:?}",
+            dead[0].1
+        );
     }
 
     #[test]

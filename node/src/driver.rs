@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pyralog_consensus::{Engine, Input, Output, Signer, SignerStore, Timeout};
 use pyralog_crypto::{BatchItem, Keypair, PublicKey, SigDomain, verify_batch_report};
-use pyralog_ledger::{Decode, DuplicateVote, Encode, Hash, Header, Transaction};
+use pyralog_ledger::{Decode, DuplicateVote, Encode, Hash, Header, Transaction, TxError};
 use pyralog_p2p::{Event, InboundId, Network, PeerId, Topic};
 use pyralog_storage::{SledStore, Store};
 use serde::Serialize;
@@ -581,8 +581,9 @@ impl Driver {
             &self.metrics.proposal_max_txs,
             self.exec_budget.max_txs().min(block_limit(&self.chain)) as u64,
         );
-        for h in dead {
+        for (h, error) in dead {
             self.pool.remove(&h);
+            self.dropped(&h, never_executes(error));
         }
         tracing::debug!(height, round, txs = block.txs.len(), "built a proposal");
         Ok(Some(Input::ProposalReady {
@@ -726,17 +727,20 @@ impl Driver {
         self.status.send_replace(status);
     }
 
-    /// Tells whoever still waits for a transaction the pool dropped because its nonce was
-    /// used (another transaction of its sender's committed in its place) that it never
-    /// will commit. The committed ones' waiters were answered already.
+    /// Answers the transactions the pool dropped because another transaction of their
+    /// sender's committed with their nonce: they never will.
     fn superseded(&mut self) {
         for (hash, reason) in self.pool.take_superseded() {
-            if let Some(ws) = self.waiters.remove(&hash) {
-                self.metrics.reject(reason.code());
-                for w in ws {
-                    let _ = w.send(Err(reason.clone()));
-                }
-            }
+            self.dropped(&hash, reason);
+        }
+    }
+
+    /// Counts a transaction the pool dropped without committing it under `reason`, and
+    /// gives whoever waits for it (`broadcast_tx` in `commit` mode) that answer.
+    fn dropped(&mut self, hash: &Hash, reason: Reject) {
+        self.metrics.reject(reason.code());
+        for w in self.waiters.remove(hash).unwrap_or_default() {
+            let _ = w.send(Err(reason.clone()));
         }
     }
 
@@ -821,10 +825,7 @@ impl Driver {
         }
         let admitted = self.pool.admit(tx, hash, len, next)?;
         for evicted in self.pool.take_evicted() {
-            self.metrics.reject(Reject::Evicted.code());
-            for w in self.waiters.remove(&evicted).unwrap_or_default() {
-                let _ = w.send(Err(Reject::Evicted));
-            }
+            self.dropped(&evicted, Reject::Evicted);
         }
         self.superseded();
         match admitted {
@@ -1145,9 +1146,45 @@ pub fn decode_evidence(bytes: &[u8]) -> Result<Vec<DuplicateVote>, pyralog_ledge
     Ok(out)
 }
 
+/// The answer for a pending transaction a proposal build found can never execute.
+fn never_executes(error: TxError) -> Reject {
+    match error {
+        TxError::NonceReplayed { expected, found } => Reject::NonceReplayed { expected, found },
+        TxError::AlreadyNotarized(record) => Reject::AlreadyNotarized {
+            height: record.height,
+        },
+        TxError::WrongChain { expected, found } => Reject::WrongChain {
+            expected: expected.to_string(),
+            found: found.to_string(),
+        },
+        // Admission refuses these; a transaction that breaks a rule anyway is invalid.
+        other => Reject::Malformed(other.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transaction_that_can_never_execute_is_answered_with_its_reason() {
+        let code = |e: TxError| never_executes(e).code();
+        assert_eq!(
+            code(TxError::NonceReplayed {
+                expected: 3,
+                found: 2
+            }),
+            "nonce_replayed"
+        );
+        assert_eq!(
+            code(TxError::WrongChain {
+                expected: pyralog_ledger::ChainId::new("a").unwrap(),
+                found: pyralog_ledger::ChainId::new("b").unwrap(),
+            }),
+            "wrong_chain"
+        );
+        assert_eq!(code(TxError::NonceExhausted), "malformed");
+    }
 
     #[test]
     fn the_proposal_cap_follows_the_measured_cost_of_a_transaction() {

@@ -218,10 +218,9 @@ impl Mempool {
         std::mem::take(&mut self.evicted)
     }
 
-    /// The transactions dropped since the last call because their nonce was used on the
-    /// committed chain: the committed ones themselves, and any other of the same sender
-    /// and nonce that another validator's copy superseded. Whoever waits for one that did
-    /// not commit is told it never will.
+    /// The pending transactions dropped since the last call because another transaction
+    /// of their sender's committed with their nonce (through another validator), with
+    /// that rejection. Whoever waits for one is told it never will commit.
     pub fn take_superseded(&mut self) -> Vec<(Hash, Reject)> {
         std::mem::take(&mut self.superseded)
     }
@@ -401,6 +400,11 @@ impl Mempool {
         for (h, _) in txs {
             self.remove(h);
         }
+        // The committed ones are not superseded.
+        if !self.superseded.is_empty() {
+            let included: HashSet<&Hash> = txs.iter().map(|(h, _)| h).collect();
+            self.superseded.retain(|(h, _)| !included.contains(h));
+        }
     }
 
     /// Moves `account` to the committed next nonce `next` (dropping what it has used) and
@@ -578,16 +582,17 @@ mod tests {
         let left: Vec<Hash> = m.ready().map(|(h, _, _)| *h).collect();
         assert_eq!(left, vec![txs[3].1]);
         assert_eq!(m.bytes(), 10);
-        // The three dropped are listed once, with the nonce the chain had used.
-        let dropped = m.take_superseded();
-        let hashes: Vec<Hash> = dropped.iter().map(|(h, _)| *h).collect();
-        assert_eq!(hashes, vec![txs[0].1, txs[1].1, txs[2].1]);
+        // Only the superseded one is listed (not the two committed), with the nonce the
+        // chain had used.
         assert_eq!(
-            dropped[2].1,
-            Reject::NonceReplayed {
-                expected: 3,
-                found: 2
-            }
+            m.take_superseded(),
+            vec![(
+                txs[2].1,
+                Reject::NonceReplayed {
+                    expected: 3,
+                    found: 2
+                }
+            )]
         );
         assert!(m.take_superseded().is_empty());
         consistent(&m);
