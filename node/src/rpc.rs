@@ -410,9 +410,10 @@ struct Api(Arc<RpcContext>, Arc<Mutex<ProvenBlocks>>);
 /// client looking up the transactions of one block does that again for each.
 type ProvenBlocks = Recent<u64, Arc<ProvenBlock>>;
 
-/// Heights held by [`ProvenBlocks`] in each of its two generations: at most four blocks,
-/// 32 MiB at the default `max_block_bytes` (decoded, a little more).
-const PROVEN_BLOCKS: usize = 2;
+/// Blocks [`ProvenBlocks`] holds per generation: one, so two in all.
+/// A decoded block takes two to three times its encoded size (each transaction holds its
+/// sender's decompressed key), so up to about 50 MB at the default `max_block_bytes`.
+const PROVEN_BLOCKS: usize = 1;
 
 /// A committed block and the tree of its transactions' hashes.
 struct ProvenBlock {
