@@ -252,8 +252,49 @@ async fn four_validators_commit_2000_txs_exactly_once_survive_a_crash_and_reject
             && call(&clients[0], "status", vec![]).await.unwrap()["log_size"].as_u64() >= Some(2400)
     })
     .await;
+    // A transaction another one of the same sender and nonce superseded while its node was
+    // down: a commit-mode call on that node hears `nonce_replayed` well before the commit
+    // timeout, whether the node admitted it before it synced the winner (the waiter is
+    // answered when the winner arrives) or after (admission refuses it). Which one happens
+    // depends on timing; without the answer to the waiter, the first ran to the timeout
+    // (about every other run).
+    let late = Keypair::from_seed(&[77; 32]);
+    let winner = put(&late, &chain, 0, "winner");
+    let won = call(
+        &clients[0],
+        "broadcast_tx",
+        vec![hex_tx(&winner), json!("commit")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(won["status"], "committed", "{won}");
     // Restarted, it catches up to the same roots and votes again.
     net.cli(&["restart", "node3"]);
+    let up = Instant::now();
+    while call(&clients[3], "status", vec![]).await.is_err() {
+        assert!(
+            up.elapsed() < Duration::from_secs(30),
+            "node3's RPC is not up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let loser = put(&late, &chain, 0, "loser");
+    let asked = Instant::now();
+    let lost = tokio::time::timeout(
+        Duration::from_secs(20),
+        call(
+            &clients[3],
+            "broadcast_tx",
+            vec![hex_tx(&loser), json!("commit")],
+        ),
+    )
+    .await
+    .expect("answered before the commit timeout");
+    assert_eq!(reason(lost), "nonce_replayed");
+    eprintln!(
+        "the superseded transaction was refused after {:?}",
+        asked.elapsed()
+    );
     let target = height(&clients[0]).await;
     wait_until("node3 caught up", Duration::from_secs(90), || async {
         height(&clients[3]).await >= target
