@@ -23,7 +23,7 @@ use pyralog_node::config::Transport;
 use pyralog_wallet::client::{CallError, Rpc};
 use serde_json::{Value, json};
 
-use crate::submit::{Resend, Verdict, submit};
+use crate::submit::{Resend, Verdict, sender_node, submit};
 use crate::{Manifest, UpOptions, down, up};
 
 /// Transactions per `broadcast_tx` batch to one validator (a pacing slot carries up to
@@ -349,6 +349,13 @@ impl MachineTicks {
     }
 }
 
+/// CPU seconds process `pid` spent since it had spent `before` (0 where unreadable).
+fn cpu_since(pid: u32, before: Option<f64>) -> f64 {
+    cpu_secs(pid)
+        .zip(before)
+        .map_or(0.0, |(now, then)| now - then)
+}
+
 /// CPU seconds (user + system) of process `pid` so far (`/proc`, 100 ticks a second).
 fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -546,11 +553,7 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         let rpc = rpcs[node].clone();
         let encoded = encoded.clone();
         async move {
-            let calls: Vec<(&str, Vec<Value>)> = batch
-                .iter()
-                .map(|&i| ("broadcast_tx", vec![encoded[i].clone(), json!("sync")]))
-                .collect();
-            match rpc.batch(&calls).await {
+            match rpc.batch(&broadcast_calls(&encoded, &batch)).await {
                 Ok(answers) => answers.iter().map(verdict).collect(),
                 Err(_) => vec![Verdict::Busy; batch.len()],
             }
@@ -602,14 +605,9 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
     let cpu = pids
         .iter()
         .zip(cpu_before)
-        .map(|((name, pid), before)| {
-            let used = cpu_secs(*pid).zip(before).map_or(0.0, |(a, b)| a - b);
-            (name.clone(), used)
-        })
+        .map(|((name, pid), before)| (name.clone(), cpu_since(*pid, before)))
         .collect();
-    let bench_cpu_secs = cpu_secs(std::process::id())
-        .zip(bench_before)
-        .map_or(0.0, |(a, b)| a - b);
+    let bench_cpu_secs = cpu_since(std::process::id(), bench_before);
     let machine = machine_before
         .zip(MachineTicks::now())
         .and_then(|(a, b)| a.share_until(b));
@@ -638,6 +636,14 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
     })
 }
 
+/// `broadcast_tx` calls (`sync` mode) for the transactions `indices` of `encoded`.
+fn broadcast_calls(encoded: &[Value], indices: &[usize]) -> Vec<(&'static str, Vec<Value>)> {
+    indices
+        .iter()
+        .map(|&i| ("broadcast_tx", vec![encoded[i].clone(), json!("sync")]))
+        .collect()
+}
+
 /// A node's answer to one `broadcast_tx`.
 fn verdict(answer: &Result<Value, CallError>) -> Verdict {
     match answer {
@@ -652,7 +658,7 @@ fn verdict(answer: &Result<Value, CallError>) -> Verdict {
 
 /// Sends again the transactions that should be pending but are not: for each sender,
 /// those from its committed next nonce up to its last one that can commit, each to its
-/// sender's node (`rpcs[sender % rpcs.len()]`, as [`submit`] sends). A pool evicts a
+/// sender's node ([`sender_node`], as [`submit`] sends). A pool evicts a
 /// transaction queued behind a nonce gap when it is full, and a sender that filled the
 /// gap later must send it again. Returns how many a node took as new; a node that cannot
 /// be asked is skipped (the next stall asks again).
@@ -673,7 +679,7 @@ async fn resend_dropped(
     let mut recovered = 0;
     for (node, rpc) in rpcs.iter().enumerate() {
         let senders: Vec<usize> = (0..accounts)
-            .filter(|a| a % rpcs.len() == node && last[*a].is_some())
+            .filter(|a| sender_node(*a, rpcs.len()) == node && last[*a].is_some())
             .collect();
         let calls: Vec<(&str, Vec<Value>)> = senders
             .iter()
@@ -709,11 +715,7 @@ async fn resend_dropped(
                 .saturating_add(a);
             again.extend((first..=end).step_by(accounts));
         }
-        let calls: Vec<(&str, Vec<Value>)> = again
-            .iter()
-            .map(|&i| ("broadcast_tx", vec![encoded[i].clone(), json!("sync")]))
-            .collect();
-        if let Ok(answers) = rpc.batch(&calls).await {
+        if let Ok(answers) = rpc.batch(&broadcast_calls(encoded, &again)).await {
             recovered += answers
                 .iter()
                 .filter(|a| {

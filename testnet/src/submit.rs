@@ -292,10 +292,16 @@ impl Drop for Reply {
     }
 }
 
+/// The node sender `sender` talks to, of `nodes`: every transaction of a sender goes to
+/// the same one, which therefore holds its predecessors.
+pub fn sender_node(sender: usize, nodes: usize) -> usize {
+    sender % nodes.max(1)
+}
+
 /// Submits transactions `0..n` from `accounts` senders (transaction `i` is the
 /// `i / accounts`-th of sender `i % accounts`) to `nodes` nodes, paced at `rate`
 /// transactions per second (`None`: as fast as answers allow), at most `batch` per
-/// pacing slot. A sender talks to one node, `(i % accounts) % nodes`, and has at most
+/// pacing slot. A sender talks to one node ([`sender_node`]) and has at most
 /// one unanswered transaction: its next one goes once that node took this one.
 /// `send(node, indices)` sends a batch to a node and returns a verdict per index, in
 /// order.
@@ -370,7 +376,7 @@ where
             } else {
                 l.first_sent[i] = Some(now);
             }
-            by_node[(i % accounts) % nodes].push(i);
+            by_node[sender_node(i % accounts, nodes)].push(i);
         }
         for (node, part) in by_node.into_iter().enumerate() {
             if part.is_empty() {
