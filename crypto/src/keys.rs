@@ -4,15 +4,12 @@
 //! (lengths as one byte), so a vote can never be replayed as a transaction, nor anything
 //! signed for one chain on another.
 //!
-//! **Validity rule.** A signature is valid iff ed25519-dalek's `verify_strict` accepts it
-//! (canonical `s`, no small-order `R` or public key), and every path (mempool, block
-//! validation, certificates, receipts) applies exactly that rule. [`verify_batch`]
-//! therefore checks each signature with `verify_strict` rather than with dalek's batch
-//! equation: that equation is cofactorless with weights derived deterministically from
-//! the inputs, so a signer can grind a message whose torsion-carrying signature passes a
-//! batch (1 try in 8) yet fails `verify_strict`, and nodes would disagree on validity. A
-//! faster batch needs cofactored single and batch rules (ZIP-215) that agree by
-//! construction; until then correctness wins over the ≈2× batch speed-up.
+//! **Validity rule.** ed25519 with the cofactored equation of ZIP-215 and
+//! `verify_strict`'s refusal of small-order keys and `R` ([`crate::rule`] states it in
+//! full). Every path (mempool, block validation, certificates, receipts) applies exactly
+//! that rule, one signature at a time ([`PublicKey::verify`]) or in batches
+//! ([`verify_batch_report`]); the two agree by construction, so a batch is about twice as
+//! fast and never changes an answer.
 //!
 //! The x25519 key of a node (its WireGuard static key) is derived from its ed25519 key:
 //! secret `SigningKey::to_scalar_bytes()`, public `VerifyingKey::to_montgomery()`. Only raw
@@ -28,6 +25,7 @@ use zeroize::Zeroizing;
 
 use crate::CryptoError;
 use crate::recent::Recent;
+use crate::rule;
 
 /// What a signature is for. Each kind of signed message has its own domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -160,7 +158,8 @@ impl PublicKey {
         self.0.to_montgomery().to_bytes()
     }
 
-    /// Checks `signature` over `message` in `domain` on `chain_id` (strict rules).
+    /// Checks `signature` over `message` in `domain` on `chain_id` (the rule in the
+    /// module docs).
     pub fn verify(
         &self,
         domain: SigDomain,
@@ -168,10 +167,25 @@ impl PublicKey {
         message: &[u8],
         signature: &Signature,
     ) -> Result<(), CryptoError> {
-        let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
-        self.0
-            .verify_strict(&domain.signing_bytes(chain_id, message), &sig)
-            .map_err(|_| CryptoError::BadSignature)
+        match self.prepare(domain, chain_id, message, signature) {
+            Some(p) if rule::check_one(&p) => Ok(()),
+            _ => Err(CryptoError::BadSignature),
+        }
+    }
+
+    fn prepare(
+        &self,
+        domain: SigDomain,
+        chain_id: &str,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Option<rule::Prepared> {
+        rule::prepare(
+            &self.0.to_edwards(),
+            self.0.as_bytes(),
+            &domain.signing_bytes(chain_id, message),
+            &signature.0,
+        )
     }
 }
 
@@ -329,18 +343,18 @@ pub struct BatchItem<'a> {
 }
 
 /// Checks many signatures. `Ok(())` if all are valid; otherwise the indices of the
-/// invalid ones. Applies the strict single-signature rule to each (see the module docs).
+/// invalid ones. One batch equation for all of them (the same answers as
+/// [`PublicKey::verify`] on each, see the module docs); only if it fails are they checked
+/// one by one, to name the invalid ones.
 pub fn verify_batch_report(items: &[BatchItem<'_>]) -> Result<(), Vec<usize>> {
-    let bad: Vec<usize> = items
+    let prepared: Vec<Option<rule::Prepared>> = items
         .iter()
-        .enumerate()
-        .filter(|(_, i)| {
+        .map(|i| {
             i.public_key
-                .verify(i.domain, i.chain_id, i.message, i.signature)
-                .is_err()
+                .prepare(i.domain, i.chain_id, i.message, i.signature)
         })
-        .map(|(n, _)| n)
         .collect();
+    let bad = rule::invalid(&prepared);
     if bad.is_empty() { Ok(()) } else { Err(bad) }
 }
 
@@ -538,6 +552,194 @@ mod tests {
         assert_eq!(verify_batch(&[]).ok(), Some(()));
     }
 
+    /// A signature whose `R` carries a small-order component, as only its signer can make
+    /// one: `R = rB + T`, `s = r + ka`.
+    fn torsion_signature(k: &Keypair, message: &[u8], bad_s: bool) -> Signature {
+        use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+        use curve25519_dalek::scalar::Scalar;
+        use sha2::{Digest, Sha512};
+        let a = k.signing.to_scalar();
+        assert_eq!(ED25519_BASEPOINT_POINT * a, k.public().0.to_edwards());
+        let r = Scalar::from_bytes_mod_order([7; 32]);
+        let big_r = (ED25519_BASEPOINT_POINT * r + EIGHT_TORSION[1]).compress();
+        let mut h = Sha512::new();
+        h.update(big_r.as_bytes());
+        h.update(k.public().as_bytes());
+        h.update(SigDomain::Transaction.signing_bytes("c", message));
+        let challenge = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        let s = r + challenge * a + if bad_s { Scalar::ONE } else { Scalar::ZERO };
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(big_r.as_bytes());
+        sig[32..].copy_from_slice(s.as_bytes());
+        Signature(sig)
+    }
+
+    #[test]
+    fn a_small_order_component_in_r_is_valid_alone_and_in_every_batch() {
+        let k = kp(9);
+        let sig = torsion_signature(&k, b"m", false);
+        // The cofactorless rule (verify_strict) refuses it; ours accepts it, alone ...
+        let dalek = ed25519_dalek::Signature::from_bytes(&sig.0);
+        let framed = SigDomain::Transaction.signing_bytes("c", b"m");
+        assert!(k.public().0.verify_strict(&framed, &dalek).is_err());
+        k.public()
+            .verify(SigDomain::Transaction, "c", b"m", &sig)
+            .unwrap();
+        // ... and in batches, whatever their random weights. A cofactorless batch
+        // equation fails it unless the weight is a multiple of 8.
+        let keys: Vec<Keypair> = (20..40).map(kp).collect();
+        let pubs: Vec<PublicKey> = keys.iter().map(Keypair::public).collect();
+        let sigs: Vec<Signature> = keys
+            .iter()
+            .map(|k| k.sign(SigDomain::Transaction, "c", b"m"))
+            .collect();
+        let public = k.public();
+        for round in 0..32 {
+            let mut batch: Vec<BatchItem<'_>> = pubs
+                .iter()
+                .zip(&sigs)
+                .map(|(p, s)| BatchItem {
+                    public_key: p,
+                    domain: SigDomain::Transaction,
+                    chain_id: "c",
+                    message: b"m",
+                    signature: s,
+                })
+                .collect();
+            let at = round % (batch.len() + 1);
+            batch.insert(
+                at,
+                BatchItem {
+                    public_key: &public,
+                    domain: SigDomain::Transaction,
+                    chain_id: "c",
+                    message: b"m",
+                    signature: &sig,
+                },
+            );
+            assert_eq!(verify_batch_report(&batch), Ok(()), "round {round}");
+            // By the batch equation itself, not by the one-by-one fallback.
+            let prepared: Vec<rule::Prepared> = batch
+                .iter()
+                .map(|i| {
+                    i.public_key
+                        .prepare(i.domain, i.chain_id, i.message, i.signature)
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(
+                rule::check_all(&prepared.iter().collect::<Vec<_>>()),
+                Some(true),
+                "round {round}"
+            );
+            // The same signature with a wrong `s` is refused, and named.
+            let wrong = torsion_signature(&k, b"m", true);
+            batch[at].signature = &wrong;
+            assert_eq!(verify_batch_report(&batch), Err(vec![at]), "round {round}");
+        }
+    }
+
+    #[test]
+    fn batches_and_single_checks_agree_on_every_kind_of_bad_signature() {
+        use curve25519_dalek::scalar::Scalar;
+        let keys: Vec<Keypair> = (40..72).map(kp).collect();
+        // The identity point: a small-order key, which "signs" anything with R = sB.
+        let identity = PublicKey::from_bytes(&{
+            let mut b = [0u8; 32];
+            b[0] = 1;
+            b
+        })
+        .unwrap();
+        let basepoint_sig = {
+            // R = B, s = 1: [s]B − R − [k]·identity = 0 for every message.
+            let mut sig = [0u8; 64];
+            sig[..32].copy_from_slice(
+                curve25519_dalek::constants::ED25519_BASEPOINT_COMPRESSED.as_bytes(),
+            );
+            sig[32] = 1;
+            Signature(sig)
+        };
+        let mut publics = Vec::new();
+        let mut sigs = Vec::new();
+        let mut expect = Vec::new();
+        for (n, k) in keys.iter().enumerate() {
+            let mut sig = k.sign(SigDomain::Transaction, "c", b"m");
+            let mut public = k.public();
+            let valid = match n % 8 {
+                0 => {
+                    // s + ℓ: the same scalar, not canonical.
+                    let s = Scalar::from_bytes_mod_order(sig.0[32..].try_into().unwrap());
+                    let mut wide = [0u8; 32];
+                    let ell: [u8; 32] = (-Scalar::ONE).to_bytes();
+                    let mut carry = 1u16; // s + (ℓ − 1) + 1
+                    for i in 0..32 {
+                        let v = u16::from(s.as_bytes()[i]) + u16::from(ell[i]) + carry;
+                        wide[i] = v as u8;
+                        carry = v >> 8;
+                    }
+                    sig.0[32..].copy_from_slice(&wide);
+                    false
+                }
+                1 => {
+                    sig.0[5] ^= 0x10; // R changed
+                    false
+                }
+                2 => {
+                    sig = torsion_signature(k, b"m", false);
+                    true
+                }
+                3 => {
+                    // A small-order R (the identity).
+                    sig.0[..32].copy_from_slice(&{
+                        let mut b = [0u8; 32];
+                        b[0] = 1;
+                        b
+                    });
+                    false
+                }
+                4 => {
+                    public = identity;
+                    sig = basepoint_sig;
+                    false
+                }
+                5 => {
+                    sig = k.sign(SigDomain::Transaction, "c", b"other");
+                    false
+                }
+                _ => true,
+            };
+            publics.push(public);
+            sigs.push(sig);
+            expect.push(valid);
+        }
+        let batch: Vec<BatchItem<'_>> = publics
+            .iter()
+            .zip(&sigs)
+            .map(|(p, s)| BatchItem {
+                public_key: p,
+                domain: SigDomain::Transaction,
+                chain_id: "c",
+                message: b"m",
+                signature: s,
+            })
+            .collect();
+        for (i, b) in batch.iter().enumerate() {
+            let alone = b
+                .public_key
+                .verify(b.domain, b.chain_id, b.message, b.signature)
+                .is_ok();
+            assert_eq!(alone, expect[i], "signature {i}");
+        }
+        let invalid: Vec<usize> = (0..batch.len()).filter(|&i| !expect[i]).collect();
+        assert_eq!(verify_batch_report(&batch), Err(invalid.clone()));
+        assert_eq!(verify_batch_report_parallel(&batch), Err(invalid));
+        let valid: Vec<BatchItem<'_>> = (0..batch.len())
+            .filter(|&i| expect[i])
+            .map(|i| batch[i])
+            .collect();
+        assert_eq!(verify_batch_report(&valid), Ok(()));
+    }
+
     #[test]
     fn x25519_keys_agree() {
         use curve25519_dalek::montgomery::MontgomeryPoint;
@@ -582,5 +784,18 @@ mod tests {
             k.public().to_hex(),
             "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
         );
+        // The rule accepts the RFC's signature of the empty message (unframed).
+        let sig = crate::parse_hex::<64>(
+            "signature",
+            "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+        )
+        .unwrap();
+        let public = k.public();
+        let prepared = rule::prepare(&public.0.to_edwards(), public.as_bytes(), b"", &sig);
+        assert!(rule::check_one(&prepared.unwrap()));
+        let mut other = sig;
+        other[63] ^= 1;
+        let prepared = rule::prepare(&public.0.to_edwards(), public.as_bytes(), b"", &other);
+        assert!(!prepared.is_some_and(|p| rule::check_one(&p)));
     }
 }

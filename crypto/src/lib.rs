@@ -18,6 +18,7 @@ pub mod hash;
 pub mod keyfile;
 pub mod keys;
 pub mod recent;
+pub mod rule;
 
 pub use hash::{Hash, HashDomain, Hasher, content_digest, hash_file};
 pub use keys::{

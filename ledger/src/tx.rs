@@ -196,7 +196,7 @@ impl Transaction {
         HashDomain::Tx.hash(&self.to_bytes())
     }
 
-    /// Checks the sender's signature (strict ed25519 rules).
+    /// Checks the sender's signature (the rule of `pyralog_crypto::rule`).
     pub fn verify_signature(&self) -> Result<(), pyralog_crypto::CryptoError> {
         self.sender.verify(
             SigDomain::Transaction,

@@ -62,6 +62,7 @@ fn quick_bench_reports_every_figure() {
     assert!((0.0..1.0).contains(&share("steal_fraction")));
     assert!(text.contains("the hypervisor took"), "{text}");
     assert!(v["bounds"]["blake3_mib_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(v["bounds"]["sig_verify_single_per_core"].as_f64().unwrap() > 0.0);
     assert!(v["bounds"]["fsync_ms"].as_f64().unwrap() > 0.0);
     // The fresh network was stopped and removed.
     assert!(!dir.path().join("bench").join("wireguard").exists());
