@@ -25,4 +25,5 @@ pub mod mempool;
 pub mod metrics;
 pub mod node;
 pub mod rpc;
+pub mod sigcheck;
 pub mod wire;

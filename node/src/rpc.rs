@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Mode, RpcConfig};
 use crate::driver::{Feeds, Request, Status, Submitted, TxCommitted};
 use crate::mempool::Reject;
+use crate::sigcheck::SigChecker;
 
 /// Error code: the transaction was rejected (data: `{reason, message}`).
 pub const TX_REJECTED: i32 = -32001;
@@ -402,7 +403,11 @@ pub struct RpcContext {
     pub commit_timeout: Duration,
 }
 
-struct Api(Arc<RpcContext>, Arc<Mutex<ProvenBlocks>>);
+struct Api {
+    ctx: Arc<RpcContext>,
+    proven: Arc<Mutex<ProvenBlocks>>,
+    signatures: SigChecker,
+}
 
 /// Blocks whose transactions were proven last, decoded and with their transaction tree.
 /// A proof needs the whole tree of its block: without this, each `tx` call decodes its
@@ -423,7 +428,7 @@ struct ProvenBlock {
 
 impl Api {
     fn height_or_latest(&self, height: Option<u64>) -> RpcResult<u64> {
-        let tip = self.0.store.tip().map_err(internal)?.height;
+        let tip = self.ctx.store.tip().map_err(internal)?.height;
         match height {
             None if tip == 0 => Err(err(NOT_FOUND, "no block committed yet")),
             None => Ok(tip),
@@ -436,7 +441,7 @@ impl Api {
     }
 
     fn header_at(&self, h: u64) -> RpcResult<Header> {
-        self.0
+        self.ctx
             .store
             .header(h)
             .map_err(internal)?
@@ -444,7 +449,7 @@ impl Api {
     }
 
     fn cert_at(&self, h: u64) -> RpcResult<Certificate> {
-        self.0
+        self.ctx
             .store
             .certificate(h)
             .map_err(internal)?
@@ -459,9 +464,9 @@ impl Api {
         h: u64,
     ) -> RpcResult<(GetView, Option<KvRecord>)> {
         let header = self.header_at(h)?;
-        let root = self.0.store.state_tree_of(&header).map_err(internal)?;
+        let root = self.ctx.store.state_tree_of(&header).map_err(internal)?;
         let (record, proof) =
-            pyralog_ledger::state::prove(&*self.0.store, &root, &state_key(namespace, raw))
+            pyralog_ledger::state::prove(&*self.ctx.store, &root, &state_key(namespace, raw))
                 .map_err(internal)?;
         let kv = match (&record, namespace) {
             (Some(bytes), Namespace::Kv) => Some(KvRecord::from_bytes(bytes).map_err(internal)?),
@@ -484,7 +489,7 @@ impl Api {
     }
 
     fn block_at(&self, h: u64) -> RpcResult<Block> {
-        self.0
+        self.ctx
             .store
             .block(h)
             .map_err(internal)?
@@ -495,7 +500,7 @@ impl Api {
     /// kept there. A committed block never changes, so a held one is never stale.
     fn proven_block(&self, h: u64) -> RpcResult<Arc<ProvenBlock>> {
         // A poisoned lock only means a lookup panicked; the cache holds whole entries.
-        let cache = || self.1.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = || self.proven.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(held) = cache().get(&h) {
             return Ok(held);
         }
@@ -513,29 +518,29 @@ impl Api {
 #[jsonrpsee::core::async_trait]
 impl NodeApiServer for Api {
     async fn status(&self) -> RpcResult<StatusView> {
-        let g = &self.0.genesis;
+        let g = &self.ctx.genesis;
         Ok(StatusView {
             chain_id: g.chain_id.to_string(),
-            genesis_hash: self.0.genesis_hash.to_hex(),
+            genesis_hash: self.ctx.genesis_hash.to_hex(),
             engine: g.engine.name().to_string(),
-            peer_id: self.0.peer_id.clone(),
-            mode: self.0.mode,
-            validator: self.0.validator,
+            peer_id: self.ctx.peer_id.clone(),
+            mode: self.ctx.mode,
+            validator: self.ctx.validator,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            status: self.0.feeds.status.borrow().clone(),
+            status: self.ctx.feeds.status.borrow().clone(),
         })
     }
 
     async fn genesis(&self) -> RpcResult<Genesis> {
-        Ok(self.0.genesis.clone())
+        Ok(self.ctx.genesis.clone())
     }
 
     async fn validators(&self) -> RpcResult<ValidatorsView> {
-        let set = self.0.genesis.validator_set().map_err(internal)?;
+        let set = self.ctx.genesis.validator_set().map_err(internal)?;
         Ok(ValidatorsView {
             hash: set.hash(),
             total_power: set.total_power(),
-            validators: self.0.genesis.validators.clone(),
+            validators: self.ctx.genesis.validators.clone(),
         })
     }
 
@@ -577,10 +582,12 @@ impl NodeApiServer for Api {
         let bytes = hex::decode(text).map_err(|e| bad_params(format!("tx is not hex: {e}")))?;
         let decoded = crate::chain::decode_tx(&bytes).map_err(|r| rejected(&r))?;
         let hash = decoded.hash();
-        // Signatures are checked here, on the RPC worker threads, not in the driver.
-        decoded
-            .verify_signature()
-            .map_err(|_| rejected(&Reject::BadSignature))?;
+        // Signatures are checked off the driver, in batches with other calls in flight.
+        let decoded = self
+            .signatures
+            .check(decoded)
+            .await
+            .map_err(|r| rejected(&r))?;
         let (reply, answer) = oneshot::channel();
         let (waiter, committed) = if mode == "commit" {
             let (w, c) = oneshot::channel();
@@ -594,7 +601,7 @@ impl NodeApiServer for Api {
             reply,
             waiter,
         };
-        self.0
+        self.ctx
             .requests
             .send(req)
             .await
@@ -635,7 +642,7 @@ impl NodeApiServer for Api {
                 committed: None,
             });
         };
-        match tokio::time::timeout(self.0.commit_timeout, committed).await {
+        match tokio::time::timeout(self.ctx.commit_timeout, committed).await {
             Ok(Ok(Ok(loc))) => Ok(BroadcastView {
                 hash,
                 status: "committed",
@@ -648,7 +655,7 @@ impl NodeApiServer for Api {
                 TIMEOUT,
                 format!(
                     "not committed within {} s; the transaction is pending (poll `tx` {})",
-                    self.0.commit_timeout.as_secs(),
+                    self.ctx.commit_timeout.as_secs(),
                     hash.to_hex()
                 ),
             )),
@@ -659,7 +666,7 @@ impl NodeApiServer for Api {
         let hash = Hash::from_hex(hash.strip_prefix("0x").unwrap_or(&hash))
             .map_err(|e| bad_params(format!("hash: {e}")))?;
         let loc = self
-            .0
+            .ctx
             .store
             .tx_location(&hash)
             .map_err(internal)?
@@ -680,7 +687,7 @@ impl NodeApiServer for Api {
             .inclusion_proof(loc.index as usize)
             .ok_or_else(|| internal("no tx proof"))?;
         let log_proof = pyralog_ledger::log::inclusion_proof(
-            &*self.0.store,
+            &*self.ctx.store,
             loc.log_index,
             block.header.log_size,
         )
@@ -756,7 +763,7 @@ impl NodeApiServer for Api {
                 ),
             ));
         }
-        let proof = pyralog_ledger::log::inclusion_proof(&*self.0.store, index, header.log_size)
+        let proof = pyralog_ledger::log::inclusion_proof(&*self.ctx.store, index, header.log_size)
             .map_err(internal)?;
         Ok(LogInclusionView {
             index,
@@ -780,7 +787,7 @@ impl NodeApiServer for Api {
         let old = self.header_at(from_height)?;
         let new = self.header_at(to)?;
         let proof =
-            pyralog_ledger::log::consistency_proof(&*self.0.store, old.log_size, new.log_size)
+            pyralog_ledger::log::consistency_proof(&*self.ctx.store, old.log_size, new.log_size)
                 .map_err(internal)?;
         Ok(LogConsistencyView {
             old: HeaderView::of(&old),
@@ -792,7 +799,7 @@ impl NodeApiServer for Api {
 
     async fn evidence(&self) -> RpcResult<Vec<EvidenceView>> {
         let bytes = self
-            .0
+            .ctx
             .store
             .meta(crate::driver::EVIDENCE_KEY)
             .map_err(internal)?;
@@ -811,7 +818,7 @@ impl NodeApiServer for Api {
     }
 
     async fn subscribe_headers(&self, pending: PendingSubscriptionSink) -> SubscriptionResult {
-        let mut rx = self.0.feeds.headers.subscribe();
+        let mut rx = self.ctx.feeds.headers.subscribe();
         let sink = pending.accept().await?;
         loop {
             tokio::select! {
@@ -847,11 +854,11 @@ impl NodeApiServer for Api {
                 }
             },
         };
-        let mut rx = self.0.feeds.txs.subscribe();
+        let mut rx = self.ctx.feeds.txs.subscribe();
         let sink = pending.accept().await?;
         // Already committed: say so at once.
         if let Some(h) = filter
-            && let Some(loc) = self.0.store.tx_location(&h)?
+            && let Some(loc) = self.ctx.store.tx_location(&h)?
         {
             let c = TxCommitted {
                 hash: h,
@@ -900,8 +907,12 @@ pub async fn serve(cfg: &RpcConfig, ctx: RpcContext) -> anyhow::Result<(SocketAd
         .await
         .map_err(|e| anyhow::anyhow!("RPC cannot listen on {}: {e}", cfg.listen))?;
     let addr = server.local_addr()?;
-    let proven = Arc::new(Mutex::new(Recent::new(PROVEN_BLOCKS)));
-    let handle = server.start(Api(Arc::new(ctx), proven).into_rpc());
+    let api = Api {
+        ctx: Arc::new(ctx),
+        proven: Arc::new(Mutex::new(Recent::new(PROVEN_BLOCKS))),
+        signatures: SigChecker::start()?,
+    };
+    let handle = server.start(api.into_rpc());
     Ok((addr, handle))
 }
 
