@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pyralog_consensus::{Engine, Input, Output, Signer, SignerStore, Timeout};
-use pyralog_crypto::{Keypair, PublicKey};
-use pyralog_ledger::{
-    Decode, DuplicateVote, Encode, Hash, Header, Transaction, TxError, verify_signatures_of,
-};
+use pyralog_crypto::{BatchItem, Keypair, PublicKey, SigDomain, verify_batch_report};
+use pyralog_ledger::{Decode, DuplicateVote, Encode, Hash, Header, Transaction, TxError};
 use pyralog_p2p::{Event, InboundId, Network, PeerId, Topic};
 use pyralog_storage::{SledStore, Store};
 use serde::Serialize;
@@ -923,8 +921,19 @@ impl Driver {
                 return Ok(());
             }
         };
-        let refs: Vec<&Transaction> = txs.iter().map(|(t, _)| t).collect();
-        let bad: Vec<usize> = verify_signatures_of(&refs).err().unwrap_or_default();
+        let bodies: Vec<Vec<u8>> = txs.iter().map(|(t, _)| t.body_bytes()).collect();
+        let items: Vec<BatchItem<'_>> = txs
+            .iter()
+            .zip(&bodies)
+            .map(|((t, _), body)| BatchItem {
+                public_key: &t.sender,
+                domain: SigDomain::Transaction,
+                chain_id: t.chain_id.as_str(),
+                message: body,
+                signature: &t.signature,
+            })
+            .collect();
+        let bad: Vec<usize> = verify_batch_report(&items).err().unwrap_or_default();
         if !bad.is_empty()
             && let Some(a) = publisher
         {

@@ -25,5 +25,4 @@ pub mod mempool;
 pub mod metrics;
 pub mod node;
 pub mod rpc;
-pub mod sigcheck;
 pub mod wire;

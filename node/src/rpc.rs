@@ -27,7 +27,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Mode, RpcConfig};
 use crate::driver::{Feeds, Request, Status, Submitted, TxCommitted};
 use crate::mempool::Reject;
-use crate::sigcheck::SigChecker;
 
 /// Error code: the transaction was rejected (data: `{reason, message}`).
 pub const TX_REJECTED: i32 = -32001;
@@ -403,11 +402,7 @@ pub struct RpcContext {
     pub commit_timeout: Duration,
 }
 
-struct Api {
-    ctx: Arc<RpcContext>,
-    proven: Arc<Mutex<ProvenBlocks>>,
-    signatures: SigChecker,
-}
+struct Api(Arc<RpcContext>, Arc<Mutex<ProvenBlocks>>);
 
 /// Blocks whose transactions were proven last, decoded and with their transaction tree.
 /// A proof needs the whole tree of its block: without this, each `tx` call decodes its
@@ -428,7 +423,7 @@ struct ProvenBlock {
 
 impl Api {
     fn height_or_latest(&self, height: Option<u64>) -> RpcResult<u64> {
-        let tip = self.ctx.store.tip().map_err(internal)?.height;
+        let tip = self.0.store.tip().map_err(internal)?.height;
         match height {
             None if tip == 0 => Err(err(NOT_FOUND, "no block committed yet")),
             None => Ok(tip),
@@ -441,7 +436,7 @@ impl Api {
     }
 
     fn header_at(&self, h: u64) -> RpcResult<Header> {
-        self.ctx
+        self.0
             .store
             .header(h)
             .map_err(internal)?
@@ -449,7 +444,7 @@ impl Api {
     }
 
     fn cert_at(&self, h: u64) -> RpcResult<Certificate> {
-        self.ctx
+        self.0
             .store
             .certificate(h)
             .map_err(internal)?
@@ -464,9 +459,9 @@ impl Api {
         h: u64,
     ) -> RpcResult<(GetView, Option<KvRecord>)> {
         let header = self.header_at(h)?;
-        let root = self.ctx.store.state_tree_of(&header).map_err(internal)?;
+        let root = self.0.store.state_tree_of(&header).map_err(internal)?;
         let (record, proof) =
-            pyralog_ledger::state::prove(&*self.ctx.store, &root, &state_key(namespace, raw))
+            pyralog_ledger::state::prove(&*self.0.store, &root, &state_key(namespace, raw))
                 .map_err(internal)?;
         let kv = match (&record, namespace) {
             (Some(bytes), Namespace::Kv) => Some(KvRecord::from_bytes(bytes).map_err(internal)?),
@@ -489,7 +484,7 @@ impl Api {
     }
 
     fn block_at(&self, h: u64) -> RpcResult<Block> {
-        self.ctx
+        self.0
             .store
             .block(h)
             .map_err(internal)?
@@ -500,7 +495,7 @@ impl Api {
     /// kept there. A committed block never changes, so a held one is never stale.
     fn proven_block(&self, h: u64) -> RpcResult<Arc<ProvenBlock>> {
         // A poisoned lock only means a lookup panicked; the cache holds whole entries.
-        let cache = || self.proven.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = || self.1.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(held) = cache().get(&h) {
             return Ok(held);
         }
@@ -518,29 +513,29 @@ impl Api {
 #[jsonrpsee::core::async_trait]
 impl NodeApiServer for Api {
     async fn status(&self) -> RpcResult<StatusView> {
-        let g = &self.ctx.genesis;
+        let g = &self.0.genesis;
         Ok(StatusView {
             chain_id: g.chain_id.to_string(),
-            genesis_hash: self.ctx.genesis_hash.to_hex(),
+            genesis_hash: self.0.genesis_hash.to_hex(),
             engine: g.engine.name().to_string(),
-            peer_id: self.ctx.peer_id.clone(),
-            mode: self.ctx.mode,
-            validator: self.ctx.validator,
+            peer_id: self.0.peer_id.clone(),
+            mode: self.0.mode,
+            validator: self.0.validator,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            status: self.ctx.feeds.status.borrow().clone(),
+            status: self.0.feeds.status.borrow().clone(),
         })
     }
 
     async fn genesis(&self) -> RpcResult<Genesis> {
-        Ok(self.ctx.genesis.clone())
+        Ok(self.0.genesis.clone())
     }
 
     async fn validators(&self) -> RpcResult<ValidatorsView> {
-        let set = self.ctx.genesis.validator_set().map_err(internal)?;
+        let set = self.0.genesis.validator_set().map_err(internal)?;
         Ok(ValidatorsView {
             hash: set.hash(),
             total_power: set.total_power(),
-            validators: self.ctx.genesis.validators.clone(),
+            validators: self.0.genesis.validators.clone(),
         })
     }
 
@@ -582,12 +577,10 @@ impl NodeApiServer for Api {
         let bytes = hex::decode(text).map_err(|e| bad_params(format!("tx is not hex: {e}")))?;
         let decoded = crate::chain::decode_tx(&bytes).map_err(|r| rejected(&r))?;
         let hash = decoded.hash();
-        // Signatures are checked off the driver, in batches with other calls in flight.
-        let decoded = self
-            .signatures
-            .check(decoded)
-            .await
-            .map_err(|r| rejected(&r))?;
+        // Signatures are checked here, on the RPC worker threads, not in the driver.
+        decoded
+            .verify_signature()
+            .map_err(|_| rejected(&Reject::BadSignature))?;
         let (reply, answer) = oneshot::channel();
         let (waiter, committed) = if mode == "commit" {
             let (w, c) = oneshot::channel();
@@ -601,7 +594,7 @@ impl NodeApiServer for Api {
             reply,
             waiter,
         };
-        self.ctx
+        self.0
             .requests
             .send(req)
             .await
@@ -642,7 +635,7 @@ impl NodeApiServer for Api {
                 committed: None,
             });
         };
-        match tokio::time::timeout(self.ctx.commit_timeout, committed).await {
+        match tokio::time::timeout(self.0.commit_timeout, committed).await {
             Ok(Ok(Ok(loc))) => Ok(BroadcastView {
                 hash,
                 status: "committed",
@@ -655,7 +648,7 @@ impl NodeApiServer for Api {
                 TIMEOUT,
                 format!(
                     "not committed within {} s; the transaction is pending (poll `tx` {})",
-                    self.ctx.commit_timeout.as_secs(),
+                    self.0.commit_timeout.as_secs(),
                     hash.to_hex()
                 ),
             )),
@@ -666,7 +659,7 @@ impl NodeApiServer for Api {
         let hash = Hash::from_hex(hash.strip_prefix("0x").unwrap_or(&hash))
             .map_err(|e| bad_params(format!("hash: {e}")))?;
         let loc = self
-            .ctx
+            .0
             .store
             .tx_location(&hash)
             .map_err(internal)?
@@ -687,7 +680,7 @@ impl NodeApiServer for Api {
             .inclusion_proof(loc.index as usize)
             .ok_or_else(|| internal("no tx proof"))?;
         let log_proof = pyralog_ledger::log::inclusion_proof(
-            &*self.ctx.store,
+            &*self.0.store,
             loc.log_index,
             block.header.log_size,
         )
@@ -763,7 +756,7 @@ impl NodeApiServer for Api {
                 ),
             ));
         }
-        let proof = pyralog_ledger::log::inclusion_proof(&*self.ctx.store, index, header.log_size)
+        let proof = pyralog_ledger::log::inclusion_proof(&*self.0.store, index, header.log_size)
             .map_err(internal)?;
         Ok(LogInclusionView {
             index,
@@ -787,7 +780,7 @@ impl NodeApiServer for Api {
         let old = self.header_at(from_height)?;
         let new = self.header_at(to)?;
         let proof =
-            pyralog_ledger::log::consistency_proof(&*self.ctx.store, old.log_size, new.log_size)
+            pyralog_ledger::log::consistency_proof(&*self.0.store, old.log_size, new.log_size)
                 .map_err(internal)?;
         Ok(LogConsistencyView {
             old: HeaderView::of(&old),
@@ -799,7 +792,7 @@ impl NodeApiServer for Api {
 
     async fn evidence(&self) -> RpcResult<Vec<EvidenceView>> {
         let bytes = self
-            .ctx
+            .0
             .store
             .meta(crate::driver::EVIDENCE_KEY)
             .map_err(internal)?;
@@ -818,7 +811,7 @@ impl NodeApiServer for Api {
     }
 
     async fn subscribe_headers(&self, pending: PendingSubscriptionSink) -> SubscriptionResult {
-        let mut rx = self.ctx.feeds.headers.subscribe();
+        let mut rx = self.0.feeds.headers.subscribe();
         let sink = pending.accept().await?;
         loop {
             tokio::select! {
@@ -854,11 +847,11 @@ impl NodeApiServer for Api {
                 }
             },
         };
-        let mut rx = self.ctx.feeds.txs.subscribe();
+        let mut rx = self.0.feeds.txs.subscribe();
         let sink = pending.accept().await?;
         // Already committed: say so at once.
         if let Some(h) = filter
-            && let Some(loc) = self.ctx.store.tx_location(&h)?
+            && let Some(loc) = self.0.store.tx_location(&h)?
         {
             let c = TxCommitted {
                 hash: h,
@@ -907,12 +900,8 @@ pub async fn serve(cfg: &RpcConfig, ctx: RpcContext) -> anyhow::Result<(SocketAd
         .await
         .map_err(|e| anyhow::anyhow!("RPC cannot listen on {}: {e}", cfg.listen))?;
     let addr = server.local_addr()?;
-    let api = Api {
-        ctx: Arc::new(ctx),
-        proven: Arc::new(Mutex::new(Recent::new(PROVEN_BLOCKS))),
-        signatures: SigChecker::start()?,
-    };
-    let handle = server.start(api.into_rpc());
+    let proven = Arc::new(Mutex::new(Recent::new(PROVEN_BLOCKS)));
+    let handle = server.start(Api(Arc::new(ctx), proven).into_rpc());
     Ok((addr, handle))
 }
 
