@@ -552,6 +552,20 @@ mod tests {
         assert_eq!(verify_batch(&[]).ok(), Some(()));
     }
 
+    /// Batch items of transaction signatures over `m` on chain `c`.
+    fn transactions_m<'a>(keys: &'a [PublicKey], sigs: &'a [Signature]) -> Vec<BatchItem<'a>> {
+        keys.iter()
+            .zip(sigs)
+            .map(|(p, s)| BatchItem {
+                public_key: p,
+                domain: SigDomain::Transaction,
+                chain_id: "c",
+                message: b"m",
+                signature: s,
+            })
+            .collect()
+    }
+
     /// A signature whose `R` carries a small-order component, as only its signer can make
     /// one: `R = rB + T`, `s = r + ka`.
     fn torsion_signature(k: &Keypair, message: &[u8], bad_s: bool) -> Signature {
@@ -595,17 +609,7 @@ mod tests {
             .collect();
         let public = k.public();
         for round in 0..32 {
-            let mut batch: Vec<BatchItem<'_>> = pubs
-                .iter()
-                .zip(&sigs)
-                .map(|(p, s)| BatchItem {
-                    public_key: p,
-                    domain: SigDomain::Transaction,
-                    chain_id: "c",
-                    message: b"m",
-                    signature: s,
-                })
-                .collect();
+            let mut batch = transactions_m(&pubs, &sigs);
             let at = round % (batch.len() + 1);
             batch.insert(
                 at,
@@ -712,17 +716,7 @@ mod tests {
             sigs.push(sig);
             expect.push(valid);
         }
-        let batch: Vec<BatchItem<'_>> = publics
-            .iter()
-            .zip(&sigs)
-            .map(|(p, s)| BatchItem {
-                public_key: p,
-                domain: SigDomain::Transaction,
-                chain_id: "c",
-                message: b"m",
-                signature: s,
-            })
-            .collect();
+        let batch = transactions_m(&publics, &sigs);
         for (i, b) in batch.iter().enumerate() {
             let alone = b
                 .public_key
