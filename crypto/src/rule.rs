@@ -18,7 +18,9 @@
 //! Step 2's small-order checks are `verify_strict`'s: a small-order key signs every
 //! message for anyone. Every signature `verify_strict` accepts is valid here (it
 //! satisfies the equation without the cofactor); the converse fails only for signatures
-//! whose signer put a small-order component in `R` or wrote `R` non-canonically.
+//! whose signer put a small-order component in `R` or in the key itself, or wrote `R`
+//! non-canonically. Nodes on the two rules would disagree about such a signature, so all
+//! validators of a chain must run the same rule.
 
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};

@@ -189,8 +189,7 @@ impl Bounds {
 
 /// Measures the machine's bounds; `dir` is where fsync is timed.
 pub fn measure_bounds(dir: &Path) -> anyhow::Result<Bounds> {
-    // Transaction-sized messages from distinct keys, as a gossip batch brings them (a
-    // batch of one key's signatures would share that key's terms and flatter the rate).
+    // Transaction-sized messages from distinct keys, as a gossip batch brings them.
     let keys: Vec<Keypair> = (0..64u8).map(|n| Keypair::from_seed(&[n; 32])).collect();
     let publics: Vec<_> = keys.iter().map(Keypair::public).collect();
     let messages: Vec<Vec<u8>> = (0..64u8).map(|n| vec![n; 200]).collect();
