@@ -9,7 +9,7 @@
 //! full). Every path (mempool, block validation, certificates, receipts) applies exactly
 //! that rule, one signature at a time ([`PublicKey::verify`]) or in batches
 //! ([`verify_batch_report`]); the two agree by construction (up to a 2⁻¹²⁸ chance that a
-//! batch holding an invalid signature passes), so a batch is about 1.75× as fast per
+//! batch holding an invalid signature passes), so a batch is about 1.8× as fast per
 //! signature here and does not change the answers.
 //!
 //! The x25519 key of a node (its WireGuard static key) is derived from its ed25519 key:
