@@ -204,15 +204,27 @@ pub fn verify_certificate(
             total: validators.total_power(),
         });
     }
+    verify_vote_signatures(engine, &header.chain_id, cert, &keys, &messages)
+}
+
+/// The signature step of [`verify_certificate`]: the votes of `cert` on `chain_id`, in one
+/// batch, where `keys[i]` and `messages[i]` are vote `i`'s signer and encoded vote.
+pub fn verify_vote_signatures(
+    engine: EngineId,
+    chain_id: &ChainId,
+    cert: &Certificate,
+    keys: &[PublicKey],
+    messages: &[Vec<u8>],
+) -> Result<(), VerifyError> {
     let items: Vec<BatchItem<'_>> = cert
         .votes
         .iter()
-        .enumerate()
-        .map(|(i, sig)| BatchItem {
-            public_key: &keys[i],
+        .zip(keys.iter().zip(messages))
+        .map(|(sig, (key, message))| BatchItem {
+            public_key: key,
             domain: engine.commit_domain(),
-            chain_id: header.chain_id.as_str(),
-            message: &messages[i],
+            chain_id: chain_id.as_str(),
+            message,
             signature: &sig.signature,
         })
         .collect();

@@ -557,19 +557,14 @@ fn signature_time(genesis: &pyralog_ledger::Genesis, r: &Receipt) -> Result<Dura
     }
     let start = Instant::now();
     tx.verify_signature().map_err(|e| bad(&e))?;
-    let items: Vec<pyralog_crypto::BatchItem<'_>> = cert
-        .votes
-        .iter()
-        .enumerate()
-        .map(|(i, sig)| pyralog_crypto::BatchItem {
-            public_key: &keys[i],
-            domain: genesis.engine.commit_domain(),
-            chain_id: header.chain_id.as_str(),
-            message: &votes[i],
-            signature: &sig.signature,
-        })
-        .collect();
-    pyralog_crypto::verify_batch_report(&items).map_err(|_| check("a vote does not verify"))?;
+    pyralog_ledger::verify::verify_vote_signatures(
+        genesis.engine,
+        &header.chain_id,
+        &cert,
+        &keys,
+        &votes,
+    )
+    .map_err(|e| bad(&e))?;
     Ok(start.elapsed())
 }
 
