@@ -29,6 +29,9 @@ use crate::{Manifest, UpOptions, down, up};
 /// Transactions per `broadcast_tx` batch to one validator (a pacing slot carries up to
 /// this many per validator).
 const BATCH: usize = 64;
+/// How far apart the pacing slots of a paced run are, at most: a paced run offers its
+/// rate evenly, not in pulses of `BATCH` per validator.
+const PACING_SLOT: Duration = Duration::from_millis(10);
 /// Transactions looked up for latencies.
 const LATENCY_SAMPLE: usize = 2000;
 /// After the submission, a log that has not grown for this long has the senders'
@@ -584,7 +587,7 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         txs.len(),
         accounts,
         rpcs.len(),
-        BATCH * rpcs.len(),
+        slot_size(opts.rate, rpcs.len()),
         opts.rate,
         Resend::default(),
         send,
@@ -655,6 +658,22 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         tx_bytes,
         catch_up: None,
     })
+}
+
+/// Transactions per pacing slot for `nodes` validators: `BATCH` each at `--rate max`;
+/// paced, what the rate offers in one [`PACING_SLOT`] (at least one), so that slots
+/// are about that far apart. At 1,500 tx/s, slots of 256 were 171 ms apart, and the
+/// load arrived in pulses that the blocks followed (a large block, a smaller one, then
+/// one holding a single transaction).
+fn slot_size(rate: Option<u64>, nodes: usize) -> usize {
+    let most = BATCH * nodes.max(1);
+    match rate {
+        None => most,
+        Some(r) => {
+            let per_slot = (r as f64 * PACING_SLOT.as_secs_f64()).ceil() as usize;
+            per_slot.clamp(1, most)
+        }
+    }
 }
 
 /// `broadcast_tx` calls (`sync` mode) for the transactions `indices` of `encoded`.
@@ -854,6 +873,33 @@ pub fn report_json(r: &BenchReport, b: &Bounds, transport: &str, command: &str) 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_paced_run_offers_its_rate_in_slots_about_ten_ms_apart() {
+        assert_eq!(
+            slot_size(None, 4),
+            256,
+            "--rate max: a full batch per validator"
+        );
+        for rate in [1u64, 50, 475, 1_500, 1_700, 3_400, 25_600, 10_000_000] {
+            let slot = slot_size(Some(rate), 4);
+            assert!((1..=256).contains(&slot), "rate {rate}: {slot}");
+            let apart_ms = 1000.0 * slot as f64 / rate as f64;
+            if slot > 1 && slot < 256 {
+                assert!(
+                    (9.0..=11.0).contains(&apart_ms),
+                    "rate {rate}: {apart_ms} ms"
+                );
+            }
+        }
+        assert_eq!(slot_size(Some(1_500), 4), 15);
+        assert_eq!(slot_size(Some(50), 4), 1, "a slow rate sends one at a time");
+        assert_eq!(
+            slot_size(Some(1_000_000), 1),
+            64,
+            "never more than a batch per validator"
+        );
+    }
 
     #[test]
     fn machine_shares_come_from_the_aggregate_cpu_line() {

@@ -128,9 +128,10 @@ enum Commands {
         /// Transactions to submit (all signed before the clock starts).
         #[arg(long, default_value_t = 10_000)]
         txs: usize,
-        /// Submission rate: transactions per second, or max. A transaction refused for
-        /// now (full pool) is sent again, in its sender's nonce order, as a wallet would;
-        /// paced, the resends take their places in the schedule.
+        /// Submission rate: transactions per second (offered evenly, in slots about
+        /// 10 ms apart), or max. A transaction refused for now (full pool) is sent again,
+        /// in its sender's nonce order, as a wallet would; paced, the resends take their
+        /// places in the schedule.
         #[arg(long, default_value = "max")]
         rate: String,
         /// With a numeric --rate: submit for this long (sets --txs), e.g. 30s.
