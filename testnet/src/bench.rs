@@ -29,8 +29,9 @@ use crate::{Manifest, UpOptions, down, up};
 /// Transactions per `broadcast_tx` batch to one validator (a pacing slot carries up to
 /// this many per validator).
 const BATCH: usize = 64;
-/// How far apart the pacing slots of a paced run are, at most: a paced run offers its
-/// rate evenly, not in pulses of `BATCH` per validator.
+/// How far apart the pacing slots of a paced run are: a paced run offers its rate
+/// evenly, not in pulses of `BATCH` per validator (below 100 tx/s a slot holds one
+/// transaction, and slots are further apart).
 const PACING_SLOT: Duration = Duration::from_millis(10);
 /// Transactions looked up for latencies.
 const LATENCY_SAMPLE: usize = 2000;
