@@ -8,10 +8,12 @@
 //!   block, e.g. after a crash between signing and sending, is allowed);
 //! - anything at or below the committed height (those heights are decided).
 //!
-//! **Persist before release.** The new position is written to the [`SignerStore`] (which
-//! must be durable when `save` returns) *before* the signature is handed out; if the save
-//! fails, no signature leaves the signer. So a crash at any moment can only lose a
-//! signature that was never sent, never the record of one that was.
+//! **Persist before release.** The new position is written to the [`SignerStore`]
+//! *before* the signature is handed out; if the save fails, no signature leaves the
+//! signer. The store makes it durable before the signature can leave the node: at once,
+//! or (the node's store) with the engine state that follows it, flushed before any
+//! message is sent. So a crash at any moment can only lose a signature that was never
+//! sent, never the record of one that was.
 //!
 //! **Wiped state.** A validator whose store is empty while the chain is past height 0
 //! cannot know what it signed before; it refuses to sign until an operator calls
@@ -161,7 +163,10 @@ impl Decode for LastSigned {
 pub trait SignerStore {
     /// The persisted position, if any.
     fn load(&self) -> Result<Option<LastSigned>, String>;
-    /// Persists `state`; it must be durable when this returns `Ok`.
+    /// Persists `state`. It must be durable before any signature handed out after this
+    /// returns `Ok` leaves the node: when it returns, or, for a store whose host defers
+    /// the write, before the host sends anything. A later [`SignerStore::load`] in the same
+    /// process returns it either way.
     fn save(&mut self, state: &LastSigned) -> Result<(), String>;
 }
 

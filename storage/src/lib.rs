@@ -129,4 +129,13 @@ pub trait Store: LogNodes + StateNodes + Send + Sync {
 
     /// Durably sets a node-local value (flushed before returning).
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StorageError>;
+
+    /// Sets node-local values, in order, durable only once
+    /// [`Store::sync`] (or a commit) returns: for state written more often than what
+    /// depends on it leaves the node (a validator's consensus state and signer position,
+    /// which must be on disk before its vote is sent, not at every step).
+    fn put_meta_unsynced(&self, entries: &[(&str, &[u8])]) -> Result<(), StorageError>;
+
+    /// Makes every write so far durable.
+    fn sync(&self) -> Result<(), StorageError>;
 }

@@ -198,3 +198,25 @@ fn meta_values_are_kept_and_separate_from_the_tip() {
     assert_eq!(store.tip().unwrap().height, 1);
     assert!(store.meta("nothing").unwrap().is_none());
 }
+
+#[test]
+fn unsynced_meta_values_are_read_at_once_and_kept_once_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        build(&store, 1);
+        store
+            .put_meta_unsynced(&[("signer", &[1, 2, 3]), ("consensus_state", &[4, 5])])
+            .unwrap();
+        // Visible before the sync: the driver reads its own writes.
+        assert_eq!(store.meta("signer").unwrap(), Some(vec![1, 2, 3]));
+        store
+            .put_meta_unsynced(&[("consensus_state", &[6])])
+            .unwrap();
+        store.sync().unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.meta("signer").unwrap(), Some(vec![1, 2, 3]));
+    assert_eq!(store.meta("consensus_state").unwrap(), Some(vec![6]));
+    assert_eq!(store.tip().unwrap().height, 1);
+}
