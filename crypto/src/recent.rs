@@ -5,6 +5,12 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
 
+/// In the first generation, one insertion in this many is copied into the other table,
+/// to map its memory before it is used (see [`Recent`]): for the state-node cache's
+/// 152-byte entries, enough to touch about 94% of its pages by the time a generation of
+/// `capacity` entries has filled.
+pub const WARM_EVERY: usize = 4;
+
 /// The values most recently inserted or hit, up to two generations of `capacity`.
 ///
 /// Two generations approximate least-recently-used at the cost of a hash lookup: a hit
@@ -23,6 +29,18 @@ use std::hash::{BuildHasher, Hash, RandomState};
 /// generation), that allocation and the page faults of its fresh memory held a commit
 /// for 1.3 s (docs/PERFORMANCE.md).
 ///
+/// The two tables are allocated once and reused, but a new table's memory is only
+/// mapped by the kernel as it is first touched, and a hash table's inserts land all over
+/// it. The second table was first used when the first generation ended, and then nearly
+/// every lookup moved a hot entry into it: the state-node cache of every validator (they
+/// hold the same nodes, so it happens at the same height) took some 48,000 page faults
+/// in two seconds, and a network under load stalled for those two seconds. So while the
+/// first generation fills, every [`WARM_EVERY`]th insertion is also made into the other
+/// table (and dropped from it at the first change, like any old generation), which
+/// touches its memory a little at a time. That work is done once in a cache's life, but
+/// earlier: a burst on a fresh network, which ended before the first change, paid it and
+/// committed about 5% fewer transactions a second.
+///
 /// `S` hashes the keys: SipHash by default, which keys a peer can choose need; a cache of
 /// keys the node assigns itself may use a cheaper one.
 ///
@@ -30,7 +48,13 @@ use std::hash::{BuildHasher, Hash, RandomState};
 #[derive(Debug)]
 pub struct Recent<K, V, S = RandomState> {
     young: HashMap<K, V, S>,
+    /// The old generation; in the first one, copies of some young entries, never
+    /// returned (see `warming`).
     old: HashMap<K, V, S>,
+    /// Whether this is the first generation, in which `old` holds copies of young
+    /// entries only to touch its memory. A lookup finds a key in `young` before it could
+    /// find the copy, a removal takes both, and the first change drops the copies.
+    warming: bool,
     capacity: usize,
     /// Insertions into `young` since it started (at most `2 × capacity`).
     inserted: usize,
@@ -43,6 +67,7 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
         Recent {
             young: HashMap::default(),
             old: HashMap::default(),
+            warming: true,
             capacity: capacity.max(1),
             inserted: 0,
         }
@@ -67,6 +92,7 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
             // generation.
             std::mem::swap(&mut self.young, &mut self.old);
             self.young.clear();
+            self.warming = false;
             if self.young.capacity() < self.room() {
                 // An empty table is not cleared, so tombstones left by removals and by
                 // hits moved to the young generation keep their slots: start afresh
@@ -80,6 +106,14 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
             // one allocation for a table new to this cache. Should that allocation fail,
             // the table grows as it fills instead.
             let _ = self.young.try_reserve(self.room());
+            if self.warming {
+                let _ = self.old.try_reserve(self.room());
+            }
+        }
+        if self.warming && self.inserted.is_multiple_of(WARM_EVERY) {
+            // Never found there: a lookup that misses `young` misses this subset of it
+            // too, and a removal takes the key out of both.
+            self.old.insert(key.clone(), value.clone());
         }
         self.young.insert(key, value);
         self.inserted += 1;
@@ -99,7 +133,11 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
 
     /// Number of entries held.
     pub fn len(&self) -> usize {
-        self.young.len() + self.old.len()
+        if self.warming {
+            self.young.len()
+        } else {
+            self.young.len() + self.old.len()
+        }
     }
 
     /// Whether nothing is held.
@@ -155,8 +193,14 @@ mod tests {
         const CAPACITY: usize = 10_000;
         const ROUNDS: usize = 20 * CAPACITY;
         let mut cache: Recent<Counted, u64> = Recent::new(CAPACITY);
+        let mut next = 0u64;
+        // The first generation hashes its copies into the other table besides.
+        while cache.warming {
+            cache.insert(Counted(next), next);
+            next += 1;
+        }
         let before = HASHED.with(|n| n.get());
-        let (mut next, mut by_count) = (0u64, 0);
+        let mut by_count = 0;
         for _ in 0..ROUNDS {
             let (held, inserted) = (cache.young.len(), cache.inserted);
             for _ in 0..3 {
@@ -180,6 +224,43 @@ mod tests {
         assert_eq!(cache.get(&Counted(next - 1)), Some(next - 1));
         assert_eq!(cache.get(&Counted(next - 2)), None);
         assert!(cache.len() <= 2 * CAPACITY);
+    }
+
+    /// The first generation touches the other table as it fills, and its first change
+    /// reuses that table rather than allocating one; the copies are never seen.
+    #[test]
+    fn the_first_generation_prepares_the_second_table() {
+        const CAPACITY: usize = 1_000;
+        let mut cache: Recent<u64, u64> = Recent::new(CAPACITY);
+        for k in 0..CAPACITY as u64 - 1 {
+            cache.insert(k, k);
+        }
+        assert!(cache.warming);
+        assert_eq!(cache.old.len(), CAPACITY / WARM_EVERY);
+        let prepared = cache.old.capacity();
+        assert!(prepared >= 2 * CAPACITY);
+        assert_eq!(cache.len(), CAPACITY - 1);
+        // A copy is never returned: the young entry's newer value, or nothing once
+        // removed.
+        cache.insert(0, 100);
+        assert_eq!(cache.get(&0), Some(100));
+        cache.remove(&4);
+        assert_eq!(cache.get(&4), None);
+        assert_eq!(cache.len(), CAPACITY - 2);
+
+        // The first change. The new young generation is the prepared table, emptied of
+        // its copies.
+        let mut next = CAPACITY as u64;
+        while cache.warming {
+            cache.insert(next, next);
+            next += 1;
+        }
+        assert_eq!(cache.young.capacity(), prepared);
+        assert_eq!(cache.young.len(), 1);
+        assert_eq!(cache.len(), CAPACITY + 1);
+        assert_eq!(cache.get(&0), Some(100));
+        assert_eq!(cache.get(&4), None);
+        assert_eq!(cache.get(&8), Some(8));
     }
 
     #[test]
