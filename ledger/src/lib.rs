@@ -47,7 +47,9 @@ pub use merkle::{ProofError, TxTree};
 pub use pyralog_crypto::Hash;
 pub use receipt::{ProvenNotarization, Receipt, ReceiptError, verify_receipt};
 pub use state::{Namespace, StateProof};
-pub use tx::{Payload, Transaction, verify_signatures_of, verify_tx_signatures};
+pub use tx::{
+    Payload, Transaction, verify_signatures_here, verify_signatures_of, verify_tx_signatures,
+};
 pub use verify::VerifyError;
 
 /// Failure to read the stores that hold tree nodes (storage implements the read traits).

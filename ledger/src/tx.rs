@@ -216,6 +216,16 @@ pub fn verify_tx_signatures(txs: &[Transaction]) -> Result<(), Vec<usize>> {
 
 /// [`verify_tx_signatures`] over references (positions in `txs` on failure).
 pub fn verify_signatures_of(txs: &[&Transaction]) -> Result<(), Vec<usize>> {
+    with_batch_items(txs, pyralog_crypto::verify_batch_report_parallel)
+}
+
+/// [`verify_signatures_of`] on the calling thread alone: for a node's own batches (a
+/// gossip message, an RPC submission), where the other cores have work of their own.
+pub fn verify_signatures_here(txs: &[&Transaction]) -> Result<(), Vec<usize>> {
+    with_batch_items(txs, pyralog_crypto::verify_batch_report)
+}
+
+fn with_batch_items<R>(txs: &[&Transaction], check: impl FnOnce(&[BatchItem<'_>]) -> R) -> R {
     let bodies: Vec<Vec<u8>> = txs.iter().map(|t| t.body_bytes()).collect();
     let items: Vec<BatchItem<'_>> = txs
         .iter()
@@ -228,7 +238,7 @@ pub fn verify_signatures_of(txs: &[&Transaction]) -> Result<(), Vec<usize>> {
             signature: &tx.signature,
         })
         .collect();
-    pyralog_crypto::verify_batch_report_parallel(&items)
+    check(&items)
 }
 
 impl Encode for Transaction {

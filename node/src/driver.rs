@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pyralog_consensus::{Engine, Input, Output, Signer, SignerStore, Timeout};
-use pyralog_crypto::{BatchItem, Keypair, PublicKey, SigDomain, verify_batch_report};
+use pyralog_crypto::{Keypair, PublicKey};
 use pyralog_ledger::{Decode, DuplicateVote, Encode, Hash, Header, Transaction, TxError};
 use pyralog_p2p::{Event, InboundId, Network, PeerId, Topic};
 use pyralog_storage::{SledStore, Store};
@@ -215,19 +215,27 @@ pub enum Submitted {
     Committed(TxCommitted),
 }
 
+/// One transaction of a submission: decoded within the size limit, its signature
+/// checked by the RPC handler.
+pub struct Submission {
+    /// The transaction.
+    pub tx: Box<Transaction>,
+    /// Its hash.
+    pub hash: Hash,
+    /// Its canonical encoding, as received (gossiped once admitted).
+    pub encoded: Vec<u8>,
+    /// Answered when it commits, or when it leaves the pool uncommitted (evicted).
+    pub waiter: Option<oneshot::Sender<Result<TxCommitted, Reject>>>,
+}
+
 /// A request from RPC to the driver.
 pub enum Request {
-    /// Admit a transaction (decoded within the size limit, signature checked by the RPC
-    /// handler). With `waiter`, also send its commit there.
+    /// Admit transactions, in order (`broadcast_tx` sends one, `broadcast_txs` many).
     Submit {
-        /// The transaction.
-        tx: Box<Transaction>,
-        /// Its canonical encoding, as received (gossiped once admitted).
-        encoded: Vec<u8>,
-        /// Answered with the admission.
-        reply: oneshot::Sender<Result<Submitted, Reject>>,
-        /// Answered when it commits, or when it leaves the pool uncommitted (evicted).
-        waiter: Option<oneshot::Sender<Result<TxCommitted, Reject>>>,
+        /// The transactions.
+        txs: Vec<Submission>,
+        /// Answered with each one's admission, in the same order.
+        reply: oneshot::Sender<Vec<Result<Submitted, Reject>>>,
     },
 }
 
@@ -840,27 +848,26 @@ impl Driver {
 
     fn request(&mut self, r: Request) -> Result<(), Fatal> {
         match r {
-            Request::Submit {
-                tx,
-                encoded,
-                reply,
-                waiter,
-            } => {
-                let hash = tx.hash();
-                let res = self.admit(*tx, hash, encoded.len(), Some(encoded));
-                if let Err(e) = &res {
-                    self.metrics.reject(e.code());
-                }
-                match (&res, waiter) {
-                    (Ok(Submitted::Pending { .. }), Some(w)) => {
-                        self.waiters.entry(hash).or_default().push(w)
+            Request::Submit { txs, reply } => {
+                let mut verdicts = Vec::with_capacity(txs.len());
+                for sub in txs {
+                    let len = sub.encoded.len();
+                    let res = self.admit(*sub.tx, sub.hash, len, Some(sub.encoded));
+                    if let Err(e) = &res {
+                        self.metrics.reject(e.code());
                     }
-                    (Ok(Submitted::Committed(loc)), Some(w)) => {
-                        let _ = w.send(Ok(*loc));
+                    match (&res, sub.waiter) {
+                        (Ok(Submitted::Pending { .. }), Some(w)) => {
+                            self.waiters.entry(sub.hash).or_default().push(w)
+                        }
+                        (Ok(Submitted::Committed(loc)), Some(w)) => {
+                            let _ = w.send(Ok(*loc));
+                        }
+                        _ => {}
                     }
-                    _ => {}
+                    verdicts.push(res);
                 }
-                let _ = reply.send(res);
+                let _ = reply.send(verdicts);
                 self.pool_gauges();
             }
         }
@@ -1015,19 +1022,10 @@ impl Driver {
                 return Ok(());
             }
         };
-        let bodies: Vec<Vec<u8>> = txs.iter().map(|(t, _)| t.body_bytes()).collect();
-        let items: Vec<BatchItem<'_>> = txs
-            .iter()
-            .zip(&bodies)
-            .map(|((t, _), body)| BatchItem {
-                public_key: &t.sender,
-                domain: SigDomain::Transaction,
-                chain_id: t.chain_id.as_str(),
-                message: body,
-                signature: &t.signature,
-            })
-            .collect();
-        let bad: Vec<usize> = verify_batch_report(&items).err().unwrap_or_default();
+        let refs: Vec<&Transaction> = txs.iter().map(|(t, _)| t).collect();
+        let bad: Vec<usize> = pyralog_ledger::verify_signatures_here(&refs)
+            .err()
+            .unwrap_or_default();
         if !bad.is_empty()
             && let Some(a) = publisher
         {

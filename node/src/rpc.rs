@@ -25,7 +25,7 @@ use serde::{Serialize, Serializer};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Mode, RpcConfig};
-use crate::driver::{Feeds, Request, Status, Submitted, TxCommitted};
+use crate::driver::{Feeds, Request, Status, Submission, Submitted, TxCommitted};
 use crate::mempool::Reject;
 
 /// Error code: the transaction was rejected (data: `{reason, message}`).
@@ -62,6 +62,83 @@ fn rejected(r: &Reject) -> ErrorObjectOwned {
         format!("transaction rejected: {r}"),
         Some(serde_json::json!({ "reason": r.code(), "message": r.to_string() })),
     )
+}
+
+/// Most transactions one `broadcast_txs` call may carry.
+pub const MAX_BROADCAST_TXS: usize = 1024;
+
+/// Largest batch whose signatures are checked on the async worker that received it; a
+/// longer one (about 25 µs a signature) goes to a blocking thread.
+const INLINE_BATCH_CHECK: usize = 64;
+
+/// How a submission is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SubmitMode {
+    /// Queued; not waited for.
+    Async,
+    /// The mempool's verdict.
+    Sync,
+    /// The commit (or why it will not come).
+    Commit,
+}
+
+impl SubmitMode {
+    fn parse(mode: Option<&str>) -> Result<SubmitMode, ErrorObjectOwned> {
+        match mode.unwrap_or("sync") {
+            "async" => Ok(SubmitMode::Async),
+            "sync" => Ok(SubmitMode::Sync),
+            "commit" => Ok(SubmitMode::Commit),
+            other => Err(bad_params(format!(
+                "mode {other:?}: expected async, sync or commit"
+            ))),
+        }
+    }
+}
+
+/// A submitted transaction (hex), decoded within the size limit and hashed; its
+/// signature is still to be checked.
+fn decode_submission(tx: &str) -> Result<Submission, ErrorObjectOwned> {
+    let max = pyralog_ledger::tx::MAX_TX_BYTES;
+    let text = tx.strip_prefix("0x").unwrap_or(tx);
+    if text.len() > 2 * max {
+        return Err(rejected(&Reject::Oversize {
+            len: text.len() / 2,
+            max,
+        }));
+    }
+    let bytes = hex::decode(text).map_err(|e| bad_params(format!("tx is not hex: {e}")))?;
+    let decoded = crate::chain::decode_tx(&bytes).map_err(|r| rejected(&r))?;
+    Ok(Submission {
+        hash: decoded.hash(),
+        tx: Box::new(decoded),
+        encoded: bytes,
+        waiter: None,
+    })
+}
+
+/// The positions, ascending, of the submissions whose signatures are invalid: one
+/// batch check for all (the rule gossip batches are checked by).
+fn batch_check(subs: &[Submission]) -> Vec<usize> {
+    let txs: Vec<&Transaction> = subs.iter().map(|s| &*s.tx).collect();
+    let mut bad = pyralog_ledger::verify_signatures_here(&txs)
+        .err()
+        .unwrap_or_default();
+    bad.sort_unstable();
+    bad
+}
+
+/// One transaction's answer in `broadcast_txs`: what `broadcast_tx` would have
+/// answered, its result or its error.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum BroadcastOutcome {
+    /// Accepted: the `broadcast_tx` result.
+    Ok(BroadcastView),
+    /// Refused: the `broadcast_tx` error object.
+    Err {
+        /// Code, message and (for a rejection) `{reason, message}`.
+        error: ErrorObjectOwned,
+    },
 }
 
 fn parse_hex(what: &str, text: &str, max: usize) -> Result<Vec<u8>, ErrorObjectOwned> {
@@ -329,6 +406,16 @@ pub trait NodeApi {
     #[method(name = "broadcast_tx")]
     async fn broadcast_tx(&self, tx: String, mode: Option<String>) -> RpcResult<BroadcastView>;
 
+    /// Submits many transactions (hex) at once, in order, with one signature batch
+    /// check: an array with one answer per transaction, each the result `broadcast_tx`
+    /// would give or `{"error": …}` with its error. At most [`MAX_BROADCAST_TXS`].
+    #[method(name = "broadcast_txs")]
+    async fn broadcast_txs(
+        &self,
+        txs: Vec<String>,
+        mode: Option<String>,
+    ) -> RpcResult<Vec<BroadcastOutcome>>;
+
     /// A committed transaction by hash, with inclusion proofs.
     #[method(name = "tx")]
     async fn tx(&self, hash: String) -> RpcResult<TxProofView>;
@@ -422,6 +509,119 @@ struct ProvenBlock {
 }
 
 impl Api {
+    /// Hands transactions whose signatures were checked to the driver and answers each
+    /// as `mode` asks, in order.
+    async fn submit(
+        &self,
+        subs: Vec<Submission>,
+        mode: SubmitMode,
+    ) -> Vec<Result<BroadcastView, ErrorObjectOwned>> {
+        if subs.is_empty() {
+            return Vec::new();
+        }
+        let hashes: Vec<Hash> = subs.iter().map(|s| s.hash).collect();
+        let mut committed = Vec::new();
+        let subs = subs
+            .into_iter()
+            .map(|mut s| {
+                if mode == SubmitMode::Commit {
+                    let (w, c) = oneshot::channel();
+                    s.waiter = Some(w);
+                    committed.push(c);
+                }
+                s
+            })
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        let unavailable = || Err(rejected(&Reject::Unavailable("shutting down".into())));
+        if self
+            .0
+            .requests
+            .send(Request::Submit { txs: subs, reply })
+            .await
+            .is_err()
+        {
+            return hashes.iter().map(|_| unavailable()).collect();
+        }
+        if mode == SubmitMode::Async {
+            let logged = hashes.clone();
+            tokio::spawn(async move {
+                if let Ok(verdicts) = answer.await {
+                    for (hash, v) in logged.iter().zip(verdicts) {
+                        if let Err(r) = v {
+                            tracing::debug!(tx = %hash.to_hex(), reason = %r, "async transaction rejected");
+                        }
+                    }
+                }
+            });
+            return hashes
+                .into_iter()
+                .map(|hash| {
+                    Ok(BroadcastView {
+                        hash,
+                        status: "received",
+                        already_known: false,
+                        committed: None,
+                    })
+                })
+                .collect();
+        }
+        let Ok(verdicts) = answer.await else {
+            return hashes.iter().map(|_| unavailable()).collect();
+        };
+        // Every wait for a commit ends at the same moment, however many there are.
+        let deadline = tokio::time::Instant::now() + self.0.commit_timeout;
+        let mut committed = committed.into_iter();
+        let mut out = Vec::with_capacity(hashes.len());
+        for (hash, verdict) in hashes.into_iter().zip(verdicts) {
+            let waiting = committed.next();
+            let already = match verdict {
+                Err(r) => {
+                    out.push(Err(rejected(&r)));
+                    continue;
+                }
+                Ok(Submitted::Committed(loc)) => {
+                    out.push(Ok(BroadcastView {
+                        hash,
+                        status: "committed",
+                        already_known: true,
+                        committed: Some(loc),
+                    }));
+                    continue;
+                }
+                Ok(Submitted::Pending { already }) => already,
+            };
+            let Some(waiting) = waiting else {
+                out.push(Ok(BroadcastView {
+                    hash,
+                    status: "pending",
+                    already_known: already,
+                    committed: None,
+                }));
+                continue;
+            };
+            out.push(match tokio::time::timeout_at(deadline, waiting).await {
+                Ok(Ok(Ok(loc))) => Ok(BroadcastView {
+                    hash,
+                    status: "committed",
+                    already_known: already,
+                    committed: Some(loc),
+                }),
+                Ok(Ok(Err(reason))) => Err(rejected(&reason)),
+                Ok(Err(_)) => unavailable(),
+                Err(_) => Err(err(
+                    TIMEOUT,
+                    format!(
+                        "not committed within {} s; the transaction is pending (poll `tx` {})",
+                        self.0.commit_timeout.as_secs(),
+                        hash.to_hex()
+                    ),
+                )),
+            });
+        }
+        out
+    }
+
     fn height_or_latest(&self, height: Option<u64>) -> RpcResult<u64> {
         let tip = self.0.store.tip().map_err(internal)?.height;
         match height {
@@ -560,99 +760,79 @@ impl NodeApiServer for Api {
     }
 
     async fn broadcast_tx(&self, tx: String, mode: Option<String>) -> RpcResult<BroadcastView> {
-        let mode = mode.as_deref().unwrap_or("sync");
-        if !matches!(mode, "async" | "sync" | "commit") {
-            return Err(bad_params(format!(
-                "mode {mode:?}: expected async, sync or commit"
-            )));
-        }
-        let max = pyralog_ledger::tx::MAX_TX_BYTES;
-        let text = tx.strip_prefix("0x").unwrap_or(&tx);
-        if text.len() > 2 * max {
-            return Err(rejected(&Reject::Oversize {
-                len: text.len() / 2,
-                max,
-            }));
-        }
-        let bytes = hex::decode(text).map_err(|e| bad_params(format!("tx is not hex: {e}")))?;
-        let decoded = crate::chain::decode_tx(&bytes).map_err(|r| rejected(&r))?;
-        let hash = decoded.hash();
+        let mode = SubmitMode::parse(mode.as_deref())?;
+        let sub = decode_submission(&tx)?;
         // Signatures are checked here, on the RPC worker threads, not in the driver.
-        decoded
+        sub.tx
             .verify_signature()
             .map_err(|_| rejected(&Reject::BadSignature))?;
-        let (reply, answer) = oneshot::channel();
-        let (waiter, committed) = if mode == "commit" {
-            let (w, c) = oneshot::channel();
-            (Some(w), Some(c))
-        } else {
-            (None, None)
-        };
-        let req = Request::Submit {
-            tx: Box::new(decoded),
-            encoded: bytes,
-            reply,
-            waiter,
-        };
-        self.0
-            .requests
-            .send(req)
+        self.submit(vec![sub], mode)
             .await
-            .map_err(|_| rejected(&Reject::Unavailable("shutting down".into())))?;
-        if mode == "async" {
-            tokio::spawn(async move {
-                if let Ok(Err(r)) = answer.await {
-                    tracing::debug!(tx = %hash.to_hex(), reason = %r, "async transaction rejected");
+            .pop()
+            .unwrap_or_else(|| Err(rejected(&Reject::Unavailable("no answer".into()))))
+    }
+
+    async fn broadcast_txs(
+        &self,
+        txs: Vec<String>,
+        mode: Option<String>,
+    ) -> RpcResult<Vec<BroadcastOutcome>> {
+        let mode = SubmitMode::parse(mode.as_deref())?;
+        if txs.len() > MAX_BROADCAST_TXS {
+            return Err(bad_params(format!(
+                "{} transactions: at most {MAX_BROADCAST_TXS} a call",
+                txs.len()
+            )));
+        }
+        let mut out: Vec<Option<Result<BroadcastView, ErrorObjectOwned>>> = Vec::new();
+        let mut decoded = Vec::new();
+        let mut slots = Vec::new();
+        for text in &txs {
+            match decode_submission(text) {
+                Ok(sub) => {
+                    slots.push(out.len());
+                    decoded.push(sub);
+                    out.push(None);
                 }
-            });
-            return Ok(BroadcastView {
-                hash,
-                status: "received",
-                already_known: false,
-                committed: None,
-            });
-        }
-        let verdict = answer
-            .await
-            .map_err(|_| rejected(&Reject::Unavailable("shutting down".into())))?
-            .map_err(|r| rejected(&r))?;
-        let already = match verdict {
-            Submitted::Committed(loc) => {
-                return Ok(BroadcastView {
-                    hash,
-                    status: "committed",
-                    already_known: true,
-                    committed: Some(loc),
-                });
+                Err(e) => out.push(Some(Err(e))),
             }
-            Submitted::Pending { already } => already,
-        };
-        let Some(committed) = committed else {
-            return Ok(BroadcastView {
-                hash,
-                status: "pending",
-                already_known: already,
-                committed: None,
-            });
-        };
-        match tokio::time::timeout(self.0.commit_timeout, committed).await {
-            Ok(Ok(Ok(loc))) => Ok(BroadcastView {
-                hash,
-                status: "committed",
-                already_known: already,
-                committed: Some(loc),
-            }),
-            Ok(Ok(Err(reason))) => Err(rejected(&reason)),
-            Ok(Err(_)) => Err(rejected(&Reject::Unavailable("shutting down".into()))),
-            Err(_) => Err(err(
-                TIMEOUT,
-                format!(
-                    "not committed within {} s; the transaction is pending (poll `tx` {})",
-                    self.0.commit_timeout.as_secs(),
-                    hash.to_hex()
-                ),
-            )),
         }
+        drop(txs);
+        // One batch check for all of them; off the async workers when it is long.
+        let (decoded, bad) = if decoded.len() <= INLINE_BATCH_CHECK {
+            let bad = batch_check(&decoded);
+            (decoded, bad)
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let bad = batch_check(&decoded);
+                (decoded, bad)
+            })
+            .await
+            .map_err(|e| internal(format!("signature check: {e}")))?
+        };
+        let mut good = Vec::with_capacity(decoded.len());
+        let mut good_slots = Vec::with_capacity(decoded.len());
+        for (i, (sub, slot)) in decoded.into_iter().zip(slots).enumerate() {
+            if bad.binary_search(&i).is_ok() {
+                out[slot] = Some(Err(rejected(&Reject::BadSignature)));
+            } else {
+                good.push(sub);
+                good_slots.push(slot);
+            }
+        }
+        for (slot, res) in good_slots.into_iter().zip(self.submit(good, mode).await) {
+            out[slot] = Some(res);
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| match r {
+                Some(Ok(view)) => BroadcastOutcome::Ok(view),
+                Some(Err(error)) => BroadcastOutcome::Err { error },
+                None => BroadcastOutcome::Err {
+                    error: rejected(&Reject::Unavailable("no answer".into())),
+                },
+            })
+            .collect())
     }
 
     async fn tx(&self, hash: String) -> RpcResult<TxProofView> {

@@ -295,3 +295,89 @@ fn a_full_mempool_evicts_a_transaction_stuck_behind_a_nonce_gap_and_tells_its_wa
     );
     assert!(text.contains("pyralog_mempool_queued_txs 2"), "{text}");
 }
+
+/// `broadcast_txs` answers each transaction of a call in order, as `broadcast_tx` would:
+/// a bad signature, bad hex or a second copy in one call is that transaction's answer
+/// alone, and the others are admitted and (in `commit` mode) committed.
+#[test]
+fn broadcast_txs_answers_each_transaction_in_order() {
+    use pyralog_ledger::{Decode, Encode};
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("n");
+    let (port, _) = init_on_free_ports(&home, |c| c);
+    let genesis: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("genesis.json")).unwrap()).unwrap();
+    let chain = genesis["chain_id"].as_str().unwrap().to_string();
+    let _node = Running(
+        Command::new(EXE)
+            .args(["start", "--home", home.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_height(port, 1);
+    let (a, b) = (
+        pyralog_crypto::Keypair::from_seed(&[1; 32]),
+        pyralog_crypto::Keypair::from_seed(&[2; 32]),
+    );
+    let decode = |v: &serde_json::Value| {
+        pyralog_ledger::Transaction::from_bytes(&hex::decode(v.as_str().unwrap()).unwrap()).unwrap()
+    };
+    // b's nonce-1 transaction under the signature of its nonce-0 one: it decodes, and
+    // only the batch check can refuse it.
+    let mut forged = decode(&signed_put(&b, &chain, 1));
+    forged.signature = decode(&signed_put(&b, &chain, 0)).signature;
+    let forged = serde_json::json!(hex::encode(forged.to_bytes()));
+    let a0 = signed_put(&a, &chain, 0);
+    let b0 = signed_put(&b, &chain, 0);
+    let txs = serde_json::json!([a0, forged, "zz", b0, a0]);
+    let r = rpc(port, "broadcast_txs", serde_json::json!([txs, "commit"])).unwrap();
+    let answers = r["result"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(answers.len(), 5, "{r}");
+    assert_eq!(answers[0]["status"], "committed", "{r}");
+    assert_eq!(answers[0]["already_known"], false, "{r}");
+    assert_eq!(answers[1]["error"]["code"], -32001, "{r}");
+    assert_eq!(
+        answers[1]["error"]["data"]["reason"], "bad_signature",
+        "{r}"
+    );
+    assert_eq!(answers[2]["error"]["code"], -32602, "{r}");
+    assert_eq!(answers[3]["status"], "committed", "{r}");
+    // The second copy found the first pending and waited for the same commit.
+    assert_eq!(answers[4]["status"], "committed", "{r}");
+    assert_eq!(answers[4]["already_known"], true, "{r}");
+    assert_eq!(answers[4]["committed"], answers[0]["committed"], "{r}");
+    for (i, tx) in [(0, &a0), (3, &b0)] {
+        assert_eq!(answers[i]["hash"], decode(tx).hash().to_hex(), "{r}");
+    }
+
+    // Sent again: committed already; a used nonce under a new transaction is refused.
+    let replay = pyralog_ledger::Transaction::new_signed(
+        &b,
+        pyralog_ledger::ChainId::new(&chain).unwrap(),
+        0,
+        pyralog_ledger::Payload::Delete {
+            key: b"k0".to_vec(),
+        },
+    )
+    .unwrap();
+    let txs = serde_json::json!([a0, hex::encode(replay.to_bytes())]);
+    let r = rpc(port, "broadcast_txs", serde_json::json!([txs])).unwrap();
+    let answers = r["result"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(answers[0]["status"], "committed", "{r}");
+    assert_eq!(answers[0]["already_known"], true, "{r}");
+    assert_eq!(
+        answers[1]["error"]["data"]["reason"], "nonce_replayed",
+        "{r}"
+    );
+
+    // Too many in one call, or a mode that does not exist: the call is refused.
+    let many = vec![serde_json::json!("00"); 1025];
+    let r = rpc(port, "broadcast_txs", serde_json::json!([many, "sync"])).unwrap();
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    let r = rpc(port, "broadcast_txs", serde_json::json!([[a0], "later"])).unwrap();
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    let r = rpc(port, "broadcast_txs", serde_json::json!([[]])).unwrap();
+    assert_eq!(r["result"], serde_json::json!([]), "{r}");
+}

@@ -2,8 +2,9 @@
 //! against the machine's own bounds measured in the same run (docs/PERFORMANCE.md).
 //!
 //! The load is notarizations of about `tx_size` bytes from `accounts` accounts, all signed
-//! before the clock starts. Batches of `broadcast_tx` (`sync`: answered with the mempool's
-//! verdict, so rejections are counted) go to the validators, each sender's to its own,
+//! before the clock starts. Batches of them (`sync`: answered with the mempool's verdict,
+//! so rejections are counted; one `broadcast_txs` call each, or with [`Submit::Each`] a
+//! JSON-RPC batch of `broadcast_tx` calls) go to the validators, each sender's to its own,
 //! either as fast as answers allow (`rate: None`) or paced at `rate` tx/s. Senders behave
 //! as wallets: one transaction unanswered each, and one refused for now is sent again
 //! ([`crate::submit`]). Node0's
@@ -26,7 +27,7 @@ use serde_json::{Value, json};
 use crate::submit::{Resend, Verdict, sender_node, submit};
 use crate::{Manifest, UpOptions, down, up};
 
-/// Transactions per `broadcast_tx` batch to one validator (a pacing slot carries up to
+/// Transactions per submission batch to one validator (a pacing slot carries up to
 /// this many per validator).
 const BATCH: usize = 64;
 /// How far apart the pacing slots of a paced run are: a paced run offers its rate
@@ -59,6 +60,18 @@ pub struct BenchOptions {
     /// Fresh networks: keep the last validator down during the load, then restart it and
     /// time its block sync.
     pub catch_up: bool,
+    /// How transactions are submitted.
+    pub submit: Submit,
+}
+
+/// How a sender submits a slot of transactions to its validator.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Submit {
+    /// One `broadcast_txs` call: the node checks their signatures as one batch.
+    #[default]
+    Batch,
+    /// A JSON-RPC batch of `broadcast_tx` calls: the node checks each signature alone.
+    Each,
 }
 
 /// A restarted validator catching up through block sync, against what the network
@@ -574,11 +587,12 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
     let (seen, watcher) = watch_heights(urls[0], rpcs[0].clone(), stop.clone()).await;
 
     let started = Instant::now();
+    let how = opts.submit;
     let send = |node: usize, batch: Vec<usize>| {
         let rpc = rpcs[node].clone();
         let encoded = encoded.clone();
         async move {
-            match rpc.batch(&broadcast_calls(&encoded, &batch)).await {
+            match broadcast(&rpc, &encoded, &batch, how).await {
                 Ok(answers) => answers.iter().map(verdict).collect(),
                 Err(_) => vec![Verdict::Busy; batch.len()],
             }
@@ -619,7 +633,8 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         if size != last_size {
             (last_size, last_growth) = (size, Instant::now());
         } else if last_growth.elapsed() > STALL {
-            recovered += resend_dropped(&rpcs, &txs, &encoded, &can_commit, accounts).await;
+            recovered +=
+                resend_dropped(&rpcs, &txs, &encoded, &can_commit, accounts, opts.submit).await;
             last_growth = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -677,12 +692,27 @@ fn slot_size(rate: Option<u64>, nodes: usize) -> usize {
     }
 }
 
-/// `broadcast_tx` calls (`sync` mode) for the transactions `indices` of `encoded`.
-fn broadcast_calls(encoded: &[Value], indices: &[usize]) -> Vec<(&'static str, Vec<Value>)> {
-    indices
-        .iter()
-        .map(|&i| ("broadcast_tx", vec![encoded[i].clone(), json!("sync")]))
-        .collect()
+/// Submits the transactions `indices` of `encoded` in `sync` mode, as `how` says: one
+/// answer each, in order.
+async fn broadcast(
+    rpc: &Rpc,
+    encoded: &[Value],
+    indices: &[usize],
+    how: Submit,
+) -> pyralog_wallet::error::Result<Vec<Result<Value, CallError>>> {
+    match how {
+        Submit::Batch => {
+            let txs: Vec<Value> = indices.iter().map(|&i| encoded[i].clone()).collect();
+            rpc.broadcast(&txs, "sync").await
+        }
+        Submit::Each => {
+            let calls: Vec<(&str, Vec<Value>)> = indices
+                .iter()
+                .map(|&i| ("broadcast_tx", vec![encoded[i].clone(), json!("sync")]))
+                .collect();
+            rpc.batch(&calls).await
+        }
+    }
 }
 
 /// A node's answer to one `broadcast_tx`.
@@ -709,6 +739,7 @@ async fn resend_dropped(
     encoded: &[Value],
     can_commit: &[bool],
     accounts: usize,
+    how: Submit,
 ) -> usize {
     // Per sender, its last transaction that can commit.
     let mut last: Vec<Option<usize>> = vec![None; accounts];
@@ -756,7 +787,7 @@ async fn resend_dropped(
                 .saturating_add(a);
             again.extend((first..=end).step_by(accounts));
         }
-        if let Ok(answers) = rpc.batch(&broadcast_calls(encoded, &again)).await {
+        if let Ok(answers) = broadcast(rpc, encoded, &again, how).await {
             recovered += answers
                 .iter()
                 .filter(|a| {

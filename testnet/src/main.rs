@@ -160,6 +160,12 @@ enum Commands {
         /// and time its catch-up through block sync against the block production rate.
         #[arg(long)]
         catch_up: bool,
+        /// How a sender submits a slot of transactions: `batch`, one `broadcast_txs` call
+        /// (one signature batch check at the node, as `pyralog notarize` of many files
+        /// sends), or `each`, a JSON-RPC batch of `broadcast_tx` calls (checked one at a
+        /// time, as wallets that send one transaction at a time are).
+        #[arg(long, value_enum, default_value = "batch")]
+        submit: pyralog_testnet::bench::Submit,
     },
     /// Run the wallet (the same as `pyralog`); used by tests and the demo.
     #[command(hide = true, disable_help_flag = true)]
@@ -376,6 +382,7 @@ fn run(cmd: Commands) -> anyhow::Result<()> {
             json,
             quick,
             catch_up,
+            submit,
         } => {
             let rate = match rate.as_str() {
                 "max" => None,
@@ -401,6 +408,7 @@ fn run(cmd: Commands) -> anyhow::Result<()> {
                 tx_size,
                 home: home.clone(),
                 catch_up,
+                submit,
             };
             bench(&transport, opts, json.as_deref())
         }

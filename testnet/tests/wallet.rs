@@ -40,7 +40,7 @@ enum Lie {
     OldState,
     /// `history`: starts from an older height, leaving out the newest version.
     OmitsNewest,
-    /// `broadcast_tx`: refuses every transaction (mempool full).
+    /// `broadcast_tx` and `broadcast_txs`: refuse every transaction (mempool full).
     Refuses,
     /// Every header it serves has another state root, re-certified by a quorum of the
     /// validators' keys (a colluding quorum: a fork).
@@ -78,13 +78,19 @@ async fn answer(
     mut args: Vec<Value>,
 ) -> Result<Value, ErrorObjectOwned> {
     let lie = *s.lie.lock().unwrap();
-    if (lie, method) == (Lie::Refuses, "broadcast_tx") {
+    if lie == Lie::Refuses {
         let data = json!({ "reason": "mempool_full", "message": "mempool is full" });
-        return Err(ErrorObjectOwned::owned(
-            -32001,
-            "transaction rejected: mempool is full",
-            Some(data),
-        ));
+        let refusal =
+            ErrorObjectOwned::owned(-32001, "transaction rejected: mempool is full", Some(data));
+        match method {
+            "broadcast_tx" => return Err(refusal),
+            // Each transaction's answer is the error `broadcast_tx` would give.
+            "broadcast_txs" => {
+                let n = args[0].as_array().map_or(0, Vec::len);
+                return Ok(json!(vec![json!({ "error": refusal }); n]));
+            }
+            _ => {}
+        }
     }
     match (lie, method) {
         (Lie::StaleHead, "log_consistency") => args = vec![json!(1), json!(2)],

@@ -755,16 +755,11 @@ async fn notarize(
         .into_iter()
         .filter_map(|(i, tx, _)| tx.map(|t| (i, t)))
         .collect();
-    let calls: Vec<_> = txs
+    let encoded: Vec<_> = txs
         .iter()
-        .map(|(_, tx)| {
-            (
-                "broadcast_tx",
-                vec![json!(hex::encode(tx.to_bytes())), json!("sync")],
-            )
-        })
+        .map(|(_, tx)| json!(hex::encode(tx.to_bytes())))
         .collect();
-    let verdicts = s.rpc.batch(&calls).await?;
+    let verdicts = s.rpc.broadcast(&encoded, "sync").await?;
     let mut first_refused: Option<usize> = None;
     for ((i, _), v) in txs.iter().zip(verdicts) {
         if let Err(e) = v {

@@ -23,8 +23,12 @@ pub const TX_REJECTED: i32 = -32001;
 /// Largest answer accepted from a node, in bytes.
 pub const MAX_RESPONSE_BYTES: u32 = 64 << 20;
 
-/// Most calls in one JSON-RPC batch.
+/// Most calls in one JSON-RPC batch, and most transactions in one `broadcast_txs` call.
 pub const MAX_BATCH: usize = 256;
+
+/// Most hex characters of transactions in one `broadcast_txs` call: half a node's default
+/// request limit (`rpc.max_request_bytes`, 1 MiB).
+pub const MAX_SUBMIT_HEX: usize = 512 * 1024;
 
 /// A call that the node answered with an error.
 #[derive(Clone, Debug)]
@@ -72,6 +76,19 @@ fn params(values: Vec<Value>) -> Result<ArrayParams> {
             .map_err(|e| usage(format!("bad parameter: {e}")))?;
     }
     Ok(p)
+}
+
+/// How many of `txs` (hex strings) the next `broadcast_txs` call carries: at most
+/// [`MAX_BATCH`] and [`MAX_SUBMIT_HEX`] characters, but at least one.
+fn submit_chunk(txs: &[Value]) -> usize {
+    let mut chars = 0;
+    for (n, tx) in txs.iter().take(MAX_BATCH).enumerate() {
+        chars += tx.as_str().map_or(0, str::len);
+        if n > 0 && chars > MAX_SUBMIT_HEX {
+            return n;
+        }
+    }
+    txs.len().min(MAX_BATCH)
 }
 
 impl Rpc {
@@ -145,6 +162,60 @@ impl Rpc {
             for a in answers {
                 out.push(a.map_err(|e| CallError::of(&e)));
             }
+        }
+        Ok(out)
+    }
+
+    /// Submits transactions (hex strings, as `broadcast_tx` takes them) in `mode`
+    /// (`async`, `sync` or `commit`) with `broadcast_txs`: in order, in calls of at most
+    /// [`MAX_BATCH`] transactions and [`MAX_SUBMIT_HEX`] characters, each call's
+    /// signatures checked as one batch by the node. One answer per transaction, as
+    /// `broadcast_tx` would give it.
+    pub async fn broadcast(
+        &self,
+        txs: &[Value],
+        mode: &str,
+    ) -> Result<Vec<std::result::Result<Value, CallError>>> {
+        let mut out = Vec::with_capacity(txs.len());
+        let mut rest = txs;
+        while !rest.is_empty() {
+            let (chunk, later) = rest.split_at(submit_chunk(rest));
+            rest = later;
+            let answer = self
+                .call(
+                    "broadcast_txs",
+                    vec![Value::Array(chunk.to_vec()), Value::from(mode)],
+                )
+                .await?;
+            let answers = match answer {
+                Ok(Value::Array(answers)) if answers.len() == chunk.len() => answers,
+                Ok(_) => {
+                    return Err(check(format!(
+                        "node {}: broadcast_txs did not answer each of {} transactions",
+                        self.url,
+                        chunk.len()
+                    )));
+                }
+                Err(e) => return Err(node(format!("node {}: broadcast_txs: {e}", self.url))),
+            };
+            out.extend(answers.into_iter().map(|a| {
+                match a.get("error") {
+                    Some(e) => Err(CallError {
+                        code: e
+                            .get("code")
+                            .and_then(Value::as_i64)
+                            .and_then(|c| i32::try_from(c).ok())
+                            .unwrap_or(0),
+                        message: e
+                            .get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                        data: e.get("data").cloned(),
+                    }),
+                    None => Ok(a),
+                }
+            }));
         }
         Ok(out)
     }
@@ -335,5 +406,24 @@ impl ConsistencyAnswer {
             },
             proof: parse(url, v, "proof")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submissions_are_cut_by_count_and_by_size() {
+        let small = vec![Value::from("00".repeat(200)); 600];
+        assert_eq!(submit_chunk(&small), MAX_BATCH);
+        assert_eq!(submit_chunk(&small[..10]), 10);
+        // 64 KiB values: eight fit in half a MiB of hex, the ninth goes to the next call.
+        let large = vec![Value::from("0".repeat(64 * 1024)); 20];
+        assert_eq!(submit_chunk(&large), 8);
+        // One transaction over the size still goes alone (the node judges it).
+        let huge = vec![Value::from("0".repeat(MAX_SUBMIT_HEX + 2)); 3];
+        assert_eq!(submit_chunk(&huge), 1);
+        assert_eq!(submit_chunk(&[]), 0);
     }
 }

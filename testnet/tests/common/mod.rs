@@ -137,6 +137,7 @@ pub const METHODS: &[&str] = &[
     "block",
     "certificate",
     "broadcast_tx",
+    "broadcast_txs",
     "tx",
     "get",
     "history",
