@@ -372,6 +372,22 @@ fn broadcast_txs_answers_each_transaction_in_order() {
         "{r}"
     );
 
+    // A call longer than the node checks on its async workers: the same answers.
+    let c = pyralog_crypto::Keypair::from_seed(&[3; 32]);
+    let mut txs: Vec<serde_json::Value> = (0..100).map(|n| signed_put(&c, &chain, n)).collect();
+    txs[70] = forged.clone();
+    let r = rpc(port, "broadcast_txs", serde_json::json!([txs, "sync"])).unwrap();
+    let answers = r["result"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(answers.len(), 100, "{r}");
+    for (i, a) in answers.iter().enumerate() {
+        if i == 70 {
+            assert_eq!(a["error"]["data"]["reason"], "bad_signature", "{a}");
+        } else {
+            assert_eq!(a["status"], "pending", "{i}: {a}");
+            assert_eq!(a["hash"], decode(&txs[i]).hash().to_hex(), "{a}");
+        }
+    }
+
     // Too many in one call, or a mode that does not exist: the call is refused.
     let many = vec![serde_json::json!("00"); 1025];
     let r = rpc(port, "broadcast_txs", serde_json::json!([many, "sync"])).unwrap();
