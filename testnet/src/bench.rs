@@ -161,6 +161,8 @@ pub struct BenchReport {
     pub tx_bytes: f64,
     /// The catch-up measurement, with `catch_up`.
     pub catch_up: Option<CatchUp>,
+    /// How the transactions were submitted.
+    pub submit: Submit,
 }
 
 impl BenchReport {
@@ -673,6 +675,7 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         log_size: size,
         tx_bytes,
         catch_up: None,
+        submit: opts.submit,
     })
 }
 
@@ -854,6 +857,10 @@ pub fn report_json(r: &BenchReport, b: &Bounds, transport: &str, command: &str) 
         "time_ms": pyralog_node::driver::now_ms(),
         "transport": transport,
         "validators": r.validators,
+        "submit": match r.submit {
+            Submit::Batch => "batch",
+            Submit::Each => "each",
+        },
         "submitted": r.submitted,
         "rejected": r.rejected,
         "refusals": r.refusals,

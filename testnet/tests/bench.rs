@@ -27,6 +27,8 @@ fn quick_bench_reports_every_figure() {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let num = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
     assert_eq!(v["validators"], 4);
+    // Submitted with broadcast_txs unless `--submit each`.
+    assert_eq!(v["submit"], "batch");
     assert_eq!(v["submitted"], 2000);
     assert_eq!(
         num("committed") + num("rejected") + num("stranded"),
