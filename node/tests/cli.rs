@@ -209,6 +209,43 @@ fn init_key_show_config_and_a_dev_chain_that_stops_cleanly() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// A one-validator dev chain, initialised with `edit` applied to its config, started
+/// and past height 1; stopped and removed on drop.
+struct DevNode {
+    rpc: u16,
+    metrics: u16,
+    chain: String,
+    _node: Running,
+    _dir: tempfile::TempDir,
+}
+
+impl DevNode {
+    fn start(edit: impl Fn(String) -> String) -> DevNode {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("n");
+        let (rpc, metrics) = init_on_free_ports(&home, edit);
+        let genesis: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(home.join("genesis.json")).unwrap()).unwrap();
+        let chain = genesis["chain_id"].as_str().unwrap().to_string();
+        let node = Running(
+            Command::new(EXE)
+                .args(["start", "--home", home.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_height(rpc, 1);
+        DevNode {
+            rpc,
+            metrics,
+            chain,
+            _node: node,
+            _dir: dir,
+        }
+    }
+}
+
 fn signed_put(key: &pyralog_crypto::Keypair, chain: &str, nonce: u64) -> serde_json::Value {
     use pyralog_ledger::Encode;
     let tx = pyralog_ledger::Transaction::new_signed(
@@ -226,22 +263,8 @@ fn signed_put(key: &pyralog_crypto::Keypair, chain: &str, nonce: u64) -> serde_j
 
 #[test]
 fn a_full_mempool_evicts_a_transaction_stuck_behind_a_nonce_gap_and_tells_its_waiter() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("n");
-    let (port, metrics) =
-        init_on_free_ports(&home, |c| c.replace("max_txs = 100000", "max_txs = 3"));
-    let genesis: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(home.join("genesis.json")).unwrap()).unwrap();
-    let chain = genesis["chain_id"].as_str().unwrap().to_string();
-    let _node = Running(
-        Command::new(EXE)
-            .args(["start", "--home", home.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_height(port, 1);
+    let node = DevNode::start(|c| c.replace("max_txs = 100000", "max_txs = 3"));
+    let (port, metrics, chain) = (node.rpc, node.metrics, node.chain.clone());
     let (a, b) = (
         pyralog_crypto::Keypair::from_seed(&[1; 32]),
         pyralog_crypto::Keypair::from_seed(&[2; 32]),
@@ -302,21 +325,8 @@ fn a_full_mempool_evicts_a_transaction_stuck_behind_a_nonce_gap_and_tells_its_wa
 #[test]
 fn broadcast_txs_answers_each_transaction_in_order() {
     use pyralog_ledger::{Decode, Encode};
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("n");
-    let (port, _) = init_on_free_ports(&home, |c| c);
-    let genesis: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(home.join("genesis.json")).unwrap()).unwrap();
-    let chain = genesis["chain_id"].as_str().unwrap().to_string();
-    let _node = Running(
-        Command::new(EXE)
-            .args(["start", "--home", home.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_height(port, 1);
+    let node = DevNode::start(|c| c);
+    let (port, chain) = (node.rpc, node.chain.clone());
     let (a, b) = (
         pyralog_crypto::Keypair::from_seed(&[1; 32]),
         pyralog_crypto::Keypair::from_seed(&[2; 32]),
