@@ -295,13 +295,18 @@ enum Sub {
     Empty,
     Leaf(Subtree),
     Internal(Subtree),
+    /// A non-empty subtree no update reached, whose kind is read only if it matters:
+    /// when its sibling became empty, a lone leaf moves up. Without deletions it never
+    /// does, and the siblings of the updated paths (about one per level of a path below
+    /// the levels a block's updates share) are not read at all.
+    Untouched(Subtree),
 }
 
 impl Sub {
     fn tree(&self) -> Subtree {
         match self {
             Sub::Empty => Subtree::EMPTY,
-            Sub::Leaf(t) | Sub::Internal(t) => *t,
+            Sub::Leaf(t) | Sub::Internal(t) | Sub::Untouched(t) => *t,
         }
     }
 }
@@ -384,10 +389,7 @@ fn update_at<S: StateNodes + ?Sized>(
         return Ok(if current.is_empty() {
             Sub::Empty
         } else {
-            match load(store, &current)? {
-                StateNode::Leaf { .. } => Sub::Leaf(current),
-                StateNode::Internal { .. } => Sub::Internal(current),
-            }
+            Sub::Untouched(current)
         });
     }
     if current.is_empty() {
@@ -420,9 +422,22 @@ fn update_at<S: StateNodes + ?Sized>(
             let split = updates.partition_point(|(k, _)| !k.bit(depth));
             let l = update_at(store, left, depth + 1, &updates[..split], writes)?;
             let r = update_at(store, right, depth + 1, &updates[split..], writes)?;
+            let (l, r) = match (l, r) {
+                (Sub::Untouched(t), Sub::Empty) => (kind(store, t)?, Sub::Empty),
+                (Sub::Empty, Sub::Untouched(t)) => (Sub::Empty, kind(store, t)?),
+                pair => pair,
+            };
             Ok(join(l, r, writes))
         }
     }
+}
+
+/// An untouched subtree as a leaf or an internal node, read from the store.
+fn kind<S: StateNodes + ?Sized>(store: &S, tree: Subtree) -> Result<Sub, StoreError> {
+    Ok(match load(store, &tree)? {
+        StateNode::Leaf { .. } => Sub::Leaf(tree),
+        StateNode::Internal { .. } => Sub::Internal(tree),
+    })
 }
 
 /// A parent of two updated subtrees, collapsing a lone leaf upwards.

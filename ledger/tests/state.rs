@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
@@ -174,15 +175,34 @@ fn a_single_update_writes_o_log_n_nodes() {
     for (height, k) in (2..).zip(0..50u32) {
         let key = content_digest(&(k * 7919).to_be_bytes());
         let single: BTreeMap<Hash, Option<Vec<u8>>> = [(key, Some(vec![2, k as u8]))].into();
-        let (new_root, writes) = state::update(&store, &root, height, &single).unwrap();
+        let counted = Counted(store, Cell::new(0));
+        let state::Update {
+            root: new_root,
+            writes,
+            replaced,
+        } = state::update_tracked(&counted, &root, height, &single).unwrap();
+        store = counted.0;
         // One leaf plus one inner node per level of the path: about log2(n), not 256.
         assert!(
             (writes.len() as f64) < 2.0 * log2n + 8.0,
             "{} nodes written for one update in a tree of {n} keys",
             writes.len()
         );
+        // Only the nodes on the key's path are read, and each is replaced; their
+        // siblings are not: a sibling's hash is in its parent already.
+        assert_eq!(counted.1.get(), replaced.len(), "nodes read for one update");
         store.insert_all(writes);
         root = new_root;
+    }
+}
+
+/// A store that counts the nodes read from it.
+struct Counted(MemState, Cell<usize>);
+
+impl StateNodes for Counted {
+    fn state_node(&self, node: &Subtree) -> Result<Option<StateNode>, StoreError> {
+        self.1.set(self.1.get() + 1);
+        self.0.state_node(node)
     }
 }
 
