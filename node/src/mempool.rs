@@ -153,7 +153,11 @@ struct Account {
 /// pool is full, a ready transaction evicts the queued ones that have waited longest.
 pub struct Mempool {
     cfg: MempoolConfig,
-    by_hash: HashMap<Hash, Entry>,
+    /// Boxed: a transaction with its decompressed sender key is about 400 bytes, and the
+    /// table moves its entries whenever it grows or sweeps out the tombstones that
+    /// committed transactions leave; a burst of 80,000 spent some 2% of a validator's CPU
+    /// in those moves (docs/PERFORMANCE.md).
+    by_hash: HashMap<Hash, Box<Entry>>,
     by_sender: HashMap<PublicKey, Account>,
     /// Ready transactions by arrival.
     ready: BTreeMap<u64, Hash>,
@@ -315,12 +319,12 @@ impl Mempool {
         self.queued.insert(seq, hash);
         self.by_hash.insert(
             hash,
-            Entry {
+            Box::new(Entry {
                 tx,
                 len,
                 seq,
                 ready: false,
-            },
+            }),
         );
         let mut account = self.by_sender.remove(&sender).unwrap_or(Account {
             base: committed_next_nonce,
