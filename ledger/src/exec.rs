@@ -396,6 +396,12 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
 
     /// Applies `tx` (whose signature the caller has checked). On error nothing changes.
     pub fn apply(&mut self, tx: &Transaction) -> Result<(), ExecError> {
+        self.apply_hashed(tx, tx.hash())
+    }
+
+    /// [`BlockExecutor::apply`] for a caller that has hashed `tx` already: `tx_hash` must
+    /// be `tx.hash()`.
+    pub fn apply_hashed(&mut self, tx: &Transaction, tx_hash: Hash) -> Result<(), ExecError> {
         let fail = |error: TxError| ExecError::Tx {
             index: self.tx_hashes.len(),
             error,
@@ -425,7 +431,6 @@ impl<'a, S: StateNodes + ?Sized, L: LogNodes + ?Sized> BlockExecutor<'a, S, L> {
         let next_nonce = expected
             .checked_add(1)
             .ok_or_else(|| fail(TxError::NonceExhausted))?;
-        let tx_hash = tx.hash();
         let index = self.tx_hashes.len() as u32;
         let (key, value) = match &tx.payload {
             Payload::Notarize { digest, .. } => {
@@ -516,6 +521,24 @@ pub fn apply_block_cached<S: StateNodes + ?Sized, L: LogNodes + ?Sized>(
     block: &Block,
     cache: Option<&TipCache>,
 ) -> Result<Execution, ExecError> {
+    let hashes: Vec<Hash> = block.txs.iter().map(Transaction::hash).collect();
+    apply_block_hashed(state, log, tip, block, &hashes, cache)
+}
+
+/// [`apply_block_cached`] for a caller that has hashed the block's transactions already:
+/// `tx_hashes[i]` must be `block.txs[i].hash()`. A list of another length is ignored and
+/// the hashes computed here.
+pub fn apply_block_hashed<S: StateNodes + ?Sized, L: LogNodes + ?Sized>(
+    state: &S,
+    log: &L,
+    tip: &Tip,
+    block: &Block,
+    tx_hashes: &[Hash],
+    cache: Option<&TipCache>,
+) -> Result<Execution, ExecError> {
+    if tx_hashes.len() != block.txs.len() {
+        return apply_block_cached(state, log, tip, block, cache);
+    }
     if block.txs.len() > crate::block::MAX_BLOCK_TXS {
         return Err(ExecError::TooManyTxs {
             count: block.txs.len(),
@@ -532,8 +555,8 @@ pub fn apply_block_cached<S: StateNodes + ?Sized, L: LogNodes + ?Sized>(
     if let Some(cache) = cache {
         exec = exec.with_cache(cache);
     }
-    for tx in &block.txs {
-        exec.apply(tx)?;
+    for (tx, hash) in block.txs.iter().zip(tx_hashes) {
+        exec.apply_hashed(tx, *hash)?;
     }
     Ok(exec.finish()?)
 }

@@ -41,7 +41,7 @@ pub use codec::{CodecError, Decode, Encode};
 pub use evidence::{DuplicateVote, EvidenceError};
 pub use exec::{
     BlockContext, BlockExecutor, ExecError, Execution, KvRecord, Tip, TipCache, TxError,
-    apply_block, apply_block_cached,
+    apply_block, apply_block_cached, apply_block_hashed,
 };
 pub use merkle::{ProofError, TxTree};
 pub use pyralog_crypto::Hash;

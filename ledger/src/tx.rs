@@ -193,7 +193,16 @@ impl Transaction {
 
     /// The transaction's identity: the [`HashDomain::Tx`] hash of its full encoding.
     pub fn hash(&self) -> Hash {
-        HashDomain::Tx.hash(&self.to_bytes())
+        self.hash_and_len().0
+    }
+
+    /// [`Transaction::hash`] and the length of the encoding it hashes, from one encoding
+    /// into one allocation (a notarization is about 200 bytes; `to_bytes` grows its
+    /// vector from empty, several allocations).
+    pub fn hash_and_len(&self) -> (Hash, usize) {
+        let mut out = Vec::with_capacity(256);
+        self.encode(&mut out);
+        (HashDomain::Tx.hash(&out), out.len())
     }
 
     /// Checks the sender's signature (the rule of `pyralog_crypto::rule`).

@@ -395,19 +395,26 @@ pub fn verify_last_certificate(
 /// header. (Whether the transactions *execute* to the header's roots is
 /// [`verify_execution`]'s job.)
 pub fn verify_block_contents(block: &Block) -> Result<(), VerifyError> {
+    let hashes: Vec<Hash> = block.txs.iter().map(crate::Transaction::hash).collect();
+    verify_block_contents_hashed(block, &hashes)
+}
+
+/// [`verify_block_contents`] for a caller that has hashed the block's transactions
+/// already: `tx_hashes[i]` must be `block.txs[i].hash()`; a list of another length
+/// fails.
+pub fn verify_block_contents_hashed(block: &Block, tx_hashes: &[Hash]) -> Result<(), VerifyError> {
     let header = &block.header;
-    if header.tx_count as usize != block.txs.len() {
+    if header.tx_count as usize != block.txs.len() || tx_hashes.len() != block.txs.len() {
         return Err(VerifyError::ExecutionMismatch {
             field: "tx_count",
             in_header: header.tx_count.to_string(),
             computed: block.txs.len().to_string(),
         });
     }
-    let hashes: Vec<Hash> = block.txs.iter().map(crate::Transaction::hash).collect();
     expect_hash(
         "transaction root",
         header.tx_root,
-        crate::TxTree::new(&hashes).root(),
+        crate::TxTree::new(tx_hashes).root(),
     )?;
     let carried = block
         .last_certificate

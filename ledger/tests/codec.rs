@@ -203,6 +203,15 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test] fn transaction_round_trip(v in tx()) { check(&v)?; }
+
+    #[test]
+    fn a_transactions_hash_is_its_encodings(v in tx()) {
+        let bytes = v.to_bytes();
+        let (hash, len) = v.hash_and_len();
+        prop_assert_eq!(hash, pyralog_crypto::HashDomain::Tx.hash(&bytes));
+        prop_assert_eq!(len, bytes.len());
+        prop_assert_eq!(v.hash(), hash);
+    }
     #[test] fn header_round_trip(v in header()) { check(&v)?; }
     #[test] fn certificate_round_trip(v in cert()) { check(&v)?; }
     #[test] fn block_round_trip(v in block()) { check(&v)?; }

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use pyralog_crypto::PublicKey;
 use pyralog_ledger::verify::{
-    VerifyError, verify_block_contents, verify_certificate, verify_execution, verify_first_header,
-    verify_header_link, verify_last_certificate,
+    VerifyError, verify_block_contents_hashed, verify_certificate, verify_execution,
+    verify_first_header, verify_header_link, verify_last_certificate,
 };
 use pyralog_ledger::{
-    Block, BlockContext, BlockExecutor, Certificate, Decode, Encode, ExecError, Execution, Genesis,
-    Hash, Header, Tip, TipCache, Transaction, TxError, ValidatorSet, apply_block_cached,
+    Block, BlockContext, BlockExecutor, Certificate, Decode, ExecError, Execution, Genesis, Hash,
+    Header, Tip, TipCache, Transaction, TxError, ValidatorSet, apply_block_hashed,
     verify_signatures_of,
 };
 use pyralog_storage::{SledStore, Store};
@@ -326,8 +326,11 @@ impl Chain {
     ) -> Result<(), Invalid> {
         let header = &block.header;
         let hash = header.hash();
+        // Each transaction is encoded once here, for its hash and its size.
+        let (tx_hashes, sizes): (Vec<Hash>, Vec<usize>) =
+            block.txs.iter().map(Transaction::hash_and_len).unzip();
         // Before the cache: a cached header says nothing of this copy's transactions.
-        verify_block_contents(block).map_err(Invalid::Contents)?;
+        verify_block_contents_hashed(block, &tx_hashes).map_err(Invalid::Contents)?;
         if self.validated.contains_key(&hash) {
             return Ok(());
         }
@@ -361,7 +364,7 @@ impl Chain {
                 params.max_block_txs
             )));
         }
-        let bytes: usize = block.txs.iter().map(|t| t.to_bytes().len()).sum();
+        let bytes: usize = sizes.iter().sum();
         if bytes > params.max_block_bytes as usize {
             return Err(Invalid::Limits(format!(
                 "{bytes} bytes of transactions, over the chain's limit of {}",
@@ -374,16 +377,17 @@ impl Chain {
             .txs
             .iter()
             .enumerate()
-            .filter(|(_, t)| !verified(&t.hash()))
+            .filter(|(i, _)| !verified(&tx_hashes[*i]))
             .collect();
         let txs: Vec<&Transaction> = unverified.iter().map(|(_, t)| *t).collect();
         verify_signatures_of(&txs)
             .map_err(|bad| Invalid::Signatures(bad.iter().map(|&i| unverified[i].0).collect()))?;
-        let execution = apply_block_cached(
+        let execution = apply_block_hashed(
             &*self.store,
             &*self.store,
             &self.tip,
             block,
+            &tx_hashes,
             Some(&self.values),
         )
         .map_err(|e| Invalid::Execution(e.to_string()))?;
@@ -479,8 +483,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use pyralog_ledger::EngineId;
     use pyralog_ledger::testing::{TestChain, user};
+    use pyralog_ledger::{Encode, EngineId};
 
     /// A 4-validator test chain and a node's `Chain` for it on a fresh store (keep the
     /// directory alive while the chain is used).
