@@ -49,11 +49,11 @@ pub enum StorageError {
     },
     /// A database written in another storage format.
     #[error(
-        "the database in {} has storage format {found}, and this build reads formats {}. \
+        "the database in {} has storage format {found}, and this build reads only format {}. \
          A full node can start over with the directory moved away (it syncs from its peers); \
          a validator keeps its double-sign record there, so it starts over only on a new chain",
         path.display(),
-        crate::sled::FORMATS_READ
+        crate::sled::FORMAT
     )]
     Format {
         /// The database directory.

@@ -7,7 +7,7 @@
 //! | `c` | height | canonical certificate |
 //! | `t` | transaction hash | height, index, log index |
 //! | `L` | level (u8), page (u64 BE) | up to 64 log node hashes, nodes `64 × page` on |
-//! | `S` | version (u64 BE), page (u32 BE) | up to 256 state nodes (64 in format 2; [`nodes_per_page`]) |
+//! | `S` | version (u64 BE), page (u32 BE) | up to 64 state nodes ([`NODES_PER_PAGE`]) |
 //! | `r` | height | the state root: hash, version, index |
 //! | `m` | name | node-local metadata ([`Store::meta`]) |
 //! | `T` | (none) | the committed tip: height, log size, state root and its location |
@@ -18,14 +18,12 @@
 //! batch: sled otherwise persists only every 500 ms.
 //!
 //! **State nodes in pages.** A block's new state nodes are numbered 0, 1, 2... at the
-//! block's height ([`NodeRef`]), and nodes `256k..256k+255` are one record (64 in
-//! format 2): a page is `1 ‖ (u32 BE length ‖ node)*`. sled spends several µs on every
-//! record it inserts, and a transaction writes about 16 nodes, so one record per node
+//! block's height ([`NodeRef`]), and nodes `64k..64k+63` are one record: a page is
+//! `1 ‖ (u32 BE length ‖ node)*`. sled spends about 15 µs on every record it inserts
+//! whatever its size, and a transaction writes about 16 nodes, so one record per node
 //! made the commit most of a validator's work; in pages a block's nodes cost a few
-//! sequential records. Pages of 256 rather than 64 nodes took sled about 40% less time
-//! per node in a block of 6,700 transactions (docs/PERFORMANCE.md). A node is read by
-//! skipping the lengths before it in its page and decoding it, and checked against the
-//! hash its parent names.
+//! sequential records. A node is read by decoding its page up to it, and checked against
+//! the hash its parent names.
 //!
 //! **Log nodes in pages** for the same reason: a level's nodes are written once, in index
 //! order, so page `p` of a level holds the hashes of nodes `64p..64p+63` back to back and
@@ -45,23 +43,12 @@ use crate::{StorageError, Store, TxLocation};
 const TIP_KEY: &[u8] = b"T";
 const FORMAT_KEY: &[u8] = b"F";
 
-/// The storage format of a new database. Format 3 (2026-12) has pages of 256 state
-/// nodes. Format 2 (2026-11) had pages of 64, and is still read and written as such.
-/// Format 1 (until 2026-11) kept state nodes under their hashes; it is not read.
-pub const FORMAT: u8 = 3;
+/// The storage format this code reads and writes. Format 1 (until 2026-11) kept state
+/// nodes under their hashes; it is not read.
+pub const FORMAT: u8 = 2;
 
-/// The formats [`SledStore::open`] opens, for messages.
-pub const FORMATS_READ: &str = "2 and 3";
-
-/// State nodes per page record in a database of storage format `format`, if this code
-/// reads it.
-pub fn nodes_per_page(format: u8) -> Option<u32> {
-    match format {
-        2 => Some(64),
-        3 => Some(256),
-        _ => None,
-    }
-}
+/// State nodes per page record.
+pub const NODES_PER_PAGE: u32 = 64;
 
 /// Page encoding version.
 const PAGE_VERSION: u8 = 1;
@@ -74,10 +61,6 @@ pub struct SledStore {
     db: ::sled::Db,
     /// Serialises commits: the tip check and the batch must not interleave.
     commit_lock: std::sync::Mutex<()>,
-    /// The database's storage format.
-    format: u8,
-    /// State nodes per page record, by the format ([`nodes_per_page`]).
-    per_page: u32,
     /// Decoded state nodes with their hashes, the hot ones: every transaction walks the
     /// tree from the root, so its upper levels are read for every key. A stored node
     /// never changes, so a cached node is never stale.
@@ -196,13 +179,9 @@ fn page_key(version: u64, page: u32) -> [u8; 13] {
 }
 
 /// The page records of a block's new state nodes (numbered 0, 1, 2... in order).
-fn encode_pages(
-    version: u64,
-    writes: &[(Subtree, StateNode)],
-    per_page: u32,
-) -> Vec<([u8; 13], Vec<u8>)> {
+fn encode_pages(version: u64, writes: &[(Subtree, StateNode)]) -> Vec<([u8; 13], Vec<u8>)> {
     writes
-        .chunks(per_page as usize)
+        .chunks(NODES_PER_PAGE as usize)
         .enumerate()
         .map(|(page, nodes)| {
             let mut out = Vec::with_capacity(1 + nodes.len() * 96);
@@ -344,43 +323,30 @@ impl SledStore {
                 other => break other?,
             }
         };
-        let format = match db.get(FORMAT_KEY)? {
-            Some(v) => match v.as_ref() {
-                [format] => Ok(*format),
-                other => Err(format!("{other:?}")),
-            },
+        let other_format = match db.get(FORMAT_KEY)? {
+            Some(v) if v.as_ref() == [FORMAT] => None,
+            Some(v) => Some(format!("{:?}", v.as_ref())),
             // Format 1 wrote no marker; a database with a tip is one.
-            None if db.get(TIP_KEY)?.is_some() => Err("1".into()),
+            None if db.get(TIP_KEY)?.is_some() => Some("1".into()),
             None => {
                 db.insert(FORMAT_KEY, &[FORMAT])?;
                 db.flush()?;
-                Ok(FORMAT)
+                None
             }
         };
-        let (format, per_page) = format
-            .and_then(|f| {
-                nodes_per_page(f)
-                    .map(|n| (f, n))
-                    .ok_or_else(|| f.to_string())
-            })
-            .map_err(|found| StorageError::Format {
+        if let Some(found) = other_format {
+            return Err(StorageError::Format {
                 path: path.to_path_buf(),
                 found,
-            })?;
+            });
+        }
         Ok(SledStore {
             db,
             commit_lock: std::sync::Mutex::new(()),
-            format,
-            per_page,
             nodes: std::sync::Mutex::new(Recent::new(
                 state_cache_bytes / 2 / STATE_CACHE_BYTES_PER_NODE,
             )),
         })
-    }
-
-    /// The database's storage format: [`FORMAT`] for one this code created.
-    pub fn format(&self) -> u8 {
-        self.format
     }
 
     /// Bytes the database occupies on disk.
@@ -438,12 +404,12 @@ impl StateNodes for SledStore {
         let NodeRef { version, index } = node.at;
         let Some(page) = self
             .db
-            .get(page_key(version, index / self.per_page))
+            .get(page_key(version, index / NODES_PER_PAGE))
             .map_err(backend)?
         else {
             return Ok(None);
         };
-        let Some(stored) = decode_page_slot(&page, index % self.per_page)? else {
+        let Some(stored) = decode_page_slot(&page, index % NODES_PER_PAGE)? else {
             return Ok(None);
         };
         let checked = state::check_node(node, stored)?;
@@ -568,7 +534,7 @@ impl Store for SledStore {
         for (k, page) in log_pages {
             batch.insert(&k[..], page);
         }
-        for (k, page) in encode_pages(height, &execution.state_writes, self.per_page) {
+        for (k, page) in encode_pages(height, &execution.state_writes) {
             batch.insert(&k[..], page);
         }
         batch.insert(height_key(b'r', height), root.to_bytes());
@@ -690,41 +656,37 @@ mod tests {
     }
 
     fn put_pages(store: &SledStore, version: u64, w: &[(Subtree, StateNode)]) {
-        for (k, page) in encode_pages(version, w, store.per_page) {
+        for (k, page) in encode_pages(version, w) {
             store.db.insert(k, page).unwrap();
         }
     }
 
     #[test]
-    fn pages_hold_their_formats_count_of_nodes_and_every_slot_reads_back() {
-        for format in [2, 3] {
-            let per_page = nodes_per_page(format).unwrap();
-            let n = 2 * per_page + 22;
-            let nodes: Vec<StateNode> = (0..n).map(|i| leaf(i as u8, i as usize % 7)).collect();
-            let w = writes(9, nodes);
-            let pages = encode_pages(9, &w, per_page);
-            assert_eq!(pages.len(), 3);
-            assert_eq!(pages[2].0, page_key(9, 2));
-            for (at, node) in &w {
-                let (_, page) = &pages[(at.at.index / per_page) as usize];
-                let got = decode_page_slot(page, at.at.index % per_page).unwrap();
-                assert_eq!(got.as_ref(), Some(node));
-            }
-            // Past the last node of a page, or of the last page: nothing.
-            assert_eq!(decode_page_slot(&pages[2].1, 22).unwrap(), None);
-            // Truncated or mislabelled pages are corruption, never a panic.
-            let page = &pages[0].1;
-            for cut in 1..page.len() {
-                let got = decode_page_slot(&page[..cut], per_page - 1);
-                assert!(
-                    matches!(got, Err(StoreError::Corrupt { .. }) | Ok(None)),
-                    "{cut}"
-                );
-            }
-            let mut other = page.clone();
-            other[0] = 7;
-            assert!(decode_page_slot(&other, 0).is_err());
+    fn pages_hold_64_nodes_and_every_slot_reads_back() {
+        let nodes: Vec<StateNode> = (0..150).map(|i| leaf(i as u8, i % 7)).collect();
+        let w = writes(9, nodes);
+        let pages = encode_pages(9, &w);
+        assert_eq!(pages.len(), 3);
+        assert_eq!(pages[2].0, page_key(9, 2));
+        for (at, node) in &w {
+            let (_, page) = &pages[(at.at.index / NODES_PER_PAGE) as usize];
+            let got = decode_page_slot(page, at.at.index % NODES_PER_PAGE).unwrap();
+            assert_eq!(got.as_ref(), Some(node));
         }
+        // Past the last node of a page, or of the last page: nothing.
+        assert_eq!(decode_page_slot(&pages[2].1, 22).unwrap(), None);
+        // Truncated or mislabelled pages are corruption, never a panic.
+        let page = &pages[0].1;
+        for cut in 1..page.len() {
+            let got = decode_page_slot(&page[..cut], 63);
+            assert!(
+                matches!(got, Err(StoreError::Corrupt { .. }) | Ok(None)),
+                "{cut}"
+            );
+        }
+        let mut other = page.clone();
+        other[0] = 7;
+        assert!(decode_page_slot(&other, 0).is_err());
     }
 
     #[test]
@@ -832,19 +794,6 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("moved away"), "{err}");
-        // A marker of a format this code does not know is refused too.
-        let unknown = tempfile::tempdir().unwrap();
-        {
-            let db = ::sled::open(unknown.path()).unwrap();
-            db.insert(FORMAT_KEY, &[9u8][..]).unwrap();
-            db.flush().unwrap();
-        }
-        let err = SledStore::open(unknown.path()).err().unwrap();
-        assert!(
-            matches!(&err, StorageError::Format { found, .. } if found == "9"),
-            "{err}"
-        );
-        assert!(err.to_string().contains("reads formats 2 and 3"), "{err}");
         // A fresh directory is marked with this format and opens again.
         let fresh = tempfile::tempdir().unwrap();
         drop(SledStore::open(fresh.path()).unwrap());
@@ -853,6 +802,5 @@ mod tests {
             store.db.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
             [FORMAT]
         );
-        assert_eq!((store.format(), store.per_page), (3, 256));
     }
 }

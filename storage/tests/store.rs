@@ -4,7 +4,7 @@
 
 use pyralog_crypto::content_digest;
 use pyralog_ledger::state::{self, Namespace, state_key};
-use pyralog_ledger::testing::{TestChain, user};
+use pyralog_ledger::testing::TestChain;
 use pyralog_ledger::{Decode, Tip, TxTree, log, verify, verify_receipt};
 use pyralog_storage::{SledStore, StorageError, Store};
 
@@ -219,83 +219,4 @@ fn unsynced_meta_values_are_read_at_once_and_kept_once_synced() {
     assert_eq!(store.meta("signer").unwrap(), Some(vec![1, 2, 3]));
     assert_eq!(store.meta("consensus_state").unwrap(), Some(vec![6]));
     assert_eq!(store.tip().unwrap().height, 1);
-}
-
-/// A database of storage format 2 keeps its pages of 64 state nodes and a new one gets
-/// format 3's pages of 256; both serve every node of blocks whose nodes fill several
-/// pages, from the node cache and, after a reopen, from the pages.
-#[test]
-fn both_page_formats_serve_every_state_node() {
-    for format in [2u8, 3] {
-        let dir = tempfile::tempdir().unwrap();
-        if format == 2 {
-            let db = sled::open(dir.path()).unwrap();
-            db.insert(b"F", &[2u8][..]).unwrap();
-            db.flush().unwrap();
-        }
-        let mut chain = common::test_chain();
-        let mut keys = Vec::new();
-        {
-            let store = SledStore::open(dir.path()).unwrap();
-            assert_eq!(store.format(), format);
-            for h in 1..=3u64 {
-                let digests: Vec<_> = (0..200u64)
-                    .map(|i| content_digest(&(h * 1000 + i).to_be_bytes()))
-                    .collect();
-                let txs = digests
-                    .iter()
-                    .enumerate()
-                    .map(|(i, d)| chain.notarize(&user(h * 1000 + i as u64), 0, *d, "m"))
-                    .collect();
-                let tip = store.tip().unwrap();
-                let prev = store
-                    .header(h - 1)
-                    .unwrap()
-                    .zip(store.certificate(h - 1).unwrap());
-                let (block, exec) = chain.build_block(
-                    &store,
-                    &store,
-                    &tip,
-                    prev.as_ref().map(|(h, c)| (h, c)),
-                    txs,
-                );
-                assert!(
-                    exec.state_writes.len() > 2 * 256,
-                    "{}",
-                    exec.state_writes.len()
-                );
-                let cert = chain.certify_all(&block.header);
-                store.commit_block(&block, &cert, &exec).unwrap();
-                chain.apply_committed(block, cert, exec.clone());
-                keys.extend(
-                    digests
-                        .iter()
-                        .map(|d| state_key(Namespace::Notarization, &d.0)),
-                );
-                keys.push(state_key(
-                    Namespace::Account,
-                    user(h * 1000).public().as_bytes(),
-                ));
-            }
-            check_state(&store, &chain, &keys);
-        }
-        let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.format(), format);
-        check_state(&store, &chain, &keys);
-    }
-}
-
-/// Every key's value and proof at every height, from `store`, match the in-memory
-/// chain's.
-fn check_state(store: &SledStore, chain: &TestChain, keys: &[pyralog_crypto::Hash]) {
-    for h in 1..=chain.tip.height {
-        let root = store.state_root(h).unwrap().unwrap();
-        assert_eq!(root, chain.state_at(h));
-        for key in keys {
-            assert_eq!(
-                state::prove(store, &root, key).unwrap(),
-                state::prove(&chain.state, &root, key).unwrap()
-            );
-        }
-    }
 }
