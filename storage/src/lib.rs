@@ -10,6 +10,7 @@
 
 pub mod arrow;
 pub mod sled;
+pub mod txindex;
 
 use pyralog_ledger::log::LogNodes;
 use pyralog_ledger::state::{StateNodes, Subtree};
@@ -49,11 +50,11 @@ pub enum StorageError {
     },
     /// A database written in another storage format.
     #[error(
-        "the database in {} has storage format {found}, and this build reads only format {}. \
+        "the database in {} has storage format {found}, and this build reads formats {}. \
          A full node can start over with the directory moved away (it syncs from its peers); \
          a validator keeps its double-sign record there, so it starts over only on a new chain",
         path.display(),
-        crate::sled::FORMAT
+        crate::sled::FORMATS_READ
     )]
     Format {
         /// The database directory.

@@ -5,7 +5,8 @@
 //! | `b` | height (u64 BE) | canonical block |
 //! | `h` | height | canonical header |
 //! | `c` | height | canonical certificate |
-//! | `t` | transaction hash | height, index, log index |
+//! | `t` | transaction hash | height, index, log index (format 2) |
+//! | `x`, `X` | run, bucket | the transaction index in runs (format 3, [`crate::txindex`]) |
 //! | `L` | level (u8), page (u64 BE) | up to 64 log node hashes, nodes `64 × page` on |
 //! | `S` | version (u64 BE), page (u32 BE) | up to 64 state nodes ([`NODES_PER_PAGE`]) |
 //! | `r` | height | the state root: hash, version, index |
@@ -38,14 +39,20 @@ use pyralog_ledger::log::{LogNodes, NodeId};
 use pyralog_ledger::state::{self, NodeRef, StateNode, StateNodes, Subtree};
 use pyralog_ledger::{Block, Certificate, Execution, Hash, Header, StoreError, Tip};
 
+use crate::txindex::{self, TxIndex};
 use crate::{StorageError, Store, TxLocation};
 
 const TIP_KEY: &[u8] = b"T";
 const FORMAT_KEY: &[u8] = b"F";
 
-/// The storage format this code reads and writes. Format 1 (until 2026-11) kept state
-/// nodes under their hashes; it is not read.
-pub const FORMAT: u8 = 2;
+/// The storage format of a new database. Format 3 (2026-12) keeps the transaction index
+/// in runs ([`crate::txindex`]). Format 2 (2026-11) has a record per transaction, and is
+/// still read and written as such. Format 1 (until 2026-11) kept state nodes under their
+/// hashes; it is not read.
+pub const FORMAT: u8 = 3;
+
+/// The formats [`SledStore::open`] opens, for messages.
+pub const FORMATS_READ: &str = "2 and 3";
 
 /// State nodes per page record.
 pub const NODES_PER_PAGE: u32 = 64;
@@ -61,6 +68,10 @@ pub struct SledStore {
     db: ::sled::Db,
     /// Serialises commits: the tip check and the batch must not interleave.
     commit_lock: std::sync::Mutex<()>,
+    /// The database's storage format.
+    format: u8,
+    /// The transaction index's runs and recent entries (format 3; `None` in format 2).
+    tx_index: Option<std::sync::Mutex<TxIndex>>,
     /// Decoded state nodes with their hashes, the hot ones: every transaction walks the
     /// tree from the root, so its upper levels are read for every key. A stored node
     /// never changes, so a cached node is never stale.
@@ -323,30 +334,58 @@ impl SledStore {
                 other => break other?,
             }
         };
-        let other_format = match db.get(FORMAT_KEY)? {
-            Some(v) if v.as_ref() == [FORMAT] => None,
-            Some(v) => Some(format!("{:?}", v.as_ref())),
+        let format = match db.get(FORMAT_KEY)? {
+            Some(v) => match v.as_ref() {
+                [f @ (2 | 3)] => Ok(*f),
+                [f] => Err(f.to_string()),
+                other => Err(format!("{other:?}")),
+            },
             // Format 1 wrote no marker; a database with a tip is one.
-            None if db.get(TIP_KEY)?.is_some() => Some("1".into()),
+            None if db.get(TIP_KEY)?.is_some() => Err("1".into()),
             None => {
                 db.insert(FORMAT_KEY, &[FORMAT])?;
                 db.flush()?;
-                None
+                Ok(FORMAT)
             }
         };
-        if let Some(found) = other_format {
-            return Err(StorageError::Format {
-                path: path.to_path_buf(),
-                found,
-            });
-        }
+        let format = format.map_err(|found| StorageError::Format {
+            path: path.to_path_buf(),
+            found,
+        })?;
+        let tx_index = if format >= 3 {
+            Some(std::sync::Mutex::new(load_tx_index(&db)?))
+        } else {
+            None
+        };
         Ok(SledStore {
             db,
             commit_lock: std::sync::Mutex::new(()),
+            format,
+            tx_index,
             nodes: std::sync::Mutex::new(Recent::new(
                 state_cache_bytes / 2 / STATE_CACHE_BYTES_PER_NODE,
             )),
         })
+    }
+
+    /// The database's storage format: [`FORMAT`] for one this code created.
+    pub fn format(&self) -> u8 {
+        self.format
+    }
+
+    /// Sets the transactions per run of the transaction index (format 3; default
+    /// [`crate::txindex::RUN_TXS`]), for tests and tools that want runs from few
+    /// transactions. Runs already written keep their size.
+    pub fn with_tx_run(self, txs: usize) -> SledStore {
+        if let Some(index) = &self.tx_index {
+            lock(index).set_run_txs(txs);
+        }
+        self
+    }
+
+    /// Runs of the transaction index (0 in format 2).
+    pub fn tx_index_runs(&self) -> usize {
+        self.tx_index.as_ref().map_or(0, |i| lock(i).runs())
     }
 
     /// Bytes the database occupies on disk.
@@ -367,6 +406,55 @@ impl SledStore {
     ) -> Result<Option<T>, StorageError> {
         self.db.get(k)?.map(|v| decode(what, &v)).transpose()
     }
+}
+
+/// A lock that a panic elsewhere does not poison: the transaction index is updated only
+/// after its batch is stored, so what a panic leaves is consistent.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where each transaction of the block at `height` is, given the log size before it.
+fn locations(height: u64, log_size: u64, tx_hashes: &[Hash]) -> Vec<(Hash, TxLocation)> {
+    tx_hashes
+        .iter()
+        .enumerate()
+        .map(|(index, hash)| {
+            let loc = TxLocation {
+                height,
+                index: index as u32,
+                log_index: log_size + index as u64,
+            };
+            (*hash, loc)
+        })
+        .collect()
+}
+
+/// The transaction index of a format-3 database: its runs, and the transactions of the
+/// blocks after them, read back from those blocks.
+fn load_tx_index(db: &::sled::Db) -> Result<TxIndex, StorageError> {
+    let runs = match db.get(txindex::RUNS_KEY)? {
+        Some(v) => txindex::decode_runs(&v)?,
+        None => Vec::new(),
+    };
+    let mut index = TxIndex::new(runs);
+    let tip = match db.get(TIP_KEY)? {
+        None => Tip::genesis(),
+        Some(v) => decode_tip(&v)?,
+    };
+    for height in index.recent_from()..=tip.height {
+        let Some(bytes) = db.get(height_key(b'b', height))? else {
+            return Err(StorageError::Corrupt {
+                what: "block",
+                reason: format!("block {height} below the tip is missing"),
+            });
+        };
+        let block: Block = decode("block", &bytes)?;
+        let hashes: Vec<Hash> = block.txs.iter().map(|t| t.hash()).collect();
+        let log_size = block.header.log_size.saturating_sub(hashes.len() as u64);
+        index.add(&locations(height, log_size, &hashes));
+    }
+    Ok(index)
 }
 
 fn backend(e: ::sled::Error) -> StoreError {
@@ -502,13 +590,23 @@ impl Store for SledStore {
         batch.insert(height_key(b'b', height), block.to_bytes());
         batch.insert(height_key(b'h', height), block.header.to_bytes());
         batch.insert(height_key(b'c', height), cert.to_bytes());
-        for (index, tx_hash) in execution.tx_hashes.iter().enumerate() {
-            let loc = TxLocation {
-                height,
-                index: index as u32,
-                log_index: tip.log_size + index as u64,
-            };
-            batch.insert(key(b't', &tx_hash.0), &encode_location(&loc)[..]);
+        let located = locations(height, tip.log_size, &execution.tx_hashes);
+        // Format 3: the index goes to sled a run at a time, in the batch of the block
+        // that fills a run; format 2: a record per transaction.
+        let run = match &self.tx_index {
+            Some(index) => lock(index).run_for(height, &located),
+            None => {
+                for (tx_hash, loc) in &located {
+                    batch.insert(key(b't', &tx_hash.0), &encode_location(loc)[..]);
+                }
+                None
+            }
+        };
+        if let Some(run) = &run {
+            for (k, v) in &run.records {
+                batch.insert(&k[..], &v[..]);
+            }
+            batch.insert(txindex::RUNS_KEY, &run.runs[..]);
         }
         // Each level's new nodes continue its last page: read it once, append, write it.
         let mut log_pages: std::collections::BTreeMap<[u8; 10], Vec<u8>> = Default::default();
@@ -541,6 +639,14 @@ impl Store for SledStore {
         batch.insert(TIP_KEY, encode_tip(&new_tip));
         self.db.apply_batch(batch)?;
         self.db.flush()?;
+        if let Some(index) = &self.tx_index {
+            // Only now: a lookup must not find a transaction whose block is not stored.
+            let mut index = lock(index);
+            match &run {
+                Some(run) => index.ran(run),
+                None => index.add(&located),
+            }
+        }
         // The new nodes are the tree's new upper levels: the next block reads them. The
         // nodes they replace are read again only for proofs at older heights; left in,
         // they would fill most of the cache (a transaction replaces about as many nodes
@@ -576,10 +682,24 @@ impl Store for SledStore {
     }
 
     fn tx_location(&self, tx_hash: &Hash) -> Result<Option<TxLocation>, StorageError> {
-        self.db
-            .get(key(b't', &tx_hash.0))?
-            .map(|v| decode_location(&v))
-            .transpose()
+        let Some(index) = &self.tx_index else {
+            return self
+                .db
+                .get(key(b't', &tx_hash.0))?
+                .map(|v| decode_location(&v))
+                .transpose();
+        };
+        let runs = match lock(index).lookup(tx_hash) {
+            Ok(loc) => return Ok(Some(loc)),
+            Err(runs) => runs,
+        };
+        for first in runs {
+            let record = self.db.get(txindex::bucket_key(first, tx_hash))?;
+            if let Some(loc) = txindex::search(record.as_deref(), tx_hash)? {
+                return Ok(Some(loc));
+            }
+        }
+        Ok(None)
     }
 
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -794,6 +914,19 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("moved away"), "{err}");
+        // A marker of a format this code does not know is refused too.
+        let unknown = tempfile::tempdir().unwrap();
+        {
+            let db = ::sled::open(unknown.path()).unwrap();
+            db.insert(FORMAT_KEY, &[9u8][..]).unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledStore::open(unknown.path()).err().unwrap();
+        assert!(
+            matches!(&err, StorageError::Format { found, .. } if found == "9"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("reads formats 2 and 3"), "{err}");
         // A fresh directory is marked with this format and opens again.
         let fresh = tempfile::tempdir().unwrap();
         drop(SledStore::open(fresh.path()).unwrap());
@@ -802,5 +935,6 @@ mod tests {
             store.db.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
             [FORMAT]
         );
+        assert_eq!(store.format(), 3);
     }
 }
