@@ -638,15 +638,16 @@ impl Store for SledStore {
         batch.insert(height_key(b'r', height), root.to_bytes());
         batch.insert(TIP_KEY, encode_tip(&new_tip));
         self.db.apply_batch(batch)?;
-        self.db.flush()?;
         if let Some(index) = &self.tx_index {
-            // Only now: a lookup must not find a transaction whose block is not stored.
+            // Only now, as the batch becomes readable: a lookup must not find a
+            // transaction whose block is not stored.
             let mut index = lock(index);
             match &run {
                 Some(run) => index.ran(run),
                 None => index.add(&located),
             }
         }
+        self.db.flush()?;
         // The new nodes are the tree's new upper levels: the next block reads them. The
         // nodes they replace are read again only for proofs at older heights; left in,
         // they would fill most of the cache (a transaction replaces about as many nodes

@@ -17,6 +17,10 @@
 //! bucket each: a run of 262,144 transactions has about 64 in a bucket, so a lookup of a
 //! hash that is not there, in a chain of 100 million, reads some 380 records of 3.3 KB.
 //! Runs are never merged; merging them (a log-structured merge) would bound that.
+//!
+//! The recent entries take about 17 MB at most. The commit that writes a run sorts them
+//! and inserts 4,096 records: about a tenth of a second more than another commit (52 ms
+//! and 61 ms in a release build), once every 262,144 transactions.
 
 use std::collections::HashMap;
 
