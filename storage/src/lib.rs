@@ -1,8 +1,9 @@
 //! Persist Pyralog blocks, certificates, indexes and Merkle trees in sled, and export them as Apache Arrow.
 //!
 //! [`Store`] is the narrow interface the rest of Pyralog uses; [`sled::SledStore`] is its
-//! implementation. A committed block (block, certificate, transaction index, log-tree and
-//! state-tree nodes, and the new tip) is written as one atomic batch and flushed before
+//! implementation. A committed block (block, certificate, transaction index or, until its
+//! run is written, the block it is read back from, log-tree and state-tree nodes, and the
+//! new tip) is written as one atomic batch and flushed before
 //! [`Store::commit_block`] returns, so a commit that was reported survives a crash and a
 //! crash never leaves half a block. Stores also implement the ledger's node-reading
 //! traits, so proofs at any committed height are built straight from storage.
