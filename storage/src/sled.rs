@@ -122,7 +122,7 @@ impl Hasher for NodeRefHasher {
 /// up to a power-of-two number of slots, 2.3 to 4.6 slots per node. At the default
 /// budget that is 2.35 (1,048,576 slots for 447,392 nodes), about 360 bytes a node: the
 /// cache takes about 320 MB, not 256 MiB, as it did before once its tables had grown. A
-/// leaf's value, up to [`NODE_CACHE_VALUE_BYTES`], is on the heap besides.
+/// leaf's value, up to `NODE_CACHE_VALUE_BYTES` (256 bytes), is on the heap besides.
 pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 
 /// The state-node cache of [`SledStore::open`].
