@@ -276,27 +276,6 @@ fn decode<T: Decode>(what: &'static str, bytes: &[u8]) -> Result<T, StorageError
     })
 }
 
-fn encode_location(loc: &TxLocation) -> [u8; 20] {
-    let mut out = [0u8; 20];
-    out[..8].copy_from_slice(&loc.height.to_be_bytes());
-    out[8..12].copy_from_slice(&loc.index.to_be_bytes());
-    out[12..].copy_from_slice(&loc.log_index.to_be_bytes());
-    out
-}
-
-fn decode_location(bytes: &[u8]) -> Result<TxLocation, StorageError> {
-    let b: &[u8; 20] = bytes.try_into().map_err(|_| StorageError::Corrupt {
-        what: "transaction index",
-        reason: format!("{} bytes, expected 20", bytes.len()),
-    })?;
-    let u64_at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
-    Ok(TxLocation {
-        height: u64_at(0),
-        index: u32::from_be_bytes(b[8..12].try_into().unwrap_or([0; 4])),
-        log_index: u64_at(12),
-    })
-}
-
 impl SledStore {
     /// Opens (or creates) the store in directory `path`, with the default caches
     /// ([`DEFAULT_STATE_CACHE_BYTES`], [`DEFAULT_DB_CACHE_BYTES`]).
@@ -597,7 +576,7 @@ impl Store for SledStore {
             Some(index) => lock(index).run_for(height, &located),
             None => {
                 for (tx_hash, loc) in &located {
-                    batch.insert(key(b't', &tx_hash.0), &encode_location(loc)[..]);
+                    batch.insert(key(b't', &tx_hash.0), &txindex::encode_location(loc)[..]);
                 }
                 None
             }
@@ -687,7 +666,7 @@ impl Store for SledStore {
             return self
                 .db
                 .get(key(b't', &tx_hash.0))?
-                .map(|v| decode_location(&v))
+                .map(|v| txindex::decode_location(&v))
                 .transpose();
         };
         let runs = match lock(index).lookup(tx_hash) {
@@ -900,29 +879,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_database_of_another_format_is_refused_with_a_clear_error() {
+    /// The error of opening a database that holds only `key` = `value`.
+    fn refused(key: &[u8], value: &[u8]) -> StorageError {
         let dir = tempfile::tempdir().unwrap();
         {
-            // Format 1: a tip and no format marker.
             let db = ::sled::open(dir.path()).unwrap();
-            db.insert(TIP_KEY, &[1u8; 49][..]).unwrap();
+            db.insert(key, value).unwrap();
             db.flush().unwrap();
         }
-        let err = SledStore::open(dir.path()).err().unwrap();
+        SledStore::open(dir.path()).err().unwrap()
+    }
+
+    #[test]
+    fn a_database_of_another_format_is_refused_with_a_clear_error() {
+        // Format 1: a tip and no format marker.
+        let err = refused(TIP_KEY, &[1u8; 49]);
         assert!(
             matches!(&err, StorageError::Format { found, .. } if found == "1"),
             "{err}"
         );
         assert!(err.to_string().contains("moved away"), "{err}");
         // A marker of a format this code does not know is refused too.
-        let unknown = tempfile::tempdir().unwrap();
-        {
-            let db = ::sled::open(unknown.path()).unwrap();
-            db.insert(FORMAT_KEY, &[9u8][..]).unwrap();
-            db.flush().unwrap();
-        }
-        let err = SledStore::open(unknown.path()).err().unwrap();
+        let err = refused(FORMAT_KEY, &[9]);
         assert!(
             matches!(&err, StorageError::Format { found, .. } if found == "9"),
             "{err}"

@@ -34,8 +34,8 @@ pub const RUN_TXS: usize = 1 << 18;
 /// Buckets of a run: by the first 12 bits of the hash.
 pub const RUN_BUCKETS: usize = 4096;
 
-/// Bytes of an entry: hash, height, index, log index.
-const ENTRY: usize = 32 + 8 + 4 + 8;
+/// Bytes of an entry: hash, then height, index, log index ([`encode_location`]).
+const ENTRY: usize = 32 + 20;
 
 /// The key of the runs' list.
 pub(crate) const RUNS_KEY: &[u8] = b"X";
@@ -84,6 +84,29 @@ fn encode_runs(runs: &[(u64, u64)]) -> Vec<u8> {
         .collect()
 }
 
+/// A location's 20 bytes: height, index, log index (big-endian), as format 2's record
+/// per transaction holds them and a run's entry after the hash.
+pub(crate) fn encode_location(loc: &TxLocation) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    out[..8].copy_from_slice(&loc.height.to_be_bytes());
+    out[8..12].copy_from_slice(&loc.index.to_be_bytes());
+    out[12..].copy_from_slice(&loc.log_index.to_be_bytes());
+    out
+}
+
+/// The location [`encode_location`] wrote.
+pub(crate) fn decode_location(bytes: &[u8]) -> Result<TxLocation, StorageError> {
+    let b: &[u8; 20] = bytes
+        .try_into()
+        .map_err(|_| corrupt(format!("{} bytes, expected 20", bytes.len())))?;
+    let u64_at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+    Ok(TxLocation {
+        height: u64_at(0),
+        index: u32::from_be_bytes(b[8..12].try_into().unwrap_or([0; 4])),
+        log_index: u64_at(12),
+    })
+}
+
 /// `hash`'s location in a run's bucket record, if it is there.
 fn find(record: &[u8], hash: &Hash) -> Result<Option<TxLocation>, StorageError> {
     if !record.len().is_multiple_of(ENTRY) {
@@ -93,13 +116,7 @@ fn find(record: &[u8], hash: &Hash) -> Result<Option<TxLocation>, StorageError> 
     let Ok(i) = entries.binary_search_by(|e| e[..32].cmp(&hash.0[..])) else {
         return Ok(None);
     };
-    let e = entries[i];
-    let u64_at = |c: &[u8]| u64::from_be_bytes(c.try_into().unwrap_or([0; 8]));
-    Ok(Some(TxLocation {
-        height: u64_at(&e[32..40]),
-        index: u32::from_be_bytes(e[40..44].try_into().unwrap_or([0; 4])),
-        log_index: u64_at(&e[44..52]),
-    }))
+    decode_location(&entries[i][32..]).map(Some)
 }
 
 /// What a commit writes for a full run: its records and the new runs' list.
@@ -168,9 +185,7 @@ impl TxIndex {
             }
             if let Some((_, v)) = records.last_mut() {
                 v.extend_from_slice(&hash.0);
-                v.extend_from_slice(&loc.height.to_be_bytes());
-                v.extend_from_slice(&loc.index.to_be_bytes());
-                v.extend_from_slice(&loc.log_index.to_be_bytes());
+                v.extend_from_slice(&encode_location(&loc));
             }
         }
         let mut runs = self.runs.clone();
@@ -203,8 +218,8 @@ impl TxIndex {
     }
 }
 
-/// Searches the bucket of `hash` in the run starting at `first`, given the bucket's
-/// record.
+/// `hash`'s location in its bucket's record of a run (`None` if the run has no such
+/// bucket).
 pub(crate) fn search(
     record: Option<&[u8]>,
     hash: &Hash,
