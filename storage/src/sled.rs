@@ -20,8 +20,8 @@
 //!
 //! **State nodes in pages.** A block's new state nodes are numbered 0, 1, 2... at the
 //! block's height ([`NodeRef`]), and nodes `64k..64k+63` are one record: a page is
-//! `1 ‖ (u32 BE length ‖ node)*`. sled spends about 15 µs on every record it inserts
-//! whatever its size, and a transaction writes about 16 nodes, so one record per node
+//! `1 ‖ (u32 BE length ‖ node)*`. sled spends several µs on every record it inserts
+//! whatever its size (6 to 15 µs, measured in different sessions), and a transaction writes about 16 nodes, so one record per node
 //! made the commit most of a validator's work; in pages a block's nodes cost a few
 //! sequential records. A node is read by decoding its page up to it, and checked against
 //! the hash its parent names.
@@ -71,7 +71,9 @@ pub struct SledStore {
     /// The database's storage format.
     format: u8,
     /// The transaction index's runs and recent entries (format 3; `None` in format 2).
-    tx_index: Option<std::sync::Mutex<TxIndex>>,
+    /// A commit holds it for writing from its batch until the index has the batch's
+    /// transactions, so no lookup sees a stored block without them.
+    tx_index: Option<std::sync::RwLock<TxIndex>>,
     /// Decoded state nodes with their hashes, the hot ones: every transaction walks the
     /// tree from the root, so its upper levels are read for every key. A stored node
     /// never changes, so a cached node is never stale.
@@ -332,7 +334,7 @@ impl SledStore {
             found,
         })?;
         let tx_index = if format >= 3 {
-            Some(std::sync::Mutex::new(load_tx_index(&db)?))
+            Some(std::sync::RwLock::new(load_tx_index(&db)?))
         } else {
             None
         };
@@ -357,14 +359,14 @@ impl SledStore {
     /// transactions. Runs already written keep their size.
     pub fn with_tx_run(self, txs: usize) -> SledStore {
         if let Some(index) = &self.tx_index {
-            lock(index).set_run_txs(txs);
+            write(index).set_run_txs(txs);
         }
         self
     }
 
     /// Runs of the transaction index (0 in format 2).
     pub fn tx_index_runs(&self) -> usize {
-        self.tx_index.as_ref().map_or(0, |i| lock(i).runs())
+        self.tx_index.as_ref().map_or(0, |i| read(i).runs())
     }
 
     /// Bytes the database occupies on disk.
@@ -387,10 +389,15 @@ impl SledStore {
     }
 }
 
-/// A lock that a panic elsewhere does not poison: the transaction index is updated only
-/// after its batch is stored, so what a panic leaves is consistent.
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// Reads the transaction index. A panic elsewhere does not poison it: the index is
+/// updated only after its batch is stored, so what a panic leaves is consistent.
+fn read<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes the transaction index (see [`read`] on poisoning).
+fn write<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Where each transaction of the block at `height` is, given the log size before it.
@@ -416,11 +423,19 @@ fn load_tx_index(db: &::sled::Db) -> Result<TxIndex, StorageError> {
         Some(v) => txindex::decode_runs(&v)?,
         None => Vec::new(),
     };
-    let mut index = TxIndex::new(runs);
     let tip = match db.get(TIP_KEY)? {
         None => Tip::genesis(),
         Some(v) => decode_tip(&v)?,
     };
+    if let Some((_, last)) = runs.last()
+        && *last > tip.height
+    {
+        return Err(StorageError::Corrupt {
+            what: "transaction index",
+            reason: format!("a run ends at height {last}, above the tip {}", tip.height),
+        });
+    }
+    let mut index = TxIndex::new(runs);
     for height in index.recent_from()..=tip.height {
         let Some(bytes) = db.get(height_key(b'b', height))? else {
             return Err(StorageError::Corrupt {
@@ -569,24 +584,6 @@ impl Store for SledStore {
         batch.insert(height_key(b'b', height), block.to_bytes());
         batch.insert(height_key(b'h', height), block.header.to_bytes());
         batch.insert(height_key(b'c', height), cert.to_bytes());
-        let located = locations(height, tip.log_size, &execution.tx_hashes);
-        // Format 3: the index goes to sled a run at a time, in the batch of the block
-        // that fills a run; format 2: a record per transaction.
-        let run = match &self.tx_index {
-            Some(index) => lock(index).run_for(height, &located),
-            None => {
-                for (tx_hash, loc) in &located {
-                    batch.insert(key(b't', &tx_hash.0), &txindex::encode_location(loc)[..]);
-                }
-                None
-            }
-        };
-        if let Some(run) = &run {
-            for (k, v) in &run.records {
-                batch.insert(&k[..], &v[..]);
-            }
-            batch.insert(txindex::RUNS_KEY, &run.runs[..]);
-        }
         // Each level's new nodes continue its last page: read it once, append, write it.
         let mut log_pages: std::collections::BTreeMap<[u8; 10], Vec<u8>> = Default::default();
         for (id, hash) in &execution.log_writes {
@@ -616,15 +613,40 @@ impl Store for SledStore {
         }
         batch.insert(height_key(b'r', height), root.to_bytes());
         batch.insert(TIP_KEY, encode_tip(&new_tip));
-        self.db.apply_batch(batch)?;
-        if let Some(index) = &self.tx_index {
-            // Only now, as the batch becomes readable: a lookup must not find a
-            // transaction whose block is not stored.
-            let mut index = lock(index);
-            match &run {
-                Some(run) => index.ran(run),
-                None => index.add(&located),
+        let located = locations(height, tip.log_size, &execution.tx_hashes);
+        // Format 3: the index goes to sled a run at a time, in the batch of the block
+        // that fills a run (built last, once nothing can refuse the commit, and while
+        // lookups go on); format 2: a record per transaction.
+        let run = match &self.tx_index {
+            Some(index) => read(index).run_for(height, &located),
+            None => {
+                for (tx_hash, loc) in &located {
+                    batch.insert(key(b't', &tx_hash.0), &txindex::encode_location(loc)[..]);
+                }
+                None
             }
+        };
+        if let Some(run) = &run {
+            for (k, v) in &run.records {
+                batch.insert(&k[..], &v[..]);
+            }
+            batch.insert(txindex::RUNS_KEY, &run.runs[..]);
+        }
+        match &self.tx_index {
+            Some(index) => {
+                // Lookups wait while the batch is applied: one that came after the block
+                // and the tip became readable must find the block's transactions, and
+                // none may find a transaction whose block is not stored. Only commits
+                // change the index, and `commit_lock` serialises them, so it is as
+                // `run_for` saw it.
+                let mut index = write(index);
+                self.db.apply_batch(batch)?;
+                match &run {
+                    Some(run) => index.ran(run),
+                    None => index.add(&located),
+                }
+            }
+            None => self.db.apply_batch(batch)?,
         }
         self.db.flush()?;
         // The new nodes are the tree's new upper levels: the next block reads them. The
@@ -669,7 +691,7 @@ impl Store for SledStore {
                 .map(|v| txindex::decode_location(&v))
                 .transpose();
         };
-        let runs = match lock(index).lookup(tx_hash) {
+        let runs = match read(index).lookup(tx_hash) {
             Ok(loc) => return Ok(Some(loc)),
             Err(runs) => runs,
         };

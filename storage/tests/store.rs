@@ -274,3 +274,95 @@ fn the_transaction_index_finds_every_transaction_in_both_formats() {
         check(&store, &chain);
     }
 }
+
+/// A runs list that does not fit the chain (heights past the tip, a gap, a run that
+/// ends at the last height there is) makes the open fail with corruption, never panic
+/// or drop the recent transactions.
+#[test]
+fn a_corrupt_transaction_index_run_list_is_refused_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap().with_tx_run(10);
+        build(&store, 7);
+        assert_eq!(store.tx_index_runs(), 2);
+    }
+    let runs = |list: &[(u64, u64)]| -> Vec<u8> {
+        list.iter()
+            .flat_map(|(f, l)| f.to_be_bytes().into_iter().chain(l.to_be_bytes()))
+            .collect()
+    };
+    let good = {
+        let db = sled::open(dir.path()).unwrap();
+        db.get(b"X").unwrap().unwrap().to_vec()
+    };
+    assert_eq!(good, runs(&[(1, 3), (4, 6)]));
+    for bad in [
+        runs(&[(1, 3), (4, 9)]),        // past the tip (7)
+        runs(&[(1, 3), (5, 6)]),        // a gap
+        runs(&[(1, 3), (4, u64::MAX)]), // no height after it
+        good[..20].to_vec(),            // truncated
+    ] {
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.insert(b"X", bad.clone()).unwrap();
+            db.flush().unwrap();
+        }
+        match SledStore::open(dir.path()) {
+            Err(StorageError::Corrupt { what, .. }) => assert_eq!(what, "transaction index"),
+            other => panic!("{bad:?} opened as {:?}", other.map(|s| s.tx_index_runs())),
+        }
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(b"X", good).unwrap();
+        db.flush().unwrap();
+    }
+    assert_eq!(SledStore::open(dir.path()).unwrap().tx_index_runs(), 2);
+}
+
+/// A lookup that comes after a block became readable finds that block's transactions,
+/// while commits go on and write runs (the index is updated in the same step as the
+/// batch, as format 2's record per transaction was). The reader knows each block's
+/// transactions before the commit, and looks one up as soon as it sees the new tip.
+#[test]
+fn a_readable_blocks_transactions_are_found_while_commits_go_on() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap().with_tx_run(6);
+    let next: std::sync::Mutex<std::collections::HashMap<u64, Vec<pyralog_ledger::Hash>>> =
+        Default::default();
+    let done = AtomicBool::new(false);
+    let seen = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut seen = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let height = store.tip().unwrap().height;
+                if height <= seen {
+                    continue;
+                }
+                let hashes = next.lock().unwrap().remove(&height).unwrap();
+                for (index, hash) in hashes.iter().enumerate() {
+                    let loc = store.tx_location(hash).unwrap();
+                    assert_eq!(
+                        loc.map(|l| (l.height, l.index as usize)),
+                        Some((height, index)),
+                        "a transaction of readable block {height} not found"
+                    );
+                }
+                seen = height;
+            }
+            seen
+        });
+        let chain = common::test_chain();
+        for _ in 0..200 {
+            common::commit_next_with(&store, &chain, |block| {
+                let hashes = block.txs.iter().map(|t| t.hash()).collect();
+                next.lock().unwrap().insert(block.header.height, hashes);
+            });
+        }
+        done.store(true, Ordering::Relaxed);
+        reader.join().unwrap()
+    });
+    assert!(seen > 0);
+    assert_eq!(store.tx_index_runs(), 100);
+}

@@ -15,6 +15,15 @@ pub fn test_chain() -> TestChain {
 /// Builds block `tip + 1` on `store` (three notarizations by new users and an update of
 /// the `counter` key by user 0), certifies it and commits it. Returns the new height.
 pub fn commit_next(store: &SledStore, chain: &TestChain) -> u64 {
+    commit_next_with(store, chain, |_| {})
+}
+
+/// [`commit_next`], showing the block to `before` just before it is committed.
+pub fn commit_next_with(
+    store: &SledStore,
+    chain: &TestChain,
+    before: impl FnOnce(&pyralog_ledger::Block),
+) -> u64 {
     let tip = store.tip().unwrap();
     let h = tip.height + 1;
     let txs = (0..3)
@@ -35,6 +44,7 @@ pub fn commit_next(store: &SledStore, chain: &TestChain) -> u64 {
     let (block, exec) =
         chain.build_block(store, store, &tip, prev.as_ref().map(|(h, c)| (h, c)), txs);
     let cert = chain.certify_all(&block.header);
+    before(&block);
     store.commit_block(&block, &cert, &exec).unwrap();
     h
 }
