@@ -21,10 +21,10 @@
 //! **State nodes in pages.** A block's new state nodes are numbered 0, 1, 2... at the
 //! block's height ([`NodeRef`]), and nodes `64k..64k+63` are one record: a page is
 //! `1 ‖ (u32 BE length ‖ node)*`. sled spends several µs on every record it inserts
-//! whatever its size (6 to 15 µs, measured in different sessions), and a transaction writes about 16 nodes, so one record per node
-//! made the commit most of a validator's work; in pages a block's nodes cost a few
-//! sequential records. A node is read by decoding its page up to it, and checked against
-//! the hash its parent names.
+//! whatever its size (6 to 15 µs, measured in different sessions), and a transaction
+//! writes about 16 nodes, so one record per node made the commit most of a validator's
+//! work; in pages a block's nodes cost a few sequential records. A node is read by
+//! decoding its page up to it, and checked against the hash its parent names.
 //!
 //! **Log nodes in pages** for the same reason: a level's nodes are written once, in index
 //! order, so page `p` of a level holds the hashes of nodes `64p..64p+63` back to back and
@@ -614,26 +614,18 @@ impl Store for SledStore {
         batch.insert(height_key(b'r', height), root.to_bytes());
         batch.insert(TIP_KEY, encode_tip(&new_tip));
         let located = locations(height, tip.log_size, &execution.tx_hashes);
-        // Format 3: the index goes to sled a run at a time, in the batch of the block
-        // that fills a run (built last, once nothing can refuse the commit, and while
-        // lookups go on); format 2: a record per transaction.
-        let run = match &self.tx_index {
-            Some(index) => read(index).run_for(height, &located),
-            None => {
-                for (tx_hash, loc) in &located {
-                    batch.insert(key(b't', &tx_hash.0), &txindex::encode_location(loc)[..]);
-                }
-                None
-            }
-        };
-        if let Some(run) = &run {
-            for (k, v) in &run.records {
-                batch.insert(&k[..], &v[..]);
-            }
-            batch.insert(txindex::RUNS_KEY, &run.runs[..]);
-        }
         match &self.tx_index {
+            // Format 3: the index goes to sled a run at a time, in the batch of the block
+            // that fills a run (built last, once nothing can refuse the commit, and while
+            // lookups go on).
             Some(index) => {
+                let run = read(index).run_for(height, &located);
+                if let Some(run) = &run {
+                    for (k, v) in &run.records {
+                        batch.insert(&k[..], &v[..]);
+                    }
+                    batch.insert(txindex::RUNS_KEY, &run.runs[..]);
+                }
                 // Lookups wait while the batch is applied: one that came after the block
                 // and the tip became readable must find the block's transactions, and
                 // none may find a transaction whose block is not stored. Only commits
@@ -646,7 +638,13 @@ impl Store for SledStore {
                     None => index.add(&located),
                 }
             }
-            None => self.db.apply_batch(batch)?,
+            // Format 2: a record per transaction.
+            None => {
+                for (tx_hash, loc) in &located {
+                    batch.insert(key(b't', &tx_hash.0), &txindex::encode_location(loc)[..]);
+                }
+                self.db.apply_batch(batch)?;
+            }
         }
         self.db.flush()?;
         // The new nodes are the tree's new upper levels: the next block reads them. The
