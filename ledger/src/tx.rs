@@ -202,7 +202,13 @@ impl Transaction {
     pub fn hash_and_len(&self) -> (Hash, usize) {
         let mut out = Vec::with_capacity(256);
         self.encode(&mut out);
-        (HashDomain::Tx.hash(&out), out.len())
+        (Transaction::hash_of_encoding(&out), out.len())
+    }
+
+    /// [`Transaction::hash`] of the transaction whose canonical encoding is `encoded`,
+    /// for a caller that holds the encoding and not the decoded transaction.
+    pub fn hash_of_encoding(encoded: &[u8]) -> Hash {
+        HashDomain::Tx.hash(encoded)
     }
 
     /// Checks the sender's signature (the rule of `pyralog_crypto::rule`).
