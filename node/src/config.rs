@@ -137,6 +137,9 @@ pub struct RpcConfig {
     pub max_subscriptions_per_connection: u32,
     /// Seconds `broadcast_tx` in `commit` mode waits for the certificate.
     pub commit_timeout_secs: u64,
+    /// MiB of recently asked blocks that `tx` keeps ready to prove (their transactions'
+    /// encodings and hash trees); the block asked for last is kept even if larger.
+    pub proof_cache_mib: u32,
 }
 
 impl Default for RpcConfig {
@@ -148,6 +151,7 @@ impl Default for RpcConfig {
             max_connections: 256,
             max_subscriptions_per_connection: 64,
             commit_timeout_secs: 30,
+            proof_cache_mib: 64,
         }
     }
 }

@@ -24,5 +24,6 @@ pub mod home;
 pub mod mempool;
 pub mod metrics;
 pub mod node;
+pub mod proven;
 pub mod rpc;
 pub mod wire;

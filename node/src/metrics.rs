@@ -53,6 +53,10 @@ pub struct Metrics {
     pub rejected_messages: Counter,
     /// Transaction batches from gossip dropped while the node was behind (running count).
     pub dropped_tx_batches: Gauge,
+    /// Blocks the RPC server built to prove their transactions (its proof cache's misses).
+    pub rpc_proven_blocks: Counter,
+    /// Bytes of the blocks the RPC server holds ready to prove.
+    pub rpc_proof_cache_bytes: Gauge,
     /// The WireGuard overlay, read at each scrape.
     overlay: std::sync::OnceLock<pyralog_p2p::wg::Overlay>,
     wg_dropped: Family<Vec<(String, String)>, Gauge>,
@@ -97,6 +101,8 @@ impl Metrics {
             synced_blocks: Counter::default(),
             rejected_messages: Counter::default(),
             dropped_tx_batches: Gauge::default(),
+            rpc_proven_blocks: Counter::default(),
+            rpc_proof_cache_bytes: Gauge::default(),
             overlay: std::sync::OnceLock::new(),
             wg_dropped: Family::default(),
             wg_cookies: Gauge::default(),
@@ -174,6 +180,16 @@ impl Metrics {
             "p2p_dropped_tx_batches",
             "Transaction batches from gossip dropped because the node was behind on admitting them (running count)",
             m.dropped_tx_batches.clone(),
+        );
+        registry.register(
+            "rpc_proven_blocks",
+            "Blocks the RPC server decoded and hashed to prove their transactions (misses of its cache of proven blocks)",
+            m.rpc_proven_blocks.clone(),
+        );
+        registry.register(
+            "rpc_proof_cache_bytes",
+            "Bytes of the blocks the RPC server holds ready to prove their transactions (rpc.proof_cache_mib)",
+            m.rpc_proof_cache_bytes.clone(),
         );
         registry.register(
             "wg_dropped_datagrams",

@@ -101,6 +101,7 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
             feeds,
             requests: req_tx,
             commit_timeout: Duration::from_secs(config.rpc.commit_timeout_secs),
+            metrics: metrics.clone(),
         },
     )
     .await?;

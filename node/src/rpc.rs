@@ -6,7 +6,7 @@
 //! header and its certificate, so a light client needs nothing else.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonrpsee::core::{RpcResult, SubscriptionResult};
@@ -14,11 +14,10 @@ use jsonrpsee::proc_macros::rpc;
 use jsonrpsee::server::{PendingSubscriptionSink, Server, ServerHandle};
 use jsonrpsee::types::ErrorObjectOwned;
 use pyralog_crypto::PublicKey;
-use pyralog_crypto::recent::Recent;
 use pyralog_ledger::state::{Namespace, StateProof, state_key};
 use pyralog_ledger::{
     Block, Certificate, Decode, DuplicateVote, Encode, Genesis, GenesisValidator, Hash, Header,
-    KvRecord, Transaction, TxTree,
+    KvRecord, Transaction,
 };
 use pyralog_storage::{SledStore, Store};
 use serde::{Serialize, Serializer};
@@ -27,6 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Mode, RpcConfig};
 use crate::driver::{Feeds, Request, Status, Submission, Submitted, TxCommitted};
 use crate::mempool::Reject;
+use crate::metrics::Metrics;
+use crate::proven::{Found, ProvenBlock, ProvenBlocks};
 
 /// Error code: the transaction was rejected (data: `{reason, message}`).
 pub const TX_REJECTED: i32 = -32001;
@@ -487,26 +488,11 @@ pub struct RpcContext {
     pub requests: mpsc::Sender<Request>,
     /// How long `commit` mode waits.
     pub commit_timeout: Duration,
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
-struct Api(Arc<RpcContext>, Arc<Mutex<ProvenBlocks>>);
-
-/// Blocks whose transactions were proven last, decoded and with their transaction tree.
-/// A proof needs the whole tree of its block: without this, each `tx` call decodes its
-/// block and hashes every transaction in it (about 7 ms for a block of 10,000), and a
-/// client looking up the transactions of one block does that again for each.
-type ProvenBlocks = Recent<u64, Arc<ProvenBlock>>;
-
-/// Blocks [`ProvenBlocks`] holds per generation: one, so two in all.
-/// A decoded block takes two to three times its encoded size (each transaction holds its
-/// sender's decompressed key), so up to about 50 MB at the default `max_block_bytes`.
-const PROVEN_BLOCKS: usize = 1;
-
-/// A committed block and the tree of its transactions' hashes.
-struct ProvenBlock {
-    block: Block,
-    tree: TxTree,
-}
+struct Api(Arc<RpcContext>, Arc<ProvenBlocks>);
 
 impl Api {
     /// Hands transactions whose signatures were checked to the driver and answers each
@@ -691,22 +677,29 @@ impl Api {
             .ok_or_else(|| err(NOT_FOUND, format!("no block at height {h}")))
     }
 
-    /// The block at `h` with its transaction tree, from [`ProvenBlocks`] or built and
-    /// kept there. A committed block never changes, so a held one is never stale.
-    fn proven_block(&self, h: u64) -> RpcResult<Arc<ProvenBlock>> {
-        // A poisoned lock only means a lookup panicked; the cache holds whole entries.
-        let cache = || self.1.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(held) = cache().get(&h) {
-            return Ok(held);
+    /// The block at `h` as `tx` proves its transactions, from [`ProvenBlocks`] or built
+    /// and kept there. A committed block never changes, so a held one is never stale.
+    async fn proven_block(&self, h: u64) -> RpcResult<Arc<ProvenBlock>> {
+        let store = self.0.store.clone();
+        let (block, found) = self
+            .1
+            .get(h, move || {
+                let block = store
+                    .block(h)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("no block at height {h}"))?;
+                Ok(ProvenBlock::new(block))
+            })
+            .await
+            .map_err(internal)?;
+        if found == Found::Built {
+            self.0.metrics.rpc_proven_blocks.inc();
+            self.0
+                .metrics
+                .rpc_proof_cache_bytes
+                .set(i64::try_from(self.1.bytes()).unwrap_or(i64::MAX));
         }
-        let block = self.block_at(h)?;
-        let hashes: Vec<Hash> = block.txs.iter().map(Transaction::hash).collect();
-        let proven = Arc::new(ProvenBlock {
-            tree: TxTree::new(&hashes),
-            block,
-        });
-        cache().insert(h, proven.clone());
-        Ok(proven)
+        Ok(block)
     }
 }
 
@@ -849,30 +842,29 @@ impl NodeApiServer for Api {
                     format!("transaction {} is not committed", hash.to_hex()),
                 )
             })?;
-        let proven = self.proven_block(loc.height)?;
-        let block = &proven.block;
-        let tx = block
-            .txs
-            .get(loc.index as usize)
-            .ok_or_else(|| internal("transaction index out of its block"))?;
-        let tx_proof = proven
-            .tree
-            .inclusion_proof(loc.index as usize)
-            .ok_or_else(|| internal("no tx proof"))?;
-        let log_proof = pyralog_ledger::log::inclusion_proof(
-            &*self.0.store,
-            loc.log_index,
-            block.header.log_size,
-        )
-        .map_err(internal)?;
+        let proven = self.proven_block(loc.height).await?;
+        let index = loc.index as usize;
+        let found = proven
+            .tx(index)
+            .ok_or_else(|| internal("transaction index out of its block"))?
+            .map_err(internal)?;
+        let tx_proof = proven.proof(index).ok_or_else(|| internal("no tx proof"))?;
+        let header = proven.header();
+        let log_proof =
+            pyralog_ledger::log::inclusion_proof(&*self.0.store, loc.log_index, header.log_size)
+                .map_err(internal)?;
         Ok(TxProofView {
-            tx: TxView::of(tx),
+            tx: TxView {
+                hash: found.hash,
+                encoded: hex::encode(found.encoded),
+                tx: found.tx,
+            },
             height: loc.height,
             index: loc.index,
             log_index: loc.log_index,
             tx_proof,
             log_proof,
-            header: HeaderView::of(&block.header),
+            header: HeaderView::of(header),
             certificate: CertificateView::of(&self.cert_at(loc.height)?),
         })
     }
@@ -1080,7 +1072,11 @@ pub async fn serve(cfg: &RpcConfig, ctx: RpcContext) -> anyhow::Result<(SocketAd
         .await
         .map_err(|e| anyhow::anyhow!("RPC cannot listen on {}: {e}", cfg.listen))?;
     let addr = server.local_addr()?;
-    let proven = Arc::new(Mutex::new(Recent::new(PROVEN_BLOCKS)));
+    let proven = Arc::new(ProvenBlocks::new(
+        usize::try_from(cfg.proof_cache_mib)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1 << 20),
+    ));
     let handle = server.start(Api(Arc::new(ctx), proven).into_rpc());
     Ok((addr, handle))
 }

@@ -178,9 +178,19 @@ async fn four_validators_commit_2000_txs_exactly_once_survive_a_crash_and_reject
         .await
         .unwrap();
     assert!(p["tx_proof"].is_array() && p["certificate"]["encoded"].is_string());
-    // Proofs of transactions spread over the blocks, asked in an order that goes back to
-    // blocks the node's cache of proven blocks dropped in between: each proves the
-    // transaction asked for, in its own block and in the log.
+    // Proofs of transactions spread over the blocks, asked in an order that goes back and
+    // forth between them: each proves the transaction asked for, in its own block and in
+    // the log, and node0 builds each block's proof once (its cache holds them all).
+    let proven_blocks = || async {
+        let m = reqwest_metrics(&net.manifest().nodes[0].metrics).await;
+        m.lines()
+            .find_map(|l| l.strip_prefix("pyralog_rpc_proven_blocks_total "))
+            .unwrap_or_else(|| panic!("no proven blocks counter in {m}"))
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let built_before = proven_blocks().await;
     let mut heights = std::collections::BTreeSet::new();
     for i in (0..2000).step_by(97).chain((0..2000).rev().step_by(89)) {
         let p = call(&clients[0], "tx", vec![json!(wanted[i])])
@@ -195,6 +205,11 @@ async fn four_validators_commit_2000_txs_exactly_once_survive_a_crash_and_reject
         heights.insert(h.height);
     }
     assert!(heights.len() > 2, "the transactions span {heights:?}");
+    assert_eq!(
+        proven_blocks().await - built_before,
+        heights.len() as u64,
+        "node0 built the proofs of {heights:?}"
+    );
 
     // Rejections, each with its reason.
     let reason = |r: Result<Value, jsonrpsee::core::ClientError>| match r {

@@ -1,0 +1,394 @@
+//! The RPC server's cache of proven blocks: what `tx` needs to prove a transaction of a
+//! block, kept for the blocks asked about lately.
+//!
+//! An inclusion proof needs the tree of every transaction hash of its block, so a block
+//! not held costs its decoding and a hash of each of its transactions (about 10 ms for a
+//! block of 7,000 notarizations). Wallets ask for their receipts as their blocks commit,
+//! so the asks of a loaded network interleave a few recent blocks; a cache of two blocks
+//! rebuilt one in nearly every ask there (6.4 ms an ask against 0.8 in block order,
+//! docs/PERFORMANCE.md). [`ProvenBlocks`] holds blocks within a budget of bytes rather
+//! than a count, drops the least recently asked first, builds a missing block once
+//! however many ask for it at the same time (the receipts of a new block are asked for
+//! together), and builds it off the async workers, which the consensus driver shares.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use pyralog_ledger::{Block, Encode, Hash, Header, Transaction, TxTree};
+use tokio::sync::OnceCell;
+
+/// A committed block as `tx` proves its transactions: the header, each transaction's
+/// canonical encoding (decoded only when asked for: a decoded transaction takes about
+/// three times its encoding), and the tree of their hashes.
+pub struct ProvenBlock {
+    header: Header,
+    /// The transactions' encodings, one after another.
+    encoded: Vec<u8>,
+    /// Where each ends in `encoded`.
+    ends: Vec<usize>,
+    tree: TxTree,
+}
+
+/// A transaction of a [`ProvenBlock`].
+pub struct ProvenTx<'a> {
+    /// The transaction.
+    pub tx: Transaction,
+    /// Its hash.
+    pub hash: Hash,
+    /// Its canonical encoding.
+    pub encoded: &'a [u8],
+}
+
+/// Bytes a [`TxTree`] holds per transaction, about: rs_merkle keeps its layers (some 2n
+/// nodes of 40 bytes) twice, as the tree and as its one commit's history.
+const TREE_BYTES_PER_TX: usize = 200;
+
+impl ProvenBlock {
+    /// Encodes and hashes each transaction of `block` once.
+    pub fn new(block: Block) -> ProvenBlock {
+        let mut encoded = Vec::with_capacity(block.txs.len() * 200);
+        let mut ends = Vec::with_capacity(block.txs.len());
+        let mut hashes = Vec::with_capacity(block.txs.len());
+        for tx in &block.txs {
+            let start = encoded.len();
+            tx.encode(&mut encoded);
+            hashes.push(Transaction::hash_of_encoding(&encoded[start..]));
+            ends.push(encoded.len());
+        }
+        encoded.shrink_to_fit();
+        ProvenBlock {
+            header: block.header,
+            encoded,
+            ends,
+            tree: TxTree::new(&hashes),
+        }
+    }
+
+    /// The block's header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The transaction at `index` (`None` past the last), decoded.
+    pub fn tx(&self, index: usize) -> Option<Result<ProvenTx<'_>, String>> {
+        let end = *self.ends.get(index)?;
+        let start = index.checked_sub(1).map_or(0, |i| self.ends[i]);
+        let encoded = &self.encoded[start..end];
+        Some(
+            pyralog_ledger::Decode::from_bytes(encoded)
+                .map(|tx| ProvenTx {
+                    tx,
+                    hash: Transaction::hash_of_encoding(encoded),
+                    encoded,
+                })
+                .map_err(|e| format!("transaction {index} of block {}: {e}", self.header.height)),
+        )
+    }
+
+    /// The inclusion proof of the transaction at `index` in the header's `tx_root`.
+    pub fn proof(&self, index: usize) -> Option<Vec<Hash>> {
+        self.tree.inclusion_proof(index)
+    }
+
+    /// About how many bytes this holds.
+    pub fn bytes(&self) -> usize {
+        const FIXED: usize = 1024;
+        FIXED
+            + self.encoded.capacity()
+            + self.ends.capacity() * size_of::<usize>()
+            + self.ends.len() * TREE_BYTES_PER_TX
+    }
+}
+
+/// Proven blocks by height, within a budget of bytes (see the module doc).
+pub struct ProvenBlocks {
+    budget: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    slots: HashMap<u64, Slot>,
+    /// The built blocks' heights by their last ask, oldest first.
+    built: BTreeMap<u64, u64>,
+    /// Bytes of the built blocks held.
+    bytes: usize,
+    /// Counts asks, to order the slots by their last.
+    clock: u64,
+}
+
+struct Slot {
+    block: Arc<OnceCell<Arc<ProvenBlock>>>,
+    /// The clock at the last ask.
+    used: u64,
+    /// The block's [`ProvenBlock::bytes`] once built; 0 while it is being built.
+    bytes: usize,
+}
+
+/// How [`ProvenBlocks::get`] found a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// It was held, or being built for another ask.
+    Held,
+    /// This ask built it.
+    Built,
+}
+
+impl ProvenBlocks {
+    /// An empty cache holding up to `budget` bytes of blocks; the block asked for last
+    /// is kept even if it alone is larger.
+    pub fn new(budget: usize) -> ProvenBlocks {
+        ProvenBlocks {
+            budget,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every change under the lock leaves the map and its byte count consistent
+        // before anything that can panic, so a poisoned lock holds a usable cache.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The block at `height`: held, or built by `build` on a blocking thread. Asks for a
+    /// block being built wait for that build instead of starting their own; if it fails,
+    /// the next of them builds it.
+    pub async fn get<F>(&self, height: u64, build: F) -> Result<(Arc<ProvenBlock>, Found), String>
+    where
+        F: FnOnce() -> Result<ProvenBlock, String> + Send + 'static,
+    {
+        let cell = self.lock().ask(height);
+        let mut built = false;
+        let result = cell
+            .get_or_try_init(|| {
+                built = true;
+                async move {
+                    tokio::task::spawn_blocking(build)
+                        .await
+                        .map_err(|e| format!("building the proof of block {height}: {e}"))?
+                        .map(Arc::new)
+                }
+            })
+            .await
+            .cloned();
+        let mut inner = self.lock();
+        match result {
+            Ok(block) => {
+                if built {
+                    inner.held(height, &cell, block.bytes());
+                    inner.evict(height, self.budget);
+                }
+                Ok((block, if built { Found::Built } else { Found::Held }))
+            }
+            Err(e) => {
+                // Do not keep a slot for a block that could not be built unless another
+                // ask is building it again.
+                if inner.slots.get(&height).is_some_and(|s| {
+                    Arc::ptr_eq(&s.block, &cell)
+                        && !cell.initialized()
+                        && Arc::strong_count(&cell) <= 2
+                }) {
+                    inner.slots.remove(&height);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Bytes of the blocks held.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Heights of the blocks held, built or being built, in order.
+    pub fn heights(&self) -> Vec<u64> {
+        let mut heights: Vec<u64> = self.lock().slots.keys().copied().collect();
+        heights.sort_unstable();
+        heights
+    }
+}
+
+impl Inner {
+    /// The slot of `height`, made the most recently asked (a new one if none).
+    fn ask(&mut self, height: u64) -> Arc<OnceCell<Arc<ProvenBlock>>> {
+        self.clock += 1;
+        let used = self.clock;
+        let slot = self.slots.entry(height).or_insert_with(|| Slot {
+            block: Arc::new(OnceCell::new()),
+            used,
+            bytes: 0,
+        });
+        if slot.bytes > 0 {
+            self.built.remove(&slot.used);
+            self.built.insert(used, height);
+        }
+        slot.used = used;
+        slot.block.clone()
+    }
+
+    /// Counts the bytes of the block at `height` built in `cell`, if the slot is still
+    /// that cell's, or holds it again if its slot was dropped meanwhile.
+    fn held(&mut self, height: u64, cell: &Arc<OnceCell<Arc<ProvenBlock>>>, bytes: usize) {
+        self.clock += 1;
+        let clock = self.clock;
+        let slot = self.slots.entry(height).or_insert_with(|| Slot {
+            block: cell.clone(),
+            used: clock,
+            bytes: 0,
+        });
+        if Arc::ptr_eq(&slot.block, cell) && slot.bytes == 0 {
+            slot.bytes = bytes;
+            self.bytes += bytes;
+            self.built.insert(slot.used, height);
+        }
+    }
+
+    /// Drops the least recently asked built blocks, other than `keep`, until the held
+    /// ones fit in `budget`, and the slots of builds no ask waits for any more.
+    fn evict(&mut self, keep: u64, budget: usize) {
+        let mut kept = None;
+        while self.bytes > budget {
+            let Some((used, h)) = self.built.pop_first() else {
+                break;
+            };
+            if h == keep {
+                kept = Some((used, h));
+                continue;
+            }
+            if let Some(slot) = self.slots.remove(&h) {
+                self.bytes -= slot.bytes;
+            }
+        }
+        if let Some((used, h)) = kept {
+            self.built.insert(used, h);
+        }
+        // An ask dropped while its block was being built (its client went away) leaves
+        // an empty slot no one waits on: forget it.
+        self.slots
+            .retain(|_, s| s.bytes > 0 || Arc::strong_count(&s.block) > 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use pyralog_ledger::EngineId;
+    use pyralog_ledger::testing::{TestChain, user};
+
+    /// A block of `txs` puts, distinct for each `tag`.
+    fn block(tag: u64, txs: usize) -> Block {
+        let chain = TestChain::new(1, EngineId::Tendermint);
+        let key = user(tag);
+        let txs = (0..txs as u64)
+            .map(|nonce| chain.put(&key, nonce, format!("k{tag}-{nonce}").as_bytes(), b"v"))
+            .collect();
+        chain.make_block(txs).0
+    }
+
+    fn built(height: u64, txs: usize) -> Result<ProvenBlock, String> {
+        Ok(ProvenBlock::new(block(height, txs)))
+    }
+
+    #[test]
+    fn a_proven_block_gives_back_each_transaction_and_its_proof() {
+        let b = block(3, 5);
+        let hashes: Vec<Hash> = b.txs.iter().map(Transaction::hash).collect();
+        let tree = TxTree::new(&hashes);
+        let p = ProvenBlock::new(b.clone());
+        for (i, tx) in b.txs.iter().enumerate() {
+            let got = p.tx(i).unwrap().unwrap();
+            assert_eq!(&got.tx, tx);
+            assert_eq!(got.hash, tx.hash());
+            assert_eq!(got.encoded, tx.to_bytes().as_slice());
+            assert_eq!(p.proof(i), tree.inclusion_proof(i));
+        }
+        assert!(p.tx(5).is_none() && p.proof(5).is_none());
+        assert_eq!(p.header(), &b.header);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_least_recently_asked_blocks_go_first_when_over_budget() {
+        let one = ProvenBlock::new(block(1, 50)).bytes();
+        let cache = ProvenBlocks::new(3 * one + one / 2);
+        for h in [1, 2, 3] {
+            assert_eq!(
+                cache.get(h, move || built(h, 50)).await.unwrap().1,
+                Found::Built
+            );
+        }
+        // Asked again, 1 becomes the most recent; 4 then pushes out 2, the oldest.
+        assert_eq!(cache.get(1, || built(1, 50)).await.unwrap().1, Found::Held);
+        assert_eq!(cache.get(4, || built(4, 50)).await.unwrap().1, Found::Built);
+        assert_eq!(cache.heights(), vec![1, 3, 4]);
+        assert!(cache.bytes() <= 3 * one + one / 2);
+        // A block larger than the whole budget is still kept, alone.
+        assert_eq!(
+            cache.get(9, || built(9, 500)).await.unwrap().1,
+            Found::Built
+        );
+        assert_eq!(cache.heights(), vec![9]);
+        assert_eq!(cache.get(9, || built(9, 500)).await.unwrap().1, Found::Held);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn asks_for_one_block_at_once_build_it_once() {
+        let cache = Arc::new(ProvenBlocks::new(64 << 20));
+        let builds = Arc::new(AtomicUsize::new(0));
+        let asks: Vec<_> = (0..16)
+            .map(|_| {
+                let (cache, builds) = (cache.clone(), builds.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get(5, move || {
+                            builds.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            built(5, 20)
+                        })
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut found = Vec::new();
+        for ask in asks {
+            found.push(ask.await.unwrap().1);
+        }
+        assert_eq!(builds.load(Ordering::SeqCst), 1);
+        assert_eq!(found.iter().filter(|f| **f == Found::Built).count(), 1);
+        assert_eq!(cache.heights(), vec![5]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_build_leaves_no_slot_behind() {
+        let cache = ProvenBlocks::new(64 << 20);
+        let slow = cache.get(6, || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            built(6, 3)
+        });
+        let abandoned = tokio::time::timeout(std::time::Duration::from_millis(10), slow).await;
+        assert!(abandoned.is_err());
+        assert_eq!(cache.heights(), vec![6]);
+        assert_eq!(cache.get(8, || built(8, 3)).await.unwrap().1, Found::Built);
+        assert_eq!(cache.heights(), vec![8]);
+        // Asked again, the abandoned block is built anew.
+        assert_eq!(cache.get(6, || built(6, 3)).await.unwrap().1, Found::Built);
+        assert_eq!(cache.heights(), vec![6, 8]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_build_is_not_kept_and_the_next_ask_builds_again() {
+        let cache = ProvenBlocks::new(64 << 20);
+        let e = cache.get(7, || Err("disk on fire".to_string())).await;
+        assert_eq!(e.err().as_deref(), Some("disk on fire"));
+        assert!(cache.heights().is_empty() && cache.bytes() == 0);
+        let panicked = cache
+            .get(7, || -> Result<ProvenBlock, String> { panic!("a bug") })
+            .await;
+        assert!(panicked.is_err());
+        assert!(cache.heights().is_empty());
+        assert_eq!(cache.get(7, || built(7, 3)).await.unwrap().1, Found::Built);
+        assert_eq!(cache.heights(), vec![7]);
+    }
+}
