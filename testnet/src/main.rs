@@ -637,6 +637,9 @@ fn demo(home: &Path, validators: usize, transport: Transport) -> anyhow::Result<
             file.clone().into_os_string(),
             "--meta".into(),
             "pyralog-testnet demo".into(),
+            // The document is new on each run; the receipt of an earlier run is the
+            // demo's own, and replaced.
+            "--force".into(),
         ],
     )?;
     pyralog(

@@ -58,6 +58,16 @@ impl Net {
         }
     }
 
+    /// A guard for a network not started yet, to be made in `home` by the test.
+    pub fn not_up() -> Net {
+        let dir = tempfile::tempdir().unwrap();
+        Net {
+            dir: dir.path().to_path_buf(),
+            home: dir.path().join("net"),
+            _dir: dir,
+        }
+    }
+
     pub fn manifest(&self) -> Manifest {
         Manifest::load(&self.home).unwrap()
     }
