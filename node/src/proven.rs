@@ -9,13 +9,15 @@
 //! docs/PERFORMANCE.md). [`ProvenBlocks`] holds blocks within a budget of bytes rather
 //! than a count, drops the least recently asked first, builds a missing block once
 //! however many ask for it at the same time (the receipts of a new block are asked for
-//! together), and builds it off the async workers, which the consensus driver shares.
+//! together), and builds it off the async workers, which the consensus driver shares,
+//! a few blocks at a time: clients asking for many old blocks at once wait their turn
+//! rather than have the node decode them all in memory together.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use pyralog_ledger::{Block, Encode, Hash, Header, Transaction, TxTree};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore};
 
 /// A committed block as `tx` proves its transactions: the header, each transaction's
 /// canonical encoding (decoded only when asked for: a decoded transaction takes about
@@ -104,6 +106,8 @@ impl ProvenBlock {
 pub struct ProvenBlocks {
     budget: usize,
     inner: Mutex<Inner>,
+    /// A permit for each block being built.
+    builds: Arc<Semaphore>,
 }
 
 #[derive(Default)]
@@ -135,12 +139,14 @@ pub enum Found {
 }
 
 impl ProvenBlocks {
-    /// An empty cache holding up to `budget` bytes of blocks; the block asked for last
-    /// is kept even if it alone is larger.
-    pub fn new(budget: usize) -> ProvenBlocks {
+    /// An empty cache holding up to `budget` bytes of blocks, building at most `builds`
+    /// (at least one) at a time; the block asked for last is kept even if it alone is
+    /// larger than the budget.
+    pub fn new(budget: usize, builds: usize) -> ProvenBlocks {
         ProvenBlocks {
             budget,
             inner: Mutex::new(Inner::default()),
+            builds: Arc::new(Semaphore::new(builds.max(1))),
         }
     }
 
@@ -162,11 +168,21 @@ impl ProvenBlocks {
         let result = cell
             .get_or_try_init(|| {
                 built = true;
+                let builds = self.builds.clone();
                 async move {
-                    tokio::task::spawn_blocking(build)
+                    // The permit goes with the build: an ask dropped while it runs does
+                    // not let another start beside it.
+                    let permit = builds
+                        .acquire_owned()
                         .await
-                        .map_err(|e| format!("building the proof of block {height}: {e}"))?
-                        .map(Arc::new)
+                        .map_err(|e| format!("building the proof of block {height}: {e}"))?;
+                    tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        build()
+                    })
+                    .await
+                    .map_err(|e| format!("building the proof of block {height}: {e}"))?
+                    .map(Arc::new)
                 }
             })
             .await
@@ -311,7 +327,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_least_recently_asked_blocks_go_first_when_over_budget() {
         let one = ProvenBlock::new(block(1, 50)).bytes();
-        let cache = ProvenBlocks::new(3 * one + one / 2);
+        let cache = ProvenBlocks::new(3 * one + one / 2, 2);
         for h in [1, 2, 3] {
             assert_eq!(
                 cache.get(h, move || built(h, 50)).await.unwrap().1,
@@ -334,7 +350,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn asks_for_one_block_at_once_build_it_once() {
-        let cache = Arc::new(ProvenBlocks::new(64 << 20));
+        let cache = Arc::new(ProvenBlocks::new(64 << 20, 2));
         let builds = Arc::new(AtomicUsize::new(0));
         let asks: Vec<_> = (0..16)
             .map(|_| {
@@ -361,8 +377,38 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn asks_for_many_blocks_at_once_build_a_few_at_a_time() {
+        let cache = Arc::new(ProvenBlocks::new(64 << 20, 2));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let asks: Vec<_> = (1..=6)
+            .map(|h| {
+                let (cache, running, most) = (cache.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get(h, move || {
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(30));
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            built(h, 3)
+                        })
+                        .await
+                        .unwrap()
+                        .1
+                })
+            })
+            .collect();
+        for ask in asks {
+            assert_eq!(ask.await.unwrap(), Found::Built);
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.heights(), (1..=6).collect::<Vec<u64>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_abandoned_build_leaves_no_slot_behind() {
-        let cache = ProvenBlocks::new(64 << 20);
+        let cache = ProvenBlocks::new(64 << 20, 2);
         let slow = cache.get(6, || {
             std::thread::sleep(std::time::Duration::from_millis(200));
             built(6, 3)
@@ -379,7 +425,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_build_is_not_kept_and_the_next_ask_builds_again() {
-        let cache = ProvenBlocks::new(64 << 20);
+        let cache = ProvenBlocks::new(64 << 20, 2);
         let e = cache.get(7, || Err("disk on fire".to_string())).await;
         assert_eq!(e.err().as_deref(), Some("disk on fire"));
         assert!(cache.heights().is_empty() && cache.bytes() == 0);

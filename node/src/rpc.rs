@@ -1076,6 +1076,8 @@ pub async fn serve(cfg: &RpcConfig, ctx: RpcContext) -> anyhow::Result<(SocketAd
         usize::try_from(cfg.proof_cache_mib)
             .unwrap_or(usize::MAX)
             .saturating_mul(1 << 20),
+        // As many blocks built at once as there are cores: building is CPU work.
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
     ));
     let handle = server.start(Api(Arc::new(ctx), proven).into_rpc());
     Ok((addr, handle))
