@@ -27,7 +27,7 @@ use crate::config::{Mode, RpcConfig};
 use crate::driver::{Feeds, Request, Status, Submission, Submitted, TxCommitted};
 use crate::mempool::Reject;
 use crate::metrics::Metrics;
-use crate::proven::{Found, ProvenBlock, ProvenBlocks};
+use crate::proven::{ProvenBlock, ProvenBlocks};
 
 /// Error code: the transaction was rejected (data: `{reason, message}`).
 pub const TX_REJECTED: i32 = -32001;
@@ -494,6 +494,10 @@ pub struct RpcContext {
 
 struct Api(Arc<RpcContext>, Arc<ProvenBlocks>);
 
+/// Blocks the RPC server builds at once to prove their transactions (CPU work, each
+/// holding about one copy of its block besides what the cache holds).
+const PROOF_BUILDS: usize = 2;
+
 impl Api {
     /// Hands transactions whose signatures were checked to the driver and answers each
     /// as `mode` asks, in order.
@@ -681,7 +685,7 @@ impl Api {
     /// and kept there. A committed block never changes, so a held one is never stale.
     async fn proven_block(&self, h: u64) -> RpcResult<Arc<ProvenBlock>> {
         let store = self.0.store.clone();
-        let (block, found) = self
+        let (block, _) = self
             .1
             .get(h, move || {
                 let block = store
@@ -692,13 +696,6 @@ impl Api {
             })
             .await
             .map_err(internal)?;
-        if found == Found::Built {
-            self.0.metrics.rpc_proven_blocks.inc();
-            self.0
-                .metrics
-                .rpc_proof_cache_bytes
-                .set(i64::try_from(self.1.bytes()).unwrap_or(i64::MAX));
-        }
         Ok(block)
     }
 }
@@ -1072,12 +1069,13 @@ pub async fn serve(cfg: &RpcConfig, ctx: RpcContext) -> anyhow::Result<(SocketAd
         .await
         .map_err(|e| anyhow::anyhow!("RPC cannot listen on {}: {e}", cfg.listen))?;
     let addr = server.local_addr()?;
-    let proven = Arc::new(ProvenBlocks::new(
+    let proven = Arc::new(ProvenBlocks::with_metrics(
         usize::try_from(cfg.proof_cache_mib)
             .unwrap_or(usize::MAX)
             .saturating_mul(1 << 20),
-        // As many blocks built at once as there are cores: building is CPU work.
-        std::thread::available_parallelism().map_or(2, |n| n.get()),
+        PROOF_BUILDS,
+        ctx.metrics.rpc_proven_blocks.clone(),
+        ctx.metrics.rpc_proof_cache_bytes.clone(),
     ));
     let handle = server.start(Api(Arc::new(ctx), proven).into_rpc());
     Ok((addr, handle))
