@@ -19,9 +19,12 @@
 use std::time::Instant;
 
 use pyralog_crypto::{Hash, content_digest};
-use pyralog_ledger::testing::{TestChain, user};
-use pyralog_ledger::{BlockExecutor, EngineId};
+use pyralog_ledger::BlockExecutor;
+use pyralog_ledger::testing::user;
 use pyralog_storage::{SledStore, Store};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 const TXS_PER_BLOCK: u64 = 5000;
 const READS: u64 = 200_000;
@@ -37,29 +40,16 @@ fn main() {
         .unwrap_or(300_000);
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(&dir.path().join("db")).unwrap();
-    let chain = TestChain::new(4, EngineId::Tendermint);
+    let chain = common::test_chain();
     let started = Instant::now();
     let mut next = 0;
     while next < notarizations {
-        let tip = store.tip().unwrap();
-        let h = tip.height + 1;
         let end = (next + TXS_PER_BLOCK).min(notarizations);
         let txs = (next..end)
             .map(|i| chain.notarize(&user(i), 0, digest(i), ""))
             .collect();
         next = end;
-        let prev = store
-            .header(h - 1)
-            .unwrap()
-            .zip(store.certificate(h - 1).unwrap());
-        let (block, exec) = chain.build_block(
-            &store,
-            &store,
-            &tip,
-            prev.as_ref().map(|(h, c)| (h, c)),
-            txs,
-        );
-        let cert = chain.certify_all(&block.header);
+        let (block, cert, exec) = common::next_block(&store, &chain, txs);
         store.commit_block(&block, &cert, &exec).unwrap();
     }
     println!(

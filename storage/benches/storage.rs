@@ -10,16 +10,18 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use pyralog_crypto::content_digest;
-use pyralog_ledger::EngineId;
-use pyralog_ledger::testing::{TestChain, user};
+use pyralog_ledger::testing::user;
 use pyralog_storage::{SledStore, Store};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 const TXS_PER_BLOCK: u64 = 1000;
 
 fn bench_commit(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(&dir.path().join("db")).unwrap();
-    let chain = TestChain::new(4, EngineId::Tendermint);
+    let chain = common::test_chain();
     let mut g = c.benchmark_group("storage");
     g.bench_function(
         "commit a block of 1000 notarizations (batch + flush)",
@@ -27,8 +29,7 @@ fn bench_commit(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let tip = store.tip().unwrap();
-                    let h = tip.height + 1;
+                    let h = store.tip().unwrap().height + 1;
                     let txs = (0..TXS_PER_BLOCK)
                         .map(|i| {
                             chain.notarize(
@@ -39,18 +40,7 @@ fn bench_commit(c: &mut Criterion) {
                             )
                         })
                         .collect();
-                    let prev = store
-                        .header(h - 1)
-                        .unwrap()
-                        .zip(store.certificate(h - 1).unwrap());
-                    let (block, exec) = chain.build_block(
-                        &store,
-                        &store,
-                        &tip,
-                        prev.as_ref().map(|(h, c)| (h, c)),
-                        txs,
-                    );
-                    let cert = chain.certify_all(&block.header);
+                    let (block, cert, exec) = common::next_block(&store, &chain, txs);
                     let start = Instant::now();
                     store.commit_block(&block, &cert, &exec).unwrap();
                     total += start.elapsed();

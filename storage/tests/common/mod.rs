@@ -1,10 +1,11 @@
-//! Helpers shared by the storage tests.
+//! Helpers shared by the storage tests and benches (each uses some of them).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use pyralog_crypto::content_digest;
 use pyralog_ledger::EngineId;
 use pyralog_ledger::testing::{TestChain, user};
+use pyralog_ledger::{Block, Certificate, Execution, Transaction};
 use pyralog_storage::{SledStore, Store};
 
 /// The deterministic test chain every storage test builds.
@@ -37,6 +38,21 @@ pub fn commit_next_with(
         })
         .chain([chain.put(&user(0), h - 1, b"counter", &h.to_be_bytes())])
         .collect();
+    let (block, cert, exec) = next_block(store, chain, txs);
+    before(&block);
+    store.commit_block(&block, &cert, &exec).unwrap();
+    h
+}
+
+/// Block `tip + 1` of `store` over `txs`, executed on it and certified by every
+/// validator of `chain`, not committed.
+pub fn next_block(
+    store: &SledStore,
+    chain: &TestChain,
+    txs: Vec<Transaction>,
+) -> (Block, Certificate, Execution) {
+    let tip = store.tip().unwrap();
+    let h = tip.height + 1;
     let prev = store
         .header(h - 1)
         .unwrap()
@@ -44,7 +60,5 @@ pub fn commit_next_with(
     let (block, exec) =
         chain.build_block(store, store, &tip, prev.as_ref().map(|(h, c)| (h, c)), txs);
     let cert = chain.certify_all(&block.header);
-    before(&block);
-    store.commit_block(&block, &cert, &exec).unwrap();
-    h
+    (block, cert, exec)
 }
