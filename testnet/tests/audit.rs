@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 
-use common::{EXE, Net, certify, flip_last_hex, forward, serve_proxy, succeed};
+use common::{EXE, Net, certify, flip_last_hex, forward, metric, serve_proxy, succeed};
 
 struct Run {
     code: i32,
@@ -76,18 +76,11 @@ impl Auditor {
         }
     }
 
-    /// The value of metric `name` (first sample), once it is served.
+    /// The value of the sample `name` (see [`metric`]), once it is served.
     async fn metric(&self, name: &str) -> Option<f64> {
         let text = http_get(&format!("{}/metrics", self.metrics)).await?;
-        metric_in(&text, name)
+        metric(&text, name)
     }
-}
-
-fn metric_in(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// The body of a `GET` (None if unreachable or not 200).
@@ -288,12 +281,8 @@ async fn auditors_stay_quiet_on_an_honest_network_and_keep_their_checkpoint() {
 
     // The auditor node follows, re-executes and checkpoints too, quietly.
     let text = http_get(&format!("{node_auditor}/metrics")).await.unwrap();
-    assert_eq!(
-        metric_in(&text, "pyralog_audit_status"),
-        Some(1.0),
-        "{text}"
-    );
-    assert!(metric_in(&text, "pyralog_audit_height").unwrap() >= 3.0);
+    assert_eq!(metric(&text, "pyralog_audit_status"), Some(1.0), "{text}");
+    assert!(metric(&text, "pyralog_audit_height").unwrap() >= 3.0);
     let cp: Value = serde_json::from_str(
         &http_get(&format!("{node_auditor}/checkpoint"))
             .await
@@ -752,9 +741,9 @@ async fn two_histories_shown_to_two_auditors_are_caught_by_their_checkpoints() {
         let text = http_get(&format!("http://127.0.0.1:{port}/metrics"))
             .await
             .unwrap();
-        assert_eq!(metric_in(&text, "pyralog_audit_status"), Some(0.0));
+        assert_eq!(metric(&text, "pyralog_audit_status"), Some(0.0));
         assert_eq!(
-            metric_in(&text, "pyralog_audit_alarms_total{kind=\"split_view\"}"),
+            metric(&text, "pyralog_audit_alarms_total{kind=\"split_view\"}"),
             Some(1.0)
         );
     }
@@ -806,8 +795,8 @@ async fn an_auditor_node_raises_the_alarm_on_a_peer_serving_an_edited_block() {
     let start = Instant::now();
     loop {
         let text = http_get(metrics).await.unwrap_or_default();
-        if metric_in(&text, "pyralog_audit_alarms_total{kind=\"block_contents\"}") == Some(1.0) {
-            assert_eq!(metric_in(&text, "pyralog_audit_status"), Some(0.0));
+        if metric(&text, "pyralog_audit_alarms_total{kind=\"block_contents\"}") == Some(1.0) {
+            assert_eq!(metric(&text, "pyralog_audit_status"), Some(0.0));
             break;
         }
         assert!(

@@ -169,10 +169,7 @@ fn a_validator_is_silent_to_strangers() {
     // The metrics saw it all.
     let metrics = scrape(&node0.metrics);
     let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+        common::metric(&metrics, name).unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
     };
     assert!(value("pyralog_wg_dropped_datagrams{reason=\"garbage\"}") >= 7.0);
     assert!(value("pyralog_wg_dropped_datagrams{reason=\"unknown_key\"}") >= 1.0);

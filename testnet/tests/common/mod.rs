@@ -118,6 +118,15 @@ impl Net {
     }
 }
 
+/// The value of the sample `name` (labels included, as in `name{kind="x"}`) in the
+/// Prometheus text `metrics`, if it is there.
+pub fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (sample, value) = l.split_once(' ')?;
+        (sample == name).then(|| value.trim().parse().ok())?
+    })
+}
+
 /// Runs `cmd`, which must succeed (`what` names it in the failure).
 pub fn succeed(cmd: &mut Command, what: &str) -> std::process::Output {
     let out = cmd.output().unwrap();
