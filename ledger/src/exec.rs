@@ -25,6 +25,7 @@ use pyralog_crypto::recent::Recent;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{CodecError, Decode, Decoder, Encode};
+use crate::keyfilter::KeyFilter;
 use crate::log::{LogNodes, NodeId};
 use crate::merkle::TxTree;
 use crate::state::{Namespace, NodeRef, StateNode, StateNodes, Subtree, state_key};
@@ -575,6 +576,16 @@ pub fn apply_block_hashed<S: StateNodes + ?Sized, L: LogNodes + ?Sized>(
 /// Bounded: at most `2 × capacity` entries ([`Recent`]), each a value of at most
 /// [`TipCache::MAX_VALUE_BYTES`]: a longer one (a large `Put`) is read from the tree each
 /// time, so the memory held does not depend on what users store.
+///
+/// **Absent keys without a walk.** The cache can also keep a [`KeyFilter`] of every key
+/// present in its state: then a key the filter has never seen is answered absent with
+/// no walk and nothing held. The filter is built from the store by its owner
+/// ([`TipCache::begin_filter`], then [`TipCache::finish_filter`] with every key present
+/// at the state the build began at, or a superset); meanwhile, and afterwards, `advance`
+/// adds the keys each block sets. Keys are never taken out (a removed key only costs a
+/// walk), so the filter's "absent" is the tree's as long as it followed every block
+/// since the state it was built from. A cache moved from a state it did not follow
+/// drops its filter with its values.
 #[derive(Debug)]
 pub struct TipCache {
     inner: Mutex<TipCacheInner>,
@@ -585,7 +596,25 @@ struct TipCacheInner {
     root: Hash,
     values: Recent<Hash, Option<Vec<u8>>>,
     capacity: usize,
+    filter: Filter,
+    /// The number of the last [`TipCache::begin_filter`].
+    builds: u64,
 }
+
+/// Where a [`TipCache`]'s filter of present keys is.
+#[derive(Debug)]
+enum Filter {
+    /// No filter: absent keys are walked to.
+    Off,
+    /// Build `build` is scanning the store; the keys blocks set since it began wait here.
+    Building { build: u64, added: Vec<Hash> },
+    /// Every key present in the cache's state is in the filter.
+    Ready(KeyFilter),
+}
+
+/// Keys a [`TipCache`] keeps for a filter being built, at most: about 128 MiB, minutes
+/// of blocks at any rate this node reaches. A build that takes longer is dropped.
+const MAX_PENDING_FILTER_KEYS: usize = 1 << 22;
 
 /// Whether `value` is short enough for a [`TipCache`] (absent values always are).
 fn cacheable_value(value: &Option<Vec<u8>>) -> bool {
@@ -607,25 +636,85 @@ impl TipCache {
                 root,
                 values: Recent::new(capacity),
                 capacity,
+                filter: Filter::Off,
+                builds: 0,
             }),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TipCacheInner> {
         // What a panic under the lock can leave is consistent: `advance` takes the values
-        // out while it updates them, so the cache holds either the old state's values
-        // under the old root, none, or the new state's under the new root.
+        // and the filter out while it updates them, so the cache holds either the old
+        // state's under the old root, none, or the new state's under the new root.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The value of `key` in the state whose root hash is `root` (`Some(None)`: known
-    /// absent), if this cache follows that state and holds the key.
+    /// absent), if this cache follows that state and holds the key or its filter has
+    /// never seen it.
     pub fn get(&self, root: &Hash, key: &Hash) -> Option<Option<Vec<u8>>> {
         let mut inner = self.lock();
         if inner.root != *root {
             return None;
         }
-        inner.values.get(key)
+        if let Some(value) = inner.values.get(key) {
+            return Some(value);
+        }
+        match &inner.filter {
+            Filter::Ready(filter) if !filter.may_contain(key) => Some(None),
+            _ => None,
+        }
+    }
+
+    /// Starts a build of the filter of present keys, replacing any filter or build
+    /// before it, and returns its number for [`TipCache::finish_filter`]. The caller
+    /// then reads every key present in the state this cache follows now (a superset will
+    /// do: say every key of every stored leaf), into a [`KeyFilter`].
+    pub fn begin_filter(&self) -> u64 {
+        let mut inner = self.lock();
+        inner.builds += 1;
+        let build = inner.builds;
+        inner.filter = Filter::Building {
+            build,
+            added: Vec::new(),
+        };
+        build
+    }
+
+    /// Ends build `build` with `filter`, which holds every key present in the state
+    /// this cache followed when the build began: the keys set since are added, and the
+    /// filter answers from now on. Returns whether it was taken: not if another build
+    /// began since, or the cache lost track of the blocks (a move from a state it did
+    /// not follow, or more blocks than it keeps keys for).
+    pub fn finish_filter(&self, build: u64, mut filter: KeyFilter) -> bool {
+        let mut inner = self.lock();
+        match &mut inner.filter {
+            Filter::Building { build: b, added } if *b == build => {
+                for key in added.iter() {
+                    filter.insert(key);
+                }
+                inner.filter = Filter::Ready(filter);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends build `build` without a filter (its scan failed): absent keys are walked to,
+    /// and the keys kept for it are freed. Another build's state is left as it is.
+    pub fn cancel_filter(&self, build: u64) {
+        let mut inner = self.lock();
+        if matches!(inner.filter, Filter::Building { build: b, .. } if b == build) {
+            inner.filter = Filter::Off;
+        }
+    }
+
+    /// The filter's insertions and bytes held, once it answers.
+    pub fn filter_size(&self) -> Option<(usize, usize)> {
+        match &self.lock().filter {
+            Filter::Ready(f) => Some((f.inserted(), f.bytes())),
+            _ => None,
+        }
     }
 
     /// Notes the value of `key` read from the tree of the state whose root is `root`.
@@ -643,6 +732,7 @@ impl TipCache {
         let mut inner = self.lock();
         let empty = Recent::new(inner.capacity);
         let mut values = std::mem::replace(&mut inner.values, empty);
+        let filter = std::mem::replace(&mut inner.filter, Filter::Off);
         if inner.root == *from {
             for (key, value) in &execution.state_updates {
                 values.remove(key);
@@ -651,6 +741,7 @@ impl TipCache {
                 }
             }
             inner.values = values;
+            inner.filter = filter.advanced(execution);
         }
         inner.root = execution.state_root;
     }
@@ -663,6 +754,32 @@ impl TipCache {
     /// Whether no value is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Filter {
+    /// The filter after a block whose execution is `execution`: with the keys it set.
+    fn advanced(self, execution: &Execution) -> Filter {
+        let set = execution
+            .state_updates
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| k);
+        match self {
+            Filter::Off => Filter::Off,
+            Filter::Ready(mut filter) => {
+                set.for_each(|k| filter.insert(k));
+                Filter::Ready(filter)
+            }
+            Filter::Building { build, mut added } => {
+                added.extend(set);
+                if added.len() > MAX_PENDING_FILTER_KEYS {
+                    Filter::Off
+                } else {
+                    Filter::Building { build, added }
+                }
+            }
+        }
     }
 }
 

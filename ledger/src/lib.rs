@@ -11,7 +11,8 @@
 //! - [`log`]: the append-only log tree of every transaction, with inclusion and
 //!   consistency proofs at any size.
 //! - [`state`]: the versioned sparse Merkle tree with proofs of values and of absence.
-//! - [`exec`]: deterministic execution of blocks.
+//! - [`exec`]: deterministic execution of blocks; [`keyfilter`]: the filter of present
+//!   state keys that answers absent reads without a walk.
 //! - [`evidence`]: proof that a validator signed two conflicting votes.
 //! - [`verify`]: the checks of headers, certificates and proofs; [`receipt`]: receipts;
 //!   [`light`]: when a light client may trust a header.
@@ -22,6 +23,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod evidence;
 pub mod exec;
+pub mod keyfilter;
 pub mod light;
 pub mod log;
 pub mod merkle;

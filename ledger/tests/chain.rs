@@ -797,3 +797,172 @@ fn a_tip_cache_holds_no_long_value_and_drops_a_short_one_a_long_one_replaced() {
     assert_eq!(record.prev_height, 2);
     assert_eq!(cache.get(&chain.tip.state_root, &kv), None);
 }
+
+#[test]
+fn a_tip_cache_filter_answers_absent_keys_without_a_walk_and_as_the_tree_does() {
+    use pyralog_ledger::keyfilter::KeyFilter;
+    use pyralog_ledger::{Payload, TipCache, Transaction, apply_block_cached};
+    let mut chain = TestChain::new(1, EngineId::Raft);
+    let users: Vec<_> = (1..=4).map(user).collect();
+    let mut nonces = [0u64; 4];
+    let cache = TipCache::new(chain.tip.state_root, 1 << 10);
+    let digest = |height: u64, i: usize| content_digest(format!("{height}/{i}").as_bytes());
+    // Every key set so far, in order; the build begun at height 4 gets those present
+    // then, and ends at height 8, after four more blocks the cache followed.
+    let mut written: Vec<Hash> = Vec::new();
+    let mut build = None;
+    for height in 1..=14u64 {
+        if height == 4 {
+            build = Some((cache.begin_filter(), written.clone()));
+        }
+        if height == 8 {
+            let (b, keys) = build.take().unwrap();
+            let mut filter = KeyFilter::new(0, 5);
+            keys.iter().for_each(|k| filter.insert(k));
+            assert_eq!(cache.filter_size(), None);
+            assert!(cache.finish_filter(b, filter));
+            // A build's number is used once.
+            assert!(!cache.finish_filter(b, KeyFilter::new(0, 5)));
+            let (keys_in, _) = cache.filter_size().unwrap();
+            assert_eq!(keys_in, written.len());
+        }
+        let mut txs = Vec::new();
+        for (i, key) in users.iter().enumerate() {
+            let k = [b'k', ((height + i as u64) % 3) as u8];
+            let payload = match (height + i as u64) % 3 {
+                0 if height % 4 == 0 => Payload::Delete { key: k.to_vec() },
+                0 => Payload::Put {
+                    key: k.to_vec(),
+                    value: format!("{height}/{i}").into_bytes(),
+                },
+                _ => Payload::Notarize {
+                    digest: digest(height, i),
+                    meta: String::new(),
+                },
+            };
+            let tx = Transaction::new_signed(key, chain.chain_id(), nonces[i], payload).unwrap();
+            txs.push(tx);
+        }
+        // Keep only what applies (a delete of a key never put fails).
+        let mut exec = BlockExecutor::new(
+            &chain.state,
+            &chain.log,
+            chain.tip.clone(),
+            chain.chain_id(),
+            1,
+        );
+        txs.retain(|tx| exec.apply(tx).is_ok());
+        for tx in &txs {
+            let i = users.iter().position(|u| u.public() == tx.sender).unwrap();
+            nonces[i] += 1;
+        }
+        let (block, expected) = chain.make_block(txs);
+        let cached =
+            apply_block_cached(&chain.state, &chain.log, &chain.tip, &block, Some(&cache)).unwrap();
+        assert_eq!(cached.state_root, expected.state_root, "height {height}");
+        assert_eq!(
+            cached.state_writes, expected.state_writes,
+            "height {height}"
+        );
+        let before = chain.tip.state_root;
+        let cert = chain.certify_all(&block.header);
+        chain.apply_committed(block, cert, expected);
+        let execution = chain.executions.last().unwrap();
+        written.extend(
+            execution
+                .state_updates
+                .iter()
+                .filter(|(_, v)| v.is_some())
+                .map(|(k, _)| *k),
+        );
+        cache.advance(&before, execution);
+
+        // What the cache says of every key read so far and of keys never set is what
+        // the tree says: notarized digests, the next heights' digests, every user's keys.
+        let counting = Counting {
+            inner: &chain.state,
+            reads: std::cell::Cell::new(0),
+        };
+        let with = BlockExecutor::new(
+            &counting,
+            &chain.log,
+            chain.tip.clone(),
+            chain.chain_id(),
+            1,
+        )
+        .with_cache(&cache);
+        let without = BlockExecutor::new(
+            &chain.state,
+            &chain.log,
+            chain.tip.clone(),
+            chain.chain_id(),
+            1,
+        );
+        for h in 1..=height + 3 {
+            for i in 0..users.len() {
+                assert_eq!(
+                    with.notarization(&digest(h, i)).unwrap(),
+                    without.notarization(&digest(h, i)).unwrap(),
+                    "height {height}: digest {h}/{i}"
+                );
+            }
+        }
+        for u in &users {
+            assert_eq!(
+                with.next_nonce(&u.public()).unwrap(),
+                without.next_nonce(&u.public()).unwrap()
+            );
+        }
+        // Once the filter answers, digests nobody notarized cost no walk (a false
+        // positive would cost one: with a few dozen keys in 64 KiB of filter, none).
+        if height >= 8 {
+            let reads = counting.reads.get();
+            for i in 0..users.len() {
+                assert_eq!(with.notarization(&digest(height + 100, i)).unwrap(), None);
+            }
+            assert_eq!(counting.reads.get(), reads, "height {height}");
+        }
+    }
+    // A second build replaces the first; the first's end is refused.
+    let first = cache.begin_filter();
+    let second = cache.begin_filter();
+    assert!(!cache.finish_filter(first, KeyFilter::new(0, 1)));
+    assert_eq!(cache.filter_size(), None);
+    let mut filter = KeyFilter::new(0, 1);
+    written.iter().for_each(|k| filter.insert(k));
+    assert!(cache.finish_filter(second, filter));
+    // A cancelled build is not taken, and leaves the cache without a filter; cancelling
+    // a build that is not the current one changes nothing.
+    let cancelled = cache.begin_filter();
+    cache.cancel_filter(cancelled);
+    assert!(!cache.finish_filter(cancelled, KeyFilter::new(0, 1)));
+    assert_eq!(cache.filter_size(), None);
+    let second = cache.begin_filter();
+    cache.cancel_filter(cancelled);
+    let mut filter = KeyFilter::new(0, 1);
+    written.iter().for_each(|k| filter.insert(k));
+    assert!(cache.finish_filter(second, filter));
+    // A cache moved from a state it did not follow drops its filter with its values.
+    let absent = state_key(Namespace::Notarization, &digest(999, 0).0);
+    assert_eq!(cache.get(&chain.tip.state_root, &absent), Some(None));
+    let foreign = Hash([9u8; 32]);
+    cache.advance(&foreign, chain.executions.last().unwrap());
+    assert_eq!(cache.filter_size(), None);
+    assert_eq!(cache.get(&chain.tip.state_root, &absent), None);
+}
+
+#[test]
+fn a_filter_build_is_dropped_when_the_cache_loses_track_of_the_blocks() {
+    use pyralog_ledger::TipCache;
+    use pyralog_ledger::keyfilter::KeyFilter;
+    let mut chain = TestChain::new(1, EngineId::Raft);
+    let cache = TipCache::new(chain.tip.state_root, 1 << 10);
+    let build = cache.begin_filter();
+    let (block, execution) = chain.make_block(vec![chain.put(&user(1), 0, b"k", b"v")]);
+    let cert = chain.certify_all(&block.header);
+    chain.apply_committed(block, cert, execution);
+    // Moved from a state it did not follow: the keys of the block before are unknown.
+    cache.advance(&Hash([3u8; 32]), chain.executions.last().unwrap());
+    assert!(!cache.finish_filter(build, KeyFilter::new(0, 1)));
+    assert_eq!(cache.filter_size(), None);
+}
