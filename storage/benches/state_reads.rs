@@ -3,6 +3,8 @@
 //! new notarization, 6 to 12% of a validator's CPU at saturation), and a notarized one.
 //! A walk probes the cache's hash table once per level, at random places in hundreds of
 //! megabytes, so it is bound by memory latency; past what the cache holds, by sled.
+//! Then the same absent reads answered by a tip cache's filter of present keys, as a
+//! node reads them, and the time to build that filter from the store (at a node's start).
 //!
 //! ```sh
 //! cargo bench -p pyralog-storage --bench state_reads
@@ -19,8 +21,9 @@
 use std::time::Instant;
 
 use pyralog_crypto::{Hash, content_digest};
-use pyralog_ledger::BlockExecutor;
+use pyralog_ledger::keyfilter::KeyFilter;
 use pyralog_ledger::testing::user;
+use pyralog_ledger::{BlockExecutor, TipCache};
 use pyralog_storage::{SledStore, Store};
 
 #[path = "../tests/common/mod.rs"]
@@ -74,6 +77,33 @@ fn main() {
         let present_ns = t.elapsed().as_nanos() as f64 / READS as f64;
         println!(
             "state_reads ({round}): {absent_ns:.0} ns a read of an absent digest, {present_ns:.0} ns of a notarized one ({READS} each)"
+        );
+    }
+    // The same absent reads answered by a tip cache's filter of present keys, and what
+    // building that filter at a node's start costs here.
+    let t = Instant::now();
+    let tip = store.tip().unwrap();
+    let cache = TipCache::new(tip.state_root, 1 << 16);
+    let build = cache.begin_filter();
+    let mut filter = KeyFilter::new(usize::try_from(tip.log_size * 4).unwrap(), 0x5eed);
+    let leaves = store.for_each_state_leaf_key(|k| filter.insert(k)).unwrap();
+    let bytes = filter.bytes();
+    assert!(cache.finish_filter(build, filter));
+    println!(
+        "state_reads: filter of present keys built from {leaves} stored leaves in {:.2} s, {} KiB",
+        t.elapsed().as_secs_f64(),
+        bytes / 1024
+    );
+    let filtered = BlockExecutor::new(&store, &store, tip, chain.chain_id(), 0).with_cache(&cache);
+    for round in ["warm-up", "measured"] {
+        let t = Instant::now();
+        for i in 0..READS {
+            assert!(filtered.notarization(&absent(i)).unwrap().is_none());
+        }
+        let absent_ns = t.elapsed().as_nanos() as f64 / READS as f64;
+        println!(
+            "state_reads ({round}): {absent_ns:.0} ns a read of an absent digest through the filter ({} of {READS} walked: held in the cache after)",
+            cache.len()
         );
     }
     let huge = std::fs::read_to_string("/proc/self/smaps_rollup")

@@ -369,6 +369,39 @@ impl SledStore {
         self.tx_index.as_ref().map_or(0, |i| read(i).runs())
     }
 
+    /// Calls `f` with the key of every stored state leaf, of every version: a superset of
+    /// the keys present in any stored state (a key removed since, or set again, comes
+    /// once per version written). In storage order, one page record at a time; returns
+    /// the number of leaves. This is what a [`pyralog_ledger::TipCache`]'s filter of
+    /// present keys is built from: every page a state's tree holds was written by the
+    /// commit of its height or one before, so a scan begun after a commit sees that
+    /// state's leaves, whatever later commits add meanwhile.
+    pub fn for_each_state_leaf_key(&self, mut f: impl FnMut(&Hash)) -> Result<u64, StorageError> {
+        let mut leaves = 0;
+        for record in self.db.scan_prefix(b"S") {
+            let (key, page) = record?;
+            let corrupt = |reason: String| StorageError::Corrupt {
+                what: "state node page",
+                reason: format!("record {}: {reason}", hex::encode(&key)),
+            };
+            let mut d = pyralog_ledger::codec::Decoder::new(&page);
+            d.version("state node page", PAGE_VERSION)
+                .map_err(|e| corrupt(e.to_string()))?;
+            while d.remaining() > 0 {
+                let node = d
+                    .u32("node length")
+                    .and_then(|len| d.take(len as usize, "node"))
+                    .and_then(StateNode::from_bytes)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                if let StateNode::Leaf { key, .. } = node {
+                    f(&key);
+                    leaves += 1;
+                }
+            }
+        }
+        Ok(leaves)
+    }
+
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StorageError> {
         Ok(self.db.size_on_disk()?)
