@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use pyralog_crypto::PublicKey;
+use pyralog_ledger::keyfilter::KeyFilter;
 use pyralog_ledger::verify::{
     VerifyError, verify_block_contents_hashed, verify_certificate, verify_execution,
     verify_first_header, verify_header_link, verify_last_certificate,
@@ -113,6 +114,56 @@ pub struct Committed {
 /// account and its digest or key.
 const TIP_VALUES: usize = 1 << 16;
 
+/// Starts a thread that builds `values`' filter of present state keys from every leaf
+/// in `store` (see [`TipCache`]); until it is done, absent keys are walked to as before.
+/// `txs` (the log's size) sizes the filter: a transaction writes one or two leaves.
+fn build_key_filter(values: &Arc<TipCache>, store: &Arc<SledStore>, txs: u64) {
+    let mut seed = [0u8; 8];
+    if let Err(e) = getrandom::fill(&mut seed) {
+        tracing::warn!(error = %e, "no OS randomness for the state key filter; absent keys are walked to");
+        return;
+    }
+    let seed = u64::from_le_bytes(seed);
+    // Begun before the scan, so that the keys of every block committed meanwhile are
+    // kept for it.
+    let build = values.begin_filter();
+    let (cache, store) = (Arc::clone(values), Arc::clone(store));
+    let spawned = std::thread::Builder::new()
+        .name("key-filter".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            let capacity = usize::try_from(txs.saturating_mul(4)).unwrap_or(usize::MAX);
+            let mut filter = KeyFilter::new(capacity.max(1 << 20), seed);
+            match store.for_each_state_leaf_key(|key| filter.insert(key)) {
+                Ok(leaves) => {
+                    let bytes = filter.bytes();
+                    if cache.finish_filter(build, filter) {
+                        tracing::info!(
+                            leaves,
+                            bytes,
+                            ms = started.elapsed().as_millis() as u64,
+                            "state key filter built: absent keys are answered without a walk"
+                        );
+                    } else {
+                        tracing::warn!(
+                            leaves,
+                            ms = started.elapsed().as_millis() as u64,
+                            "state key filter dropped: more blocks committed during its build than it keeps keys for; absent keys are walked to"
+                        );
+                    }
+                }
+                Err(e) => {
+                    cache.cancel_filter(build);
+                    tracing::warn!(error = %e, "state key filter not built; absent keys are walked to");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        values.cancel_filter(build);
+        tracing::warn!(error = %e, "state key filter not started; absent keys are walked to");
+    }
+}
+
 /// The committed chain.
 pub struct Chain {
     genesis: Genesis,
@@ -122,8 +173,10 @@ pub struct Chain {
     last: Option<(Header, Certificate)>,
     validated: HashMap<Hash, Execution>,
     /// Values of the tip's state read so far: admission and execution read them without
-    /// a walk down the tree. It follows the tip through [`Chain::commit`].
-    values: TipCache,
+    /// a walk down the tree. It follows the tip through [`Chain::commit`]. Once its
+    /// filter of present keys is built (a thread started by [`Chain::open`]), absent keys
+    /// are answered without a walk as well.
+    values: Arc<TipCache>,
 }
 
 impl Chain {
@@ -147,15 +200,22 @@ impl Chain {
             }
             Some((header, cert))
         };
+        let values = Arc::new(TipCache::new(tip.state_root, TIP_VALUES));
+        build_key_filter(&values, &store, tip.log_size);
         Ok(Chain {
             genesis,
             validators,
             store,
-            values: TipCache::new(tip.state_root, TIP_VALUES),
+            values,
             tip,
             last,
             validated: HashMap::new(),
         })
+    }
+
+    /// Keys in the tip cache's filter of present keys and its bytes, once it is built.
+    pub fn key_filter_size(&self) -> Option<(usize, usize)> {
+        self.values.filter_size()
     }
 
     /// The genesis.
@@ -530,6 +590,65 @@ mod tests {
         assert!(chain.values.get(&root, &record).flatten().is_some());
         assert_eq!(chain.next_nonce(&alice.public()).unwrap(), 1);
         assert_eq!(chain.notarized_at(&digest).unwrap(), Some(1));
+    }
+
+    /// Commits a block of one notarization of `digest` by a new user `n`.
+    fn commit_notarization(tc: &TestChain, chain: &mut Chain, n: u64, digest: Hash) {
+        let mut pool = Mempool::new(crate::config::MempoolConfig::default());
+        let tx = tc.notarize(&user(n), 0, digest, "");
+        pool.admit(tx.clone(), tx.hash(), tx.to_bytes().len(), 0)
+            .unwrap();
+        let proposer = tc.validator_keys[0].public();
+        let (block, _) = chain
+            .build_block(proposer, &pool, usize::MAX, usize::MAX)
+            .unwrap();
+        assert_eq!(block.txs.len(), 1);
+        let cert = tc.certify_all(&block.header);
+        assert!(chain.commit(block, cert).unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_reopened_chain_builds_its_filter_of_present_keys_and_answers_as_the_tree() {
+        let tc = TestChain::new(4, EngineId::Tendermint);
+        let dir = tempfile::tempdir().unwrap();
+        let digest = |i: u64| pyralog_crypto::content_digest(&i.to_le_bytes());
+        {
+            let store = Arc::new(SledStore::open(dir.path()).unwrap());
+            let mut chain = Chain::open(tc.genesis.clone(), store).unwrap();
+            for i in 1..=5 {
+                commit_notarization(&tc, &mut chain, i, digest(i));
+            }
+        }
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let mut chain = Chain::open(tc.genesis.clone(), store).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let (keys, bytes) = loop {
+            if let Some(size) = chain.key_filter_size() {
+                break size;
+            }
+            assert!(std::time::Instant::now() < deadline, "no filter after 30 s");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        // Five notarizations and five accounts, each leaf once or more; sized for 2^20.
+        assert!(keys >= 10, "{keys}");
+        assert_eq!(
+            bytes,
+            (1 << 20) * pyralog_ledger::keyfilter::BITS_PER_KEY / 8
+        );
+        for i in 1..=5 {
+            assert_eq!(chain.notarized_at(&digest(i)).unwrap(), Some(i));
+        }
+        // Digests never notarized are answered by the filter: nothing walked, nothing
+        // noted in the cache (the five reads above noted their records).
+        let held = chain.values.len();
+        for i in 6..=50 {
+            assert_eq!(chain.notarized_at(&digest(i)).unwrap(), None);
+        }
+        assert_eq!(chain.values.len(), held);
+        // A digest notarized after the filter was built is found.
+        commit_notarization(&tc, &mut chain, 6, digest(6));
+        assert_eq!(chain.notarized_at(&digest(6)).unwrap(), Some(6));
+        assert_eq!(chain.key_filter_size().unwrap().0, keys + 2);
     }
 
     #[test]

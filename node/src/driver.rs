@@ -780,6 +780,9 @@ impl Driver {
             self.metrics.synced_blocks.inc();
         }
         set(&self.metrics.height, height);
+        if let Some((keys, _)) = self.chain.key_filter_size() {
+            set(&self.metrics.state_key_filter_keys, keys as u64);
+        }
         tracing::info!(
             height,
             txs = c.txs.len(),

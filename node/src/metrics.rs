@@ -57,6 +57,8 @@ pub struct Metrics {
     pub rpc_proven_blocks: Counter,
     /// Bytes of the blocks the RPC server holds ready to prove.
     pub rpc_proof_cache_bytes: Gauge,
+    /// Keys in the filter of present state keys (0 until it is built).
+    pub state_key_filter_keys: Gauge,
     /// The WireGuard overlay, read at each scrape.
     overlay: std::sync::OnceLock<pyralog_p2p::wg::Overlay>,
     wg_dropped: Family<Vec<(String, String)>, Gauge>,
@@ -103,6 +105,7 @@ impl Metrics {
             dropped_tx_batches: Gauge::default(),
             rpc_proven_blocks: Counter::default(),
             rpc_proof_cache_bytes: Gauge::default(),
+            state_key_filter_keys: Gauge::default(),
             overlay: std::sync::OnceLock::new(),
             wg_dropped: Family::default(),
             wg_cookies: Gauge::default(),
@@ -190,6 +193,11 @@ impl Metrics {
             "rpc_proof_cache_bytes",
             "Bytes of the blocks the RPC server holds ready to prove their transactions (rpc.proof_cache_mib)",
             m.rpc_proof_cache_bytes.clone(),
+        );
+        registry.register(
+            "state_key_filter_keys",
+            "Keys in the filter that answers reads of absent state keys without a walk (stored leaves of every version, repeats included; 0 until it is built at start)",
+            m.state_key_filter_keys.clone(),
         );
         registry.register(
             "wg_dropped_datagrams",
