@@ -612,9 +612,10 @@ enum Filter {
     Ready(KeyFilter),
 }
 
-/// Keys a [`TipCache`] keeps for a filter being built, at most: about 128 MiB, minutes
-/// of blocks at any rate this node reaches. A build that takes longer is dropped.
-const MAX_PENDING_FILTER_KEYS: usize = 1 << 22;
+/// Keys a [`TipCache`] keeps for a filter being built, at most: 64 MiB of keys (the
+/// vector may reserve up to twice that), over a minute of blocks at any rate this node
+/// reaches, against a scan of seconds. A build that needs more is dropped.
+const MAX_PENDING_FILTER_KEYS: usize = 1 << 21;
 
 /// Whether `value` is short enough for a [`TipCache`] (absent values always are).
 fn cacheable_value(value: &Option<Vec<u8>>) -> bool {
@@ -740,10 +741,14 @@ impl TipCache {
                     values.insert(*key, value.clone());
                 }
             }
+            let filter = filter.advanced(execution);
+            // Nothing below can panic: the root, values and filter change together.
+            inner.root = execution.state_root;
             inner.values = values;
-            inner.filter = filter.advanced(execution);
+            inner.filter = filter;
+        } else {
+            inner.root = execution.state_root;
         }
-        inner.root = execution.state_root;
     }
 
     /// Number of values held.

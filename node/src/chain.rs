@@ -114,41 +114,69 @@ pub struct Committed {
 /// account and its digest or key.
 const TIP_VALUES: usize = 1 << 16;
 
+/// The thread building a [`Chain`]'s filter of present keys: told to stop and joined
+/// when the chain is dropped, so it never outlives the chain's hold on the store.
+struct FilterBuild {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
 /// Starts a thread that builds `values`' filter of present state keys from every leaf
-/// in `store` (see [`TipCache`]); until it is done, absent keys are walked to as before.
-/// `txs` (the log's size) sizes the filter: a transaction writes one or two leaves.
-fn build_key_filter(values: &Arc<TipCache>, store: &Arc<SledStore>, txs: u64) {
+/// stored in `store` through the tip `tip` (see [`TipCache`]); until it is done, absent
+/// keys are walked to as before. The log's size sizes the filter: a transaction sets two
+/// keys (its sender's account, and its digest's record or its key), most of them new.
+fn build_key_filter(
+    values: &Arc<TipCache>,
+    store: &Arc<SledStore>,
+    tip: &Tip,
+) -> Option<FilterBuild> {
+    use std::ops::ControlFlow;
+    use std::sync::atomic::Ordering;
     let mut seed = [0u8; 8];
     if let Err(e) = getrandom::fill(&mut seed) {
         tracing::warn!(error = %e, "no OS randomness for the state key filter; absent keys are walked to");
-        return;
+        return None;
     }
     let seed = u64::from_le_bytes(seed);
     // Begun before the scan, so that the keys of every block committed meanwhile are
     // kept for it.
     let build = values.begin_filter();
     let (cache, store) = (Arc::clone(values), Arc::clone(store));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let (height, txs) = (tip.height, tip.log_size);
     let spawned = std::thread::Builder::new()
         .name("key-filter".into())
         .spawn(move || {
             let started = std::time::Instant::now();
-            let capacity = usize::try_from(txs.saturating_mul(4)).unwrap_or(usize::MAX);
+            let capacity = usize::try_from(txs.saturating_mul(2)).unwrap_or(usize::MAX);
             let mut filter = KeyFilter::new(capacity.max(1 << 20), seed);
-            match store.for_each_state_leaf_key(|key| filter.insert(key)) {
+            let scanned = store.for_each_state_leaf_key(height, |key| {
+                filter.insert(key);
+                if stopped.load(Ordering::Relaxed) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            let ms = started.elapsed().as_millis() as u64;
+            match scanned {
+                _ if stopped.load(Ordering::Relaxed) => cache.cancel_filter(build),
                 Ok(leaves) => {
-                    let bytes = filter.bytes();
+                    let (keys, bytes) = (filter.inserted(), filter.bytes());
                     if cache.finish_filter(build, filter) {
                         tracing::info!(
                             leaves,
+                            keys,
                             bytes,
-                            ms = started.elapsed().as_millis() as u64,
+                            ms,
                             "state key filter built: absent keys are answered without a walk"
                         );
                     } else {
                         tracing::warn!(
                             leaves,
-                            ms = started.elapsed().as_millis() as u64,
-                            "state key filter dropped: more blocks committed during its build than it keeps keys for; absent keys are walked to"
+                            ms,
+                            "state key filter dropped: the tip cache lost track of the blocks committed during its build; absent keys are walked to"
                         );
                     }
                 }
@@ -158,9 +186,13 @@ fn build_key_filter(values: &Arc<TipCache>, store: &Arc<SledStore>, txs: u64) {
                 }
             }
         });
-    if let Err(e) = spawned {
-        values.cancel_filter(build);
-        tracing::warn!(error = %e, "state key filter not started; absent keys are walked to");
+    match spawned {
+        Ok(thread) => Some(FilterBuild { stop, thread }),
+        Err(e) => {
+            values.cancel_filter(build);
+            tracing::warn!(error = %e, "state key filter not started; absent keys are walked to");
+            None
+        }
     }
 }
 
@@ -177,6 +209,17 @@ pub struct Chain {
     /// filter of present keys is built (a thread started by [`Chain::open`]), absent keys
     /// are answered without a walk as well.
     values: Arc<TipCache>,
+    /// The thread building the filter, until the chain is dropped.
+    filter_build: Option<FilterBuild>,
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        if let Some(b) = self.filter_build.take() {
+            b.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = b.thread.join();
+        }
+    }
 }
 
 impl Chain {
@@ -201,12 +244,13 @@ impl Chain {
             Some((header, cert))
         };
         let values = Arc::new(TipCache::new(tip.state_root, TIP_VALUES));
-        build_key_filter(&values, &store, tip.log_size);
+        let filter_build = build_key_filter(&values, &store, &tip);
         Ok(Chain {
             genesis,
             validators,
             store,
             values,
+            filter_build,
             tip,
             last,
             validated: HashMap::new(),

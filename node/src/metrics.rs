@@ -196,7 +196,7 @@ impl Metrics {
         );
         registry.register(
             "state_key_filter_keys",
-            "Keys in the filter that answers reads of absent state keys without a walk (stored leaves of every version, repeats included; 0 until it is built at start)",
+            "Distinct keys in the filter that answers reads of absent state keys without a walk (every key any stored version held; 0 until it is built at start)",
             m.state_key_filter_keys.clone(),
         );
         registry.register(

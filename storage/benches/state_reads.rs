@@ -85,12 +85,18 @@ fn main() {
     let tip = store.tip().unwrap();
     let cache = TipCache::new(tip.state_root, 1 << 16);
     let build = cache.begin_filter();
-    let mut filter = KeyFilter::new(usize::try_from(tip.log_size * 4).unwrap(), 0x5eed);
-    let leaves = store.for_each_state_leaf_key(|k| filter.insert(k)).unwrap();
+    let mut filter = KeyFilter::new(usize::try_from(tip.log_size * 2).unwrap(), 0x5eed);
+    let leaves = store
+        .for_each_state_leaf_key(tip.height, |k| {
+            filter.insert(k);
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
     let bytes = filter.bytes();
     assert!(cache.finish_filter(build, filter));
     println!(
-        "state_reads: filter of present keys built from {leaves} stored leaves in {:.2} s, {} KiB",
+        "state_reads: filter of present keys built from {leaves} stored leaves ({} keys) in {:.2} s, {} KiB",
+        cache.filter_size().map_or(0, |(keys, _)| keys),
         t.elapsed().as_secs_f64(),
         bytes / 1024
     );

@@ -369,16 +369,23 @@ impl SledStore {
         self.tx_index.as_ref().map_or(0, |i| read(i).runs())
     }
 
-    /// Calls `f` with the key of every stored state leaf, of every version: a superset of
-    /// the keys present in any stored state (a key removed since, or set again, comes
-    /// once per version written). In storage order, one page record at a time; returns
-    /// the number of leaves. This is what a [`pyralog_ledger::TipCache`]'s filter of
-    /// present keys is built from: every page a state's tree holds was written by the
-    /// commit of its height or one before, so a scan begun after a commit sees that
-    /// state's leaves, whatever later commits add meanwhile.
-    pub fn for_each_state_leaf_key(&self, mut f: impl FnMut(&Hash)) -> Result<u64, StorageError> {
+    /// Calls `f` with the key of every stored state leaf of the versions (heights) up to
+    /// `through`, until `f` breaks: a superset of the keys present in the state at any of
+    /// those heights (a key removed since, or set again, comes once per version that
+    /// wrote it). In storage order, one page record at a time; returns the number of
+    /// leaves given to `f`. This is what a [`pyralog_ledger::TipCache`]'s filter of
+    /// present keys is built from: every node of the state at height `h` was written by
+    /// the commit of `h` or one before, in a page of that version, so a scan through `h`
+    /// begun after that commit sees all of its leaves; later commits write later
+    /// versions, outside the range. The pages are decoded, not checked against their
+    /// parents' hashes (a walk does that): the scan trusts the store as the node wrote it.
+    pub fn for_each_state_leaf_key(
+        &self,
+        through: u64,
+        mut f: impl FnMut(&Hash) -> std::ops::ControlFlow<()>,
+    ) -> Result<u64, StorageError> {
         let mut leaves = 0;
-        for record in self.db.scan_prefix(b"S") {
+        for record in self.db.range(page_key(0, 0)..=page_key(through, u32::MAX)) {
             let (key, page) = record?;
             let corrupt = |reason: String| StorageError::Corrupt {
                 what: "state node page",
@@ -394,8 +401,10 @@ impl SledStore {
                     .and_then(StateNode::from_bytes)
                     .map_err(|e| corrupt(e.to_string()))?;
                 if let StateNode::Leaf { key, .. } = node {
-                    f(&key);
                     leaves += 1;
+                    if f(&key).is_break() {
+                        return Ok(leaves);
+                    }
                 }
             }
         }

@@ -377,8 +377,9 @@ fn the_state_leaf_scan_finds_every_key_ever_set() {
         let chain = build(&store, 30);
         let mut scanned = std::collections::HashSet::new();
         let leaves = store
-            .for_each_state_leaf_key(|k| {
+            .for_each_state_leaf_key(30, |k| {
                 scanned.insert(*k);
+                std::ops::ControlFlow::Continue(())
             })
             .unwrap();
         let set: std::collections::HashSet<_> = chain
@@ -399,8 +400,9 @@ fn the_state_leaf_scan_finds_every_key_ever_set() {
     let store = SledStore::open(dir.path()).unwrap();
     let mut scanned = std::collections::HashSet::new();
     store
-        .for_each_state_leaf_key(|k| {
+        .for_each_state_leaf_key(u64::MAX, |k| {
             scanned.insert(*k);
+            std::ops::ControlFlow::Continue(())
         })
         .unwrap();
     for h in [1u64, 17, 30] {
@@ -415,6 +417,25 @@ fn the_state_leaf_scan_finds_every_key_ever_set() {
         );
         assert!(scanned.contains(&key));
     }
+    // A scan through height 10 sees only the leaves of blocks 1 to 10, and one that
+    // breaks stops at once.
+    let mut early = std::collections::HashSet::new();
+    store
+        .for_each_state_leaf_key(10, |k| {
+            early.insert(*k);
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    let first_ten: std::collections::HashSet<_> = chain.executions[..10]
+        .iter()
+        .flat_map(|e| e.state_updates.iter().filter(|(_, v)| v.is_some()))
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(early, first_ten);
+    let stopped = store
+        .for_each_state_leaf_key(u64::MAX, |_| std::ops::ControlFlow::Break(()))
+        .unwrap();
+    assert_eq!(stopped, 1);
     drop(store);
     {
         let db = sled::open(dir.path()).unwrap();
@@ -425,7 +446,7 @@ fn the_state_leaf_scan_finds_every_key_ever_set() {
         db.flush().unwrap();
     }
     let store = SledStore::open(dir.path()).unwrap();
-    match store.for_each_state_leaf_key(|_| {}) {
+    match store.for_each_state_leaf_key(u64::MAX, |_| std::ops::ControlFlow::Continue(())) {
         Err(StorageError::Corrupt { what, reason }) => {
             assert_eq!(what, "state node page");
             assert!(reason.starts_with("record 53"), "{reason}");
