@@ -968,3 +968,136 @@ fn a_filter_build_is_dropped_when_the_cache_loses_track_of_the_blocks() {
     assert!(!cache.finish_filter(build, KeyFilter::new(0, 1)));
     assert_eq!(cache.filter_size(), None);
 }
+
+/// One transaction of [`random_chain_reads_through_the_filter_are_the_trees`]: a user
+/// (of four) puts or deletes one of four keys or notarizes one of 24 digests.
+#[derive(Clone, Debug)]
+enum RandomTx {
+    Put(usize, u8),
+    Delete(usize, u8),
+    Notarize(usize, u8),
+}
+
+fn random_tx() -> impl proptest::strategy::Strategy<Value = RandomTx> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0..4usize, 0..4u8).prop_map(|(u, k)| RandomTx::Put(u, k)),
+        (0..4usize, 0..4u8).prop_map(|(u, k)| RandomTx::Delete(u, k)),
+        (0..4usize, 0..24u8).prop_map(|(u, d)| RandomTx::Notarize(u, d)),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+    /// Random blocks of puts, deletes and notarizations (repeated digests fail and are
+    /// left out), a filter build begun and finished at random heights, with a cache of
+    /// two values and one large enough for all: every account, key and digest reads
+    /// through the cache as it does from the tree, after every block.
+    #[test]
+    fn random_chain_reads_through_the_filter_are_the_trees(
+        blocks in proptest::collection::vec(proptest::collection::vec(random_tx(), 0..6), 1..9),
+        begin in 0usize..9,
+        length in 0usize..9,
+        small in proptest::bool::ANY,
+    ) {
+        use pyralog_ledger::keyfilter::KeyFilter;
+        use pyralog_ledger::{Payload, TipCache, Transaction, apply_block_cached};
+        let mut chain = TestChain::new(1, EngineId::Raft);
+        let users: Vec<_> = (1..=4).map(user).collect();
+        let mut nonces = [0u64; 4];
+        let cache = TipCache::new(chain.tip.state_root, if small { 1 } else { 1 << 10 });
+        let digest = |d: u8| content_digest(&[d]);
+        let mut present = std::collections::BTreeSet::<Hash>::new();
+        let mut build = None;
+        for (height, txs) in blocks.iter().enumerate() {
+            if height == begin {
+                build = Some((cache.begin_filter(), present.clone()));
+            }
+            if height == begin + length
+                && let Some((b, keys)) = build.take()
+            {
+                let mut filter = KeyFilter::new(0, height as u64);
+                keys.iter().for_each(|k| filter.insert(k));
+                proptest::prop_assert!(cache.finish_filter(b, filter));
+            }
+            // Which transactions apply, decided through the cache (as a proposer does)
+            // and from the tree alone: the same.
+            let mut exec = BlockExecutor::new(
+                &chain.state,
+                &chain.log,
+                chain.tip.clone(),
+                chain.chain_id(),
+                1,
+            )
+            .with_cache(&cache);
+            let mut tree = BlockExecutor::new(
+                &chain.state,
+                &chain.log,
+                chain.tip.clone(),
+                chain.chain_id(),
+                1,
+            );
+            let mut applied = Vec::new();
+            for t in txs {
+                let (u, payload) = match *t {
+                    RandomTx::Put(u, k) => (
+                        u,
+                        Payload::Put {
+                            key: vec![k],
+                            value: vec![height as u8],
+                        },
+                    ),
+                    RandomTx::Delete(u, k) => (u, Payload::Delete { key: vec![k] }),
+                    RandomTx::Notarize(u, d) => (
+                        u,
+                        Payload::Notarize {
+                            digest: digest(d),
+                            meta: String::new(),
+                        },
+                    ),
+                };
+                let tx = Transaction::new_signed(&users[u], chain.chain_id(), nonces[u], payload)
+                    .unwrap();
+                let ok = exec.apply(&tx).is_ok();
+                proptest::prop_assert_eq!(ok, tree.apply(&tx).is_ok());
+                if ok {
+                    nonces[u] += 1;
+                    applied.push(tx);
+                }
+            }
+            let (block, expected) = chain.make_block(applied);
+            let cached =
+                apply_block_cached(&chain.state, &chain.log, &chain.tip, &block, Some(&cache))
+                    .unwrap();
+            proptest::prop_assert_eq!(cached.state_root, expected.state_root);
+            let before = chain.tip.state_root;
+            let cert = chain.certify_all(&block.header);
+            chain.apply_committed(block, cert, expected);
+            let execution = chain.executions.last().unwrap();
+            present.extend(execution.state_updates.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| *k));
+            cache.advance(&before, execution);
+            let with = BlockExecutor::new(&chain.state, &chain.log, chain.tip.clone(), chain.chain_id(), 1)
+                .with_cache(&cache);
+            let without = BlockExecutor::new(&chain.state, &chain.log, chain.tip.clone(), chain.chain_id(), 1);
+            for d in 0..24 {
+                proptest::prop_assert_eq!(
+                    with.notarization(&digest(d)).unwrap(),
+                    without.notarization(&digest(d)).unwrap()
+                );
+            }
+            for u in &users {
+                proptest::prop_assert_eq!(
+                    with.next_nonce(&u.public()).unwrap(),
+                    without.next_nonce(&u.public()).unwrap()
+                );
+            }
+            for k in 0..4u8 {
+                let key = state_key(Namespace::Kv, &[k]);
+                proptest::prop_assert_eq!(
+                    cache.get(&chain.tip.state_root, &key).unwrap_or_else(|| state::get(&chain.state, &chain.tip.state(), &key).unwrap()),
+                    state::get(&chain.state, &chain.tip.state(), &key).unwrap()
+                );
+            }
+        }
+    }
+}
