@@ -673,7 +673,8 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no filter after 30 s");
             std::thread::sleep(std::time::Duration::from_millis(5));
         };
-        // Five notarizations and five accounts, each leaf once or more; sized for 2^20.
+        // Five notarizations and five accounts (in a filter this sparse, no false
+        // positive hides one); sized for 2^20 keys.
         assert!(keys >= 10, "{keys}");
         assert_eq!(
             bytes,
