@@ -535,6 +535,11 @@ fn bench(
             cpu.join(", "),
             r.bench_cpu_secs
         );
+        println!(
+            "{name}: CPU per committed transaction: {:.0} µs a node; half the signature bound allows {:.0} µs (two batch signature checks)",
+            r.cpu_us_per_tx_per_node(),
+            bounds.cpu_us_per_tx_at_half_bound()
+        );
         if let Some(m) = r.machine {
             println!(
                 "{name}: the machine was {:.0}% busy during the run; the hypervisor took {:.1}% for other guests",

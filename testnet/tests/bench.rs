@@ -53,6 +53,17 @@ fn quick_bench_reports_every_figure() {
     assert_eq!(cpu.len(), 4);
     assert!(cpu.values().all(|s| s.as_f64().unwrap() > 0.0), "{cpu:?}");
     assert!(p("p50") > 0.0);
+    let per_tx = cpu.values().map(|s| s.as_f64().unwrap()).sum::<f64>()
+        / cpu.len() as f64
+        / num("committed")
+        * 1e6;
+    assert!(
+        (num("cpu_us_per_tx_per_node") - per_tx).abs() < 1e-6,
+        "{per_tx}"
+    );
+    let rate = v["bounds"]["sig_verify_per_core"].as_f64().unwrap();
+    assert!((num("cpu_us_per_tx_at_half_bound") - 2e6 / rate).abs() < 1e-6);
+    assert!(text.contains("CPU per committed transaction:"), "{text}");
     // The bench submits and watches: it spends some CPU, and so does the machine.
     assert!(num("bench_cpu_seconds") > 0.0);
     let share = |k: &str| {
