@@ -13,14 +13,17 @@ use pyralog_ledger::{
     verify_tx_signatures,
 };
 
+/// An executor of the next block on `chain`'s tip (BFT time 1), reading the state
+/// nodes through `state` (the chain's own, or a wrapper of them).
+fn at_tip<'a, S: pyralog_ledger::state::StateNodes + ?Sized>(
+    chain: &'a TestChain,
+    state: &'a S,
+) -> BlockExecutor<'a, S, log::MemLog> {
+    BlockExecutor::new(state, &chain.log, chain.tip.clone(), chain.chain_id(), 1)
+}
+
 fn exec_error(chain: &TestChain, txs: &[pyralog_ledger::Transaction]) -> TxError {
-    let mut exec = BlockExecutor::new(
-        &chain.state,
-        &chain.log,
-        chain.tip.clone(),
-        chain.chain_id(),
-        1,
-    );
+    let mut exec = at_tip(chain, &chain.state);
     for (i, tx) in txs.iter().enumerate() {
         match exec.apply(tx) {
             Ok(()) => continue,
@@ -686,21 +689,8 @@ fn a_tip_cache_gives_the_trees_results_block_after_block_and_saves_the_walks() {
         chain.apply_committed(block, cert, expected);
         cache.advance(&before, chain.executions.last().unwrap());
         // What the cache now says of every user is what the new tree says.
-        let with = BlockExecutor::new(
-            &chain.state,
-            &chain.log,
-            chain.tip.clone(),
-            chain.chain_id(),
-            1,
-        )
-        .with_cache(&cache);
-        let without = BlockExecutor::new(
-            &chain.state,
-            &chain.log,
-            chain.tip.clone(),
-            chain.chain_id(),
-            1,
-        );
+        let with = at_tip(&chain, &chain.state).with_cache(&cache);
+        let without = at_tip(&chain, &chain.state);
         for key in &users {
             assert_eq!(
                 with.next_nonce(&key.public()).unwrap(),
@@ -721,14 +711,7 @@ fn a_tip_cache_gives_the_trees_results_block_after_block_and_saves_the_walks() {
         inner: &chain.state,
         reads: std::cell::Cell::new(0),
     };
-    let exec = BlockExecutor::new(
-        &counting,
-        &chain.log,
-        chain.tip.clone(),
-        chain.chain_id(),
-        1,
-    )
-    .with_cache(&cache);
+    let exec = at_tip(&chain, &counting).with_cache(&cache);
     assert_eq!(exec.next_nonce(&users[0].public()).unwrap(), 12);
     assert_eq!(counting.reads.get(), 0);
     // The same read of an older state walks the tree: the cache answers only for its own.
@@ -783,14 +766,7 @@ fn a_tip_cache_holds_no_long_value_and_drops_a_short_one_a_long_one_replaced() {
     }
     // Read at the tip, the long record comes from the tree (the next version links to
     // it) and is still not held.
-    let mut exec = BlockExecutor::new(
-        &chain.state,
-        &chain.log,
-        chain.tip.clone(),
-        chain.chain_id(),
-        1,
-    )
-    .with_cache(&cache);
+    let mut exec = at_tip(&chain, &chain.state).with_cache(&cache);
     exec.apply(&chain.put(&alice, 2, b"k", b"again")).unwrap();
     let execution = exec.finish().unwrap();
     let record = KvRecord::from_bytes(execution.state_updates[&kv].as_ref().unwrap()).unwrap();
@@ -846,13 +822,7 @@ fn a_tip_cache_filter_answers_absent_keys_without_a_walk_and_as_the_tree_does() 
             txs.push(tx);
         }
         // Keep only what applies (a delete of a key never put fails).
-        let mut exec = BlockExecutor::new(
-            &chain.state,
-            &chain.log,
-            chain.tip.clone(),
-            chain.chain_id(),
-            1,
-        );
+        let mut exec = at_tip(&chain, &chain.state);
         txs.retain(|tx| exec.apply(tx).is_ok());
         for tx in &txs {
             let i = users.iter().position(|u| u.public() == tx.sender).unwrap();
@@ -885,21 +855,8 @@ fn a_tip_cache_filter_answers_absent_keys_without_a_walk_and_as_the_tree_does() 
             inner: &chain.state,
             reads: std::cell::Cell::new(0),
         };
-        let with = BlockExecutor::new(
-            &counting,
-            &chain.log,
-            chain.tip.clone(),
-            chain.chain_id(),
-            1,
-        )
-        .with_cache(&cache);
-        let without = BlockExecutor::new(
-            &chain.state,
-            &chain.log,
-            chain.tip.clone(),
-            chain.chain_id(),
-            1,
-        );
+        let with = at_tip(&chain, &counting).with_cache(&cache);
+        let without = at_tip(&chain, &chain.state);
         for h in 1..=height + 3 {
             for i in 0..users.len() {
                 assert_eq!(
@@ -1022,21 +979,9 @@ proptest::proptest! {
             }
             // Which transactions apply, decided through the cache (as a proposer does)
             // and from the tree alone: the same.
-            let mut exec = BlockExecutor::new(
-                &chain.state,
-                &chain.log,
-                chain.tip.clone(),
-                chain.chain_id(),
-                1,
-            )
+            let mut exec = at_tip(&chain, &chain.state)
             .with_cache(&cache);
-            let mut tree = BlockExecutor::new(
-                &chain.state,
-                &chain.log,
-                chain.tip.clone(),
-                chain.chain_id(),
-                1,
-            );
+            let mut tree = at_tip(&chain, &chain.state);
             let mut applied = Vec::new();
             for t in txs {
                 let (u, payload) = match *t {
@@ -1076,9 +1021,9 @@ proptest::proptest! {
             let execution = chain.executions.last().unwrap();
             present.extend(execution.state_updates.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| *k));
             cache.advance(&before, execution);
-            let with = BlockExecutor::new(&chain.state, &chain.log, chain.tip.clone(), chain.chain_id(), 1)
+            let with = at_tip(&chain, &chain.state)
                 .with_cache(&cache);
-            let without = BlockExecutor::new(&chain.state, &chain.log, chain.tip.clone(), chain.chain_id(), 1);
+            let without = at_tip(&chain, &chain.state);
             for d in 0..24 {
                 proptest::prop_assert_eq!(
                     with.notarization(&digest(d)).unwrap(),

@@ -613,16 +613,7 @@ mod tests {
         let account = state_key(Namespace::Account, alice.public().as_bytes());
         let record = state_key(Namespace::Notarization, &digest.0);
         assert_eq!(chain.values.get(&chain.tip.state_root, &record), Some(None));
-        let mut pool = Mempool::new(crate::config::MempoolConfig::default());
-        let tx = tc.notarize(&alice, 0, digest, "");
-        pool.admit(tx.clone(), tx.hash(), tx.to_bytes().len(), 0)
-            .unwrap();
-        let proposer = tc.validator_keys[0].public();
-        let (block, _) = chain
-            .build_block(proposer, &pool, usize::MAX, usize::MAX)
-            .unwrap();
-        let cert = tc.certify_all(&block.header);
-        assert!(chain.commit(block, cert).unwrap().is_ok());
+        commit_notarization(&tc, &mut chain, 1, digest);
         // After the commit the cache holds what the block wrote, at the new tip.
         let root = chain.tip.state_root;
         let nonce = chain
