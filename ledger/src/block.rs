@@ -367,3 +367,94 @@ impl Decode for Block {
         })
     }
 }
+
+/// Format version of compact blocks.
+pub const COMPACT_BLOCK_VERSION: u8 = 1;
+
+/// A block with its transactions named by hash: what a proposal carries on the wire
+/// between nodes that already hold most of the transactions (gossip brought them to their
+/// mempools). The receiver rebuilds the [`Block`] with [`CompactBlock::assemble`] from the
+/// transactions it holds and the ones it fetches; the header's transaction root still binds
+/// the result, which validation checks as for any block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompactBlock {
+    /// The header.
+    pub header: Header,
+    /// Certificate of height − 1 (`None` at height 1).
+    pub last_certificate: Option<Certificate>,
+    /// The transactions' hashes ([`Transaction::hash`]), in execution order.
+    pub tx_hashes: Vec<Hash>,
+}
+
+impl CompactBlock {
+    /// The compact form of `block` (hashes each transaction).
+    pub fn of(block: &Block) -> CompactBlock {
+        CompactBlock {
+            header: block.header.clone(),
+            last_certificate: block.last_certificate.clone(),
+            tx_hashes: block.txs.iter().map(Transaction::hash).collect(),
+        }
+    }
+
+    /// The block, with each transaction from `lookup` (given its index and hash), or the
+    /// indices `lookup` has no transaction for. A transaction `lookup` returns must have
+    /// the hash asked for (the caller's store is keyed by it); the header's transaction
+    /// root binds the result either way.
+    pub fn assemble(
+        &self,
+        mut lookup: impl FnMut(usize, &Hash) -> Option<Transaction>,
+    ) -> Result<Block, Vec<u32>> {
+        let mut txs = Vec::with_capacity(self.tx_hashes.len());
+        let mut missing = Vec::new();
+        for (i, h) in self.tx_hashes.iter().enumerate() {
+            match lookup(i, h) {
+                Some(tx) if missing.is_empty() => txs.push(tx),
+                Some(_) => {}
+                None => missing.push(i as u32),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(missing);
+        }
+        Ok(Block {
+            header: self.header.clone(),
+            last_certificate: self.last_certificate.clone(),
+            txs,
+        })
+    }
+}
+
+impl Encode for CompactBlock {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(COMPACT_BLOCK_VERSION);
+        self.header.encode(out);
+        match &self.last_certificate {
+            None => out.push(0),
+            Some(c) => {
+                out.push(1);
+                c.encode(out);
+            }
+        }
+        put_count(out, self.tx_hashes.len());
+        for h in &self.tx_hashes {
+            h.encode(out);
+        }
+    }
+}
+
+impl Decode for CompactBlock {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        d.version("compact block", COMPACT_BLOCK_VERSION)?;
+        let header = Header::decode(d)?;
+        let last_certificate = if d.bool("last certificate")? {
+            Some(Certificate::decode(d)?)
+        } else {
+            None
+        };
+        Ok(CompactBlock {
+            header,
+            last_certificate,
+            tx_hashes: d.seq("transaction hashes", MAX_BLOCK_TXS)?,
+        })
+    }
+}

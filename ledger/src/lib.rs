@@ -34,7 +34,7 @@ pub mod testing;
 pub mod tx;
 pub mod verify;
 
-pub use block::{Block, Certificate, CommitSig, Header, Vote, VoteKind};
+pub use block::{Block, Certificate, CommitSig, CompactBlock, Header, Vote, VoteKind};
 pub use chain::{
     ChainId, ChainParams, EngineId, Genesis, GenesisValidator, Validator, ValidatorSet,
 };
