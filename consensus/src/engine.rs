@@ -17,7 +17,7 @@
 //! [`Block`] with a [`Certificate`] that [`pyralog_ledger::verify::verify_certificate`]
 //! accepts, so light clients check every engine's blocks the same way.
 
-use pyralog_ledger::{Block, Certificate, DuplicateVote, Hash};
+use pyralog_ledger::{Block, Certificate, CodecError, CompactBlock, DuplicateVote, Hash};
 
 use crate::signer::SignerError;
 
@@ -132,6 +132,19 @@ pub enum Output {
     },
 }
 
+/// What a received message carries ([`Engine::carried`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Carried {
+    /// Hand it to the engine as it is.
+    Message,
+    /// A compact message naming this block's transactions by hash, for the engine's
+    /// current height or the next: rebuild the block, then [`Engine::expand_message`].
+    Block(Box<CompactBlock>),
+    /// A compact message the engine would drop anyway (another height, a round too far
+    /// ahead): drop it without fetching anything.
+    Stale,
+}
+
 /// A consensus engine, driven by the host one input at a time.
 pub trait Engine {
     /// Handles one input at time `now_ms` (milliseconds since the Unix epoch; the engine
@@ -147,4 +160,31 @@ pub trait Engine {
     /// The message that carries a committed block and its certificate to a lagging
     /// validator (the answer to [`Output::SyncPeer`]).
     fn decision_message(&self, block: &Block, certificate: &Certificate) -> Vec<u8>;
+
+    /// The wire form of an outgoing message whose block the receivers can rebuild from
+    /// their own transactions (the block's transactions named by hash), with that block,
+    /// which the host keeps to answer peers that miss some of them. `None` to send the
+    /// message as it is. Hosts whose peers gossip transactions call it on every
+    /// [`Output::Send`] and [`Output::Broadcast`]; engines without such a form keep the
+    /// default.
+    fn compact_message(&self, _message: &[u8]) -> Option<(Vec<u8>, Block)> {
+        None
+    }
+
+    /// What a received message carries: a compact message's block, which the host
+    /// rebuilds before [`Engine::expand_message`], or a message to hand to the engine as
+    /// it is. An error for a compact message that does not decode or is not signed by its
+    /// author (the host fetches nothing for it, and may lower the sender's score).
+    fn carried(&self, _wire: &[u8]) -> Result<Carried, CodecError> {
+        Ok(Carried::Message)
+    }
+
+    /// The message to hand to the engine for the received `wire`, given the `block` the
+    /// host rebuilt from [`Carried::Block`]'s hashes.
+    fn expand_message(&self, _wire: &[u8], _block: &Block) -> Result<Vec<u8>, CodecError> {
+        Err(CodecError::Invalid {
+            what: "consensus message",
+            reason: "this engine has no compact messages".into(),
+        })
+    }
 }

@@ -18,5 +18,5 @@ pub mod signer;
 pub mod sim;
 pub mod tendermint;
 
-pub use engine::{Engine, Input, Output, Timeout};
+pub use engine::{Carried, Engine, Input, Output, Timeout};
 pub use signer::{LastSigned, MemSignerStore, Signer, SignerError, SignerStore, Step};

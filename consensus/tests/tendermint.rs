@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use pyralog_consensus::engine::{Engine, Input, Output, Timeout};
+use pyralog_consensus::engine::{Carried, Engine, Input, Output, Timeout};
 use pyralog_consensus::proposer::ProposerRotation;
 use pyralog_consensus::sim::app::App;
 use pyralog_consensus::sim::sim_params;
@@ -930,4 +930,150 @@ fn a_proposal_is_rebroadcast_only_until_every_validator_prevoted_in_its_round() 
         h.my_votes()
             .contains(&(VoteKind::Prevote, r, Some(block.header.hash())))
     );
+}
+
+/// A proposal travels compact (its transactions by hash) between hosts: the compact form
+/// carries the proposer's signature over, expands back to the very bytes the engine
+/// sent, and the engine votes on the expanded proposal. The compact bytes themselves are
+/// not a message the engine takes.
+#[test]
+fn a_compact_proposal_expands_to_the_proposal_the_engine_sent() {
+    let mut h = Harness::new();
+    let users: Vec<Keypair> = (0..5u8)
+        .map(|i| Keypair::from_seed(&[i + 90; 32]))
+        .collect();
+    let b = h.app.build_block(h.keys[0].public(), &users, 5, 1).unwrap();
+    assert_eq!(b.txs.len(), 5);
+    let p = Proposal {
+        height: 1,
+        round: 0,
+        valid_round: None,
+        block: b.clone(),
+    };
+    let proposer = proposer_of(&h.set, 0);
+    let signature = p.sign(&h.keys[proposer as usize], &h.chain_id);
+    let full = Message::Proposal {
+        proposal: p,
+        signature,
+    }
+    .to_bytes();
+
+    let (wire, block) = h
+        .engine
+        .compact_message(&full)
+        .expect("a proposal compacts");
+    assert_eq!(block, b);
+    assert!(
+        wire.len() + 5 * 80 < full.len(),
+        "{} vs {}",
+        wire.len(),
+        full.len()
+    );
+    let Ok(Carried::Block(named)) = h.engine.carried(&wire) else {
+        panic!("a compact proposal");
+    };
+    assert_eq!(named.header, b.header);
+    assert_eq!(
+        named.tx_hashes,
+        b.txs.iter().map(|t| t.hash()).collect::<Vec<_>>()
+    );
+    assert_eq!(named.assemble(|i, _| Some(b.txs[i].clone())), Ok(b.clone()));
+    assert_eq!(
+        named.assemble(|i, _| (i % 2 == 0).then(|| b.txs[i].clone())),
+        Err(vec![1, 3])
+    );
+    assert_eq!(h.engine.expand_message(&wire, &b).unwrap(), full);
+    // Another block is not the one the proposal names.
+    assert!(h.engine.expand_message(&wire, &h.block(2)).is_err());
+
+    // Every cut short is an error, never a panic (under two bytes it is no compact
+    // proposal, and goes to the engine, which refuses it).
+    for n in 0..wire.len() {
+        let named = h.engine.carried(&wire[..n]);
+        assert!(
+            named.is_err() || (n < 2 && named == Ok(Carried::Message)),
+            "{n}"
+        );
+        assert!(h.engine.expand_message(&wire[..n], &b).is_err());
+    }
+    let mut longer = wire.clone();
+    longer.push(0);
+    assert!(h.engine.carried(&longer).is_err());
+
+    // Votes and decisions go as they are.
+    let vote = h.signed_vote(VoteKind::Prevote, 0, None, 2);
+    assert!(h.engine.compact_message(&vote).is_none());
+    assert_eq!(h.engine.carried(&vote), Ok(Carried::Message));
+
+    // The engine takes only the expanded form.
+    h.input(Input::Message(wire));
+    assert!(
+        h.outputs
+            .iter()
+            .any(|o| matches!(o, Output::Rejected { reason } if reason.contains("undecodable")))
+    );
+    assert!(h.my_votes().is_empty());
+    h.input(Input::Message(full));
+    assert_eq!(
+        h.my_votes(),
+        vec![(VoteKind::Prevote, 0, Some(b.header.hash()))]
+    );
+}
+
+/// The compact form of a proposal signed by validator `by`.
+fn compact_proposal(
+    h: &Harness,
+    height: u64,
+    round: u32,
+    valid_round: Option<u32>,
+    block: &Block,
+    by: u32,
+) -> Vec<u8> {
+    let p = Proposal {
+        height,
+        round,
+        valid_round,
+        block: block.clone(),
+    };
+    let signature = p.sign(&h.keys[by as usize], &h.chain_id);
+    let full = Message::Proposal {
+        proposal: p,
+        signature,
+    }
+    .to_bytes();
+    h.engine.compact_message(&full).unwrap().0
+}
+
+/// The host fetches transactions only for a compact proposal the engine would take:
+/// signed by its round's proposer, for this height or the next, in a round not too far
+/// ahead.
+#[test]
+fn a_compact_proposal_is_checked_before_anything_is_fetched_for_it() {
+    let h = Harness::new();
+    let b = h.block(1);
+    let p0 = proposer_of(&h.set, 0);
+    let ok = compact_proposal(&h, 1, 0, None, &b, p0);
+    assert!(matches!(h.engine.carried(&ok), Ok(Carried::Block(c)) if c.header == b.header));
+    let wrong = compact_proposal(&h, 1, 0, None, &b, (p0 + 1) % 4);
+    let err = h.engine.carried(&wrong).unwrap_err().to_string();
+    assert!(err.contains("not signed by its proposer"), "{err}");
+    let bad_round = compact_proposal(&h, 1, 2, Some(2), &b, proposer_of(&h.set, 2));
+    assert!(h.engine.carried(&bad_round).is_err());
+    // The next height has its own proposer.
+    let next = ProposerRotation::at_height(&h.set, 2).proposer_at_round(0);
+    let ahead = compact_proposal(&h, 2, 0, None, &b, next);
+    assert!(matches!(h.engine.carried(&ahead), Ok(Carried::Block(_))));
+    if next != p0 {
+        let by_this_heights = compact_proposal(&h, 2, 0, None, &b, p0);
+        assert!(h.engine.carried(&by_this_heights).is_err());
+    }
+    // Heights and rounds the engine would drop are stale, whoever signed them.
+    for (height, round) in [(3, 0), (0, 0), (1, tendermint::MAX_ROUNDS_AHEAD + 1)] {
+        let stale = compact_proposal(&h, height, round, None, &b, p0);
+        assert_eq!(
+            h.engine.carried(&stale),
+            Ok(Carried::Stale),
+            "{height} {round}"
+        );
+    }
 }

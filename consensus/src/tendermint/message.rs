@@ -2,7 +2,7 @@
 
 use pyralog_crypto::{CryptoError, Keypair, PublicKey, SigDomain, Signature};
 use pyralog_ledger::codec::{CodecError, Decode, Decoder, Encode};
-use pyralog_ledger::{Block, Certificate, ChainId, Vote};
+use pyralog_ledger::{Block, Certificate, ChainId, CompactBlock, Hash, Vote};
 
 /// Format version of Tendermint messages.
 pub const MESSAGE_VERSION: u8 = 1;
@@ -26,12 +26,12 @@ impl Proposal {
     /// The bytes the proposer signs: everything but the block body, which the header hash
     /// binds (see [`pyralog_ledger::verify::verify_block_contents`]).
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut out = vec![MESSAGE_VERSION];
-        out.extend_from_slice(&self.height.to_be_bytes());
-        out.extend_from_slice(&self.round.to_be_bytes());
-        put_round(&mut out, self.valid_round);
-        self.block.header.hash().encode(&mut out);
-        out
+        signing_bytes(
+            self.height,
+            self.round,
+            self.valid_round,
+            &self.block.header.hash(),
+        )
     }
 
     /// Signs the proposal with a raw key. Validators sign through the
@@ -58,6 +58,16 @@ impl Proposal {
             signature,
         )
     }
+}
+
+/// [`Proposal::signing_bytes`] from its parts.
+fn signing_bytes(height: u64, round: u32, valid_round: Option<u32>, header_hash: &Hash) -> Vec<u8> {
+    let mut out = vec![MESSAGE_VERSION];
+    out.extend_from_slice(&height.to_be_bytes());
+    out.extend_from_slice(&round.to_be_bytes());
+    put_round(&mut out, valid_round);
+    header_hash.encode(&mut out);
+    out
 }
 
 fn put_round(out: &mut Vec<u8>, round: Option<u32>) {
@@ -185,4 +195,118 @@ impl Decode for Message {
             }),
         }
     }
+}
+
+/// Kind byte of a compact proposal: a [`Message::Proposal`] whose block travels as a
+/// [`CompactBlock`]. It exists only on the wire between hosts: a host turns the engine's
+/// proposals into it with [`compact`] and back with [`expand`], and the engine itself
+/// never decodes it (to [`Message::decode`] it is an unknown kind).
+const COMPACT_PROPOSAL: u8 = 4;
+
+/// The compact form of `message` if it is a proposal, with its block; `None` for any
+/// other message (or bytes that do not decode). The proposer's signature covers the
+/// header hash, not the transactions, so it carries over unchanged.
+pub fn compact(message: &[u8]) -> Option<(Vec<u8>, Block)> {
+    let Ok(Message::Proposal {
+        proposal,
+        signature,
+    }) = Message::decode_limited(message)
+    else {
+        return None;
+    };
+    let mut out = vec![MESSAGE_VERSION, COMPACT_PROPOSAL];
+    out.extend_from_slice(&proposal.height.to_be_bytes());
+    out.extend_from_slice(&proposal.round.to_be_bytes());
+    put_round(&mut out, proposal.valid_round);
+    CompactBlock::of(&proposal.block).encode(&mut out);
+    out.extend_from_slice(&signature.0);
+    Some((out, proposal.block))
+}
+
+/// A decoded compact proposal.
+pub(crate) struct CompactProposal {
+    pub(crate) height: u64,
+    pub(crate) round: u32,
+    pub(crate) valid_round: Option<u32>,
+    pub(crate) block: CompactBlock,
+    pub(crate) signature: Signature,
+}
+
+impl CompactProposal {
+    /// Checks the proposer's signature, by `key` (the same bytes as the full proposal's).
+    pub(crate) fn verify(&self, key: &PublicKey, chain_id: &ChainId) -> Result<(), CryptoError> {
+        let bytes = signing_bytes(
+            self.height,
+            self.round,
+            self.valid_round,
+            &self.block.header.hash(),
+        );
+        key.verify(
+            SigDomain::Proposal,
+            chain_id.as_str(),
+            &bytes,
+            &self.signature,
+        )
+    }
+}
+
+/// Decodes `wire` as a compact proposal: `Ok(None)` if it is another kind of message.
+pub(crate) fn decode_compact(wire: &[u8]) -> Result<Option<CompactProposal>, CodecError> {
+    if wire.len() > MAX_MESSAGE_BYTES {
+        return Err(CodecError::Invalid {
+            what: "consensus message",
+            reason: format!("{} bytes, over the {MAX_MESSAGE_BYTES} limit", wire.len()),
+        });
+    }
+    if wire.get(1) != Some(&COMPACT_PROPOSAL) {
+        return Ok(None);
+    }
+    let mut d = Decoder::new(wire);
+    d.version("consensus message", MESSAGE_VERSION)?;
+    d.u8("message kind")?;
+    let height = d.u64("height")?;
+    let round = d.u32("round")?;
+    let valid_round = if d.bool("valid round")? {
+        Some(d.u32("valid round")?)
+    } else {
+        None
+    };
+    let block = CompactBlock::decode(&mut d)?;
+    let signature = d.signature("proposal signature")?;
+    d.finish()?;
+    Ok(Some(CompactProposal {
+        height,
+        round,
+        valid_round,
+        block,
+        signature,
+    }))
+}
+
+/// The full proposal message of the compact proposal `wire`, with `block`, which the host
+/// assembled from the hashes it names. Refused if `block`'s header is not the one
+/// `wire` names.
+pub fn expand(wire: &[u8], block: &Block) -> Result<Vec<u8>, CodecError> {
+    let Some(p) = decode_compact(wire)? else {
+        return Err(CodecError::Invalid {
+            what: "compact proposal",
+            reason: "not a compact proposal".into(),
+        });
+    };
+    if p.block.header != block.header
+        || p.block.last_certificate != block.last_certificate
+        || p.block.tx_hashes.len() != block.txs.len()
+    {
+        return Err(CodecError::Invalid {
+            what: "compact proposal",
+            reason: "the block is not the one it names".into(),
+        });
+    }
+    let mut out = vec![MESSAGE_VERSION, 1];
+    out.extend_from_slice(&p.height.to_be_bytes());
+    out.extend_from_slice(&p.round.to_be_bytes());
+    put_round(&mut out, p.valid_round);
+    block.encode(&mut out);
+    out.extend_from_slice(&p.signature.0);
+    Ok(out)
 }

@@ -63,9 +63,11 @@ use pyralog_ledger::{
     ValidatorSet, Vote, VoteKind,
 };
 
-pub use message::{MAX_MESSAGE_BYTES, MESSAGE_VERSION, Message, Proposal, SignedVote};
+pub use message::{
+    MAX_MESSAGE_BYTES, MESSAGE_VERSION, Message, Proposal, SignedVote, compact, expand,
+};
 
-use crate::engine::{Engine, Input, Output, Timeout};
+use crate::engine::{Carried, Engine, Input, Output, Timeout};
 use crate::proposer::ProposerRotation;
 use crate::signer::{Signer, SignerError, SignerStore};
 
@@ -1349,5 +1351,65 @@ impl<S: SignerStore> Engine for Tendermint<S> {
             certificate: certificate.clone(),
         }
         .to_bytes()
+    }
+
+    fn compact_message(&self, message: &[u8]) -> Option<(Vec<u8>, Block)> {
+        message::compact(message)
+    }
+
+    /// A compact proposal for this height or the next, in a round this engine would take,
+    /// signed by its round's proposer: its block. The signature is checked before the
+    /// host fetches anything for it (and again on the expanded proposal).
+    fn carried(&self, wire: &[u8]) -> Result<Carried, CodecError> {
+        let Some(p) = message::decode_compact(wire)? else {
+            return Ok(Carried::Message);
+        };
+        let rotation = if p.height == self.height {
+            self.rotation.clone()
+        } else if p.height == self.height + 1 {
+            let mut next = self.rotation.clone();
+            next.advance();
+            next
+        } else {
+            return Ok(Carried::Stale);
+        };
+        let round_limit = if p.height == self.height {
+            self.round.saturating_add(MAX_ROUNDS_AHEAD)
+        } else {
+            MAX_ROUNDS_AHEAD
+        };
+        if p.round > round_limit {
+            return Ok(Carried::Stale);
+        }
+        let invalid = |reason: String| CodecError::Invalid {
+            what: "compact proposal",
+            reason,
+        };
+        if p.valid_round.is_some_and(|vr| vr >= p.round) {
+            return Err(invalid(format!(
+                "round {} names valid round {:?}",
+                p.round, p.valid_round
+            )));
+        }
+        let proposer = rotation.proposer_at_round(p.round);
+        let Some(key) = self
+            .cfg
+            .validators
+            .get(proposer as usize)
+            .map(|v| v.public_key)
+        else {
+            return Err(invalid(format!("no validator {proposer}")));
+        };
+        if p.verify(&key, &self.cfg.chain_id).is_err() {
+            return Err(invalid(format!(
+                "round {} not signed by its proposer {key}",
+                p.round
+            )));
+        }
+        Ok(Carried::Block(Box::new(p.block)))
+    }
+
+    fn expand_message(&self, wire: &[u8], block: &Block) -> Result<Vec<u8>, CodecError> {
+        message::expand(wire, block)
     }
 }
