@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pyralog_consensus::{Engine, Input, Output, Signer, SignerStore, Timeout};
+use pyralog_consensus::{Carried, Engine, Input, Output, Signer, SignerStore, Timeout};
 use pyralog_crypto::{Keypair, PublicKey};
 use pyralog_ledger::{Decode, DuplicateVote, Encode, Hash, Header, Transaction, TxError};
 use pyralog_p2p::{Event, InboundId, Network, PeerId, Topic};
@@ -17,6 +17,7 @@ use pyralog_storage::{SledStore, Store};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use crate::assemble::{Assembler, Rebuilt, Received};
 use crate::chain::{Chain, Committed, Fatal};
 use crate::mempool::{Admitted, Mempool, Reject};
 use crate::metrics::{Metrics, set};
@@ -41,6 +42,8 @@ const TX_FLUSH_BYTES: usize = 1 << 20;
 const PROPOSAL_MARGIN_BYTES: usize = 256 << 10;
 /// Score lost by a peer that published an invalid message (sent it to us as its author).
 const BAD_MESSAGE_PENALTY: i32 = 20;
+/// How long the peer that sent a compact proposal has to serve its missing transactions.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The fewest transactions a proposal may always hold, and the fewest a block must have
 /// to measure the cost of one (below it, the block's fixed cost dominates).
@@ -331,7 +334,15 @@ pub struct Driver {
     exec_budget: ExecBudget,
     /// Consensus state written but not yet durable: flushed before anything is sent.
     pending: PendingWrites,
+    /// Recent proposals' blocks and compact proposals waiting for transactions.
+    assembler: Assembler,
+    /// Answers to fetches of compact proposals' missing transactions: block, peer, answer.
+    fetch_tx: mpsc::Sender<Fetched>,
+    fetch_rx: mpsc::Receiver<Fetched>,
 }
+
+/// A peer's answer to the fetch of a compact proposal's transactions.
+type Fetched = (Hash, PeerId, Result<SyncResponse, String>);
 
 /// A round-0 proposal waiting for a transaction it can include.
 #[derive(Clone, Copy)]
@@ -421,6 +432,7 @@ impl Driver {
         let (tx_feed, _) = broadcast::channel(16384);
         let (status, status_rx) = watch::channel(Status::default());
         let (sync_tx, sync_rx) = mpsc::channel(16);
+        let (fetch_tx, fetch_rx) = mpsc::channel(16);
         let propose_wait = Duration::from_millis(
             cfg.mempool
                 .propose_wait_ms
@@ -462,6 +474,9 @@ impl Driver {
                 signer: pending_signer,
                 unsynced: false,
             },
+            assembler: Assembler::default(),
+            fetch_tx,
+            fetch_rx,
         };
         let feeds = Feeds {
             headers,
@@ -519,6 +534,9 @@ impl Driver {
                 }
                 _ = sleep, if next_timer.is_some() => self.fire_timers().await?,
                 Some((peer, resp)) = self.sync_rx.recv() => self.synced(peer, resp).await?,
+                Some((block, peer, answer)) = self.fetch_rx.recv() => {
+                    self.fetched(block, peer, answer).await?;
+                }
                 _ = flush.tick() => self.flush_txs().await,
                 _ = sync_tick.tick() => self.start_sync(),
                 _ = held_expires, if held.is_some() => {}
@@ -566,7 +584,14 @@ impl Driver {
             }
             Output::Send { message, .. } | Output::Broadcast(message) => {
                 self.pending.make_durable(self.chain.store())?;
-                let _ = self.net.publish(Topic::Consensus, message).await;
+                let wire = match self.engine.compact_message(&message) {
+                    Some((compact, block)) => {
+                        self.assembler.remember(Arc::new(block));
+                        compact
+                    }
+                    None => message,
+                };
+                let _ = self.net.publish(Topic::Consensus, wire).await;
             }
             Output::ScheduleTimeout { timeout, after_ms } => {
                 let at = Instant::now() + Duration::from_millis(after_ms);
@@ -961,14 +986,14 @@ impl Driver {
     async fn network_event(&mut self, ev: Event) -> Result<(), Fatal> {
         match ev {
             Event::Gossip {
+                from,
                 publisher,
                 topic,
                 data,
-                ..
             } => match topic {
                 Topic::Consensus => {
                     let rejected_before = self.metrics.rejected_messages.get();
-                    self.input(Input::Message(data)).await?;
+                    self.consensus_message(from, data).await?;
                     if self.metrics.rejected_messages.get() > rejected_before
                         && let Some(a) = publisher
                     {
@@ -1013,6 +1038,79 @@ impl Driver {
         Ok(())
     }
 
+    /// A consensus message from the network; a compact proposal is rebuilt first.
+    async fn consensus_message(&mut self, from: PeerId, data: Vec<u8>) -> Result<(), Fatal> {
+        let compact = match self.engine.carried(&data) {
+            Ok(Carried::Message) => return self.input(Input::Message(data)).await,
+            Ok(Carried::Block(c)) => *c,
+            Ok(Carried::Stale) => return Ok(()),
+            Err(e) => {
+                self.metrics.rejected_messages.inc();
+                tracing::debug!(error = %e, "compact proposal refused");
+                return Ok(());
+            }
+        };
+        let height = compact.header.height;
+        match self.assembler.received(from, data, compact, &self.pool) {
+            Received::Rebuilt(r) => self.rebuilt(*r).await?,
+            Received::Fetch {
+                from,
+                block,
+                indices,
+            } => {
+                tracing::debug!(%from, height, missing = indices.len(), "fetching a compact proposal's transactions");
+                let net = self.net.clone();
+                let answers = self.fetch_tx.clone();
+                tokio::spawn(async move {
+                    let (peer, answer) = fetch_proposal_txs(&net, from, block, indices).await;
+                    let _ = answers.send((block, peer, answer)).await;
+                });
+            }
+            Received::Duplicate => {}
+        }
+        Ok(())
+    }
+
+    /// A peer's answer to the fetch of a compact proposal's transactions.
+    async fn fetched(
+        &mut self,
+        block: Hash,
+        peer: PeerId,
+        answer: Result<SyncResponse, String>,
+    ) -> Result<(), Fatal> {
+        match self.assembler.fetched(&block, answer) {
+            Ok(Some(r)) => self.rebuilt(r).await?,
+            Ok(None) => {}
+            Err(e) => {
+                self.metrics.proposal_fetches_failed.inc();
+                tracing::warn!(%peer, block = %block.to_hex(), error = %e, "a compact proposal could not be rebuilt");
+                if matches!(e, crate::assemble::FetchError::Wrong) {
+                    self.net
+                        .penalize(peer, BAD_MESSAGE_PENALTY, e.to_string())
+                        .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the engine a rebuilt compact proposal.
+    async fn rebuilt(&mut self, r: Rebuilt) -> Result<(), Fatal> {
+        self.metrics.proposal_txs_held.inc_by(r.held as u64);
+        self.metrics.proposal_txs_fetched.inc_by(r.fetched as u64);
+        match self.engine.expand_message(&r.wire, &r.block) {
+            Ok(full) => {
+                self.assembler.remember(Arc::new(r.block));
+                self.input(Input::Message(full)).await
+            }
+            Err(e) => {
+                self.metrics.rejected_messages.inc();
+                tracing::debug!(error = %e, "compact proposal not expanded");
+                Ok(())
+            }
+        }
+    }
+
     async fn gossiped_txs(&mut self, publisher: Option<PeerId>, data: &[u8]) -> Result<(), Fatal> {
         let txs = match wire::decode_tx_batch(data) {
             Ok(t) => t,
@@ -1053,14 +1151,24 @@ impl Driver {
         let net = self.net.clone();
         let store = self.chain.store().clone();
         let height = self.chain.height();
+        let request = SyncRequest::from_bytes(&data);
+        // Answered here: the recent proposals are the driver's.
+        let served = match &request {
+            Ok(SyncRequest::ProposalTxs { block, indices }) => {
+                Some(self.assembler.serve(block, indices))
+            }
+            _ => None,
+        };
         tokio::spawn(async move {
-            let resp = match SyncRequest::from_bytes(&data) {
+            let resp = match request {
                 Err(e) => {
                     net.penalize(from, BAD_MESSAGE_PENALTY, format!("bad sync request: {e}"))
                         .await;
                     SyncResponse::Error(format!("bad request: {e}"))
                 }
                 Ok(SyncRequest::Status) => SyncResponse::Status { height },
+                Ok(SyncRequest::ProposalTxs { .. }) => served
+                    .unwrap_or_else(|| SyncResponse::Error("no such recent proposal here".into())),
                 Ok(SyncRequest::Blocks { from: start, max }) => {
                     let read =
                         tokio::task::spawn_blocking(move || read_blocks(&store, start, max)).await;
@@ -1132,7 +1240,7 @@ impl Driver {
                 tracing::debug!(%peer, error = %e, "sync failed");
                 return Ok(());
             }
-            SyncResponse::Status { .. } => return Ok(()),
+            SyncResponse::Status { .. } | SyncResponse::Txs(_) => return Ok(()),
         };
         self.sync.catching_up = !blocks.is_empty();
         let mut applied = 0;
@@ -1190,6 +1298,36 @@ impl Driver {
         self.publish_status();
         Ok(())
     }
+}
+
+/// Asks `from` (the peer that sent a compact proposal), then every other peer in turn,
+/// for the transactions at `indices` of `block`, until one serves them. A peer that
+/// relayed the proposal may not have rebuilt it yet; the proposer and every peer that has
+/// rebuilt it can serve it. Returns the peer that answered last, and its answer.
+async fn fetch_proposal_txs(
+    net: &Network,
+    from: PeerId,
+    block: Hash,
+    indices: Vec<u32>,
+) -> (PeerId, Result<SyncResponse, String>) {
+    let request = SyncRequest::ProposalTxs { block, indices }.to_bytes();
+    let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
+    let others = net.peers().await.unwrap_or_default();
+    let mut last = (from, Err("no peer to ask".to_string()));
+    for peer in std::iter::once(from).chain(others.into_iter().filter(|p| *p != from)) {
+        let asked = tokio::time::timeout_at(deadline, net.request(peer, request.clone())).await;
+        let answer = match asked {
+            Ok(Ok(bytes)) => SyncResponse::from_bytes(&bytes).map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer in {FETCH_TIMEOUT:?}")),
+        };
+        let served = matches!(answer, Ok(SyncResponse::Txs(_)));
+        last = (peer, answer);
+        if served || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+    }
+    last
 }
 
 fn read_blocks(

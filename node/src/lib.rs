@@ -15,6 +15,7 @@
 //! - [`audit`]: the auditor, from outside through RPC or as a node mode.
 //! - [`cli`]: the command line.
 
+pub mod assemble;
 pub mod audit;
 pub mod chain;
 pub mod cli;

@@ -234,6 +234,11 @@ impl Mempool {
         self.by_hash.contains_key(hash)
     }
 
+    /// The pending transaction with this hash.
+    pub fn get(&self, hash: &Hash) -> Option<&Transaction> {
+        self.by_hash.get(hash).map(|e| &e.tx)
+    }
+
     /// Whether a new transaction `tx` of `len` encoded bytes, whose sender's next nonce on
     /// the committed chain is `committed_next_nonce`, would be admitted: its nonce is
     /// unused and within the window, no other pending transaction has it, and the pool

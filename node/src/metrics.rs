@@ -51,6 +51,12 @@ pub struct Metrics {
     pub synced_blocks: Counter,
     /// Consensus messages rejected by the engine.
     pub rejected_messages: Counter,
+    /// Transactions of compact proposals this node rebuilt from what it held.
+    pub proposal_txs_held: Counter,
+    /// Transactions of compact proposals this node fetched from the peer that sent them.
+    pub proposal_txs_fetched: Counter,
+    /// Compact proposals dropped because their missing transactions could not be fetched.
+    pub proposal_fetches_failed: Counter,
     /// Transaction batches from gossip dropped while the node was behind (running count).
     pub dropped_tx_batches: Gauge,
     /// Blocks the RPC server built to prove their transactions (its proof cache's misses).
@@ -102,6 +108,9 @@ impl Metrics {
             rejected_txs: Family::default(),
             synced_blocks: Counter::default(),
             rejected_messages: Counter::default(),
+            proposal_txs_held: Counter::default(),
+            proposal_txs_fetched: Counter::default(),
+            proposal_fetches_failed: Counter::default(),
             dropped_tx_batches: Gauge::default(),
             rpc_proven_blocks: Counter::default(),
             rpc_proof_cache_bytes: Gauge::default(),
@@ -178,6 +187,21 @@ impl Metrics {
             "rejected_consensus_messages",
             "Consensus messages the engine rejected",
             m.rejected_messages.clone(),
+        );
+        registry.register(
+            "proposal_txs_held",
+            "Transactions of compact proposals (transactions by hash) that this node rebuilt from its mempool or its recent blocks",
+            m.proposal_txs_held.clone(),
+        );
+        registry.register(
+            "proposal_txs_fetched",
+            "Transactions of compact proposals that this node did not hold and fetched from the peer that sent the proposal",
+            m.proposal_txs_fetched.clone(),
+        );
+        registry.register(
+            "proposal_fetches_failed",
+            "Compact proposals dropped because the peer that sent them did not serve their missing transactions",
+            m.proposal_fetches_failed.clone(),
         );
         registry.register(
             "p2p_dropped_tx_batches",

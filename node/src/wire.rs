@@ -1,9 +1,10 @@
-//! The node's own network messages: transaction batches (gossip) and the block sync
-//! protocol (request-response). Canonical, versioned encodings; decoders bound every
+//! The node's own network messages: transaction batches (gossip), and the block sync
+//! protocol and the fetch of a compact proposal's missing transactions
+//! (request-response). Canonical, versioned encodings; decoders bound every
 //! length, so untrusted bytes never allocate more than the frame they came in.
 
 use pyralog_ledger::codec::{Decoder, put_bytes, put_count};
-use pyralog_ledger::{Block, Certificate, CodecError, Decode, Encode, Transaction};
+use pyralog_ledger::{Block, Certificate, CodecError, Decode, Encode, Hash, Transaction};
 
 /// Wire version of these messages.
 pub const WIRE_VERSION: u8 = 1;
@@ -13,6 +14,8 @@ pub const MAX_BATCH_TXS: usize = 10_000;
 pub const MAX_SYNC_BLOCKS: u32 = 64;
 /// Most encoded bytes of blocks in one sync response (the rest is asked for next).
 pub const MAX_SYNC_RESPONSE_BYTES: usize = 24 << 20;
+/// Most transactions of a compact proposal asked for in one request.
+pub const MAX_FETCH_TXS: usize = pyralog_ledger::block::MAX_BLOCK_TXS;
 
 /// Encodes a batch of transactions for gossip.
 pub fn encode_tx_batch(txs: &[Vec<u8>]) -> Vec<u8> {
@@ -51,6 +54,14 @@ pub enum SyncRequest {
         /// How many.
         max: u32,
     },
+    /// The transactions of a proposed block at these positions (a compact proposal's
+    /// that this node does not hold).
+    ProposalTxs {
+        /// The block's header hash.
+        block: Hash,
+        /// Positions in the block, ascending.
+        indices: Vec<u32>,
+    },
 }
 
 /// A sync response.
@@ -63,6 +74,9 @@ pub enum SyncResponse {
     },
     /// Blocks with their certificates, consecutive from the requested height.
     Blocks(Vec<(Block, Certificate)>),
+    /// The transactions asked for with [`SyncRequest::ProposalTxs`], in the order asked
+    /// (unverified).
+    Txs(Vec<Transaction>),
     /// The peer could not answer.
     Error(String),
 }
@@ -78,6 +92,14 @@ impl SyncRequest {
                 out.extend_from_slice(&from.to_be_bytes());
                 out.extend_from_slice(&max.to_be_bytes());
             }
+            SyncRequest::ProposalTxs { block, indices } => {
+                out.push(3);
+                block.encode(&mut out);
+                put_count(&mut out, indices.len());
+                for i in indices {
+                    out.extend_from_slice(&i.to_be_bytes());
+                }
+            }
         }
         out
     }
@@ -92,6 +114,15 @@ impl SyncRequest {
                 from: d.u64("from")?,
                 max: d.u32("max")?,
             },
+            3 => {
+                let block = d.hash("block")?;
+                let n = d.count("indices", MAX_FETCH_TXS)?;
+                let mut indices = Vec::with_capacity(n.min(d.remaining() / 4));
+                for _ in 0..n {
+                    indices.push(d.u32("index")?);
+                }
+                SyncRequest::ProposalTxs { block, indices }
+            }
             tag => {
                 return Err(CodecError::BadTag {
                     what: "sync request",
@@ -125,6 +156,13 @@ impl SyncResponse {
                 out.push(3);
                 put_bytes(&mut out, text.as_bytes());
             }
+            SyncResponse::Txs(txs) => {
+                out.push(4);
+                put_count(&mut out, txs.len());
+                for tx in txs {
+                    put_bytes(&mut out, &tx.to_bytes());
+                }
+            }
         }
         out
     }
@@ -148,6 +186,15 @@ impl SyncResponse {
                 SyncResponse::Blocks(blocks)
             }
             3 => SyncResponse::Error(d.text("error", 1024)?.to_string()),
+            4 => {
+                let n = d.count("transactions", MAX_FETCH_TXS)?;
+                let mut txs = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    let raw = d.bytes("transaction", pyralog_ledger::tx::MAX_TX_BYTES)?;
+                    txs.push(Transaction::from_bytes(raw)?);
+                }
+                SyncResponse::Txs(txs)
+            }
             tag => {
                 return Err(CodecError::BadTag {
                     what: "sync response",
@@ -166,13 +213,32 @@ mod tests {
 
     #[test]
     fn requests_round_trip_and_garbage_is_an_error() {
-        for r in [SyncRequest::Status, SyncRequest::Blocks { from: 7, max: 3 }] {
+        for r in [
+            SyncRequest::Status,
+            SyncRequest::Blocks { from: 7, max: 3 },
+            SyncRequest::ProposalTxs {
+                block: Hash([7; 32]),
+                indices: vec![0, 5, 9],
+            },
+        ] {
             assert_eq!(SyncRequest::from_bytes(&r.to_bytes()).unwrap(), r);
         }
         for r in [
             SyncResponse::Status { height: 9 },
             SyncResponse::Blocks(vec![]),
             SyncResponse::Error("no".into()),
+            SyncResponse::Txs(vec![]),
+            SyncResponse::Txs({
+                let chain = pyralog_ledger::testing::TestChain::new(
+                    1,
+                    pyralog_ledger::EngineId::Tendermint,
+                );
+                let user = pyralog_ledger::testing::user(1);
+                vec![
+                    chain.notarize(&user, 0, Hash([1; 32]), "a"),
+                    chain.put(&user, 1, b"k", b"v"),
+                ]
+            }),
         ] {
             assert_eq!(SyncResponse::from_bytes(&r.to_bytes()).unwrap(), r);
         }
@@ -184,6 +250,10 @@ mod tests {
         let mut huge = vec![WIRE_VERSION];
         put_count(&mut huge, usize::MAX >> 40);
         assert!(decode_tx_batch(&huge).is_err());
+        let mut huge = vec![WIRE_VERSION, 3];
+        huge.extend_from_slice(&[0; 32]);
+        put_count(&mut huge, MAX_FETCH_TXS);
+        assert!(SyncRequest::from_bytes(&huge).is_err());
         assert!(decode_tx_batch(&encode_tx_batch(&[])).unwrap().is_empty());
     }
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{EXE, succeed};
+use common::{EXE, fetch_metrics, metric, succeed};
 
 #[test]
 fn quick_bench_reports_every_figure() {
@@ -83,7 +83,9 @@ fn quick_bench_reports_every_figure() {
 
 /// 400 senders, one transaction unanswered each, against pools of 100: the pools refuse
 /// most of them. The bench sends what they refused again, in each sender's nonce order,
-/// and every transaction commits.
+/// and every transaction commits. Proposals travel compact (transactions by hash), and a
+/// validator whose full pool refused some of a proposal's transactions fetches them from
+/// the peer that sent it.
 #[test]
 fn the_bench_resends_what_a_full_pool_refused() {
     let net = common::Net::up(4);
@@ -115,4 +117,19 @@ fn the_bench_resends_what_a_full_pool_refused() {
         text.contains("resends of transactions refused for now"),
         "{text}"
     );
+    let (mut held, mut fetched) = (0.0, 0.0);
+    for n in net.manifest().nodes {
+        let m = fetch_metrics(&n.metrics);
+        let count = |name: &str| metric(&m, name).unwrap_or_else(|| panic!("{name} in {m}"));
+        // Every validator rebuilt others' proposals from its own pool.
+        assert!(
+            count("pyralog_proposal_txs_held_total") > 0.0,
+            "{}: {m}",
+            n.name
+        );
+        held += count("pyralog_proposal_txs_held_total");
+        fetched += count("pyralog_proposal_txs_fetched_total");
+    }
+    assert!(fetched > 0.0, "held {held}, fetched {fetched}");
+    eprintln!("proposals' transactions: held {held}, fetched {fetched}");
 }

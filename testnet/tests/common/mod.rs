@@ -127,6 +127,25 @@ pub fn metric(metrics: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// The Prometheus text a node serves at `url` (`http://127.0.0.1:PORT/metrics`).
+#[allow(dead_code)]
+pub fn fetch_metrics(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (addr, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// Runs `cmd`, which must succeed (`what` names it in the failure).
 pub fn succeed(cmd: &mut Command, what: &str) -> std::process::Output {
     let out = cmd.output().unwrap();
