@@ -139,7 +139,13 @@ pub enum Carried {
     Message,
     /// A compact message naming this block's transactions by hash, for the engine's
     /// current height or the next: rebuild the block, then [`Engine::expand_message`].
-    Block(Box<CompactBlock>),
+    Block {
+        /// The block, its transactions by hash (checked against its header).
+        block: Box<CompactBlock>,
+        /// The round (view, term) it is proposed in, which orders what the host waits
+        /// for: the engine's current height and round first.
+        round: u32,
+    },
     /// A compact message the engine would drop anyway (another height, a round too far
     /// ahead): drop it without fetching anything.
     Stale,
@@ -180,7 +186,7 @@ pub trait Engine {
     }
 
     /// The message to hand to the engine for the received `wire`, given the `block` the
-    /// host rebuilt from [`Carried::Block`]'s hashes.
+    /// host rebuilt from the hashes of [`Carried::Block`].
     fn expand_message(&self, _wire: &[u8], _block: &Block) -> Result<Vec<u8>, CodecError> {
         Err(CodecError::Invalid {
             what: "consensus message",

@@ -969,7 +969,11 @@ fn a_compact_proposal_expands_to_the_proposal_the_engine_sent() {
         wire.len(),
         full.len()
     );
-    let Ok(Carried::Block(named)) = h.engine.carried(&wire) else {
+    let Ok(Carried::Block {
+        block: named,
+        round: 0,
+    }) = h.engine.carried(&wire)
+    else {
         panic!("a compact proposal");
     };
     assert_eq!(named.header, b.header);
@@ -1050,23 +1054,50 @@ fn compact_proposal(
 #[test]
 fn a_compact_proposal_is_checked_before_anything_is_fetched_for_it() {
     let h = Harness::new();
-    let b = h.block(1);
+    let users: Vec<Keypair> = (0..3u8)
+        .map(|i| Keypair::from_seed(&[i + 90; 32]))
+        .collect();
+    let b = h.app.build_block(h.keys[0].public(), &users, 3, 1).unwrap();
+    assert_eq!(b.txs.len(), 3);
     let p0 = proposer_of(&h.set, 0);
     let ok = compact_proposal(&h, 1, 0, None, &b, p0);
-    assert!(matches!(h.engine.carried(&ok), Ok(Carried::Block(c)) if c.header == b.header));
+    assert!(
+        matches!(h.engine.carried(&ok), Ok(Carried::Block { block, round: 0 }) if block.header == b.header)
+    );
     let wrong = compact_proposal(&h, 1, 0, None, &b, (p0 + 1) % 4);
     let err = h.engine.carried(&wrong).unwrap_err().to_string();
     assert!(err.contains("not signed by its proposer"), "{err}");
     let bad_round = compact_proposal(&h, 1, 2, Some(2), &b, proposer_of(&h.set, 2));
     assert!(h.engine.carried(&bad_round).is_err());
-    // The next height has its own proposer.
+    // The next height has its own proposer (a block for height 2 by its header, which is
+    // all this check reads).
+    let mut b2 = b.clone();
+    b2.header.height = 2;
     let next = ProposerRotation::at_height(&h.set, 2).proposer_at_round(0);
-    let ahead = compact_proposal(&h, 2, 0, None, &b, next);
-    assert!(matches!(h.engine.carried(&ahead), Ok(Carried::Block(_))));
-    if next != p0 {
-        let by_this_heights = compact_proposal(&h, 2, 0, None, &b, p0);
-        assert!(h.engine.carried(&by_this_heights).is_err());
-    }
+    let ahead = compact_proposal(&h, 2, 0, None, &b2, next);
+    assert!(matches!(
+        h.engine.carried(&ahead),
+        Ok(Carried::Block { .. })
+    ));
+    let by_another = compact_proposal(&h, 2, 0, None, &b2, (next + 1) % 4);
+    assert!(h.engine.carried(&by_another).is_err());
+    // A proposal for a height its header does not have.
+    let misplaced = compact_proposal(&h, 2, 0, None, &b, next);
+    assert!(h.engine.carried(&misplaced).is_err());
+    // The signature covers the header only; hashes other than those the header commits
+    // to (a relay's rewrite) are refused before anything is fetched for them.
+    let mut swapped = b.clone();
+    swapped.txs.swap(0, 1);
+    let rewritten = compact_proposal(&h, 1, 0, None, &swapped, p0);
+    let err = h.engine.carried(&rewritten).unwrap_err().to_string();
+    assert!(err.contains("do not match the header"), "{err}");
+    let mut shorter = b.clone();
+    shorter.txs.pop();
+    assert!(
+        h.engine
+            .carried(&compact_proposal(&h, 1, 0, None, &shorter, p0))
+            .is_err()
+    );
     // Heights and rounds the engine would drop are stale, whoever signed them.
     for (height, round) in [(3, 0), (0, 0), (1, tendermint::MAX_ROUNDS_AHEAD + 1)] {
         let stale = compact_proposal(&h, height, round, None, &b, p0);

@@ -7,7 +7,9 @@ use pyralog_crypto::{BatchItem, PublicKey};
 use crate::exec::Execution;
 use crate::merkle::{ProofError, TreeHasher, verify_consistency, verify_inclusion};
 use crate::state::{Namespace, StateProof, StateProofError, state_key, verify_state_proof};
-use crate::{Block, Certificate, ChainId, EngineId, Genesis, Hash, Header, ValidatorSet};
+use crate::{
+    Block, Certificate, ChainId, CompactBlock, EngineId, Genesis, Hash, Header, ValidatorSet,
+};
 
 /// What failed when checking headers, certificates or proofs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -403,12 +405,37 @@ pub fn verify_block_contents(block: &Block) -> Result<(), VerifyError> {
 /// already: `tx_hashes[i]` must be `block.txs[i].hash()`; a list of another length
 /// fails.
 pub fn verify_block_contents_hashed(block: &Block, tx_hashes: &[Hash]) -> Result<(), VerifyError> {
-    let header = &block.header;
-    if header.tx_count as usize != block.txs.len() || tx_hashes.len() != block.txs.len() {
+    if tx_hashes.len() != block.txs.len() {
+        return Err(VerifyError::ExecutionMismatch {
+            field: "tx_count",
+            in_header: block.header.tx_count.to_string(),
+            computed: block.txs.len().to_string(),
+        });
+    }
+    verify_contents(&block.header, block.last_certificate.as_ref(), tx_hashes)
+}
+
+/// [`verify_block_contents`] for a compact block: its header commits to its transaction
+/// hashes (count and root) and to its last certificate, so the block rebuilt from them is
+/// the one the header names.
+pub fn verify_compact_block_contents(block: &CompactBlock) -> Result<(), VerifyError> {
+    verify_contents(
+        &block.header,
+        block.last_certificate.as_ref(),
+        &block.tx_hashes,
+    )
+}
+
+fn verify_contents(
+    header: &Header,
+    last_certificate: Option<&Certificate>,
+    tx_hashes: &[Hash],
+) -> Result<(), VerifyError> {
+    if header.tx_count as usize != tx_hashes.len() {
         return Err(VerifyError::ExecutionMismatch {
             field: "tx_count",
             in_header: header.tx_count.to_string(),
-            computed: block.txs.len().to_string(),
+            computed: tx_hashes.len().to_string(),
         });
     }
     expect_hash(
@@ -416,10 +443,7 @@ pub fn verify_block_contents_hashed(block: &Block, tx_hashes: &[Hash]) -> Result
         header.tx_root,
         crate::TxTree::new(tx_hashes).root(),
     )?;
-    let carried = block
-        .last_certificate
-        .as_ref()
-        .map_or(Hash::ZERO, Certificate::hash);
+    let carried = last_certificate.map_or(Hash::ZERO, Certificate::hash);
     expect_hash(
         "last certificate hash",
         header.last_certificate_hash,

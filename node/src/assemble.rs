@@ -3,41 +3,46 @@
 //! Every transaction reaches every node through gossip before a proposal includes it, so
 //! a proposal carrying the transactions sent each one to each node twice. The engine's
 //! proposals go out in compact form ([`pyralog_consensus::Engine::compact_message`]): the
-//! header, the last certificate and the transactions' hashes. A receiver rebuilds the
-//! block from its mempool and the blocks it recently proposed or rebuilt, asks the peer
-//! that sent the proposal for the transactions it does not hold (by position in the
-//! block), and hands the engine the full proposal. The header's transaction root binds the
-//! rebuilt block, and validation checks it as for any block, so a peer serving wrong
-//! transactions only gets its proposal refused (and, caught here first, its score
-//! lowered).
+//! header, the last certificate and the transactions' hashes. The engine checks a received
+//! one ([`pyralog_consensus::Engine::carried`]: its proposer's signature, and hashes that
+//! match the header's transaction root) before anything here runs. A receiver rebuilds the
+//! block from its mempool and the blocks it recently proposed or rebuilt, asks its peers
+//! for the transactions it does not hold (by position in the block), and hands the engine
+//! the full proposal, which validation checks as any block.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use pyralog_ledger::{Block, CompactBlock, Encode, Hash, Transaction};
-use pyralog_p2p::PeerId;
+use tokio::task::AbortHandle;
 
 use crate::mempool::Mempool;
-use crate::wire::{MAX_SYNC_RESPONSE_BYTES, SyncResponse};
+use crate::wire::{MAX_FETCH_TXS, MAX_SYNC_RESPONSE_BYTES, SyncResponse};
 
 /// Blocks kept to rebuild repeated proposals and answer peers' fetches: the proposals of
 /// the last few heights and rounds (peers fetch only for the current height and the
 /// next). Each is at most the chain's block size.
 pub const RECENT_BLOCKS: usize = 4;
-/// Compact proposals waiting for fetched transactions at once; a new one beyond this
-/// drops the oldest.
+/// Compact proposals waiting for fetched transactions at once. When full, the one
+/// furthest from the engine's current height and round gives way (or the new one is not
+/// fetched for, if it is the furthest), so a validator proposing for rounds far ahead
+/// cannot push out the proposal of the round being decided.
 pub const MAX_WAITING: usize = 4;
+/// Distinct messages kept for one waiting block (the same block re-proposed in later
+/// rounds).
+const MAX_MESSAGES_PER_BLOCK: usize = 4;
 
-/// A compact proposal rebuilt: the message to expand and its block.
+/// A compact proposal rebuilt: the messages that named its block, and the block.
 #[derive(Debug)]
 pub struct Rebuilt {
-    /// The compact proposal as received.
-    pub wire: Vec<u8>,
-    /// Its block.
+    /// The compact proposals as received (one per round that proposed the block while it
+    /// was being rebuilt).
+    pub wires: Vec<Vec<u8>>,
+    /// Their block.
     pub block: Block,
     /// Transactions found here.
     pub held: usize,
-    /// Transactions fetched from the peer.
+    /// Transactions fetched from peers.
     pub fetched: usize,
 }
 
@@ -46,44 +51,57 @@ pub struct Rebuilt {
 pub enum Received {
     /// Every transaction was here.
     Rebuilt(Box<Rebuilt>),
-    /// Ask `from` for the transactions at `indices` of `block`, then call
-    /// [`Assembler::fetched`].
+    /// Fetch the transactions at `indices` of `block` (their hashes are `expected`), then
+    /// call [`Assembler::fetched`]; register the task with [`Assembler::fetching`].
     Fetch {
-        /// The peer that sent the proposal.
-        from: PeerId,
         /// The block's header hash.
         block: Hash,
-        /// Positions of the missing transactions.
+        /// Positions of the missing transactions, ascending.
         indices: Vec<u32>,
+        /// Their hashes, in the same order.
+        expected: Vec<Hash>,
     },
-    /// Already waiting for this block's transactions.
-    Duplicate,
+    /// Its block is being fetched already; the message waits with it.
+    Waiting,
+    /// Not fetched for: as many proposals nearer the current round wait already.
+    Dropped,
 }
 
 /// Why a fetch did not complete a proposal.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// The peer did not answer, or answered with an error.
-    #[error("the peer did not serve the transactions: {0}")]
+    /// No peer served the transactions.
+    #[error("no peer served the transactions: {0}")]
     Unanswered(String),
-    /// The peer answered with transactions other than those asked for.
-    #[error("the peer served transactions other than those the proposal names")]
+    /// The transactions are not those asked for.
+    #[error("the transactions served are not those the proposal names")]
     Wrong,
 }
 
 struct Waiting {
     block: Hash,
-    wire: Vec<u8>,
+    /// (height, round) of its first message: its distance from the current round.
+    at: (u64, u32),
+    wires: Vec<Vec<u8>>,
     compact: CompactBlock,
     found: Vec<Option<Transaction>>,
     missing: Vec<u32>,
+    task: Option<AbortHandle>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
 }
 
 /// Recent blocks and the compact proposals waiting for transactions.
 #[derive(Default)]
 pub struct Assembler {
     recent: VecDeque<(Hash, Arc<Block>)>,
-    waiting: VecDeque<Waiting>,
+    waiting: Vec<Waiting>,
 }
 
 impl Assembler {
@@ -99,29 +117,38 @@ impl Assembler {
         self.recent.push_back((hash, block));
     }
 
-    fn recent(&self, hash: &Hash) -> Option<&Arc<Block>> {
-        self.recent.iter().find(|(h, _)| h == hash).map(|(_, b)| b)
+    /// A recent block, by header hash.
+    pub fn recent(&self, hash: &Hash) -> Option<Arc<Block>> {
+        self.recent
+            .iter()
+            .find(|(h, _)| h == hash)
+            .map(|(_, b)| b.clone())
     }
 
-    /// A compact proposal for `compact` arrived from `from`: rebuilds it from `pool` and
-    /// the recent blocks, or says which transactions to fetch.
+    /// A compact proposal `wire` of `round` naming `compact` (whose hashes the engine
+    /// checked against its header) arrived, while the engine is at `current` (height,
+    /// round): rebuilds it from `pool` and the recent blocks, or says what to fetch.
     pub fn received(
         &mut self,
-        from: PeerId,
         wire: Vec<u8>,
         compact: CompactBlock,
+        round: u32,
+        current: (u64, u32),
         pool: &Mempool,
     ) -> Received {
         let hash = compact.header.hash();
-        if self.waiting.iter().any(|w| w.block == hash) {
-            return Received::Duplicate;
-        }
-        let recent = self.recent(&hash).cloned();
-        let found: Vec<Option<Transaction>> = match &recent {
-            Some(b) if b.txs.len() == compact.tx_hashes.len() => {
-                b.txs.iter().cloned().map(Some).collect()
+        if let Some(w) = self.waiting.iter_mut().find(|w| w.block == hash) {
+            if !w.wires.contains(&wire) && w.wires.len() < MAX_MESSAGES_PER_BLOCK {
+                w.wires.push(wire);
             }
-            _ => compact
+            return Received::Waiting;
+        }
+        let at = (compact.header.height, round);
+        let found: Vec<Option<Transaction>> = match self.recent(&hash) {
+            // The header commits to the hashes, so a block with this header has these
+            // transactions.
+            Some(b) => b.txs.iter().cloned().map(Some).collect(),
+            None => compact
                 .tx_hashes
                 .iter()
                 .map(|h| pool.get(h).cloned())
@@ -133,46 +160,63 @@ impl Assembler {
             .collect();
         let mut waiting = Waiting {
             block: hash,
-            wire,
+            at,
+            wires: vec![wire],
             compact,
             found,
             missing,
+            task: None,
         };
         if waiting.missing.is_empty()
             && let Some(r) = rebuild(&mut waiting)
         {
             return Received::Rebuilt(Box::new(r));
         }
-        if self.waiting.len() == MAX_WAITING {
-            self.waiting.pop_front();
+        if self.waiting.len() >= MAX_WAITING {
+            let distance = |at: (u64, u32)| (at.0.abs_diff(current.0), at.1.abs_diff(current.1));
+            let furthest = (0..self.waiting.len()).max_by_key(|&i| distance(self.waiting[i].at));
+            match furthest {
+                Some(i) if distance(self.waiting[i].at) > distance(at) => {
+                    self.waiting.swap_remove(i);
+                }
+                _ => return Received::Dropped,
+            }
         }
         let indices = waiting.missing.clone();
-        self.waiting.push_back(waiting);
+        let expected = indices
+            .iter()
+            .map(|&i| waiting.compact.tx_hashes[i as usize])
+            .collect();
+        self.waiting.push(waiting);
         Received::Fetch {
-            from,
             block: hash,
             indices,
+            expected,
         }
     }
 
-    /// The answer to the fetch for `block`: the rebuilt proposal, `Ok(None)` if it no
-    /// longer waits (dropped for newer ones), or why it failed (and is dropped).
+    /// Registers the task fetching for `block`, aborted if the block stops waiting.
+    pub fn fetching(&mut self, block: &Hash, task: AbortHandle) {
+        match self.waiting.iter_mut().find(|w| w.block == *block) {
+            Some(w) => w.task = Some(task),
+            None => task.abort(),
+        }
+    }
+
+    /// The fetched transactions for `block` (those at the positions asked, in order), or
+    /// why none came: the rebuilt proposal, `Ok(None)` if it no longer waits, or why it
+    /// failed (and is dropped).
     pub fn fetched(
         &mut self,
         block: &Hash,
-        answer: Result<SyncResponse, String>,
+        answer: Result<Vec<Transaction>, String>,
     ) -> Result<Option<Rebuilt>, FetchError> {
         let Some(at) = self.waiting.iter().position(|w| w.block == *block) else {
             return Ok(None);
         };
-        let Some(mut w) = self.waiting.remove(at) else {
-            return Ok(None);
-        };
-        let txs = match answer {
-            Ok(SyncResponse::Txs(txs)) => txs,
-            Ok(SyncResponse::Error(e)) | Err(e) => return Err(FetchError::Unanswered(e)),
-            Ok(_) => return Err(FetchError::Unanswered("an unrelated answer".into())),
-        };
+        let mut w = self.waiting.swap_remove(at);
+        w.task = None;
+        let txs = answer.map_err(FetchError::Unanswered)?;
         if txs.len() != w.missing.len() {
             return Err(FetchError::Wrong);
         }
@@ -184,26 +228,31 @@ impl Assembler {
         }
         rebuild(&mut w).map(Some).ok_or(FetchError::Wrong)
     }
+}
 
-    /// The answer to a peer's fetch of `indices` of `block`.
-    pub fn serve(&self, block: &Hash, indices: &[u32]) -> SyncResponse {
-        let Some(b) = self.recent(block) else {
-            return SyncResponse::Error("no such recent proposal here".into());
+/// The answer to a peer's fetch of `indices` of `block` (`None`: not held here): the
+/// transactions at the first positions asked, as many as fit in a response, at least
+/// one.
+pub fn serve(block: Option<&Block>, indices: &[u32]) -> SyncResponse {
+    let Some(b) = block else {
+        return SyncResponse::Error("no such recent proposal here".into());
+    };
+    let mut txs = Vec::with_capacity(indices.len().min(MAX_FETCH_TXS));
+    let mut bytes = 0;
+    for &i in indices.iter().take(MAX_FETCH_TXS) {
+        let Some(tx) = b.txs.get(i as usize) else {
+            return SyncResponse::Error(format!("the proposal has no transaction {i}"));
         };
-        let mut txs = Vec::with_capacity(indices.len());
-        let mut bytes = 0;
-        for &i in indices {
-            let Some(tx) = b.txs.get(i as usize) else {
-                return SyncResponse::Error(format!("the proposal has no transaction {i}"));
-            };
-            bytes += tx.to_bytes().len() + 4;
-            if bytes > MAX_SYNC_RESPONSE_BYTES {
-                return SyncResponse::Error("too many transactions asked for at once".into());
-            }
-            txs.push(tx.clone());
+        // What the answer's encoding adds: the transaction and its length prefix.
+        let mut encoded = Vec::new();
+        tx.encode(&mut encoded);
+        bytes += encoded.len() + 4;
+        if bytes > MAX_SYNC_RESPONSE_BYTES && !txs.is_empty() {
+            break;
         }
-        SyncResponse::Txs(txs)
+        txs.push(tx.clone());
     }
+    SyncResponse::Txs(txs)
 }
 
 /// The block of `w` once every transaction is found (`None` before).
@@ -212,7 +261,7 @@ fn rebuild(w: &mut Waiting) -> Option<Rebuilt> {
     let found = &mut w.found;
     let block = w.compact.assemble(|i, _| found[i].take()).ok()?;
     Some(Rebuilt {
-        wire: std::mem::take(&mut w.wire),
+        wires: std::mem::take(&mut w.wires),
         held: block.txs.len() - fetched,
         block,
         fetched,
@@ -227,11 +276,19 @@ mod tests {
     use super::*;
     use crate::config::MempoolConfig;
 
-    /// A block of `n` notarizations from `n` senders, and a pool holding those at `held`.
-    fn setup(n: usize, held: &[usize]) -> (Block, Mempool) {
+    /// A block of `n` notarizations from `n` senders (`salt` makes it another block), and
+    /// a pool holding those at `held`.
+    fn setup(n: usize, salt: u8, held: &[usize]) -> (Block, Mempool) {
         let chain = TestChain::new(1, EngineId::Tendermint);
         let txs: Vec<Transaction> = (0..n)
-            .map(|i| chain.notarize(&user(i as u64), 0, Hash([i as u8 + 1; 32]), "doc"))
+            .map(|i| {
+                chain.notarize(
+                    &user(i as u64),
+                    0,
+                    Hash([i as u8 + 1; 32]),
+                    &format!("{salt}"),
+                )
+            })
             .collect();
         let (block, _) = chain.make_block(txs);
         let mut pool = Mempool::new(MempoolConfig::default());
@@ -242,18 +299,27 @@ mod tests {
         (block, pool)
     }
 
-    fn peer() -> PeerId {
-        PeerId::random()
+    const NOW: (u64, u32) = (1, 0);
+
+    fn fetch(r: Received) -> (Hash, Vec<u32>, Vec<Hash>) {
+        match r {
+            Received::Fetch {
+                block,
+                indices,
+                expected,
+            } => (block, indices, expected),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn a_proposal_whose_transactions_are_all_held_is_rebuilt_at_once() {
-        let (block, pool) = setup(4, &[0, 1, 2, 3]);
+        let (block, pool) = setup(4, 0, &[0, 1, 2, 3]);
         let mut a = Assembler::default();
-        match a.received(peer(), vec![7], CompactBlock::of(&block), &pool) {
+        match a.received(vec![7], CompactBlock::of(&block), 0, NOW, &pool) {
             Received::Rebuilt(r) => {
                 assert_eq!(r.block, block);
-                assert_eq!((r.held, r.fetched, r.wire), (4, 0, vec![7]));
+                assert_eq!((r.held, r.fetched, r.wires.clone()), (4, 0, vec![vec![7]]));
             }
             other => panic!("{other:?}"),
         }
@@ -262,82 +328,70 @@ mod tests {
         a.remember(Arc::new(block.clone()));
         let empty = Mempool::new(MempoolConfig::default());
         assert!(matches!(
-            a.received(peer(), vec![], CompactBlock::of(&block), &empty),
+            a.received(vec![], CompactBlock::of(&block), 0, NOW, &empty),
             Received::Rebuilt(r) if r.block == block
         ));
     }
 
     #[test]
     fn missing_transactions_are_fetched_checked_and_filled_in() {
-        let (block, pool) = setup(5, &[0, 2, 4]);
+        let (block, pool) = setup(5, 0, &[0, 2, 4]);
         let hash = block.header.hash();
         let mut a = Assembler::default();
-        let from = peer();
-        match a.received(from, vec![1], CompactBlock::of(&block), &pool) {
-            Received::Fetch {
-                from: f,
-                block: b,
-                indices,
-            } => {
-                assert_eq!((f, b, indices), (from, hash, vec![1, 3]));
-            }
-            other => panic!("{other:?}"),
-        }
-        // The same proposal again (a relay's copy) waits with the first.
+        let (b, indices, expected) =
+            fetch(a.received(vec![1], CompactBlock::of(&block), 0, NOW, &pool));
+        assert_eq!((b, indices), (hash, vec![1, 3]));
+        assert_eq!(expected, vec![block.txs[1].hash(), block.txs[3].hash()]);
+        // The same block proposed again in a later round waits with the first, and both
+        // messages come out; a copy of a message already waiting is not kept twice.
         assert!(matches!(
-            a.received(peer(), vec![1], CompactBlock::of(&block), &pool),
-            Received::Duplicate
+            a.received(vec![2], CompactBlock::of(&block), 1, NOW, &pool),
+            Received::Waiting
+        ));
+        assert!(matches!(
+            a.received(vec![1], CompactBlock::of(&block), 0, NOW, &pool),
+            Received::Waiting
         ));
         // The serving side: a node that has the block answers by position.
         let mut server = Assembler::default();
-        assert!(matches!(server.serve(&hash, &[1]), SyncResponse::Error(_)));
-        server.remember(Arc::new(block.clone()));
         assert!(matches!(
-            server.serve(&hash, &[1, 9]),
+            serve(server.recent(&hash).as_deref(), &[1]),
             SyncResponse::Error(_)
         ));
-        let answer = server.serve(&hash, &[1, 3]);
-        assert_eq!(
-            answer,
-            SyncResponse::Txs(vec![block.txs[1].clone(), block.txs[3].clone()])
-        );
-        let r = a.fetched(&hash, Ok(answer)).unwrap().unwrap();
+        server.remember(Arc::new(block.clone()));
+        let held = server.recent(&hash);
+        assert!(matches!(
+            serve(held.as_deref(), &[1, 9]),
+            SyncResponse::Error(_)
+        ));
+        let SyncResponse::Txs(txs) = serve(held.as_deref(), &[1, 3]) else {
+            panic!("served");
+        };
+        assert_eq!(txs, vec![block.txs[1].clone(), block.txs[3].clone()]);
+        let r = a.fetched(&hash, Ok(txs)).unwrap().unwrap();
         assert_eq!(r.block, block);
-        assert_eq!((r.held, r.fetched, r.wire), (3, 2, vec![1]));
+        assert_eq!((r.held, r.fetched), (3, 2));
+        assert_eq!(r.wires, vec![vec![1], vec![2]]);
         // Answered once: a second answer finds nothing waiting.
-        assert!(
-            a.fetched(&hash, Ok(SyncResponse::Txs(vec![])))
-                .unwrap()
-                .is_none()
-        );
+        assert!(a.fetched(&hash, Ok(vec![])).unwrap().is_none());
     }
 
     #[test]
-    fn wrong_or_failed_answers_drop_the_proposal() {
-        let (block, pool) = setup(3, &[0]);
+    fn wrong_or_missing_answers_drop_the_proposal() {
+        let (block, pool) = setup(3, 0, &[0]);
         let hash = block.header.hash();
-        let other = setup(3, &[]).0;
-        // (answer, whether the peer served something wrong rather than nothing)
-        let cases: Vec<(Result<SyncResponse, String>, bool)> = vec![
-            (
-                Ok(SyncResponse::Txs(vec![
-                    block.txs[2].clone(),
-                    block.txs[1].clone(),
-                ])),
-                true,
-            ),
-            (Ok(SyncResponse::Txs(vec![block.txs[1].clone()])), true),
-            (Ok(SyncResponse::Txs(vec![other.txs[0].clone(); 2])), true),
-            (Ok(SyncResponse::Error("gone".into())), false),
-            (Ok(SyncResponse::Status { height: 3 }), false),
+        let other = setup(3, 1, &[]).0;
+        assert_ne!(other.txs[1], block.txs[1]);
+        // (answer, whether it is wrong rather than missing)
+        let cases: Vec<(Result<Vec<Transaction>, String>, bool)> = vec![
+            (Ok(vec![block.txs[2].clone(), block.txs[1].clone()]), true),
+            (Ok(vec![block.txs[1].clone()]), true),
+            (Ok(vec![other.txs[1].clone(), other.txs[2].clone()]), true),
             (Err("timed out".into()), false),
         ];
         for (answer, wrong) in cases {
             let mut a = Assembler::default();
-            assert!(matches!(
-                a.received(peer(), vec![], CompactBlock::of(&block), &pool),
-                Received::Fetch { .. }
-            ));
+            fetch(a.received(vec![], CompactBlock::of(&block), 0, NOW, &pool));
             match a.fetched(&hash, answer) {
                 Err(FetchError::Wrong) => assert!(wrong),
                 Err(FetchError::Unanswered(_)) => assert!(!wrong),
@@ -349,31 +403,56 @@ mod tests {
     }
 
     #[test]
-    fn waiting_and_recent_blocks_are_bounded() {
-        let mut a = Assembler::default();
+    fn the_proposals_nearest_the_current_round_wait_and_fetch_tasks_end_with_them() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
         let empty = Mempool::new(MempoolConfig::default());
-        let blocks: Vec<Block> = (0..RECENT_BLOCKS + 2)
-            .map(|i| {
-                let chain = TestChain::new(1, EngineId::Tendermint);
-                let tx = chain.notarize(&user(1), 0, Hash([i as u8; 32]), "doc");
-                chain.make_block(vec![tx]).0
-            })
+        let blocks: Vec<Block> = (0..MAX_WAITING as u8 + 2)
+            .map(|i| setup(1, i, &[]).0)
             .collect();
-        for b in &blocks {
-            assert!(matches!(
-                a.received(peer(), vec![], CompactBlock::of(b), &empty),
-                Received::Fetch { .. }
-            ));
+        let mut a = Assembler::default();
+        // Far rounds first: they fill the list.
+        let mut tasks = Vec::new();
+        for (k, b) in blocks[..MAX_WAITING].iter().enumerate() {
+            let round = 10 + k as u32;
+            let (hash, _, _) = fetch(a.received(vec![], CompactBlock::of(b), round, NOW, &empty));
+            let task = rt.spawn(std::future::pending::<()>());
+            a.fetching(&hash, task.abort_handle());
+            tasks.push(task);
         }
         assert_eq!(a.waiting.len(), MAX_WAITING);
-        // The oldest were dropped for the newest.
-        let first = blocks[0].header.hash();
-        let answer = Ok(SyncResponse::Txs(blocks[0].txs.clone()));
-        assert!(a.fetched(&first, answer).unwrap().is_none());
-        let last = &blocks[blocks.len() - 1];
-        let answer = Ok(SyncResponse::Txs(last.txs.clone()));
-        assert!(a.fetched(&last.header.hash(), answer).unwrap().is_some());
+        // A round further out than all of them is not fetched for.
+        let far = &blocks[MAX_WAITING];
+        assert!(matches!(
+            a.received(vec![], CompactBlock::of(far), 99, NOW, &empty),
+            Received::Dropped
+        ));
+        // The current round's proposal pushes out the furthest, and its task ends.
+        let now = &blocks[MAX_WAITING + 1];
+        fetch(a.received(vec![], CompactBlock::of(now), 0, NOW, &empty));
+        assert_eq!(a.waiting.len(), MAX_WAITING);
+        let furthest = blocks[MAX_WAITING - 1].header.hash();
+        assert!(a.fetched(&furthest, Ok(vec![])).unwrap().is_none());
+        rt.block_on(async {
+            let last = tasks.pop().unwrap();
+            assert!(last.await.unwrap_err().is_cancelled());
+        });
+        for t in &tasks {
+            assert!(!t.is_finished());
+        }
+        let answer = Ok(now.txs.clone());
+        assert!(a.fetched(&now.header.hash(), answer).unwrap().is_some());
+    }
 
+    #[test]
+    fn recent_blocks_are_bounded_and_answers_fit_a_response() {
+        let mut a = Assembler::default();
+        let blocks: Vec<Block> = (0..RECENT_BLOCKS as u8 + 2)
+            .map(|i| setup(1, i, &[]).0)
+            .collect();
         for b in &blocks {
             a.remember(Arc::new(b.clone()));
             a.remember(Arc::new(b.clone()));
@@ -382,5 +461,28 @@ mod tests {
         // The oldest went first.
         assert!(a.recent(&blocks[1].header.hash()).is_none());
         assert!(a.recent(&blocks[2].header.hash()).is_some());
+
+        // Asked for more than a response holds, a peer serves the first ones.
+        let (block, _) = setup(3, 0, &[]);
+        let many: Vec<u32> = (0..MAX_FETCH_TXS as u32 + 5).map(|i| i % 3).collect();
+        let SyncResponse::Txs(txs) = serve(Some(&block), &many) else {
+            panic!("served");
+        };
+        assert_eq!(txs.len(), MAX_FETCH_TXS);
+        assert_eq!(txs[4], block.txs[1]);
+        // Large transactions: as many as fit in a response.
+        let chain = TestChain::new(1, EngineId::Tendermint);
+        let big: Vec<Transaction> = (0..400u64)
+            .map(|i| chain.put(&user(i), 0, b"k", &vec![i as u8; 65_000]))
+            .collect();
+        let block = chain.make_block(big).0;
+        let all: Vec<u32> = (0..400).collect();
+        let answer = serve(Some(&block), &all);
+        assert!(answer.to_bytes().len() <= MAX_SYNC_RESPONSE_BYTES + 16);
+        let SyncResponse::Txs(txs) = answer else {
+            panic!("served");
+        };
+        assert!(txs.len() > 300 && txs.len() < 400, "{}", txs.len());
+        assert_eq!(txs[..], block.txs[..txs.len()]);
     }
 }

@@ -42,8 +42,10 @@ const TX_FLUSH_BYTES: usize = 1 << 20;
 const PROPOSAL_MARGIN_BYTES: usize = 256 << 10;
 /// Score lost by a peer that published an invalid message (sent it to us as its author).
 const BAD_MESSAGE_PENALTY: i32 = 20;
-/// How long the peer that sent a compact proposal has to serve its missing transactions.
+/// How long the peers have to serve a compact proposal's missing transactions.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one peer has to answer one request of such a fetch, before the next is asked.
+const PEER_FETCH_TIMEOUT: Duration = Duration::from_millis(600);
 
 /// The fewest transactions a proposal may always hold, and the fewest a block must have
 /// to measure the cost of one (below it, the block's fixed cost dominates).
@@ -336,13 +338,20 @@ pub struct Driver {
     pending: PendingWrites,
     /// Recent proposals' blocks and compact proposals waiting for transactions.
     assembler: Assembler,
-    /// Answers to fetches of compact proposals' missing transactions: block, peer, answer.
+    /// The ends of fetches of compact proposals' missing transactions.
     fetch_tx: mpsc::Sender<Fetched>,
     fetch_rx: mpsc::Receiver<Fetched>,
 }
 
-/// A peer's answer to the fetch of a compact proposal's transactions.
-type Fetched = (Hash, PeerId, Result<SyncResponse, String>);
+/// The end of a fetch of a compact proposal's transactions.
+struct Fetched {
+    /// The block's header hash.
+    block: Hash,
+    /// The transactions asked for, checked against their hashes, or why none came.
+    txs: Result<Vec<Transaction>, String>,
+    /// Peers that served transactions other than those asked for.
+    wrong: Vec<PeerId>,
+}
 
 /// A round-0 proposal waiting for a transaction it can include.
 #[derive(Clone, Copy)]
@@ -534,9 +543,7 @@ impl Driver {
                 }
                 _ = sleep, if next_timer.is_some() => self.fire_timers().await?,
                 Some((peer, resp)) = self.sync_rx.recv() => self.synced(peer, resp).await?,
-                Some((block, peer, answer)) = self.fetch_rx.recv() => {
-                    self.fetched(block, peer, answer).await?;
-                }
+                Some(f) = self.fetch_rx.recv() => self.fetched(f).await?,
                 _ = flush.tick() => self.flush_txs().await,
                 _ = sync_tick.tick() => self.start_sync(),
                 _ = held_expires, if held.is_some() => {}
@@ -1040,9 +1047,9 @@ impl Driver {
 
     /// A consensus message from the network; a compact proposal is rebuilt first.
     async fn consensus_message(&mut self, from: PeerId, data: Vec<u8>) -> Result<(), Fatal> {
-        let compact = match self.engine.carried(&data) {
+        let (compact, round) = match self.engine.carried(&data) {
             Ok(Carried::Message) => return self.input(Input::Message(data)).await,
-            Ok(Carried::Block(c)) => *c,
+            Ok(Carried::Block { block, round }) => (*block, round),
             Ok(Carried::Stale) => return Ok(()),
             Err(e) => {
                 self.metrics.rejected_messages.inc();
@@ -1051,64 +1058,81 @@ impl Driver {
             }
         };
         let height = compact.header.height;
-        match self.assembler.received(from, data, compact, &self.pool) {
+        let current = (self.engine.height(), self.engine.round());
+        match self
+            .assembler
+            .received(data, compact, round, current, &self.pool)
+        {
             Received::Rebuilt(r) => self.rebuilt(*r).await?,
             Received::Fetch {
-                from,
                 block,
                 indices,
+                expected,
             } => {
-                tracing::debug!(%from, height, missing = indices.len(), "fetching a compact proposal's transactions");
+                tracing::debug!(%from, height, round, missing = indices.len(), "fetching a compact proposal's transactions");
                 let net = self.net.clone();
                 let answers = self.fetch_tx.clone();
-                tokio::spawn(async move {
-                    let (peer, answer) = fetch_proposal_txs(&net, from, block, indices).await;
-                    let _ = answers.send((block, peer, answer)).await;
+                let task = tokio::spawn(async move {
+                    let fetched = fetch_proposal_txs(&net, from, block, indices, expected).await;
+                    let _ = answers.send(fetched).await;
                 });
+                self.assembler.fetching(&block, task.abort_handle());
             }
-            Received::Duplicate => {}
+            Received::Waiting => {}
+            Received::Dropped => {
+                self.metrics.proposal_fetches_failed.inc();
+                tracing::debug!(
+                    height,
+                    round,
+                    "compact proposal not fetched for: others nearer the current round wait"
+                );
+            }
         }
         Ok(())
     }
 
-    /// A peer's answer to the fetch of a compact proposal's transactions.
-    async fn fetched(
-        &mut self,
-        block: Hash,
-        peer: PeerId,
-        answer: Result<SyncResponse, String>,
-    ) -> Result<(), Fatal> {
-        match self.assembler.fetched(&block, answer) {
+    /// The end of a fetch of a compact proposal's transactions.
+    async fn fetched(&mut self, f: Fetched) -> Result<(), Fatal> {
+        for peer in f.wrong {
+            self.net
+                .penalize(
+                    peer,
+                    BAD_MESSAGE_PENALTY,
+                    "served transactions other than a proposal's".into(),
+                )
+                .await;
+        }
+        match self.assembler.fetched(&f.block, f.txs) {
             Ok(Some(r)) => self.rebuilt(r).await?,
             Ok(None) => {}
             Err(e) => {
                 self.metrics.proposal_fetches_failed.inc();
-                tracing::warn!(%peer, block = %block.to_hex(), error = %e, "a compact proposal could not be rebuilt");
-                if matches!(e, crate::assemble::FetchError::Wrong) {
-                    self.net
-                        .penalize(peer, BAD_MESSAGE_PENALTY, e.to_string())
-                        .await;
-                }
+                tracing::warn!(block = %f.block.to_hex(), error = %e, "a compact proposal could not be rebuilt");
             }
         }
         Ok(())
     }
 
-    /// Hands the engine a rebuilt compact proposal.
+    /// Hands the engine a rebuilt compact proposal (each message that named its block).
     async fn rebuilt(&mut self, r: Rebuilt) -> Result<(), Fatal> {
         self.metrics.proposal_txs_held.inc_by(r.held as u64);
         self.metrics.proposal_txs_fetched.inc_by(r.fetched as u64);
-        match self.engine.expand_message(&r.wire, &r.block) {
-            Ok(full) => {
-                self.assembler.remember(Arc::new(r.block));
-                self.input(Input::Message(full)).await
-            }
-            Err(e) => {
-                self.metrics.rejected_messages.inc();
-                tracing::debug!(error = %e, "compact proposal not expanded");
-                Ok(())
+        let expanded: Vec<_> = r
+            .wires
+            .iter()
+            .map(|w| self.engine.expand_message(w, &r.block))
+            .collect();
+        self.assembler.remember(Arc::new(r.block));
+        for full in expanded {
+            match full {
+                Ok(full) => self.input(Input::Message(full)).await?,
+                Err(e) => {
+                    self.metrics.rejected_messages.inc();
+                    tracing::debug!(error = %e, "compact proposal not expanded");
+                }
             }
         }
+        Ok(())
     }
 
     async fn gossiped_txs(&mut self, publisher: Option<PeerId>, data: &[u8]) -> Result<(), Fatal> {
@@ -1152,11 +1176,8 @@ impl Driver {
         let store = self.chain.store().clone();
         let height = self.chain.height();
         let request = SyncRequest::from_bytes(&data);
-        // Answered here: the recent proposals are the driver's.
-        let served = match &request {
-            Ok(SyncRequest::ProposalTxs { block, indices }) => {
-                Some(self.assembler.serve(block, indices))
-            }
+        let recent = match &request {
+            Ok(SyncRequest::ProposalTxs { block, .. }) => self.assembler.recent(block),
             _ => None,
         };
         tokio::spawn(async move {
@@ -1167,8 +1188,9 @@ impl Driver {
                     SyncResponse::Error(format!("bad request: {e}"))
                 }
                 Ok(SyncRequest::Status) => SyncResponse::Status { height },
-                Ok(SyncRequest::ProposalTxs { .. }) => served
-                    .unwrap_or_else(|| SyncResponse::Error("no such recent proposal here".into())),
+                Ok(SyncRequest::ProposalTxs { indices, .. }) => {
+                    crate::assemble::serve(recent.as_deref(), &indices)
+                }
                 Ok(SyncRequest::Blocks { from: start, max }) => {
                     let read =
                         tokio::task::spawn_blocking(move || read_blocks(&store, start, max)).await;
@@ -1300,34 +1322,78 @@ impl Driver {
     }
 }
 
-/// Asks `from` (the peer that sent a compact proposal), then every other peer in turn,
-/// for the transactions at `indices` of `block`, until one serves them. A peer that
-/// relayed the proposal may not have rebuilt it yet; the proposer and every peer that has
-/// rebuilt it can serve it. Returns the peer that answered last, and its answer.
+/// Fetches the transactions at `indices` of `block`, whose hashes are `expected`: from
+/// `from` (the peer that sent the compact proposal), then from each other peer in turn
+/// for what is still missing, each given [`PEER_FETCH_TIMEOUT`] a request, all within
+/// [`FETCH_TIMEOUT`]. A peer that relayed the proposal may not have rebuilt it yet; its
+/// proposer and every peer that rebuilt it can serve it. Requests hold at most
+/// [`wire::MAX_FETCH_TXS`] positions, and an answer may hold fewer transactions than
+/// asked (as many as fit): the rest is asked for next. A peer that serves transactions
+/// other than those asked for is reported and not asked again.
 async fn fetch_proposal_txs(
     net: &Network,
     from: PeerId,
     block: Hash,
     indices: Vec<u32>,
-) -> (PeerId, Result<SyncResponse, String>) {
-    let request = SyncRequest::ProposalTxs { block, indices }.to_bytes();
+    expected: Vec<Hash>,
+) -> Fetched {
     let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
     let others = net.peers().await.unwrap_or_default();
-    let mut last = (from, Err("no peer to ask".to_string()));
-    for peer in std::iter::once(from).chain(others.into_iter().filter(|p| *p != from)) {
-        let asked = tokio::time::timeout_at(deadline, net.request(peer, request.clone())).await;
-        let answer = match asked {
-            Ok(Ok(bytes)) => SyncResponse::from_bytes(&bytes).map_err(|e| e.to_string()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer in {FETCH_TIMEOUT:?}")),
-        };
-        let served = matches!(answer, Ok(SyncResponse::Txs(_)));
-        last = (peer, answer);
-        if served || tokio::time::Instant::now() >= deadline {
-            break;
+    let mut txs: Vec<Transaction> = Vec::with_capacity(indices.len());
+    let mut wrong = Vec::new();
+    let mut last_error = "no peer to ask".to_string();
+    'peers: for peer in std::iter::once(from).chain(others.into_iter().filter(|p| *p != from)) {
+        while txs.len() < indices.len() {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break 'peers;
+            }
+            let ask = &indices[txs.len()..indices.len().min(txs.len() + wire::MAX_FETCH_TXS)];
+            let request = SyncRequest::ProposalTxs {
+                block,
+                indices: ask.to_vec(),
+            };
+            let until = deadline.min(now + PEER_FETCH_TIMEOUT);
+            let answer =
+                match tokio::time::timeout_at(until, net.request(peer, request.to_bytes())).await {
+                    Ok(Ok(bytes)) => SyncResponse::from_bytes(&bytes).map_err(|e| e.to_string()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer in {PEER_FETCH_TIMEOUT:?}")),
+                };
+            let served = match answer {
+                Ok(SyncResponse::Txs(served))
+                    if !served.is_empty() && served.len() <= ask.len() =>
+                {
+                    served
+                }
+                Ok(SyncResponse::Error(e)) | Err(e) => {
+                    last_error = format!("{peer}: {e}");
+                    continue 'peers;
+                }
+                Ok(_) => {
+                    wrong.push(peer);
+                    continue 'peers;
+                }
+            };
+            let first = txs.len();
+            if served
+                .iter()
+                .enumerate()
+                .any(|(k, tx)| tx.hash() != expected[first + k])
+            {
+                wrong.push(peer);
+                continue 'peers;
+            }
+            txs.extend(served);
         }
+        break;
     }
-    last
+    let txs = if txs.len() == indices.len() {
+        Ok(txs)
+    } else {
+        Err(last_error)
+    };
+    Fetched { block, txs, wrong }
 }
 
 fn read_blocks(

@@ -53,9 +53,10 @@ pub struct Metrics {
     pub rejected_messages: Counter,
     /// Transactions of compact proposals this node rebuilt from what it held.
     pub proposal_txs_held: Counter,
-    /// Transactions of compact proposals this node fetched from the peer that sent them.
+    /// Transactions of compact proposals this node fetched from its peers.
     pub proposal_txs_fetched: Counter,
-    /// Compact proposals dropped because their missing transactions could not be fetched.
+    /// Compact proposals dropped because their missing transactions could not be fetched
+    /// (or were not fetched for: others nearer the current round waited).
     pub proposal_fetches_failed: Counter,
     /// Transaction batches from gossip dropped while the node was behind (running count).
     pub dropped_tx_batches: Gauge,
@@ -195,12 +196,12 @@ impl Metrics {
         );
         registry.register(
             "proposal_txs_fetched",
-            "Transactions of compact proposals that this node did not hold and fetched from the peer that sent the proposal",
+            "Transactions of compact proposals that this node did not hold and fetched from its peers",
             m.proposal_txs_fetched.clone(),
         );
         registry.register(
             "proposal_fetches_failed",
-            "Compact proposals dropped because the peer that sent them did not serve their missing transactions",
+            "Compact proposals dropped because no peer served their missing transactions in time, or not fetched for because others nearer the current round waited",
             m.proposal_fetches_failed.clone(),
         );
         registry.register(

@@ -14,8 +14,9 @@ pub const MAX_BATCH_TXS: usize = 10_000;
 pub const MAX_SYNC_BLOCKS: u32 = 64;
 /// Most encoded bytes of blocks in one sync response (the rest is asked for next).
 pub const MAX_SYNC_RESPONSE_BYTES: usize = 24 << 20;
-/// Most transactions of a compact proposal asked for in one request.
-pub const MAX_FETCH_TXS: usize = pyralog_ledger::block::MAX_BLOCK_TXS;
+/// Most transactions of a compact proposal asked for in one request (32 KiB of positions,
+/// within the 64 KiB a request may hold); a larger fetch takes several.
+pub const MAX_FETCH_TXS: usize = 8192;
 
 /// Encodes a batch of transactions for gossip.
 pub fn encode_tx_batch(txs: &[Vec<u8>]) -> Vec<u8> {

@@ -57,9 +57,11 @@ mod message;
 use std::collections::{BTreeMap, BTreeSet};
 
 use pyralog_ledger::codec::{CodecError, Decode, Decoder, Encode};
-use pyralog_ledger::verify::{verify_block_contents, verify_certificate};
+use pyralog_ledger::verify::{
+    verify_block_contents, verify_certificate, verify_compact_block_contents,
+};
 use pyralog_ledger::{
-    Block, Certificate, ChainId, ChainParams, CommitSig, DuplicateVote, EngineId, Hash,
+    Block, Certificate, ChainId, ChainParams, CommitSig, DuplicateVote, EngineId, Hash, Header,
     ValidatorSet, Vote, VoteKind,
 };
 
@@ -943,7 +945,13 @@ impl<S: SignerStore> Tendermint<S> {
     }
 
     fn check_block_shape(&self, block: &Block, height: u64) -> Result<(), String> {
-        let h = &block.header;
+        self.check_header_shape(&block.header, block.txs.len(), height)?;
+        verify_block_contents(block).map_err(|e| format!("body does not match header: {e}"))
+    }
+
+    /// [`Self::check_block_shape`] but the body: chain, height, engine, and the
+    /// transaction count against the chain's limit.
+    fn check_header_shape(&self, h: &Header, txs: usize, height: u64) -> Result<(), String> {
         if h.chain_id != self.cfg.chain_id {
             return Err(format!("block of chain {}", h.chain_id));
         }
@@ -953,17 +961,16 @@ impl<S: SignerStore> Tendermint<S> {
                 h.height
             ));
         }
-        if block.txs.len() > self.cfg.params.max_block_txs as usize {
+        if txs > self.cfg.params.max_block_txs as usize {
             return Err(format!(
-                "{} transactions, over the chain's {} per block",
-                block.txs.len(),
+                "{txs} transactions, over the chain's {} per block",
                 self.cfg.params.max_block_txs
             ));
         }
         if h.engine != EngineId::Tendermint {
             return Err(format!("block of engine {:?}", h.engine));
         }
-        verify_block_contents(block).map_err(|e| format!("body does not match header: {e}"))
+        Ok(())
     }
 
     fn on_decision(&mut self, block: Block, certificate: Certificate, bytes: Vec<u8>) {
@@ -1406,7 +1413,16 @@ impl<S: SignerStore> Engine for Tendermint<S> {
                 p.round
             )));
         }
-        Ok(Carried::Block(Box::new(p.block)))
+        // The signature covers the header only: the hashes must be those the header
+        // commits to, or anyone relaying the proposal could swap them.
+        self.check_header_shape(&p.block.header, p.block.tx_hashes.len(), p.height)
+            .map_err(invalid)?;
+        verify_compact_block_contents(&p.block)
+            .map_err(|e| invalid(format!("hashes do not match the header: {e}")))?;
+        Ok(Carried::Block {
+            block: Box::new(p.block),
+            round: p.round,
+        })
     }
 
     fn expand_message(&self, wire: &[u8], block: &Block) -> Result<Vec<u8>, CodecError> {
