@@ -77,6 +77,13 @@ fn fault_free_network_decides_every_height_in_round_zero() {
         report.heights
     );
     assert!(report.evidence.is_empty());
+    // Proposals travelled compact and every other node rebuilt each one.
+    assert!(
+        report.rebuilt_proposals >= 3 * 10,
+        "{}",
+        report.rebuilt_proposals
+    );
+    assert_eq!(report.rejected, 0);
 }
 
 #[test]

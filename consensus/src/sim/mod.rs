@@ -20,6 +20,11 @@
 //!
 //! The run's trace hash covers every event in order; the same scenario gives the same
 //! hash, so a failing seed replays exactly.
+//!
+//! Messages travel as nodes send them: a proposal in its compact form
+//! ([`Engine::compact_message`], transactions by hash), which the receiving host checks
+//! ([`Engine::carried`]), rebuilds from the transactions gossip gave every node (here,
+//! every transaction of every proposal sent), and expands for its engine.
 
 pub mod adversary;
 pub mod app;
@@ -34,7 +39,7 @@ use pyralog_crypto::{Hash, Keypair};
 use pyralog_ledger::verify::verify_certificate;
 use pyralog_ledger::{
     Block, Certificate, ChainId, ChainParams, DuplicateVote, EngineId, Genesis, GenesisValidator,
-    ValidatorSet,
+    Transaction, ValidatorSet,
 };
 
 pub use adversary::Behavior;
@@ -42,7 +47,7 @@ use adversary::{Adversary, Coalition, Recipients};
 use app::App;
 use rng::Rng;
 
-use crate::engine::{Engine, Input, Output, Timeout};
+use crate::engine::{Carried, Engine, Input, Output, Timeout};
 use crate::signer::{LastSigned, MemSignerStore, Signer, SignerStore};
 use crate::tendermint::{self, Tendermint};
 
@@ -362,6 +367,7 @@ impl Scenario {
                 events: 0,
                 decided: 0,
                 rejected: 0,
+                rebuilt_proposals: 0,
                 signer_refusals: 0,
                 log: vec![],
             },
@@ -502,8 +508,10 @@ pub struct Report {
     pub events: u64,
     /// Heights decided.
     pub decided: u64,
-    /// Messages the engines rejected.
+    /// Messages the engines rejected (compact proposals the hosts refused included).
     pub rejected: u64,
+    /// Compact proposals the hosts rebuilt and handed to their engines.
+    pub rebuilt_proposals: u64,
     /// Signatures the signer refused (after restarts).
     pub signer_refusals: u64,
     /// The event log, if the scenario asked for one.
@@ -600,6 +608,8 @@ struct Sim<'a> {
     chain_id: ChainId,
     validators: ValidatorSet,
     users: Vec<Keypair>,
+    /// Every transaction of every proposal sent: what gossip brought to every mempool.
+    txs: BTreeMap<Hash, Transaction>,
     coalition: Coalition,
     all: Vec<u32>,
     right: Vec<u32>,
@@ -611,6 +621,7 @@ struct Sim<'a> {
     target: Option<u64>,
     events: u64,
     rejected: u64,
+    rebuilt_proposals: u64,
     signer_refusals: u64,
     log: Vec<String>,
 }
@@ -710,6 +721,7 @@ impl<'a> Sim<'a> {
             validators,
             reference: app,
             users,
+            txs: BTreeMap::new(),
             coalition: Coalition::default(),
             all: (0..n as u32).collect(),
             right,
@@ -720,6 +732,7 @@ impl<'a> Sim<'a> {
             target: None,
             events: 0,
             rejected: 0,
+            rebuilt_proposals: 0,
             signer_refusals: 0,
             log: Vec::new(),
         })
@@ -790,6 +803,7 @@ impl<'a> Sim<'a> {
             events: self.events,
             decided: self.decided.len() as u64,
             rejected: self.rejected,
+            rebuilt_proposals: self.rebuilt_proposals,
             signer_refusals: self.signer_refusals,
             log: self.log,
         }
@@ -823,10 +837,10 @@ impl<'a> Sim<'a> {
     fn step(&mut self, event: Event) {
         match event {
             Event::Deliver { to, bytes } => {
-                let node = &mut self.nodes[to as usize];
-                if node.engine.is_none() {
+                let Some(bytes) = self.unwire(to, bytes) else {
                     return;
-                }
+                };
+                let node = &mut self.nodes[to as usize];
                 if let Some(a) = &mut node.adversary {
                     a.on_receive(&bytes);
                 }
@@ -1050,7 +1064,54 @@ impl<'a> Sim<'a> {
                 .collect(),
         };
         for (to, bytes) in deliveries {
-            self.transmit(from, to, bytes);
+            let wire = self.wire(from, bytes);
+            self.transmit(from, to, wire);
+        }
+    }
+
+    /// What the network carries for `bytes` sent by `from`: a proposal in compact form,
+    /// its transactions kept in [`Sim::txs`].
+    fn wire(&mut self, from: u32, bytes: Vec<u8>) -> Vec<u8> {
+        let Some(engine) = self.nodes[from as usize].engine.as_ref() else {
+            return bytes;
+        };
+        match engine.compact_message(&bytes) {
+            Some((wire, block)) => {
+                for tx in block.txs {
+                    self.txs.insert(tx.hash(), tx);
+                }
+                wire
+            }
+            None => bytes,
+        }
+    }
+
+    /// What node `to`'s host hands its engine for `wire` (`None`: nothing, the node is
+    /// down or the host drops it): a compact proposal checked, rebuilt and expanded, as
+    /// the node's driver does.
+    fn unwire(&mut self, to: u32, wire: Vec<u8>) -> Option<Vec<u8>> {
+        let engine = self.nodes[to as usize].engine.as_ref()?;
+        match engine.carried(&wire) {
+            Ok(Carried::Message) => Some(wire),
+            Ok(Carried::Block { block, .. }) => {
+                let txs = &self.txs;
+                let rebuilt = block.assemble(|_, h| txs.get(h).cloned()).ok()?;
+                match engine.expand_message(&wire, &rebuilt) {
+                    Ok(full) => {
+                        self.rebuilt_proposals += 1;
+                        Some(full)
+                    }
+                    Err(_) => {
+                        self.rejected += 1;
+                        None
+                    }
+                }
+            }
+            Ok(Carried::Stale) => None,
+            Err(_) => {
+                self.rejected += 1;
+                None
+            }
         }
     }
 
