@@ -710,6 +710,12 @@ impl TipCache {
         }
     }
 
+    /// Whether the cache has no filter and none is being built (never begun, or a build
+    /// failed, was cancelled, or was dropped when the cache lost track of the blocks).
+    pub fn filter_off(&self) -> bool {
+        matches!(self.lock().filter, Filter::Off)
+    }
+
     /// The filter's insertions and bytes held, once it answers.
     pub fn filter_size(&self) -> Option<(usize, usize)> {
         match &self.lock().filter {

@@ -211,7 +211,15 @@ pub struct Chain {
     values: Arc<TipCache>,
     /// The thread building the filter, until the chain is dropped.
     filter_build: Option<FilterBuild>,
+    /// When a lost filter may be built again, and the wait after that.
+    filter_retry: (std::time::Instant, std::time::Duration),
 }
+
+/// The wait before a lost filter of present keys is built again; it doubles at each try,
+/// up to [`FILTER_RETRY_MAX`].
+const FILTER_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(30);
+/// The longest wait between builds of a filter that keeps being lost.
+const FILTER_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1800);
 
 impl Drop for Chain {
     fn drop(&mut self) {
@@ -251,10 +259,41 @@ impl Chain {
             store,
             values,
             filter_build,
+            filter_retry: (
+                std::time::Instant::now() + FILTER_RETRY_FIRST,
+                FILTER_RETRY_FIRST,
+            ),
             tip,
             last,
             validated: HashMap::new(),
         })
+    }
+
+    /// Builds the filter of present keys again if the tip cache has none and no build
+    /// runs (the last one failed, or was dropped when the cache lost track of the blocks
+    /// committed during it), at most once per wait, which doubles from 30 s to 30 min.
+    /// Until then, absent keys are walked to.
+    fn rebuild_lost_filter(&mut self) {
+        let now = std::time::Instant::now();
+        if !self.values.filter_off()
+            || now < self.filter_retry.0
+            || self
+                .filter_build
+                .as_ref()
+                .is_some_and(|b| !b.thread.is_finished())
+        {
+            return;
+        }
+        if let Some(b) = self.filter_build.take() {
+            let _ = b.thread.join();
+        }
+        tracing::info!(
+            height = self.tip.height,
+            "building the state key filter again"
+        );
+        self.filter_build = build_key_filter(&self.values, &self.store, &self.tip);
+        let wait = (self.filter_retry.1 * 2).min(FILTER_RETRY_MAX);
+        self.filter_retry = (now + self.filter_retry.1, wait);
     }
 
     /// Keys in the tip cache's filter of present keys and its bytes, once it is built.
@@ -544,6 +583,7 @@ impl Chain {
         let first_log_index = self.tip.log_size;
         self.values.advance(&self.tip.state_root, &execution);
         self.tip = execution.tip(block.header.height);
+        self.rebuild_lost_filter();
         let txs = block
             .txs
             .iter()
@@ -685,6 +725,28 @@ mod tests {
         commit_notarization(&tc, &mut chain, 6, digest(6));
         assert_eq!(chain.notarized_at(&digest(6)).unwrap(), Some(6));
         assert_eq!(chain.key_filter_size().unwrap().0, keys + 2);
+
+        // A filter lost (here a build begun and cancelled, as a failed scan leaves it)
+        // is built again at a commit once the wait is over, not before.
+        let build = chain.values.begin_filter();
+        chain.values.cancel_filter(build);
+        assert!(chain.values.filter_off());
+        commit_notarization(&tc, &mut chain, 7, digest(7));
+        assert!(chain.values.filter_off(), "built again before the wait");
+        chain.filter_retry.0 = std::time::Instant::now();
+        commit_notarization(&tc, &mut chain, 8, digest(8));
+        assert!(!chain.values.filter_off());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while chain.key_filter_size().is_none() {
+            assert!(std::time::Instant::now() < deadline, "no filter after 30 s");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(chain.notarized_at(&digest(8)).unwrap(), Some(8));
+        let held = chain.values.len();
+        assert_eq!(chain.notarized_at(&digest(99)).unwrap(), None);
+        assert_eq!(chain.values.len(), held);
+        // The next try waits twice as long.
+        assert_eq!(chain.filter_retry.1, 2 * FILTER_RETRY_FIRST);
     }
 
     #[test]
