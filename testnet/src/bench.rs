@@ -153,6 +153,10 @@ pub struct BenchReport {
     pub bench_cpu_secs: f64,
     /// How the whole machine's CPU time was spent during the run (`/proc/stat`).
     pub machine: Option<MachineShare>,
+    /// Bytes the validators sent through the WireGuard overlay during the run, all
+    /// together (`pyralog_wg_tx_bytes`; `None` with the TCP transport or unreadable
+    /// metrics).
+    pub overlay_bytes: Option<u64>,
     /// Bytes node0's database occupies after the run.
     pub bytes_on_disk: u64,
     /// Transactions node0 holds in all (its log size).
@@ -179,6 +183,13 @@ impl BenchReport {
     /// Bytes on disk per committed transaction (of all node0 holds).
     pub fn bytes_on_disk_per_tx(&self) -> f64 {
         self.bytes_on_disk as f64 / self.log_size.max(1) as f64
+    }
+
+    /// Bytes the validators sent through the overlay per committed transaction, all
+    /// together: each transaction's gossip, proposals, votes and their framing.
+    pub fn overlay_bytes_per_tx(&self) -> Option<f64> {
+        self.overlay_bytes
+            .map(|b| b as f64 / self.committed.max(1) as f64)
     }
 
     /// CPU microseconds a node spent per committed transaction (the mean of the nodes):
@@ -598,6 +609,13 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
             .collect(),
     );
     let accounts = opts.accounts.clamp(1, txs.len().max(1));
+    let metrics_urls: Vec<&str> = m
+        .nodes
+        .iter()
+        .filter(|n| n.pid.is_some())
+        .map(|n| n.metrics.as_str())
+        .collect();
+    let overlay_before = overlay_bytes_sent(&metrics_urls).await;
     let cpu_before: Vec<Option<f64>> = pids.iter().map(|(_, p)| cpu_secs(*p)).collect();
     let bench_before = cpu_secs(std::process::id());
     let machine_before = MachineTicks::now();
@@ -666,6 +684,9 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         .map(|((name, pid), before)| (name.clone(), cpu_since(*pid, before)))
         .collect();
     let bench_cpu_secs = cpu_since(std::process::id(), bench_before);
+    let overlay_bytes = overlay_before
+        .zip(overlay_bytes_sent(&metrics_urls).await)
+        .map(|(a, b)| b.saturating_sub(a));
     let machine = machine_before
         .zip(MachineTicks::now())
         .and_then(|(a, b)| a.share_until(b));
@@ -687,12 +708,51 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         cpu_secs: cpu,
         bench_cpu_secs,
         machine,
+        overlay_bytes,
         bytes_on_disk: dir_bytes(&data),
         log_size: size,
         tx_bytes,
         catch_up: None,
         submit: opts.submit,
     })
+}
+
+/// Bytes the nodes serving `metrics` (`http://127.0.0.1:PORT/metrics`) have sent through
+/// the WireGuard overlay, all together: the sum of their `pyralog_wg_tx_bytes` samples.
+/// `None` if a node's metrics cannot be read or have no such sample (the TCP transport).
+async fn overlay_bytes_sent(metrics: &[&str]) -> Option<u64> {
+    let mut total = 0u64;
+    for url in metrics {
+        let text = tokio::time::timeout(Duration::from_secs(5), http_get(url))
+            .await
+            .ok()??;
+        let samples: Vec<u64> = text
+            .lines()
+            .filter(|l| l.starts_with("pyralog_wg_tx_bytes{"))
+            .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .collect();
+        if samples.is_empty() {
+            return None;
+        }
+        total += samples.iter().sum::<u64>();
+    }
+    Some(total)
+}
+
+/// The body of a plain HTTP GET of `url` (`http://HOST:PORT/PATH`), or `None`.
+async fn http_get(url: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (addr, path) = rest.split_once('/')?;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET /{path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    stream.take(64 << 20).read_to_end(&mut out).await.ok()?;
+    let text = String::from_utf8(out).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
 /// Transactions per pacing slot for `nodes` validators: `BATCH` each at `--rate max`;
@@ -903,6 +963,7 @@ pub fn report_json(r: &BenchReport, b: &Bounds, transport: &str, command: &str) 
             "steal_fraction": m.steal,
         })),
         "tx_bytes": r.tx_bytes,
+        "overlay_bytes_per_tx": r.overlay_bytes_per_tx(),
         "bytes_on_disk_per_tx": r.bytes_on_disk_per_tx(),
         "disk_to_raw_ratio": r.bytes_on_disk_per_tx() / r.tx_bytes.max(1.0),
         "signature_bound_tx_per_sec": bound,

@@ -547,6 +547,12 @@ fn bench(
                 m.steal * 100.0
             );
         }
+        if let Some(b) = r.overlay_bytes_per_tx() {
+            println!(
+                "{name}: the validators sent {b:.0} bytes through the overlay per committed transaction ({:.1}× the transaction)",
+                b / r.tx_bytes.max(1.0)
+            );
+        }
         println!(
             "{name}: {:.0} bytes on disk per transaction ({:.1}× the {:.0}-byte transaction)",
             r.bytes_on_disk_per_tx(),

@@ -49,6 +49,17 @@ fn quick_bench_reports_every_figure() {
         0.0 <= p("p50") && p("p50") <= p("p90") && p("p90") <= p("p99") && p("p99") <= p("max")
     );
     assert!(num("bytes_on_disk_per_tx") > num("tx_bytes"));
+    // Each transaction is gossiped to the three other validators at least, inside the
+    // overlay's framing.
+    assert!(
+        num("overlay_bytes_per_tx") > 2.0 * num("tx_bytes"),
+        "{}",
+        num("overlay_bytes_per_tx")
+    );
+    assert!(
+        text.contains("bytes through the overlay per committed transaction"),
+        "{text}"
+    );
     let cpu = v["cpu_seconds"].as_object().unwrap();
     assert_eq!(cpu.len(), 4);
     assert!(cpu.values().all(|s| s.as_f64().unwrap() > 0.0), "{cpu:?}");
