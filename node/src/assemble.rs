@@ -17,7 +17,9 @@ use pyralog_ledger::{Block, CompactBlock, Encode, Hash, Transaction};
 use tokio::task::AbortHandle;
 
 use crate::mempool::Mempool;
-use crate::wire::{MAX_FETCH_TXS, MAX_SYNC_RESPONSE_BYTES, SyncResponse};
+use pyralog_p2p::PeerId;
+
+use crate::wire::{MAX_FETCH_TXS, MAX_SYNC_RESPONSE_BYTES, SyncRequest, SyncResponse};
 
 /// Blocks kept to rebuild repeated proposals and answer peers' fetches: the proposals of
 /// the last few heights and rounds (peers fetch only for the current height and the
@@ -255,6 +257,85 @@ pub fn serve(block: Option<&Block>, indices: &[u32]) -> SyncResponse {
     SyncResponse::Txs(txs)
 }
 
+/// Fetches the transactions at `indices` of `block`, whose hashes are `expected`, from
+/// `peers` in turn (the one that sent the proposal first: the others may have it too,
+/// its proposer and every peer that rebuilt it), each request through `ask` and given
+/// `per_request`, all before `deadline`. A request holds at most [`MAX_FETCH_TXS`]
+/// positions, and an answer may hold fewer transactions than asked (as many as fit in a
+/// response): the rest is asked for next, from the same peer. A peer that answers with
+/// an error or not in time is left for the next; one that serves transactions other than
+/// those asked for is reported in the second value and not asked again. The first value
+/// is the transactions asked for, in order, or the last error.
+pub async fn fetch<P, F, Fut>(
+    peers: P,
+    block: Hash,
+    indices: &[u32],
+    expected: &[Hash],
+    deadline: tokio::time::Instant,
+    per_request: std::time::Duration,
+    mut ask: F,
+) -> (Result<Vec<Transaction>, String>, Vec<PeerId>)
+where
+    P: IntoIterator<Item = PeerId>,
+    F: FnMut(PeerId, Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>, String>>,
+{
+    let mut txs: Vec<Transaction> = Vec::with_capacity(indices.len());
+    let mut wrong = Vec::new();
+    let mut last_error = "no peer to ask".to_string();
+    'peers: for peer in peers {
+        while txs.len() < indices.len() {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                last_error = format!("nothing more served in time; last: {last_error}");
+                break 'peers;
+            }
+            let ask_for = &indices[txs.len()..indices.len().min(txs.len() + MAX_FETCH_TXS)];
+            let request = SyncRequest::ProposalTxs {
+                block,
+                indices: ask_for.to_vec(),
+            };
+            let until = deadline.min(now + per_request);
+            let answer = match tokio::time::timeout_at(until, ask(peer, request.to_bytes())).await {
+                Ok(Ok(bytes)) => SyncResponse::from_bytes(&bytes).map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(format!("no answer in {per_request:?}")),
+            };
+            let served = match answer {
+                Ok(SyncResponse::Txs(served))
+                    if !served.is_empty() && served.len() <= ask_for.len() =>
+                {
+                    served
+                }
+                Ok(SyncResponse::Error(e)) | Err(e) => {
+                    last_error = format!("{peer}: {e}");
+                    continue 'peers;
+                }
+                Ok(_) => {
+                    wrong.push(peer);
+                    continue 'peers;
+                }
+            };
+            let first = txs.len();
+            if served
+                .iter()
+                .enumerate()
+                .any(|(k, tx)| tx.hash() != expected[first + k])
+            {
+                wrong.push(peer);
+                continue 'peers;
+            }
+            txs.extend(served);
+        }
+        break;
+    }
+    if txs.len() == indices.len() {
+        (Ok(txs), wrong)
+    } else {
+        (Err(last_error), wrong)
+    }
+}
+
 /// The block of `w` once every transaction is found (`None` before).
 fn rebuild(w: &mut Waiting) -> Option<Rebuilt> {
     let fetched = w.missing.len();
@@ -301,7 +382,7 @@ mod tests {
 
     const NOW: (u64, u32) = (1, 0);
 
-    fn fetch(r: Received) -> (Hash, Vec<u32>, Vec<Hash>) {
+    fn wants(r: Received) -> (Hash, Vec<u32>, Vec<Hash>) {
         match r {
             Received::Fetch {
                 block,
@@ -339,7 +420,7 @@ mod tests {
         let hash = block.header.hash();
         let mut a = Assembler::default();
         let (b, indices, expected) =
-            fetch(a.received(vec![1], CompactBlock::of(&block), 0, NOW, &pool));
+            wants(a.received(vec![1], CompactBlock::of(&block), 0, NOW, &pool));
         assert_eq!((b, indices), (hash, vec![1, 3]));
         assert_eq!(expected, vec![block.txs[1].hash(), block.txs[3].hash()]);
         // The same block proposed again in a later round waits with the first, and both
@@ -391,7 +472,7 @@ mod tests {
         ];
         for (answer, wrong) in cases {
             let mut a = Assembler::default();
-            fetch(a.received(vec![], CompactBlock::of(&block), 0, NOW, &pool));
+            wants(a.received(vec![], CompactBlock::of(&block), 0, NOW, &pool));
             match a.fetched(&hash, answer) {
                 Err(FetchError::Wrong) => assert!(wrong),
                 Err(FetchError::Unanswered(_)) => assert!(!wrong),
@@ -418,7 +499,7 @@ mod tests {
         let mut tasks = Vec::new();
         for (k, b) in blocks[..MAX_WAITING].iter().enumerate() {
             let round = 10 + k as u32;
-            let (hash, _, _) = fetch(a.received(vec![], CompactBlock::of(b), round, NOW, &empty));
+            let (hash, _, _) = wants(a.received(vec![], CompactBlock::of(b), round, NOW, &empty));
             let task = rt.spawn(std::future::pending::<()>());
             a.fetching(&hash, task.abort_handle());
             tasks.push(task);
@@ -432,7 +513,7 @@ mod tests {
         ));
         // The current round's proposal pushes out the furthest, and its task ends.
         let now = &blocks[MAX_WAITING + 1];
-        fetch(a.received(vec![], CompactBlock::of(now), 0, NOW, &empty));
+        wants(a.received(vec![], CompactBlock::of(now), 0, NOW, &empty));
         assert_eq!(a.waiting.len(), MAX_WAITING);
         let furthest = blocks[MAX_WAITING - 1].header.hash();
         assert!(a.fetched(&furthest, Ok(vec![])).unwrap().is_none());
@@ -445,6 +526,144 @@ mod tests {
         }
         let answer = Ok(now.txs.clone());
         assert!(a.fetched(&now.header.hash(), answer).unwrap().is_some());
+    }
+
+    /// A fake peer for [`fetch`]: how it answers a request for positions of `block`.
+    #[derive(Clone, Copy, Debug)]
+    enum Peer {
+        /// "No such recent proposal here".
+        Lacks,
+        /// Never answers.
+        Silent,
+        /// Serves other transactions.
+        Lies,
+        /// Serves the right ones, at most this many an answer.
+        Serves(usize),
+    }
+
+    /// Runs [`fetch`] of `indices` of `block` against `peers`, asked in that order;
+    /// returns its result and how many requests each peer got, with how many positions
+    /// the largest held.
+    fn run_fetch(
+        block: &Block,
+        indices: &[u32],
+        peers: &[(PeerId, Peer)],
+        within: std::time::Duration,
+    ) -> (
+        Result<Vec<Transaction>, String>,
+        Vec<PeerId>,
+        Vec<usize>,
+        usize,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let expected: Vec<Hash> = indices
+            .iter()
+            .map(|&i| block.txs[i as usize].hash())
+            .collect();
+        let asked = std::cell::RefCell::new(vec![0usize; peers.len()]);
+        let largest = std::cell::Cell::new(0usize);
+        let other = setup(block.txs.len(), 9, &[]).0;
+        let (txs, wrong) = rt.block_on(async {
+            let ask = |peer: PeerId, request: Vec<u8>| {
+                let k = peers.iter().position(|(p, _)| *p == peer).unwrap();
+                asked.borrow_mut()[k] += 1;
+                let SyncRequest::ProposalTxs { block: b, indices } =
+                    SyncRequest::from_bytes(&request).unwrap()
+                else {
+                    panic!("a fetch");
+                };
+                assert_eq!(b, block.header.hash());
+                largest.set(largest.get().max(indices.len()));
+                let answer = match peers[k].1 {
+                    Peer::Lacks => Some(serve(None, &indices)),
+                    Peer::Silent => None,
+                    Peer::Lies => Some(serve(Some(&other), &indices)),
+                    Peer::Serves(n) => Some(serve(Some(block), &indices[..n.min(indices.len())])),
+                };
+                let fut: std::pin::Pin<Box<dyn std::future::Future<Output = _>>> = match answer {
+                    Some(a) => Box::pin(std::future::ready(Ok(a.to_bytes()))),
+                    None => Box::pin(std::future::pending()),
+                };
+                fut
+            };
+            fetch(
+                peers.iter().map(|(p, _)| *p),
+                block.header.hash(),
+                indices,
+                &expected,
+                tokio::time::Instant::now() + within,
+                std::time::Duration::from_millis(50),
+                ask,
+            )
+            .await
+        });
+        (txs, wrong, asked.into_inner(), largest.get())
+    }
+
+    #[test]
+    fn a_fetch_goes_on_to_other_peers_and_reports_the_ones_that_lie() {
+        let (block, _) = setup(5, 0, &[]);
+        let indices = [0u32, 2, 3, 4];
+        let peers: Vec<(PeerId, Peer)> = [Peer::Lacks, Peer::Silent, Peer::Lies, Peer::Serves(3)]
+            .into_iter()
+            .map(|b| (PeerId::random(), b))
+            .collect();
+        let (txs, wrong, asked, _) =
+            run_fetch(&block, &indices, &peers, std::time::Duration::from_secs(5));
+        let want: Vec<Transaction> = indices
+            .iter()
+            .map(|&i| block.txs[i as usize].clone())
+            .collect();
+        assert_eq!(txs.unwrap(), want);
+        assert_eq!(wrong, vec![peers[2].0]);
+        // Each failing peer was asked once; the last served 3, then the last one.
+        assert_eq!(asked, vec![1, 1, 1, 2]);
+
+        // Nobody serves: the last error (the silent peer's), and nothing reported but
+        // the liar.
+        let (txs, wrong, _, _) = run_fetch(
+            &block,
+            &indices,
+            &peers[..3],
+            std::time::Duration::from_secs(5),
+        );
+        assert!(txs.unwrap_err().contains("no answer"));
+        assert_eq!(wrong, vec![peers[2].0]);
+
+        // The deadline ends it, even with a peer left to ask.
+        let silent: Vec<(PeerId, Peer)> =
+            (0..3).map(|_| (PeerId::random(), Peer::Silent)).collect();
+        let started = std::time::Instant::now();
+        let (txs, _, asked, _) = run_fetch(
+            &block,
+            &indices,
+            &silent,
+            std::time::Duration::from_millis(70),
+        );
+        assert!(txs.unwrap_err().contains("in time"));
+        assert_eq!(asked, vec![1, 1, 0]);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_large_fetch_is_asked_for_in_requests_that_fit() {
+        let (block, _) = setup(3, 0, &[]);
+        let indices: Vec<u32> = (0..MAX_FETCH_TXS as u32 + 5).map(|i| i % 3).collect();
+        let peers = [(PeerId::random(), Peer::Serves(usize::MAX))];
+        let (txs, wrong, asked, largest) =
+            run_fetch(&block, &indices, &peers, std::time::Duration::from_secs(30));
+        assert_eq!(txs.unwrap().len(), indices.len());
+        assert!(wrong.is_empty());
+        assert_eq!((asked, largest), (vec![2], MAX_FETCH_TXS));
+        // The request of the largest size fits the network's 64 KiB request limit.
+        let request = SyncRequest::ProposalTxs {
+            block: block.header.hash(),
+            indices: indices[..MAX_FETCH_TXS].to_vec(),
+        };
+        assert!(request.to_bytes().len() <= 64 << 10);
     }
 
     #[test]

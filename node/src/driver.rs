@@ -1322,14 +1322,9 @@ impl Driver {
     }
 }
 
-/// Fetches the transactions at `indices` of `block`, whose hashes are `expected`: from
-/// `from` (the peer that sent the compact proposal), then from each other peer in turn
-/// for what is still missing, each given [`PEER_FETCH_TIMEOUT`] a request, all within
-/// [`FETCH_TIMEOUT`]. A peer that relayed the proposal may not have rebuilt it yet; its
-/// proposer and every peer that rebuilt it can serve it. Requests hold at most
-/// [`wire::MAX_FETCH_TXS`] positions, and an answer may hold fewer transactions than
-/// asked (as many as fit): the rest is asked for next. A peer that serves transactions
-/// other than those asked for is reported and not asked again.
+/// Fetches a compact proposal's missing transactions over `net`: from `from` (the peer
+/// that sent the proposal), then from each other peer, as [`crate::assemble::fetch`]
+/// says, within [`FETCH_TIMEOUT`] and [`PEER_FETCH_TIMEOUT`] a request.
 async fn fetch_proposal_txs(
     net: &Network,
     from: PeerId,
@@ -1337,62 +1332,23 @@ async fn fetch_proposal_txs(
     indices: Vec<u32>,
     expected: Vec<Hash>,
 ) -> Fetched {
-    let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
     let others = net.peers().await.unwrap_or_default();
-    let mut txs: Vec<Transaction> = Vec::with_capacity(indices.len());
-    let mut wrong = Vec::new();
-    let mut last_error = "no peer to ask".to_string();
-    'peers: for peer in std::iter::once(from).chain(others.into_iter().filter(|p| *p != from)) {
-        while txs.len() < indices.len() {
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                break 'peers;
-            }
-            let ask = &indices[txs.len()..indices.len().min(txs.len() + wire::MAX_FETCH_TXS)];
-            let request = SyncRequest::ProposalTxs {
-                block,
-                indices: ask.to_vec(),
-            };
-            let until = deadline.min(now + PEER_FETCH_TIMEOUT);
-            let answer =
-                match tokio::time::timeout_at(until, net.request(peer, request.to_bytes())).await {
-                    Ok(Ok(bytes)) => SyncResponse::from_bytes(&bytes).map_err(|e| e.to_string()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer in {PEER_FETCH_TIMEOUT:?}")),
-                };
-            let served = match answer {
-                Ok(SyncResponse::Txs(served))
-                    if !served.is_empty() && served.len() <= ask.len() =>
-                {
-                    served
-                }
-                Ok(SyncResponse::Error(e)) | Err(e) => {
-                    last_error = format!("{peer}: {e}");
-                    continue 'peers;
-                }
-                Ok(_) => {
-                    wrong.push(peer);
-                    continue 'peers;
-                }
-            };
-            let first = txs.len();
-            if served
-                .iter()
-                .enumerate()
-                .any(|(k, tx)| tx.hash() != expected[first + k])
-            {
-                wrong.push(peer);
-                continue 'peers;
-            }
-            txs.extend(served);
-        }
-        break;
-    }
-    let txs = if txs.len() == indices.len() {
-        Ok(txs)
-    } else {
-        Err(last_error)
+    let peers = std::iter::once(from).chain(others.into_iter().filter(|p| *p != from));
+    let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
+    let ask = |peer: PeerId, request: Vec<u8>| {
+        let net = net.clone();
+        async move { net.request(peer, request).await.map_err(|e| e.to_string()) }
     };
+    let (txs, wrong) = crate::assemble::fetch(
+        peers,
+        block,
+        &indices,
+        &expected,
+        deadline,
+        PEER_FETCH_TIMEOUT,
+        ask,
+    )
+    .await;
     Fetched { block, txs, wrong }
 }
 
