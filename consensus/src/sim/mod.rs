@@ -1063,8 +1063,17 @@ impl<'a> Sim<'a> {
                 .map(|i| (*i, bytes.clone()))
                 .collect(),
         };
+        // A broadcast's copies are alike: compacted once.
+        let mut last: Option<(Vec<u8>, Vec<u8>)> = None;
         for (to, bytes) in deliveries {
-            let wire = self.wire(from, bytes);
+            let wire = match &last {
+                Some((sent, wire)) if *sent == bytes => wire.clone(),
+                _ => {
+                    let wire = self.wire(from, bytes.clone());
+                    last = Some((bytes, wire.clone()));
+                    wire
+                }
+            };
             self.transmit(from, to, wire);
         }
     }
