@@ -119,19 +119,31 @@ impl Harness {
     }
 
     fn proposal(&mut self, round: u32, vr: Option<u32>, block: &Block, from: u32) {
+        let bytes = self.signed_proposal(1, round, vr, block, from);
+        self.input(Input::Message(bytes));
+    }
+
+    /// A proposal message signed by validator `by`.
+    fn signed_proposal(
+        &self,
+        height: u64,
+        round: u32,
+        valid_round: Option<u32>,
+        block: &Block,
+        by: u32,
+    ) -> Vec<u8> {
         let p = Proposal {
-            height: 1,
+            height,
             round,
-            valid_round: vr,
+            valid_round,
             block: block.clone(),
         };
-        let signature = p.sign(&self.keys[from as usize], &self.chain_id);
-        let bytes = Message::Proposal {
+        let signature = p.sign(&self.keys[by as usize], &self.chain_id);
+        Message::Proposal {
             proposal: p,
             signature,
         }
-        .to_bytes();
-        self.input(Input::Message(bytes));
+        .to_bytes()
     }
 
     fn signed_vote(&self, kind: VoteKind, round: u32, block: Option<Hash>, from: u32) -> Vec<u8> {
@@ -664,10 +676,17 @@ proptest::proptest! {
         let mut h = Harness::new();
         h.input(Input::Message(random));
         let b = h.block(1);
-        let p = Proposal { height: 1, round: 0, valid_round: None, block: b.clone() };
-        let signature = p.sign(&h.keys[proposer_of(&h.set, 0) as usize], &h.chain_id);
+        let proposal = h.signed_proposal(1, 0, None, &b, proposer_of(&h.set, 0));
+        // The compact form's decoder too (a host's, before the engine).
+        let mut compact = h.engine.compact_message(&proposal).unwrap().0;
+        let i = flip % compact.len();
+        compact[i] ^= 1 << bit;
+        if let Ok(Carried::Block { block, .. }) = h.engine.carried(&compact) {
+            proptest::prop_assert_eq!(&block.header, &b.header);
+        }
+        let _ = h.engine.expand_message(&compact, &b);
         let messages = [
-            Message::Proposal { proposal: p, signature }.to_bytes(),
+            proposal,
             h.signed_vote(VoteKind::Precommit, 0, Some(b.header.hash()), 2),
             h.engine.decision_message(&b, &pyralog_ledger::Certificate {
                 height: 1, round: 0, header_hash: b.header.hash(), votes: vec![],
@@ -944,19 +963,7 @@ fn a_compact_proposal_expands_to_the_proposal_the_engine_sent() {
         .collect();
     let b = h.app.build_block(h.keys[0].public(), &users, 5, 1).unwrap();
     assert_eq!(b.txs.len(), 5);
-    let p = Proposal {
-        height: 1,
-        round: 0,
-        valid_round: None,
-        block: b.clone(),
-    };
-    let proposer = proposer_of(&h.set, 0);
-    let signature = p.sign(&h.keys[proposer as usize], &h.chain_id);
-    let full = Message::Proposal {
-        proposal: p,
-        signature,
-    }
-    .to_bytes();
+    let full = h.signed_proposal(1, 0, None, &b, proposer_of(&h.set, 0));
 
     let (wire, block) = h
         .engine
@@ -1033,18 +1040,7 @@ fn compact_proposal(
     block: &Block,
     by: u32,
 ) -> Vec<u8> {
-    let p = Proposal {
-        height,
-        round,
-        valid_round,
-        block: block.clone(),
-    };
-    let signature = p.sign(&h.keys[by as usize], &h.chain_id);
-    let full = Message::Proposal {
-        proposal: p,
-        signature,
-    }
-    .to_bytes();
+    let full = h.signed_proposal(height, round, valid_round, block, by);
     h.engine.compact_message(&full).unwrap().0
 }
 

@@ -333,17 +333,33 @@ pub struct Block {
     pub txs: Vec<Transaction>,
 }
 
+/// A block's header and last certificate, as its full and compact forms encode them.
+fn put_head(out: &mut Vec<u8>, header: &Header, last_certificate: Option<&Certificate>) {
+    header.encode(out);
+    match last_certificate {
+        None => out.push(0),
+        Some(c) => {
+            out.push(1);
+            c.encode(out);
+        }
+    }
+}
+
+/// Reads what [`put_head`] wrote.
+fn get_head(d: &mut Decoder<'_>) -> Result<(Header, Option<Certificate>), CodecError> {
+    let header = Header::decode(d)?;
+    let last_certificate = if d.bool("last certificate")? {
+        Some(Certificate::decode(d)?)
+    } else {
+        None
+    };
+    Ok((header, last_certificate))
+}
+
 impl Encode for Block {
     fn encode(&self, out: &mut Vec<u8>) {
         out.push(BLOCK_VERSION);
-        self.header.encode(out);
-        match &self.last_certificate {
-            None => out.push(0),
-            Some(c) => {
-                out.push(1);
-                c.encode(out);
-            }
-        }
+        put_head(out, &self.header, self.last_certificate.as_ref());
         put_count(out, self.txs.len());
         for tx in &self.txs {
             tx.encode(out);
@@ -354,12 +370,7 @@ impl Encode for Block {
 impl Decode for Block {
     fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
         d.version("block", BLOCK_VERSION)?;
-        let header = Header::decode(d)?;
-        let last_certificate = if d.bool("last certificate")? {
-            Some(Certificate::decode(d)?)
-        } else {
-            None
-        };
+        let (header, last_certificate) = get_head(d)?;
         Ok(Block {
             header,
             last_certificate,
@@ -427,14 +438,7 @@ impl CompactBlock {
 impl Encode for CompactBlock {
     fn encode(&self, out: &mut Vec<u8>) {
         out.push(COMPACT_BLOCK_VERSION);
-        self.header.encode(out);
-        match &self.last_certificate {
-            None => out.push(0),
-            Some(c) => {
-                out.push(1);
-                c.encode(out);
-            }
-        }
+        put_head(out, &self.header, self.last_certificate.as_ref());
         put_count(out, self.tx_hashes.len());
         for h in &self.tx_hashes {
             h.encode(out);
@@ -445,12 +449,7 @@ impl Encode for CompactBlock {
 impl Decode for CompactBlock {
     fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
         d.version("compact block", COMPACT_BLOCK_VERSION)?;
-        let header = Header::decode(d)?;
-        let last_certificate = if d.bool("last certificate")? {
-            Some(Certificate::decode(d)?)
-        } else {
-            None
-        };
+        let (header, last_certificate) = get_head(d)?;
         Ok(CompactBlock {
             header,
             last_certificate,

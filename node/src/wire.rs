@@ -33,13 +33,20 @@ pub fn encode_tx_batch(txs: &[Vec<u8>]) -> Vec<u8> {
 pub fn decode_tx_batch(bytes: &[u8]) -> Result<Vec<(Transaction, usize)>, CodecError> {
     let mut d = Decoder::new(bytes);
     d.version("transaction batch", WIRE_VERSION)?;
-    let n = d.count("transactions", MAX_BATCH_TXS)?;
+    let txs = get_txs(&mut d, MAX_BATCH_TXS)?;
+    d.finish()?;
+    Ok(txs)
+}
+
+/// A count, then that many transactions (bytes each, at most `max`), each with its
+/// encoded length: what a gossiped batch and a fetch's answer carry.
+fn get_txs(d: &mut Decoder<'_>, max: usize) -> Result<Vec<(Transaction, usize)>, CodecError> {
+    let n = d.count("transactions", max)?;
     let mut txs = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
         let raw = d.bytes("transaction", pyralog_ledger::tx::MAX_TX_BYTES)?;
         txs.push((Transaction::from_bytes(raw)?, raw.len()));
     }
-    d.finish()?;
     Ok(txs)
 }
 
@@ -188,13 +195,8 @@ impl SyncResponse {
             }
             3 => SyncResponse::Error(d.text("error", 1024)?.to_string()),
             4 => {
-                let n = d.count("transactions", MAX_FETCH_TXS)?;
-                let mut txs = Vec::with_capacity(n.min(1024));
-                for _ in 0..n {
-                    let raw = d.bytes("transaction", pyralog_ledger::tx::MAX_TX_BYTES)?;
-                    txs.push(Transaction::from_bytes(raw)?);
-                }
-                SyncResponse::Txs(txs)
+                let txs = get_txs(&mut d, MAX_FETCH_TXS)?;
+                SyncResponse::Txs(txs.into_iter().map(|(tx, _)| tx).collect())
             }
             tag => {
                 return Err(CodecError::BadTag {

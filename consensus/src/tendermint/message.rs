@@ -60,24 +60,40 @@ impl Proposal {
     }
 }
 
+/// Kind byte of [`Message::Proposal`].
+const PROPOSAL: u8 = 1;
+
 /// [`Proposal::signing_bytes`] from its parts.
 fn signing_bytes(height: u64, round: u32, valid_round: Option<u32>, header_hash: &Hash) -> Vec<u8> {
     let mut out = vec![MESSAGE_VERSION];
-    out.extend_from_slice(&height.to_be_bytes());
-    out.extend_from_slice(&round.to_be_bytes());
-    put_round(&mut out, valid_round);
+    put_position(&mut out, height, round, valid_round);
     header_hash.encode(&mut out);
     out
 }
 
-fn put_round(out: &mut Vec<u8>, round: Option<u32>) {
-    match round {
+/// A proposal's height, round and valid round, as every form of it encodes them.
+fn put_position(out: &mut Vec<u8>, height: u64, round: u32, valid_round: Option<u32>) {
+    out.extend_from_slice(&height.to_be_bytes());
+    out.extend_from_slice(&round.to_be_bytes());
+    match valid_round {
         None => out.push(0),
         Some(r) => {
             out.push(1);
             out.extend_from_slice(&r.to_be_bytes());
         }
     }
+}
+
+/// Reads what [`put_position`] wrote.
+fn get_position(d: &mut Decoder<'_>) -> Result<(u64, u32, Option<u32>), CodecError> {
+    let height = d.u64("height")?;
+    let round = d.u32("round")?;
+    let valid_round = if d.bool("valid round")? {
+        Some(d.u32("valid round")?)
+    } else {
+        None
+    };
+    Ok((height, round, valid_round))
 }
 
 /// A vote with the index of the validator that signed it.
@@ -134,10 +150,8 @@ impl Encode for Message {
                 proposal,
                 signature,
             } => {
-                out.push(1);
-                out.extend_from_slice(&proposal.height.to_be_bytes());
-                out.extend_from_slice(&proposal.round.to_be_bytes());
-                put_round(out, proposal.valid_round);
+                out.push(PROPOSAL);
+                put_position(out, proposal.height, proposal.round, proposal.valid_round);
                 proposal.block.encode(out);
                 out.extend_from_slice(&signature.0);
             }
@@ -160,14 +174,8 @@ impl Decode for Message {
     fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
         d.version("consensus message", MESSAGE_VERSION)?;
         match d.u8("message kind")? {
-            1 => {
-                let height = d.u64("height")?;
-                let round = d.u32("round")?;
-                let valid_round = if d.bool("valid round")? {
-                    Some(d.u32("valid round")?)
-                } else {
-                    None
-                };
+            PROPOSAL => {
+                let (height, round, valid_round) = get_position(d)?;
                 let block = Block::decode(d)?;
                 let signature = d.signature("proposal signature")?;
                 Ok(Message::Proposal {
@@ -215,9 +223,12 @@ pub fn compact(message: &[u8]) -> Option<(Vec<u8>, Block)> {
         return None;
     };
     let mut out = vec![MESSAGE_VERSION, COMPACT_PROPOSAL];
-    out.extend_from_slice(&proposal.height.to_be_bytes());
-    out.extend_from_slice(&proposal.round.to_be_bytes());
-    put_round(&mut out, proposal.valid_round);
+    put_position(
+        &mut out,
+        proposal.height,
+        proposal.round,
+        proposal.valid_round,
+    );
     CompactBlock::of(&proposal.block).encode(&mut out);
     out.extend_from_slice(&signature.0);
     Some((out, proposal.block))
@@ -264,13 +275,7 @@ pub(crate) fn decode_compact(wire: &[u8]) -> Result<Option<CompactProposal>, Cod
     let mut d = Decoder::new(wire);
     d.version("consensus message", MESSAGE_VERSION)?;
     d.u8("message kind")?;
-    let height = d.u64("height")?;
-    let round = d.u32("round")?;
-    let valid_round = if d.bool("valid round")? {
-        Some(d.u32("valid round")?)
-    } else {
-        None
-    };
+    let (height, round, valid_round) = get_position(&mut d)?;
     let block = CompactBlock::decode(&mut d)?;
     let signature = d.signature("proposal signature")?;
     d.finish()?;
@@ -302,10 +307,8 @@ pub fn expand(wire: &[u8], block: &Block) -> Result<Vec<u8>, CodecError> {
             reason: "the block is not the one it names".into(),
         });
     }
-    let mut out = vec![MESSAGE_VERSION, 1];
-    out.extend_from_slice(&p.height.to_be_bytes());
-    out.extend_from_slice(&p.round.to_be_bytes());
-    put_round(&mut out, p.valid_round);
+    let mut out = vec![MESSAGE_VERSION, PROPOSAL];
+    put_position(&mut out, p.height, p.round, p.valid_round);
     block.encode(&mut out);
     out.extend_from_slice(&p.signature.0);
     Ok(out)

@@ -389,6 +389,14 @@ impl<S: SignerStore> Tendermint<S> {
         self.signer.as_ref()
     }
 
+    /// The public key of the validator with this index, if there is one.
+    fn validator_key(&self, index: u32) -> Option<pyralog_crypto::PublicKey> {
+        self.cfg
+            .validators
+            .get(index as usize)
+            .map(|v| v.public_key)
+    }
+
     /// `proposer(h_p, round)` (weighted rotation, see [`crate::proposer`]).
     pub fn proposer(&mut self, round: u32) -> u32 {
         if let Some(p) = self.proposers.get(&round) {
@@ -809,12 +817,7 @@ impl<S: SignerStore> Tendermint<S> {
         if !matches!(v.kind, VoteKind::Prevote | VoteKind::Precommit) {
             return self.reject(format!("{:?} is not a Tendermint vote", v.kind));
         }
-        let Some(key) = self
-            .cfg
-            .validators
-            .get(sv.validator as usize)
-            .map(|v| v.public_key)
-        else {
+        let Some(key) = self.validator_key(sv.validator) else {
             return self.reject(format!(
                 "vote from unknown validator index {}",
                 sv.validator
@@ -924,12 +927,7 @@ impl<S: SignerStore> Tendermint<S> {
             return;
         }
         let proposer = self.proposer(p.round);
-        let Some(key) = self
-            .cfg
-            .validators
-            .get(proposer as usize)
-            .map(|v| v.public_key)
-        else {
+        let Some(key) = self.validator_key(proposer) else {
             return;
         };
         if p.verify(&key, &self.cfg.chain_id, &signature).is_err() {
@@ -1399,12 +1397,7 @@ impl<S: SignerStore> Engine for Tendermint<S> {
             )));
         }
         let proposer = rotation.proposer_at_round(p.round);
-        let Some(key) = self
-            .cfg
-            .validators
-            .get(proposer as usize)
-            .map(|v| v.public_key)
-        else {
+        let Some(key) = self.validator_key(proposer) else {
             return Err(invalid(format!("no validator {proposer}")));
         };
         if p.verify(&key, &self.cfg.chain_id).is_err() {
