@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use pyralog_consensus::{Carried, Engine, Input, Output, Signer, SignerStore, Timeout};
 use pyralog_crypto::{Keypair, PublicKey};
 use pyralog_ledger::{Decode, DuplicateVote, Encode, Hash, Header, Transaction, TxError};
-use pyralog_p2p::{Event, InboundId, Network, PeerId, Topic};
+use pyralog_p2p::{Event, Held, InboundId, Judgement, Network, PeerId, Topic};
 use pyralog_storage::{SledStore, Store};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -997,6 +997,7 @@ impl Driver {
                 publisher,
                 topic,
                 data,
+                held,
             } => match topic {
                 Topic::Consensus => {
                     let rejected_before = self.metrics.rejected_messages.get();
@@ -1009,7 +1010,7 @@ impl Driver {
                             .await;
                     }
                 }
-                Topic::Txs => self.gossiped_txs(publisher, &data).await?,
+                Topic::Txs => self.gossiped_txs(publisher, &data, held).await,
                 Topic::Evidence => {
                     let ok = DuplicateVote::from_bytes(&data).ok().filter(|ev| {
                         ev.verify(&self.chain.genesis().chain_id, self.chain.validators())
@@ -1135,22 +1136,36 @@ impl Driver {
         Ok(())
     }
 
-    async fn gossiped_txs(&mut self, publisher: Option<PeerId>, data: &[u8]) -> Result<(), Fatal> {
+    /// Admits a transaction batch from gossip. The network relays it further (`held`)
+    /// only when every transaction in it decodes and is signed: an honest node publishes
+    /// nothing else.
+    async fn gossiped_txs(&mut self, publisher: Option<PeerId>, data: &[u8], held: Option<Held>) {
         let txs = match wire::decode_tx_batch(data) {
             Ok(t) => t,
             Err(e) => {
+                if let Some(held) = held {
+                    self.net.judge(held, Judgement::Invalid).await;
+                }
                 if let Some(a) = publisher {
                     self.net
                         .penalize(a, BAD_MESSAGE_PENALTY, format!("bad tx batch: {e}"))
                         .await;
                 }
-                return Ok(());
+                return;
             }
         };
         let refs: Vec<&Transaction> = txs.iter().map(|(t, _)| t).collect();
         let bad: Vec<usize> = pyralog_ledger::verify_signatures_here(&refs)
             .err()
             .unwrap_or_default();
+        if let Some(held) = held {
+            let judgement = if bad.is_empty() {
+                Judgement::Valid
+            } else {
+                Judgement::Invalid
+            };
+            self.net.judge(held, judgement).await;
+        }
         if !bad.is_empty()
             && let Some(a) = publisher
         {
@@ -1168,7 +1183,6 @@ impl Driver {
                 self.metrics.reject(e.code());
             }
         }
-        Ok(())
     }
 
     fn serve_sync(&self, from: PeerId, id: InboundId, data: Vec<u8>) {

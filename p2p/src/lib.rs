@@ -9,7 +9,9 @@
 //!   validator key inside, so the transport is never trusted for authenticity. libp2p
 //!   does not sign messages a second time: a message names its claimed author, its id
 //!   hashes all of it ([`HashDomain::GossipMessage`]), and a bad message is blamed on the
-//!   peer that sent it only when that peer claims to be its author.
+//!   peer that sent it only when that peer claims to be its author. Transaction batches
+//!   are relayed only once the node has judged them valid ([`Event::Gossip`],
+//!   [`Network::judge`]); other messages as they arrive.
 //! - **request-response** (`/pyralog/<network>/sync/1`) for block and certificate sync,
 //!   with length-prefixed frames and size limits in both directions.
 //! - **identify** and **ping**.
@@ -34,7 +36,7 @@ pub mod wg;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -190,6 +192,13 @@ pub enum Event {
         topic: Topic,
         /// The payload.
         data: Vec<u8>,
+        /// For a transaction batch: it waits for the node's verdict, to be given with
+        /// [`Network::judge`], before it is relayed to other peers. A batch is relayed
+        /// only once the node found it valid, and a few milliseconds later than gossipsub
+        /// would relay it by itself, by which time the peers that already have it (from
+        /// its publisher) have said so. `None` for other topics: they are relayed as they
+        /// arrive, since a proposal or a vote must not wait.
+        held: Option<Held>,
     },
     /// A sync request; answer it with [`Network::respond`].
     Request {
@@ -208,11 +217,47 @@ pub enum Event {
     Listening(Multiaddr),
 }
 
+/// A gossip message gossipsub holds until the node judges it ([`Event::Gossip`]).
+#[derive(Debug)]
+pub struct Held(Box<HeldMessage>);
+
+#[derive(Debug)]
+struct HeldMessage {
+    id: gossipsub::MessageId,
+    from: PeerId,
+    at: Instant,
+}
+
+/// The node's verdict on a [`Held`] gossip message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judgement {
+    /// Valid: relay it to the peers that have not seen it.
+    Valid,
+    /// Invalid (undecodable, a bad signature): never relay it.
+    Invalid,
+    /// Not relayed, though not found invalid (the node had no room to check it).
+    Ignored,
+}
+
+/// How long gossipsub keeps a held message (its message cache: `history_length`
+/// heartbeats, the last of which may already have begun when it arrived). A verdict
+/// given later has nothing left to relay, and is dropped here rather than let gossipsub
+/// warn about it.
+const HELD_FOR: Duration = Duration::from_millis(HEARTBEAT_MS * (HISTORY_LENGTH as u64 - 1));
+
+/// gossipsub's heartbeat (mesh upkeep, message cache shifts).
+const HEARTBEAT_MS: u64 = 700;
+
+/// Heartbeats a message stays in gossipsub's message cache (its default): served to
+/// peers that ask for it, and waiting there for the node's verdict when it is held.
+const HISTORY_LENGTH: usize = 5;
+
 enum Command {
     Publish(Topic, Vec<u8>),
     Request(PeerId, Vec<u8>, oneshot::Sender<Result<Vec<u8>, P2pError>>),
     Respond(InboundId, Vec<u8>),
     Penalize(PeerId, i32, String),
+    Judge(Held, Judgement),
     Peers(oneshot::Sender<Vec<PeerId>>),
 }
 
@@ -263,6 +308,12 @@ impl Network {
     /// invalid); at [`BAN_SCORE`] the peer is disconnected and banned.
     pub async fn penalize(&self, peer: PeerId, points: i32, reason: String) {
         let _ = self.send(Command::Penalize(peer, points, reason)).await;
+    }
+
+    /// Gives the node's verdict on a held gossip message: relays it if `Valid`, drops it
+    /// otherwise ([`Event::Gossip`]).
+    pub async fn judge(&self, held: Held, judgement: Judgement) {
+        let _ = self.send(Command::Judge(held, judgement)).await;
     }
 
     /// The connected peers.
@@ -509,10 +560,19 @@ fn make_behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour,
         // Permissive takes the claimed author and sequence number as they come.
         .validation_mode(gossipsub::ValidationMode::Permissive)
         .message_id_fn(message_id)
-        .heartbeat_interval(Duration::from_millis(700))
-        // Small validator networks: keep every peer in the mesh.
-        .mesh_n_low(1)
-        .mesh_outbound_min(0)
+        // The node judges transaction batches before they are relayed (`Event::Gossip`);
+        // the task itself passes other messages at once (`Actor::gossip`).
+        .validate_messages()
+        .heartbeat_interval(Duration::from_millis(HEARTBEAT_MS))
+        .history_length(HISTORY_LENGTH)
+        // Validator networks are small: up to 8 peers in the mesh, and more when they
+        // ask (up to 12), so a message from any of them reaches every other in one hop
+        // or two. Mesh peers tell each other which messages they already have
+        // (IDONTWANT, for those over 1,000 bytes), so a held batch is not relayed to
+        // the peers its publisher sent it to.
+        .mesh_n_low(4)
+        .mesh_n(8)
+        .mesh_n_high(12)
         .build()?;
     let network = &config.network;
     let sync_protocol = StreamProtocol::try_from_owned(format!("/pyralog/{network}/sync/1"))?;
@@ -537,12 +597,22 @@ fn make_behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour,
     })
 }
 
+/// What became of a transaction batch from gossip ([`queue_tx_gossip`]).
+enum Queued {
+    /// Queued for the node.
+    Sent,
+    /// Dropped, the queue being full; gossipsub, which holds it, is to be told.
+    Dropped(Option<Held>),
+    /// The node stopped reading.
+    Closed,
+}
+
 /// Queues a transaction batch from gossip for the node, or drops and counts it when the
-/// queue is full; false once the node stopped reading.
-fn queue_tx_gossip(queue: &mpsc::Sender<Event>, dropped: &AtomicU64, e: Event) -> bool {
+/// queue is full.
+fn queue_tx_gossip(queue: &mpsc::Sender<Event>, dropped: &AtomicU64, e: Event) -> Queued {
     match queue.try_send(e) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
+        Ok(()) => Queued::Sent,
+        Err(mpsc::error::TrySendError::Full(e)) => {
             let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::warn!(
@@ -550,9 +620,12 @@ fn queue_tx_gossip(queue: &mpsc::Sender<Event>, dropped: &AtomicU64, e: Event) -
                     "the node is behind on transaction gossip: dropping batches"
                 );
             }
-            true
+            Queued::Dropped(match e {
+                Event::Gossip { held, .. } => held,
+                _ => None,
+            })
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Closed(_)) => Queued::Closed,
     }
 }
 
@@ -647,6 +720,7 @@ impl Actor {
                 }
             }
             Command::Penalize(peer, points, reason) => self.penalize(peer, points, &reason),
+            Command::Judge(held, judgement) => self.judge(held, judgement),
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
@@ -675,10 +749,6 @@ impl Actor {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     None
                 } else if num_established.get() == 1 {
-                    self.swarm
-                        .behaviour_mut()
-                        .gossip
-                        .add_explicit_peer(&peer_id);
                     Some(Event::PeerConnected(peer_id))
                 } else {
                     None
@@ -691,9 +761,9 @@ impl Actor {
             } => Some(Event::PeerDisconnected(peer_id)),
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
                 propagation_source,
+                message_id,
                 message,
-                ..
-            })) => self.gossip(propagation_source, message),
+            })) => self.gossip(propagation_source, message_id, message),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.sync_event(ev),
             _ => None,
         };
@@ -702,28 +772,83 @@ impl Actor {
                 e @ Event::Gossip {
                     topic: Topic::Txs, ..
                 },
-            ) => queue_tx_gossip(&self.tx_events, &self.dropped_tx_batches, e),
+            ) => match queue_tx_gossip(&self.tx_events, &self.dropped_tx_batches, e) {
+                Queued::Sent => true,
+                Queued::Dropped(held) => {
+                    if let Some(held) = held {
+                        self.judge(held, Judgement::Ignored);
+                    }
+                    true
+                }
+                Queued::Closed => false,
+            },
             Some(e) => self.events.send(e).await.is_ok(),
             None => true,
         }
     }
 
-    fn gossip(&mut self, from: PeerId, message: gossipsub::Message) -> Option<Event> {
-        let topic = *self.topics.get(&message.topic)?;
+    /// A gossip message for the node. Transaction batches are held for its verdict;
+    /// other messages are relayed at once, and messages over the peer's rate limit (or on
+    /// a topic the node does not know) are not relayed at all.
+    fn gossip(
+        &mut self,
+        from: PeerId,
+        id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) -> Option<Event> {
+        let held = Held(Box::new(HeldMessage {
+            id,
+            from,
+            at: Instant::now(),
+        }));
+        let Some(&topic) = self.topics.get(&message.topic) else {
+            self.judge(held, Judgement::Ignored);
+            return None;
+        };
         match self.limits.admit(from) {
-            Verdict::Admit => Some(Event::Gossip {
-                from,
-                publisher: message.source.filter(|author| *author == from),
-                topic,
-                data: message.data,
-            }),
-            Verdict::Drop => None,
+            Verdict::Admit => {}
+            Verdict::Drop => {
+                self.judge(held, Judgement::Ignored);
+                return None;
+            }
             Verdict::Ban => {
                 tracing::warn!(peer = %from, "peer banned: over its message rate");
+                self.judge(held, Judgement::Ignored);
                 self.swarm.behaviour_mut().blocked.block_peer(from);
-                None
+                return None;
             }
         }
+        let held = match topic {
+            Topic::Txs => Some(held),
+            Topic::Consensus | Topic::Evidence => {
+                self.judge(held, Judgement::Valid);
+                None
+            }
+        };
+        Some(Event::Gossip {
+            from,
+            publisher: message.source.filter(|author| *author == from),
+            topic,
+            data: message.data,
+            held,
+        })
+    }
+
+    /// Hands gossipsub a verdict on a held message, unless it no longer holds it.
+    fn judge(&mut self, Held(held): Held, judgement: Judgement) {
+        if held.at.elapsed() >= HELD_FOR {
+            tracing::debug!(message = %held.id, ?judgement, "verdict too late to relay");
+            return;
+        }
+        let acceptance = match judgement {
+            Judgement::Valid => gossipsub::MessageAcceptance::Accept,
+            Judgement::Invalid => gossipsub::MessageAcceptance::Reject,
+            Judgement::Ignored => gossipsub::MessageAcceptance::Ignore,
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .report_message_validation_result(&held.id, &held.from, acceptance);
     }
 
     fn sync_event(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>) -> Option<Event> {
@@ -788,6 +913,7 @@ mod tests {
             publisher: None,
             topic,
             data: vec![data],
+            held: None,
         }
     }
 
@@ -836,9 +962,12 @@ mod tests {
             control: control_rx,
             txs: txs_rx,
         };
-        for i in 0..3 {
-            assert!(queue_tx_gossip(&txs, &dropped, gossip(Topic::Txs, i)));
+        for i in 0..2 {
+            let queued = queue_tx_gossip(&txs, &dropped, gossip(Topic::Txs, i));
+            assert!(matches!(queued, Queued::Sent));
         }
+        let queued = queue_tx_gossip(&txs, &dropped, gossip(Topic::Txs, 2));
+        assert!(matches!(queued, Queued::Dropped(None)));
         // The third batch found the queue full: dropped and counted, not waited for.
         assert_eq!(dropped.load(Ordering::Relaxed), 1);
         control.send(gossip(Topic::Consensus, 9)).await.unwrap();
@@ -852,6 +981,9 @@ mod tests {
         assert!(events.recv().await.is_none());
         // A closed queue tells the actor to stop.
         let (closed, _) = mpsc::channel(1);
-        assert!(!queue_tx_gossip(&closed, &dropped, gossip(Topic::Txs, 0)));
+        assert!(matches!(
+            queue_tx_gossip(&closed, &dropped, gossip(Topic::Txs, 0)),
+            Queued::Closed
+        ));
     }
 }

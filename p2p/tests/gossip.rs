@@ -1,10 +1,13 @@
 //! Gossip between three libp2p networks on 127.0.0.1 (TCP), in a line A — B — C: who
-//! a message is blamed on, and that a relayed message still arrives.
+//! a message is blamed on, that a relayed message still arrives, and that B relays a
+//! transaction batch only once it judged it valid.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
-use pyralog_p2p::{Address as Multiaddr, Config, Event, Network, PeerId, Topic, TransportKind};
+use pyralog_p2p::{
+    Address as Multiaddr, Config, Event, Held, Judgement, Network, PeerId, Topic, TransportKind,
+};
 use tokio::sync::mpsc;
 
 /// A gossip message as a node saw it: (from, publisher, data).
@@ -13,6 +16,8 @@ type Seen = (PeerId, Option<PeerId>, Vec<u8>);
 struct Node {
     net: Network,
     gossip: mpsc::UnboundedReceiver<Seen>,
+    /// Transaction batches, with what the network holds for the node's verdict.
+    txs: mpsc::UnboundedReceiver<(Seen, Option<Held>)>,
     listening: mpsc::UnboundedReceiver<Multiaddr>,
 }
 
@@ -27,6 +32,7 @@ async fn node(n: u8, bootstrap: Vec<Multiaddr>) -> Node {
     };
     let (net, mut events) = pyralog_p2p::spawn(&[n; 32], config).await.unwrap();
     let (gossip_tx, gossip) = mpsc::unbounded_channel();
+    let (txs_tx, txs) = mpsc::unbounded_channel();
     let (listen_tx, listening) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(e) = events.recv().await {
@@ -36,8 +42,18 @@ async fn node(n: u8, bootstrap: Vec<Multiaddr>) -> Node {
                     publisher,
                     topic: Topic::Consensus,
                     data,
+                    ..
                 } => {
                     let _ = gossip_tx.send((from, publisher, data));
+                }
+                Event::Gossip {
+                    from,
+                    publisher,
+                    topic: Topic::Txs,
+                    data,
+                    held,
+                } => {
+                    let _ = txs_tx.send(((from, publisher, data), held));
                 }
                 Event::Listening(a) => {
                     let _ = listen_tx.send(a);
@@ -49,6 +65,7 @@ async fn node(n: u8, bootstrap: Vec<Multiaddr>) -> Node {
     Node {
         net,
         gossip,
+        txs,
         listening,
     }
 }
@@ -74,6 +91,19 @@ impl Node {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.gossip.recv()).await {
                 Ok(Some(s)) if s.2 == data => return Some(s),
+                Ok(Some(_)) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// The first transaction batch seen with `data`, within `wait`.
+    async fn saw_txs(&mut self, data: &[u8], wait: Duration) -> Option<(Seen, Option<Held>)> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.txs.recv()).await {
+                Ok(Some(s)) if s.0.2 == data => return Some(s),
                 Ok(Some(_)) => {}
                 _ => return None,
             }
@@ -125,4 +155,36 @@ async fn a_message_is_blamed_on_its_sender_only_when_the_sender_published_it() {
     a.net.publish(Topic::Consensus, data.clone()).await.unwrap();
     let (from, _, _) = c.saw(&data, Duration::from_secs(5)).await.unwrap();
     assert_eq!(from, b.id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_batch_is_relayed_only_once_judged_valid() {
+    let mut b = node(5, vec![]).await;
+    let b_addr = b.addr().await;
+    let a = node(4, vec![b_addr.clone()]).await;
+    let mut c = node(6, vec![b_addr]).await;
+    // Consensus messages pass B at once: the line is up, and B relays.
+    deliver(&a, &mut c, 1).await;
+
+    // A's batch reaches B, held for B's verdict, and does not reach C while B holds it.
+    let held_batch = |tag: u8| vec![0x7a, tag, 0, 1, 2, 3];
+    let bad = held_batch(1);
+    a.net.publish(Topic::Txs, bad.clone()).await.unwrap();
+    let ((from, publisher, _), held) = b.saw_txs(&bad, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((from, publisher), (a.id(), Some(a.id())));
+    let held = held.expect("a transaction batch waits for the node's verdict");
+    assert!(c.saw_txs(&bad, Duration::from_millis(800)).await.is_none());
+    // Found invalid, it never goes further.
+    b.net.judge(held, Judgement::Invalid).await;
+    assert!(c.saw_txs(&bad, Duration::from_millis(1500)).await.is_none());
+
+    // Found valid, it does, relayed by B (who is not its author).
+    let good = held_batch(2);
+    a.net.publish(Topic::Txs, good.clone()).await.unwrap();
+    let (_, held) = b.saw_txs(&good, Duration::from_secs(5)).await.unwrap();
+    b.net.judge(held.unwrap(), Judgement::Valid).await;
+    let ((from, publisher, _), held) = c.saw_txs(&good, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((from, publisher), (b.id(), None));
+    // C holds it in turn (it has no one to relay it to; the verdict is still its own).
+    assert!(held.is_some());
 }
