@@ -233,6 +233,12 @@ impl Bounds {
     }
 }
 
+/// Windows in which each signature rate is measured; the best one counts.
+const BOUND_WINDOWS: usize = 6;
+
+/// Length of one window of [`BOUND_WINDOWS`].
+const BOUND_WINDOW: Duration = Duration::from_millis(100);
+
 /// Measures the machine's bounds; `dir` is where fsync is timed.
 pub fn measure_bounds(dir: &Path) -> anyhow::Result<Bounds> {
     // Transaction-sized messages from distinct keys, as a gossip batch brings them.
@@ -253,14 +259,22 @@ pub fn measure_bounds(dir: &Path) -> anyhow::Result<Bounds> {
             signature: &signatures[i],
         })
         .collect();
+    // The best of several short windows: on a shared machine another process may hold
+    // the core for part of the time, and a bound measured then would be too low and
+    // flatter every fraction of it (one 500-ms window once measured half the rate of the
+    // runs around it).
     let rate = |check: &dyn Fn() -> anyhow::Result<()>| -> anyhow::Result<f64> {
-        let start = Instant::now();
-        let mut verified = 0usize;
-        while start.elapsed() < Duration::from_millis(500) {
-            check()?;
-            verified += items.len();
+        let mut best = 0f64;
+        for _ in 0..BOUND_WINDOWS {
+            let start = Instant::now();
+            let mut verified = 0usize;
+            while start.elapsed() < BOUND_WINDOW {
+                check()?;
+                verified += items.len();
+            }
+            best = best.max(verified as f64 / start.elapsed().as_secs_f64());
         }
-        Ok(verified as f64 / start.elapsed().as_secs_f64())
+        Ok(best)
     };
     let sig_verify_per_core =
         rate(&|| verify_batch_report(&items).map_err(|_| anyhow::anyhow!("bench signature")))?;
