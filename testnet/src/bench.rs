@@ -233,8 +233,8 @@ impl Bounds {
     }
 }
 
-/// Windows in which each signature rate is measured; the best one counts.
-const BOUND_WINDOWS: usize = 6;
+/// Windows in which each signature rate is measured; the median counts.
+const BOUND_WINDOWS: usize = 7;
 
 /// Length of one window of [`BOUND_WINDOWS`].
 const BOUND_WINDOW: Duration = Duration::from_millis(100);
@@ -259,12 +259,13 @@ pub fn measure_bounds(dir: &Path) -> anyhow::Result<Bounds> {
             signature: &signatures[i],
         })
         .collect();
-    // The best of several short windows: on a shared machine another process may hold
-    // the core for part of the time, and a bound measured then would be too low and
-    // flatter every fraction of it (one 500-ms window once measured half the rate of the
-    // runs around it).
+    // The median of several short windows. On a shared machine another process may hold
+    // the core for part of the time: one 500-ms window once measured half the rate of
+    // the runs around it, and the fraction of the bound reported was then twice what it
+    // should have been. The fastest window would be biased the other way, by the
+    // machine's best moments, which the load does not get either.
     let rate = |check: &dyn Fn() -> anyhow::Result<()>| -> anyhow::Result<f64> {
-        let mut best = 0f64;
+        let mut rates = Vec::with_capacity(BOUND_WINDOWS);
         for _ in 0..BOUND_WINDOWS {
             let start = Instant::now();
             let mut verified = 0usize;
@@ -272,9 +273,10 @@ pub fn measure_bounds(dir: &Path) -> anyhow::Result<Bounds> {
                 check()?;
                 verified += items.len();
             }
-            best = best.max(verified as f64 / start.elapsed().as_secs_f64());
+            rates.push(verified as f64 / start.elapsed().as_secs_f64());
         }
-        Ok(best)
+        rates.sort_by(f64::total_cmp);
+        Ok(rates[BOUND_WINDOWS / 2])
     };
     let sig_verify_per_core =
         rate(&|| verify_batch_report(&items).map_err(|_| anyhow::anyhow!("bench signature")))?;
