@@ -228,6 +228,21 @@ struct HeldMessage {
     at: Instant,
 }
 
+impl Held {
+    fn new(id: gossipsub::MessageId, from: PeerId) -> Held {
+        Held(Box::new(HeldMessage {
+            id,
+            from,
+            at: Instant::now(),
+        }))
+    }
+
+    /// Whether gossipsub may no longer hold it ([`HELD_FOR`]).
+    fn expired(&self) -> bool {
+        self.0.at.elapsed() >= HELD_FOR
+    }
+}
+
 /// The node's verdict on a [`Held`] gossip message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Judgement {
@@ -565,11 +580,12 @@ fn make_behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour,
         .validate_messages()
         .heartbeat_interval(Duration::from_millis(HEARTBEAT_MS))
         .history_length(HISTORY_LENGTH)
-        // Validator networks are small: up to 8 peers in the mesh, and more when they
-        // ask (up to 12), so a message from any of them reaches every other in one hop
-        // or two. Mesh peers tell each other which messages they already have
-        // (IDONTWANT, for those over 1,000 bytes), so a held batch is not relayed to
-        // the peers its publisher sent it to.
+        // A node takes peers into its mesh while it has fewer than 4 (so all of them in
+        // a network of up to five), and accepts those that ask up to 12. A node sends
+        // its own messages to every peer all the same (gossipsub's flood publishing);
+        // the mesh carries what it relays. Mesh peers tell each other which messages
+        // over 1,000 bytes they already have (IDONTWANT), so a held batch is rarely
+        // relayed to the peers its publisher sent it to.
         .mesh_n_low(4)
         .mesh_n(8)
         .mesh_n_high(12)
@@ -796,11 +812,7 @@ impl Actor {
         id: gossipsub::MessageId,
         message: gossipsub::Message,
     ) -> Option<Event> {
-        let held = Held(Box::new(HeldMessage {
-            id,
-            from,
-            at: Instant::now(),
-        }));
+        let held = Held::new(id, from);
         let Some(&topic) = self.topics.get(&message.topic) else {
             self.judge(held, Judgement::Ignored);
             return None;
@@ -835,11 +847,12 @@ impl Actor {
     }
 
     /// Hands gossipsub a verdict on a held message, unless it no longer holds it.
-    fn judge(&mut self, Held(held): Held, judgement: Judgement) {
-        if held.at.elapsed() >= HELD_FOR {
-            tracing::debug!(message = %held.id, ?judgement, "verdict too late to relay");
+    fn judge(&mut self, held: Held, judgement: Judgement) {
+        if held.expired() {
+            tracing::debug!(message = %held.0.id, ?judgement, "verdict too late to relay");
             return;
         }
+        let held = held.0;
         let acceptance = match judgement {
             Judgement::Valid => gossipsub::MessageAcceptance::Accept,
             Judgement::Invalid => gossipsub::MessageAcceptance::Reject,
@@ -953,6 +966,16 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_verdict_is_too_late_once_gossipsub_may_have_dropped_the_message() {
+        let mut held = Held::new(gossipsub::MessageId::new(b"m"), PeerId::random());
+        assert!(!held.expired());
+        held.0.at -= HELD_FOR - Duration::from_millis(100);
+        assert!(!held.expired());
+        held.0.at -= Duration::from_millis(100);
+        assert!(held.expired());
+    }
+
     #[tokio::test]
     async fn control_events_come_before_waiting_transaction_batches() {
         let (control, control_rx) = mpsc::channel(8);
@@ -966,9 +989,16 @@ mod tests {
             let queued = queue_tx_gossip(&txs, &dropped, gossip(Topic::Txs, i));
             assert!(matches!(queued, Queued::Sent));
         }
-        let queued = queue_tx_gossip(&txs, &dropped, gossip(Topic::Txs, 2));
-        assert!(matches!(queued, Queued::Dropped(None)));
-        // The third batch found the queue full: dropped and counted, not waited for.
+        let mut held = gossip(Topic::Txs, 2);
+        if let Event::Gossip { held: h, .. } = &mut held {
+            *h = Some(Held::new(gossipsub::MessageId::new(b"m"), PeerId::random()));
+        }
+        // The third batch found the queue full: dropped and counted, not waited for, and
+        // handed back for gossipsub to be told (it will not be relayed).
+        match queue_tx_gossip(&txs, &dropped, held) {
+            Queued::Dropped(Some(h)) => assert_eq!(h.0.id, gossipsub::MessageId::new(b"m")),
+            _ => panic!("a dropped batch's ticket is handed back"),
+        }
         assert_eq!(dropped.load(Ordering::Relaxed), 1);
         control.send(gossip(Topic::Consensus, 9)).await.unwrap();
         assert_eq!(data(events.recv().await), (Topic::Consensus, 9));

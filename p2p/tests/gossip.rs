@@ -86,27 +86,28 @@ impl Node {
 
     /// The first message seen with `data`, within `wait`.
     async fn saw(&mut self, data: &[u8], wait: Duration) -> Option<Seen> {
-        let deadline = Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.gossip.recv()).await {
-                Ok(Some(s)) if s.2 == data => return Some(s),
-                Ok(Some(_)) => {}
-                _ => return None,
-            }
-        }
+        first(&mut self.gossip, wait, |s: &Seen| s.2 == data).await
     }
 
     /// The first transaction batch seen with `data`, within `wait`.
     async fn saw_txs(&mut self, data: &[u8], wait: Duration) -> Option<(Seen, Option<Held>)> {
-        let deadline = Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.txs.recv()).await {
-                Ok(Some(s)) if s.0.2 == data => return Some(s),
-                Ok(Some(_)) => {}
-                _ => return None,
-            }
+        first(&mut self.txs, wait, |s: &(Seen, _)| s.0.2 == data).await
+    }
+}
+
+/// The first item from `rx` that `want` accepts, within `wait`.
+async fn first<T>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    wait: Duration,
+    want: impl Fn(&T) -> bool,
+) -> Option<T> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(s)) if want(&s) => return Some(s),
+            Ok(Some(_)) => {}
+            _ => return None,
         }
     }
 }
