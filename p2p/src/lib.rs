@@ -508,7 +508,7 @@ pub async fn spawn(seed: &[u8; 32], config: Config) -> Result<(Network, Events),
         pending: HashMap::new(),
         inbound: HashMap::new(),
         next_inbound: 0,
-        relays: VecDeque::new(),
+        relays: Relays::default(),
     };
     tokio::spawn(actor.run(cmd_rx));
     Ok((
@@ -679,8 +679,35 @@ struct Actor {
     inbound: HashMap<InboundId, request_response::ResponseChannel<Vec<u8>>>,
     next_inbound: u64,
     limits: PeerLimits,
-    /// Valid transaction batches waiting out [`RELAY_AFTER`], in the order judged.
-    relays: VecDeque<Held>,
+    relays: Relays,
+}
+
+/// Valid transaction batches waiting out [`RELAY_AFTER`], in the order judged.
+#[derive(Default)]
+struct Relays(VecDeque<Held>);
+
+impl Relays {
+    /// Keeps `held` if it must still wait at `now`; hands it back if it may go.
+    fn wait(&mut self, held: Held, now: Instant) -> Option<Held> {
+        if held.relay_at() > now {
+            self.0.push_back(held);
+            None
+        } else {
+            Some(held)
+        }
+    }
+
+    /// When the first waiting batch is due; `None` when none waits.
+    fn next(&self) -> Option<Instant> {
+        self.0.front().map(Held::relay_at)
+    }
+
+    /// The batches due at `now`, in the order judged. (Verdicts come nearly in the
+    /// order batches arrived; one out of order waits at most for those before it.)
+    fn due(&mut self, now: Instant) -> Vec<Held> {
+        let n = self.0.iter().take_while(|h| h.relay_at() <= now).count();
+        self.0.drain(..n).collect()
+    }
 }
 
 impl Actor {
@@ -689,7 +716,8 @@ impl Actor {
         let mut redial = tokio::time::interval(self.config.redial);
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         loop {
-            let next_relay = self.next_relay();
+            let next_relay = self.relays.next();
+            let relay_at = tokio::time::Instant::from_std(next_relay.unwrap_or_else(Instant::now));
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(c) => self.command(c),
@@ -702,8 +730,10 @@ impl Actor {
                 }
                 _ = redial.tick() => self.dial_bootstrap(),
                 _ = housekeeping.tick() => self.housekeeping(),
-                _ = tokio::time::sleep_until(next_relay), if !self.relays.is_empty() => {
-                    self.relay_due();
+                _ = tokio::time::sleep_until(relay_at), if next_relay.is_some() => {
+                    for held in self.relays.due(Instant::now()) {
+                        self.report(held, Judgement::Valid);
+                    }
                 }
             }
         }
@@ -874,32 +904,16 @@ impl Actor {
         })
     }
 
-    /// When the first waiting relay is due.
-    fn next_relay(&self) -> tokio::time::Instant {
-        let at = self
-            .relays
-            .front()
-            .map_or_else(Instant::now, Held::relay_at);
-        tokio::time::Instant::from_std(at)
-    }
-
-    /// Relays the waiting batches that are due.
-    fn relay_due(&mut self) {
-        let now = Instant::now();
-        while self.relays.front().is_some_and(|h| h.relay_at() <= now) {
-            if let Some(held) = self.relays.pop_front() {
-                self.report(held, Judgement::Valid);
-            }
-        }
-    }
-
     /// Hands gossipsub the node's verdict on a held message; a valid one waits out
     /// [`RELAY_AFTER`] first.
     fn judge(&mut self, held: Held, judgement: Judgement) {
-        if judgement == Judgement::Valid && held.relay_at() > Instant::now() {
-            self.relays.push_back(held);
-            return;
-        }
+        let held = match judgement {
+            Judgement::Valid => match self.relays.wait(held, Instant::now()) {
+                Some(now) => now,
+                None => return,
+            },
+            Judgement::Invalid | Judgement::Ignored => held,
+        };
         self.report(held, judgement);
     }
 
@@ -1031,6 +1045,38 @@ mod tests {
         assert!(!held.expired());
         held.0.at -= Duration::from_millis(100);
         assert!(held.expired());
+    }
+
+    #[test]
+    fn a_valid_batch_waits_out_relay_after_and_goes_in_order() {
+        let held = |id: &[u8], age: Duration| {
+            let mut h = Held::new(gossipsub::MessageId::new(id), PeerId::random());
+            h.0.at -= age;
+            h
+        };
+        let now = Instant::now();
+        let mut relays = Relays::default();
+        assert_eq!(relays.next(), None);
+        // Judged late enough: it goes at once.
+        let old = held(b"old", RELAY_AFTER + Duration::from_millis(50));
+        assert!(relays.wait(old, now).is_some());
+        // Judged sooner: kept, due RELAY_AFTER after it arrived.
+        assert!(
+            relays
+                .wait(held(b"a", Duration::from_millis(4)), now)
+                .is_none()
+        );
+        assert!(relays.wait(held(b"b", Duration::ZERO), now).is_none());
+        let first = relays.next().expect("two wait");
+        assert!(first > now);
+        assert!(relays.due(now).is_empty());
+        let ids = |v: Vec<Held>| v.into_iter().map(|h| h.0.id).collect::<Vec<_>>();
+        assert_eq!(ids(relays.due(first)), [gossipsub::MessageId::new(b"a")]);
+        let second = relays.next().expect("one waits");
+        assert!(second > first);
+        assert!(relays.due(first).is_empty());
+        assert_eq!(ids(relays.due(second)), [gossipsub::MessageId::new(b"b")]);
+        assert_eq!(relays.next(), None);
     }
 
     #[tokio::test]
