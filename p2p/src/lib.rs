@@ -194,10 +194,10 @@ pub enum Event {
         data: Vec<u8>,
         /// For a transaction batch: it waits for the node's verdict, to be given with
         /// [`Network::judge`], before it is relayed to other peers. A batch is relayed
-        /// only once the node found it valid, and a few milliseconds later than gossipsub
-        /// would relay it by itself, by which time the peers that already have it (from
-        /// its publisher) have said so. `None` for other topics: they are relayed as they
-        /// arrive, since a proposal or a vote must not wait.
+        /// only once the node found it valid, and no sooner than 10 ms after it arrived,
+        /// by which time the peers that already have it (from its publisher) have said
+        /// so. `None` for other topics: they are relayed as they arrive, since a proposal
+        /// or a vote must not wait.
         held: Option<Held>,
     },
     /// A sync request; answer it with [`Network::respond`].
@@ -605,7 +605,7 @@ fn make_behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour,
         // a network of up to five), and accepts those that ask up to 12. A node sends
         // its own messages to every peer all the same (gossipsub's flood publishing);
         // the mesh carries what it relays. Mesh peers tell each other which messages
-        // over 1,000 bytes they already have (IDONTWANT), so a held batch is rarely
+        // over `IDONTWANT_OVER` bytes they already have, so a held batch is rarely
         // relayed to the peers its publisher sent it to.
         .idontwant_message_size_threshold(IDONTWANT_OVER)
         .mesh_n_low(4)
@@ -891,7 +891,8 @@ impl Actor {
         let held = match topic {
             Topic::Txs => Some(held),
             Topic::Consensus | Topic::Evidence => {
-                self.judge(held, Judgement::Valid);
+                // Not `judge`: these do not wait out `RELAY_AFTER`.
+                self.report(held, Judgement::Valid);
                 None
             }
         };
