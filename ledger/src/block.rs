@@ -3,7 +3,7 @@
 use pyralog_crypto::{HashDomain, Keypair, PublicKey, SigDomain, Signature};
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{CodecError, Decode, Decoder, Encode, put_count, put_option_hash};
+use crate::codec::{CodecError, Decode, Decoder, Encode, put_count, put_option_hash, put_seq};
 use crate::{ChainId, EngineId, Hash, Transaction, ValidatorSet};
 
 /// Format version of headers, votes, certificates and blocks.
@@ -360,10 +360,7 @@ impl Encode for Block {
     fn encode(&self, out: &mut Vec<u8>) {
         out.push(BLOCK_VERSION);
         put_head(out, &self.header, self.last_certificate.as_ref());
-        put_count(out, self.txs.len());
-        for tx in &self.txs {
-            tx.encode(out);
-        }
+        put_seq(out, &self.txs);
     }
 }
 
@@ -439,10 +436,7 @@ impl Encode for CompactBlock {
     fn encode(&self, out: &mut Vec<u8>) {
         out.push(COMPACT_BLOCK_VERSION);
         put_head(out, &self.header, self.last_certificate.as_ref());
-        put_count(out, self.tx_hashes.len());
-        for h in &self.tx_hashes {
-            h.encode(out);
-        }
+        put_seq(out, &self.tx_hashes);
     }
 }
 

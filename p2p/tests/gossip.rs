@@ -112,6 +112,15 @@ async fn first<T>(
     }
 }
 
+/// Three nodes with the given key seeds, in a line A — B — C (A and C dial B only).
+async fn line([a, b, c]: [u8; 3]) -> (Node, Node, Node) {
+    let mut b = node(b, vec![]).await;
+    let b_addr = b.addr().await;
+    let a = node(a, vec![b_addr.clone()]).await;
+    let c = node(c, vec![b_addr]).await;
+    (a, b, c)
+}
+
 /// Publishes numbered messages from `from` until `to` has seen one (subscriptions take a
 /// moment to spread); returns what `to` saw and the data.
 async fn deliver(from: &Node, to: &mut Node, tag: u8) -> (Seen, Vec<u8>) {
@@ -132,10 +141,7 @@ async fn deliver(from: &Node, to: &mut Node, tag: u8) -> (Seen, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_blamed_on_its_sender_only_when_the_sender_published_it() {
-    let mut b = node(2, vec![]).await;
-    let b_addr = b.addr().await;
-    let a = node(1, vec![b_addr.clone()]).await;
-    let mut c = node(3, vec![b_addr]).await;
+    let (a, mut b, mut c) = line([1, 2, 3]).await;
 
     // A's message reaches C through B: C can blame no one for it, since B only relayed
     // it and gossip does not prove that A wrote it.
@@ -160,10 +166,7 @@ async fn a_message_is_blamed_on_its_sender_only_when_the_sender_published_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_batch_is_relayed_only_once_judged_valid() {
-    let mut b = node(5, vec![]).await;
-    let b_addr = b.addr().await;
-    let a = node(4, vec![b_addr.clone()]).await;
-    let mut c = node(6, vec![b_addr]).await;
+    let (a, mut b, mut c) = line([4, 5, 6]).await;
     // Consensus messages pass B at once: the line is up, and B relays.
     deliver(&a, &mut c, 1).await;
 
