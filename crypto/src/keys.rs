@@ -106,7 +106,13 @@ impl SigDomain {
 
 /// An ed25519 public key (validated: a point on the curve).
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct PublicKey(VerifyingKey);
+pub struct PublicKey {
+    key: VerifyingKey,
+    /// Whether the point has small order (such a key signs every message for anyone, and
+    /// no signature by it is valid): known from the key, so found once when the key is
+    /// parsed rather than in every signature check.
+    small_order: bool,
+}
 
 /// Public keys recently parsed, decompressed.
 ///
@@ -115,7 +121,7 @@ pub struct PublicKey(VerifyingKey);
 /// arrives by RPC or gossip and again in a block proposal, and a validator's key comes
 /// with every vote. Only keys that decompressed are kept, so the cache never changes
 /// what is valid. An adversary feeding new keys only makes it miss.
-static KEY_CACHE: LazyLock<Mutex<Recent<[u8; 32], VerifyingKey>>> =
+static KEY_CACHE: LazyLock<Mutex<Recent<[u8; 32], PublicKey>>> =
     LazyLock::new(|| Mutex::new(Recent::new(KEY_CACHE_KEYS)));
 
 /// Keys per generation of [`KEY_CACHE`] (about 200 bytes each).
@@ -127,11 +133,19 @@ impl PublicKey {
         // The cache holds only parsed keys: a poisoned lock still holds valid ones.
         let cache = || KEY_CACHE.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(key) = cache().get(bytes) {
-            return Ok(PublicKey(key));
+            return Ok(key);
         }
         let key = VerifyingKey::from_bytes(bytes).map_err(|_| CryptoError::InvalidPublicKey)?;
+        let key = PublicKey::new(key);
         cache().insert(*bytes, key);
-        Ok(PublicKey(key))
+        Ok(key)
+    }
+
+    fn new(key: VerifyingKey) -> PublicKey {
+        PublicKey {
+            small_order: key.is_weak(),
+            key,
+        }
     }
 
     /// Parses 64 hex characters.
@@ -141,22 +155,22 @@ impl PublicKey {
 
     /// The 32 raw bytes.
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes()
+        self.key.to_bytes()
     }
 
     /// The raw bytes, borrowed.
     pub fn as_bytes(&self) -> &[u8; 32] {
-        self.0.as_bytes()
+        self.key.as_bytes()
     }
 
     /// Lower-case hex.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0.as_bytes())
+        hex::encode(self.key.as_bytes())
     }
 
     /// The x25519 public key (WireGuard static public key) of the same identity.
     pub fn x25519_public(&self) -> [u8; 32] {
-        self.0.to_montgomery().to_bytes()
+        self.key.to_montgomery().to_bytes()
     }
 
     /// Checks `signature` over `message` in `domain` on `chain_id` (the rule in the
@@ -182,8 +196,9 @@ impl PublicKey {
         signature: &Signature,
     ) -> Option<rule::Prepared> {
         rule::prepare(
-            &self.0.to_edwards(),
-            self.0.as_bytes(),
+            &self.key.to_edwards(),
+            self.small_order,
+            self.key.as_bytes(),
             &domain.signing_bytes(chain_id, message),
             &signature.0,
         )
@@ -298,7 +313,7 @@ impl Keypair {
 
     /// The public key.
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.signing.verifying_key())
+        PublicKey::new(self.signing.verifying_key())
     }
 
     /// Signs `message` in `domain` on `chain_id`.
@@ -599,7 +614,7 @@ mod tests {
         use curve25519_dalek::traits::Identity;
         use sha2::{Digest, Sha512};
         let a = k.signing.to_scalar();
-        assert_eq!(ED25519_BASEPOINT_POINT * a, k.public().0.to_edwards());
+        assert_eq!(ED25519_BASEPOINT_POINT * a, k.public().key.to_edwards());
         let key_point = ED25519_BASEPOINT_POINT * a
             + if how.torsion_in_key {
                 EIGHT_TORSION[1]
@@ -653,7 +668,7 @@ mod tests {
         // The cofactorless rule (verify_strict) refuses it; ours accepts it, alone ...
         let dalek = ed25519_dalek::Signature::from_bytes(&sig.0);
         let framed = SigDomain::Transaction.signing_bytes("c", b"m");
-        assert!(k.public().0.verify_strict(&framed, &dalek).is_err());
+        assert!(k.public().key.verify_strict(&framed, &dalek).is_err());
         k.public()
             .verify(SigDomain::Transaction, "c", b"m", &sig)
             .unwrap();
@@ -844,11 +859,23 @@ mod tests {
         )
         .unwrap();
         let public = k.public();
-        let prepared = rule::prepare(&public.0.to_edwards(), public.as_bytes(), b"", &sig);
+        let prepared = rule::prepare(
+            &public.key.to_edwards(),
+            public.small_order,
+            public.as_bytes(),
+            b"",
+            &sig,
+        );
         assert!(rule::check_one(&prepared.unwrap()));
         let mut other = sig;
         other[63] ^= 1;
-        let prepared = rule::prepare(&public.0.to_edwards(), public.as_bytes(), b"", &other);
+        let prepared = rule::prepare(
+            &public.key.to_edwards(),
+            public.small_order,
+            public.as_bytes(),
+            b"",
+            &other,
+        );
         assert!(!prepared.is_some_and(|p| rule::check_one(&p)));
     }
 }

@@ -37,16 +37,18 @@ pub(crate) struct Prepared {
 }
 
 /// Steps 1 and 2 and the challenge `k`; `None` if the signature fails them. `a` is the
-/// decompressed key, `a_bytes` its encoding, `framed` the domain-framed message.
+/// decompressed key, `a_small_order` whether it has small order (found when the key was
+/// parsed), `a_bytes` its encoding, `framed` the domain-framed message.
 pub(crate) fn prepare(
     a: &EdwardsPoint,
+    a_small_order: bool,
     a_bytes: &[u8; 32],
     framed: &[u8],
     signature: &[u8; 64],
 ) -> Option<Prepared> {
     let (r_bytes, s_bytes) = signature.split_at(32);
     let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes.try_into().ok()?))?;
-    if a.is_small_order() {
+    if a_small_order {
         return None;
     }
     let r = CompressedEdwardsY(r_bytes.try_into().ok()?).decompress()?;
