@@ -443,6 +443,17 @@ fn verify_contents(
         header.tx_root,
         crate::TxTree::new(tx_hashes).root(),
     )?;
+    verify_carried_certificate(header, last_certificate)
+}
+
+/// The part of [`verify_block_contents`] that is not about transactions: the header
+/// commits to the last certificate its block carries (or to none). For a caller that
+/// checks a block's transactions another way, such as a store that compares them with
+/// their execution.
+pub fn verify_carried_certificate(
+    header: &Header,
+    last_certificate: Option<&Certificate>,
+) -> Result<(), VerifyError> {
     let carried = last_certificate.map_or(Hash::ZERO, Certificate::hash);
     expect_hash(
         "last certificate hash",

@@ -11,15 +11,15 @@ use std::sync::Arc;
 use pyralog_crypto::PublicKey;
 use pyralog_ledger::keyfilter::KeyFilter;
 use pyralog_ledger::verify::{
-    VerifyError, verify_block_contents_hashed, verify_certificate, verify_execution,
-    verify_first_header, verify_header_link, verify_last_certificate,
+    VerifyError, verify_block_contents_hashed, verify_carried_certificate, verify_certificate,
+    verify_execution, verify_first_header, verify_header_link, verify_last_certificate,
 };
 use pyralog_ledger::{
     Block, BlockContext, BlockExecutor, Certificate, Decode, ExecError, Execution, Genesis, Hash,
     Header, Tip, TipCache, Transaction, TxError, ValidatorSet, apply_block_hashed,
     verify_signatures_of,
 };
-use pyralog_storage::{SledStore, Store};
+use pyralog_storage::{SledStore, StorageError, Store};
 
 use crate::mempool::Mempool;
 
@@ -565,21 +565,42 @@ impl Chain {
         block: Block,
         cert: Certificate,
     ) -> Result<Result<Committed, Box<Refused>>, Fatal> {
-        if let Err(reason) = self.validate(&block) {
+        let hash = block.header.hash();
+        // A block this node validated (the engine's decided proposal, a copy of the one
+        // it validated) is not hashed and checked again: the store compares the copy's
+        // transactions with their execution (hashes and count) and the execution with
+        // the header (roots), which is what the contents check would do, so only the
+        // certificate the block carries is left to check here.
+        let checked = if self.validated.contains_key(&hash) {
+            verify_carried_certificate(&block.header, block.last_certificate.as_ref())
+                .map_err(Invalid::Contents)
+        } else {
+            self.validate(&block)
+        };
+        if let Err(reason) = checked {
             return Ok(Err(Box::new(Refused {
                 reason,
                 block,
                 cert,
             })));
         }
-        let hash = block.header.hash();
         // validate() just inserted it (or found it there).
         let Some(execution) = self.validated.remove(&hash) else {
             return Err(Fatal("validated execution missing".into()));
         };
-        self.store
-            .commit_block(&block, &cert, &execution)
-            .map_err(|e| Fatal(e.to_string()))?;
+        match self.store.commit_block(&block, &cert, &execution) {
+            Ok(()) => {}
+            // This copy of the block is not the one executed (see above); nothing was
+            // written.
+            Err(StorageError::ExecutionMismatch { reason, .. }) => {
+                return Ok(Err(Box::new(Refused {
+                    reason: Invalid::Execution(reason),
+                    block,
+                    cert,
+                })));
+            }
+            Err(e) => return Err(Fatal(e.to_string())),
+        }
         let first_log_index = self.tip.log_size;
         self.values.advance(&self.tip.state_root, &execution);
         self.tip = execution.tip(block.header.height);
@@ -830,6 +851,45 @@ mod tests {
             "{:?}",
             dead[0].1
         );
+    }
+
+    /// A validated block is committed without hashing its transactions again, but a
+    /// copy that differs from it (another body, or another carried certificate, under
+    /// the same header) is refused and nothing is written.
+    #[test]
+    fn a_copy_of_a_validated_block_is_committed_only_if_it_is_the_same() {
+        let (tc, _dir, mut chain) = test_chain();
+        let txs = vec![
+            tc.notarize(&user(1), 0, pyralog_crypto::content_digest(b"a"), ""),
+            tc.notarize(&user(2), 0, pyralog_crypto::content_digest(b"b"), ""),
+        ];
+        let (block, _) = tc.make_block(txs);
+        let cert = tc.certify_all(&block.header);
+        let refused = |chain: &mut Chain, copy: Block| match chain.commit(copy, cert.clone()) {
+            Ok(Err(refused)) => refused.reason,
+            Ok(Ok(_)) => panic!("a different copy was committed"),
+            Err(e) => panic!("fatal instead of refused: {e}"),
+        };
+        chain.validate(&block).unwrap();
+        let mut other_body = block.clone();
+        other_body.txs[1] = tc.notarize(&user(2), 0, pyralog_crypto::content_digest(b"c"), "");
+        assert!(matches!(
+            refused(&mut chain, other_body),
+            Invalid::Execution(reason) if reason.contains("executed transactions differ")
+        ));
+        assert_eq!(chain.height(), 0);
+        chain.validate(&block).unwrap();
+        let mut other_certificate = block.clone();
+        other_certificate.last_certificate = Some(cert.clone());
+        assert!(matches!(
+            refused(&mut chain, other_certificate),
+            Invalid::Contents(_)
+        ));
+        assert_eq!(chain.height(), 0);
+        // The block itself still commits, validated or not.
+        let committed = chain.commit(block.clone(), cert.clone()).unwrap().unwrap();
+        assert_eq!(committed.txs.len(), 2);
+        assert_eq!(chain.height(), 1);
     }
 
     #[test]
