@@ -584,17 +584,18 @@ impl Chain {
                 cert,
             })));
         }
-        // validate() just inserted it (or found it there).
+        // validate() just inserted it, found it there, or was not needed because it was
+        // there. Taken out now, so a copy refused below is validated afresh next time.
         let Some(execution) = self.validated.remove(&hash) else {
             return Err(Fatal("validated execution missing".into()));
         };
         match self.store.commit_block(&block, &cert, &execution) {
             Ok(()) => {}
             // This copy of the block is not the one executed (see above); nothing was
-            // written.
-            Err(StorageError::ExecutionMismatch { reason, .. }) => {
+            // written. Any other refusal is this node's own fault, and stops it.
+            Err(StorageError::TxMismatch { reason, .. }) => {
                 return Ok(Err(Box::new(Refused {
-                    reason: Invalid::Execution(reason),
+                    reason: Invalid::Contents(reason),
                     block,
                     cert,
                 })));
@@ -865,31 +866,38 @@ mod tests {
         ];
         let (block, _) = tc.make_block(txs);
         let cert = tc.certify_all(&block.header);
-        let refused = |chain: &mut Chain, copy: Block| match chain.commit(copy, cert.clone()) {
-            Ok(Err(refused)) => refused.reason,
-            Ok(Ok(_)) => panic!("a different copy was committed"),
-            Err(e) => panic!("fatal instead of refused: {e}"),
+        let refused = |chain: &mut Chain, copy: Block| {
+            let reason = match chain.commit(copy, cert.clone()) {
+                Ok(Err(refused)) => refused.reason,
+                Ok(Ok(_)) => panic!("a different copy was committed"),
+                Err(e) => panic!("fatal instead of refused: {e}"),
+            };
+            // Nothing was written.
+            assert_eq!(chain.store().tip().unwrap().height, 0);
+            assert!(chain.store().block(1).unwrap().is_none());
+            reason
         };
-        chain.validate(&block).unwrap();
-        let mut other_body = block.clone();
-        other_body.txs[1] = tc.notarize(&user(2), 0, pyralog_crypto::content_digest(b"c"), "");
-        assert!(matches!(
-            refused(&mut chain, other_body),
-            Invalid::Execution(reason) if reason.contains("executed transactions differ")
-        ));
-        assert_eq!(chain.height(), 0);
-        chain.validate(&block).unwrap();
+        // Another transaction, one fewer, or another carried certificate under the
+        // validated header: each a fault of the block's contents.
+        let mut other_tx = block.clone();
+        other_tx.txs[1] = tc.notarize(&user(2), 0, pyralog_crypto::content_digest(b"c"), "");
+        let mut fewer = block.clone();
+        fewer.txs.pop();
         let mut other_certificate = block.clone();
         other_certificate.last_certificate = Some(cert.clone());
-        assert!(matches!(
-            refused(&mut chain, other_certificate),
-            Invalid::Contents(_)
-        ));
-        assert_eq!(chain.height(), 0);
-        // The block itself still commits, validated or not.
+        for copy in [other_tx, fewer, other_certificate] {
+            chain.validate(&block).unwrap();
+            assert!(chain.validated.contains_key(&block.header.hash()));
+            assert_eq!(refused(&mut chain, copy.clone()).kind(), "block_contents");
+            // Not validated before: the same refusal, by the contents check.
+            chain.validated.clear();
+            assert_eq!(refused(&mut chain, copy).kind(), "block_contents");
+        }
+        // The block itself commits.
+        chain.validate(&block).unwrap();
         let committed = chain.commit(block.clone(), cert.clone()).unwrap().unwrap();
         assert_eq!(committed.txs.len(), 2);
-        assert_eq!(chain.height(), 1);
+        assert_eq!(chain.store().tip().unwrap().height, 1);
     }
 
     #[test]

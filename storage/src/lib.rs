@@ -49,6 +49,16 @@ pub enum StorageError {
         /// What differs.
         reason: String,
     },
+    /// The block does not hold the transactions its header counts, or not the ones
+    /// executed: another copy of the block than the one executed (its header and
+    /// execution agree), so the block's fault, not the store's.
+    #[error("block {height} does not hold the transactions executed: {reason}")]
+    TxMismatch {
+        /// The block's height.
+        height: u64,
+        /// What differs.
+        reason: pyralog_ledger::VerifyError,
+    },
     /// A database written in another storage format.
     #[error(
         "the database in {} has storage format {found}, and this build reads formats {}. \

@@ -580,6 +580,16 @@ impl Store for SledStore {
         if cert.height != height || cert.header_hash != header.hash() {
             return mismatch("the certificate is not for this header");
         }
+        if block.txs.len() != header.tx_count as usize {
+            return Err(StorageError::TxMismatch {
+                height,
+                reason: pyralog_ledger::VerifyError::ExecutionMismatch {
+                    field: "tx_count",
+                    in_header: header.tx_count.to_string(),
+                    computed: block.txs.len().to_string(),
+                },
+            });
+        }
         if execution.tx_root != header.tx_root
             || execution.tx_count != header.tx_count
             || execution.state_root != header.state_root
@@ -613,14 +623,24 @@ impl Store for SledStore {
         if !root_found {
             return mismatch("the state root's location is not one of the stored nodes");
         }
-        if execution.tx_hashes.len() != block.txs.len()
-            || execution
-                .tx_hashes
-                .iter()
-                .zip(&block.txs)
-                .any(|(h, tx)| *h != tx.hash())
+        if execution.tx_hashes.len() != block.txs.len() {
+            return mismatch("the execution's transaction count differs from its header's");
+        }
+        if let Some((executed, found)) = execution
+            .tx_hashes
+            .iter()
+            .zip(&block.txs)
+            .map(|(h, tx)| (*h, tx.hash()))
+            .find(|(h, found)| h != found)
         {
-            return mismatch("executed transactions differ from the block's");
+            return Err(StorageError::TxMismatch {
+                height,
+                reason: pyralog_ledger::VerifyError::HashMismatch {
+                    what: "transaction",
+                    expected: executed,
+                    found,
+                },
+            });
         }
         let mut batch = ::sled::Batch::default();
         batch.insert(height_key(b'b', height), block.to_bytes());

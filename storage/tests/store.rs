@@ -454,3 +454,29 @@ fn the_state_leaf_scan_finds_every_key_ever_set() {
         other => panic!("a corrupt page scanned as {other:?}"),
     }
 }
+
+/// A copy of a block whose transactions are not the ones executed (its header and
+/// execution agree) is the block's fault, told apart from a store or execution fault,
+/// and nothing of it is written.
+#[test]
+fn a_block_copy_without_the_executed_transactions_is_refused_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let chain = build(&store, 1);
+    let put = |n: u64| chain.put(&pyralog_ledger::testing::user(n), 0, b"k", b"v");
+    let (block, exec) = chain.make_block(vec![put(7), put(8)]);
+    let cert = chain.certify_all(&block.header);
+    let mut other = block.clone();
+    other.txs[1] = put(9);
+    let mut fewer = block.clone();
+    fewer.txs.pop();
+    for copy in [other, fewer] {
+        assert!(matches!(
+            store.commit_block(&copy, &cert, &exec),
+            Err(StorageError::TxMismatch { height: 2, .. })
+        ));
+        assert_eq!(store.tip().unwrap().height, 1);
+        assert!(store.block(2).unwrap().is_none());
+    }
+    store.commit_block(&block, &cert, &exec).unwrap();
+}
