@@ -431,19 +431,26 @@ fn verify_contents(
     last_certificate: Option<&Certificate>,
     tx_hashes: &[Hash],
 ) -> Result<(), VerifyError> {
-    if header.tx_count as usize != tx_hashes.len() {
-        return Err(VerifyError::ExecutionMismatch {
-            field: "tx_count",
-            in_header: header.tx_count.to_string(),
-            computed: tx_hashes.len().to_string(),
-        });
-    }
+    verify_tx_count(header, tx_hashes.len())?;
     expect_hash(
         "transaction root",
         header.tx_root,
         crate::TxTree::new(tx_hashes).root(),
     )?;
     verify_carried_certificate(header, last_certificate)
+}
+
+/// The header counts `count` transactions: the part of [`verify_block_contents`] that a
+/// store comparing a block's transactions with their execution checks as well.
+pub fn verify_tx_count(header: &Header, count: usize) -> Result<(), VerifyError> {
+    if header.tx_count as usize != count {
+        return Err(VerifyError::ExecutionMismatch {
+            field: "tx_count",
+            in_header: header.tx_count.to_string(),
+            computed: count.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// The part of [`verify_block_contents`] that is not about transactions: the header

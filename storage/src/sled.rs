@@ -580,16 +580,8 @@ impl Store for SledStore {
         if cert.height != height || cert.header_hash != header.hash() {
             return mismatch("the certificate is not for this header");
         }
-        if block.txs.len() != header.tx_count as usize {
-            return Err(StorageError::TxMismatch {
-                height,
-                reason: pyralog_ledger::VerifyError::ExecutionMismatch {
-                    field: "tx_count",
-                    in_header: header.tx_count.to_string(),
-                    computed: block.txs.len().to_string(),
-                },
-            });
-        }
+        pyralog_ledger::verify::verify_tx_count(header, block.txs.len())
+            .map_err(|reason| StorageError::TxMismatch { height, reason })?;
         if execution.tx_root != header.tx_root
             || execution.tx_count != header.tx_count
             || execution.state_root != header.state_root
