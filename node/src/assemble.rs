@@ -8,7 +8,9 @@
 //! match the header's transaction root) before anything here runs. A receiver rebuilds the
 //! block from its mempool and the blocks it recently proposed or rebuilt, asks its peers
 //! for the transactions it does not hold (by position in the block), and hands the engine
-//! the full proposal, which validation checks as any block.
+//! the full proposal, which validation checks as any block. Transactions that reach the
+//! pool while a proposal waits fill it in ([`Assembler::refill`]): gossip usually wins
+//! the race with the fetch.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -87,7 +89,12 @@ struct Waiting {
     wires: Vec<Vec<u8>>,
     compact: CompactBlock,
     found: Vec<Option<Transaction>>,
+    /// Positions not found at first: those a fetch asks for (until the fetch starts,
+    /// those still not found).
     missing: Vec<u32>,
+    /// Of `missing`, those the fetch's answer filled in (the others reached the pool
+    /// meanwhile).
+    fetched: usize,
     task: Option<AbortHandle>,
 }
 
@@ -167,6 +174,7 @@ impl Assembler {
             compact,
             found,
             missing,
+            fetched: 0,
             task: None,
         };
         if waiting.missing.is_empty()
@@ -226,9 +234,77 @@ impl Assembler {
             if tx.hash() != w.compact.tx_hashes[i as usize] {
                 return Err(FetchError::Wrong);
             }
-            w.found[i as usize] = Some(tx);
+            let slot = &mut w.found[i as usize];
+            if slot.is_none() {
+                *slot = Some(tx);
+                w.fetched += 1;
+            }
         }
         rebuild(&mut w).map(Some).ok_or(FetchError::Wrong)
+    }
+
+    /// Whether a compact proposal waits for transactions.
+    pub fn is_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// Looks the transactions the waiting proposals miss up in `pool` again (they may
+    /// have arrived by gossip or RPC after the proposal). The proposals now complete are
+    /// rebuilt and stop waiting, their fetches aborted (a late answer finds nothing). A
+    /// proposal whose fetch has not started asks only for what is still missing.
+    pub fn refill(&mut self, pool: &Mempool) -> Vec<Rebuilt> {
+        self.refill_where(pool, |_| true)
+    }
+
+    /// [`Assembler::refill`] for `block` alone: its rebuilt proposal once complete.
+    pub fn refill_one(&mut self, block: &Hash, pool: &Mempool) -> Option<Rebuilt> {
+        self.refill_where(pool, |h| h == block).pop()
+    }
+
+    fn refill_where(&mut self, pool: &Mempool, pick: impl Fn(&Hash) -> bool) -> Vec<Rebuilt> {
+        let mut rebuilt = Vec::new();
+        let mut k = 0;
+        while k < self.waiting.len() {
+            if !pick(&self.waiting[k].block) {
+                k += 1;
+                continue;
+            }
+            let w = &mut self.waiting[k];
+            let mut complete = true;
+            for &i in &w.missing {
+                let slot = &mut w.found[i as usize];
+                if slot.is_none() {
+                    *slot = pool.get(&w.compact.tx_hashes[i as usize]).cloned();
+                    complete &= slot.is_some();
+                }
+            }
+            if w.task.is_none() {
+                let found = &w.found;
+                w.missing.retain(|&i| found[i as usize].is_none());
+            }
+            if complete {
+                let mut w = self.waiting.swap_remove(k);
+                // (Always rebuilt: every position is found.)
+                if let Some(r) = rebuild(&mut w) {
+                    rebuilt.push(r);
+                }
+                continue;
+            }
+            k += 1;
+        }
+        rebuilt
+    }
+
+    /// What a fetch for `block` asks for now: the positions still missing and their
+    /// hashes (`None` if the block no longer waits).
+    pub fn to_fetch(&self, block: &Hash) -> Option<(Vec<u32>, Vec<Hash>)> {
+        let w = self.waiting.iter().find(|w| w.block == *block)?;
+        let expected = w
+            .missing
+            .iter()
+            .map(|&i| w.compact.tx_hashes[i as usize])
+            .collect();
+        Some((w.missing.clone(), expected))
     }
 }
 
@@ -338,7 +414,7 @@ where
 
 /// The block of `w` once every transaction is found (`None` before).
 fn rebuild(w: &mut Waiting) -> Option<Rebuilt> {
-    let fetched = w.missing.len();
+    let fetched = w.fetched;
     let found = &mut w.found;
     let block = w.compact.assemble(|i, _| found[i].take()).ok()?;
     Some(Rebuilt {
@@ -455,6 +531,88 @@ mod tests {
         assert_eq!(r.wires, vec![vec![1], vec![2]]);
         // Answered once: a second answer finds nothing waiting.
         assert!(a.fetched(&hash, Ok(vec![])).unwrap().is_none());
+    }
+
+    #[test]
+    fn transactions_that_reach_the_pool_later_fill_a_waiting_proposal_in() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let (block, mut pool) = setup(5, 0, &[0, 2]);
+        let hash = block.header.hash();
+        let admit = |pool: &mut Mempool, i: usize| {
+            let (h, len) = block.txs[i].hash_and_len();
+            pool.admit(block.txs[i].clone(), h, len, 0).unwrap();
+        };
+        let mut a = Assembler::default();
+        assert!(!a.is_waiting());
+        let (_, indices, _) = wants(a.received(vec![1], CompactBlock::of(&block), 0, NOW, &pool));
+        assert_eq!(indices, vec![1, 3, 4]);
+        assert!(a.is_waiting());
+        // Before its fetch starts, a proposal asks only for what is still missing.
+        admit(&mut pool, 3);
+        assert!(a.refill(&pool).is_empty());
+        assert_eq!(
+            a.to_fetch(&hash),
+            Some((vec![1, 4], vec![block.txs[1].hash(), block.txs[4].hash()]))
+        );
+        let task = rt.spawn(std::future::pending::<()>());
+        a.fetching(&hash, task.abort_handle());
+        // Once it started, what arrives is kept, and the last one completes the block:
+        // rebuilt from the pool, the fetch ended, and a late answer finds nothing.
+        admit(&mut pool, 1);
+        assert!(a.refill(&pool).is_empty());
+        assert_eq!(a.to_fetch(&hash).unwrap().0, vec![1, 4]);
+        admit(&mut pool, 4);
+        let rebuilt = a.refill(&pool);
+        assert_eq!(rebuilt.len(), 1);
+        assert_eq!(rebuilt[0].block, block);
+        assert_eq!((rebuilt[0].held, rebuilt[0].fetched), (5, 0));
+        assert_eq!(rebuilt[0].wires, vec![vec![1]]);
+        assert!(!a.is_waiting() && a.to_fetch(&hash).is_none());
+        rt.block_on(async { assert!(task.await.unwrap_err().is_cancelled()) });
+        let late = Ok(vec![block.txs[1].clone(), block.txs[4].clone()]);
+        assert!(a.fetched(&hash, late).unwrap().is_none());
+
+        // An answer completes a block partly filled in meanwhile: only the positions it
+        // filled count as fetched.
+        let (block, mut pool) = setup(4, 1, &[0]);
+        let hash = block.header.hash();
+        let mut a = Assembler::default();
+        let (_, indices, _) = wants(a.received(vec![2], CompactBlock::of(&block), 0, NOW, &pool));
+        assert_eq!(indices, vec![1, 2, 3]);
+        let task = rt.spawn(std::future::pending::<()>());
+        a.fetching(&hash, task.abort_handle());
+        let (h, len) = block.txs[2].hash_and_len();
+        pool.admit(block.txs[2].clone(), h, len, 0).unwrap();
+        assert!(a.refill(&pool).is_empty());
+        let answer = Ok(block.txs[1..].to_vec());
+        let r = a.fetched(&hash, answer).unwrap().unwrap();
+        assert_eq!(r.block, block);
+        assert_eq!((r.held, r.fetched), (2, 2));
+
+        // One proposal can be refilled alone; the others wait for the next refill.
+        let (one, _) = setup(2, 2, &[]);
+        let (two, _) = setup(2, 3, &[]);
+        let empty = Mempool::new(MempoolConfig::default());
+        let mut a = Assembler::default();
+        wants(a.received(vec![], CompactBlock::of(&one), 0, NOW, &empty));
+        wants(a.received(vec![], CompactBlock::of(&two), 0, NOW, &empty));
+        let mut pool = Mempool::new(MempoolConfig::default());
+        for tx in &one.txs {
+            let (h, len) = tx.hash_and_len();
+            pool.admit(tx.clone(), h, len, 0).unwrap();
+        }
+        let (h1, h2) = (one.header.hash(), two.header.hash());
+        // The pool completes the first, but only the second is looked at.
+        assert!(a.refill_one(&h2, &pool).is_none());
+        assert!(a.to_fetch(&h1).is_some() && a.to_fetch(&h2).is_some());
+        let done = a.refill(&pool);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].block, one);
+        assert!(a.to_fetch(&h1).is_none() && a.to_fetch(&h2).is_some());
     }
 
     #[test]

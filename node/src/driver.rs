@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use pyralog_consensus::{Carried, Engine, Input, Output, Signer, SignerStore, Timeout};
 use pyralog_crypto::{Keypair, PublicKey};
 use pyralog_ledger::{Decode, DuplicateVote, Encode, Hash, Header, Transaction, TxError};
-use pyralog_p2p::{Event, Held, InboundId, Judgement, Network, PeerId, Topic};
+use pyralog_p2p::{Event, Events, Held, InboundId, Judgement, Network, PeerId, Topic};
 use pyralog_storage::{SledStore, Store};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -46,6 +46,9 @@ const BAD_MESSAGE_PENALTY: i32 = 20;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one peer has to answer one request of such a fetch, before the next is asked.
 const PEER_FETCH_TIMEOUT: Duration = Duration::from_millis(600);
+/// Queued transaction batches a node takes in, at most, when a compact proposal names
+/// transactions it does not hold, before it fetches them.
+const MAX_BATCHES_BEFORE_FETCH: usize = 32;
 
 /// The fewest transactions a proposal may always hold, and the fewest a block must have
 /// to measure the cost of one (below it, the block's fixed cost dominates).
@@ -498,7 +501,7 @@ impl Driver {
     /// Runs until `shutdown` fires or a fatal error. Storage failures are fatal.
     pub async fn run(
         mut self,
-        mut events: pyralog_p2p::Events,
+        mut events: Events,
         mut requests: mpsc::Receiver<Request>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), Fatal> {
@@ -530,7 +533,7 @@ impl Driver {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 ev = events.recv() => match ev {
-                    Some(ev) => self.network_event(ev).await?,
+                    Some(ev) => self.network_event(ev, &mut events).await?,
                     None => return Err(Fatal("the networking task stopped".into())),
                 },
                 req = requests.recv() => {
@@ -539,6 +542,7 @@ impl Driver {
                         if self.outbox_bytes >= TX_FLUSH_BYTES {
                             self.flush_txs().await;
                         }
+                        self.refill_waiting().await?;
                     }
                 }
                 _ = sleep, if next_timer.is_some() => self.fire_timers().await?,
@@ -594,6 +598,11 @@ impl Driver {
                 let wire = match self.engine.compact_message(&message) {
                     Some((compact, block)) => {
                         self.assembler.remember(Arc::new(block));
+                        // The proposal names its transactions by hash: the ones this node
+                        // admitted since the last gossip flush go out first, on the same
+                        // connections, so the peers hold them when the proposal arrives
+                        // instead of fetching them (a round trip before their prevotes).
+                        self.flush_txs().await;
                         compact
                     }
                     None => message,
@@ -990,7 +999,7 @@ impl Driver {
         }
     }
 
-    async fn network_event(&mut self, ev: Event) -> Result<(), Fatal> {
+    async fn network_event(&mut self, ev: Event, events: &mut Events) -> Result<(), Fatal> {
         match ev {
             Event::Gossip {
                 from,
@@ -1001,7 +1010,7 @@ impl Driver {
             } => match topic {
                 Topic::Consensus => {
                     let rejected_before = self.metrics.rejected_messages.get();
-                    self.consensus_message(from, data).await?;
+                    self.consensus_message(from, data, events).await?;
                     if self.metrics.rejected_messages.get() > rejected_before
                         && let Some(a) = publisher
                     {
@@ -1009,8 +1018,12 @@ impl Driver {
                             .penalize(a, BAD_MESSAGE_PENALTY, "invalid consensus message".into())
                             .await;
                     }
+                    self.refill_waiting().await?;
                 }
-                Topic::Txs => self.gossiped_txs(publisher, &data, held).await,
+                Topic::Txs => {
+                    self.gossiped_txs(publisher, &data, held).await;
+                    self.refill_waiting().await?;
+                }
                 Topic::Evidence => {
                     let ok = DuplicateVote::from_bytes(&data).ok().filter(|ev| {
                         ev.verify(&self.chain.genesis().chain_id, self.chain.validators())
@@ -1047,7 +1060,12 @@ impl Driver {
     }
 
     /// A consensus message from the network; a compact proposal is rebuilt first.
-    async fn consensus_message(&mut self, from: PeerId, data: Vec<u8>) -> Result<(), Fatal> {
+    async fn consensus_message(
+        &mut self,
+        from: PeerId,
+        data: Vec<u8>,
+        events: &mut Events,
+    ) -> Result<(), Fatal> {
         let (compact, round) = match self.engine.carried(&data) {
             Ok(Carried::Message) => return self.input(Input::Message(data)).await,
             Ok(Carried::Block { block, round }) => (*block, round),
@@ -1065,11 +1083,34 @@ impl Driver {
             .received(data, compact, round, current, &self.pool)
         {
             Received::Rebuilt(r) => self.rebuilt(*r).await?,
-            Received::Fetch {
-                block,
-                indices,
-                expected,
-            } => {
+            Received::Fetch { block, .. } => {
+                // Transaction batches wait behind consensus messages here, so the batch
+                // the proposer sent just before its proposal may still be queued: take
+                // queued batches first (a bounded number), and fetch only what is still
+                // missing after them.
+                // (Other proposals these batches complete are rebuilt after this one's
+                // verdict, in `network_event`, so that a rejection of theirs is not
+                // taken for this message's.)
+                for _ in 0..MAX_BATCHES_BEFORE_FETCH {
+                    match events.try_recv_txs() {
+                        Some(Event::Gossip {
+                            topic: Topic::Txs,
+                            publisher,
+                            data,
+                            held,
+                            ..
+                        }) => self.gossiped_txs(publisher, &data, held).await,
+                        // (The queue holds transaction batches only.)
+                        Some(other) => Box::pin(self.network_event(other, events)).await?,
+                        None => break,
+                    }
+                    if let Some(r) = self.assembler.refill_one(&block, &self.pool) {
+                        return self.rebuilt(r).await;
+                    }
+                }
+                let Some((indices, expected)) = self.assembler.to_fetch(&block) else {
+                    return Ok(());
+                };
                 tracing::debug!(%from, height, round, missing = indices.len(), "fetching a compact proposal's transactions");
                 let net = self.net.clone();
                 let answers = self.fetch_tx.clone();
@@ -1088,6 +1129,17 @@ impl Driver {
                     "compact proposal not fetched for: others nearer the current round wait"
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the compact proposals whose missing transactions reached the pool since.
+    async fn refill_waiting(&mut self) -> Result<(), Fatal> {
+        if !self.assembler.is_waiting() {
+            return Ok(());
+        }
+        for r in self.assembler.refill(&self.pool) {
+            self.rebuilt(r).await?;
         }
         Ok(())
     }

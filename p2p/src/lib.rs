@@ -442,6 +442,14 @@ impl Events {
             Some(e) = self.txs.recv() => Some(e),
         }
     }
+
+    /// A transaction batch from gossip that is already queued, without waiting: a node
+    /// that lacks a proposal's transactions looks in its own queue before it asks its
+    /// peers (transaction batches wait behind consensus messages, so a proposal can
+    /// overtake the batch its proposer sent before it).
+    pub fn try_recv_txs(&mut self) -> Option<Event> {
+        self.txs.try_recv().ok()
+    }
 }
 
 /// Starts the networking task with the node key's `seed`. Returns the handle and the
@@ -1108,8 +1116,11 @@ mod tests {
         assert_eq!(data(events.recv().await), (Topic::Consensus, 9));
         assert_eq!(data(events.recv().await), (Topic::Txs, 0));
         control.send(gossip(Topic::Evidence, 8)).await.unwrap();
+        // A queued batch can be taken without waiting, ahead of control events, which
+        // stay where they are.
+        assert_eq!(data(events.try_recv_txs()), (Topic::Txs, 1));
+        assert!(events.try_recv_txs().is_none());
         assert_eq!(data(events.recv().await), (Topic::Evidence, 8));
-        assert_eq!(data(events.recv().await), (Topic::Txs, 1));
         // The task stopped: both queues close, and the stream ends.
         drop((control, txs));
         assert!(events.recv().await.is_none());
