@@ -55,8 +55,10 @@ pub struct Rebuilt {
 pub enum Received {
     /// Every transaction was here.
     Rebuilt(Box<Rebuilt>),
-    /// Fetch the transactions at `indices` of `block` (their hashes are `expected`), then
-    /// call [`Assembler::fetched`]; register the task with [`Assembler::fetching`].
+    /// Transactions at `indices` of `block` (their hashes are `expected`) are missing:
+    /// fetch them, register the task with [`Assembler::fetching`], then call
+    /// [`Assembler::fetched`]. If some may reach the pool first, [`Assembler::refill`] and
+    /// [`Assembler::to_fetch`] say what is still missing before the fetch starts.
     Fetch {
         /// The block's header hash.
         block: Hash,
@@ -592,6 +594,28 @@ mod tests {
         let r = a.fetched(&hash, answer).unwrap().unwrap();
         assert_eq!(r.block, block);
         assert_eq!((r.held, r.fetched), (2, 2));
+
+        // The path a node takes: what arrived before the fetch is left out of it, and the
+        // answer to the shorter request completes the block.
+        let (block, mut pool) = setup(4, 4, &[0]);
+        let hash = block.header.hash();
+        let mut a = Assembler::default();
+        wants(a.received(vec![3], CompactBlock::of(&block), 0, NOW, &pool));
+        for i in [1, 3] {
+            let (h, len) = block.txs[i].hash_and_len();
+            pool.admit(block.txs[i].clone(), h, len, 0).unwrap();
+        }
+        assert!(a.refill(&pool).is_empty());
+        let (indices, expected) = a.to_fetch(&hash).unwrap();
+        assert_eq!((indices, expected), (vec![2], vec![block.txs[2].hash()]));
+        let task = rt.spawn(std::future::pending::<()>());
+        a.fetching(&hash, task.abort_handle());
+        let r = a
+            .fetched(&hash, Ok(vec![block.txs[2].clone()]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.block, block);
+        assert_eq!((r.held, r.fetched), (3, 1));
 
         // One proposal can be refilled alone; the others wait for the next refill.
         let (one, _) = setup(2, 2, &[]);

@@ -46,9 +46,11 @@ const BAD_MESSAGE_PENALTY: i32 = 20;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one peer has to answer one request of such a fetch, before the next is asked.
 const PEER_FETCH_TIMEOUT: Duration = Duration::from_millis(600);
-/// Queued transaction batches a node takes in, at most, when a compact proposal names
-/// transactions it does not hold, before it fetches them.
-const MAX_BATCHES_BEFORE_FETCH: usize = 32;
+/// Bytes of queued transaction batches a node takes in, about, when a compact proposal
+/// names transactions it does not hold, before it fetches them (the batch that crosses
+/// it included): about 1,200 notarizations to check, which the consensus messages behind
+/// the proposal wait for.
+const MAX_BATCH_BYTES_BEFORE_FETCH: usize = 256 << 10;
 
 /// The fewest transactions a proposal may always hold, and the fewest a block must have
 /// to measure the cost of one (below it, the block's fixed cost dominates).
@@ -341,6 +343,9 @@ pub struct Driver {
     pending: PendingWrites,
     /// Recent proposals' blocks and compact proposals waiting for transactions.
     assembler: Assembler,
+    /// Whether the pool took a transaction since the waiting proposals were last
+    /// refilled from it.
+    pool_grew: bool,
     /// The ends of fetches of compact proposals' missing transactions.
     fetch_tx: mpsc::Sender<Fetched>,
     fetch_rx: mpsc::Receiver<Fetched>,
@@ -487,6 +492,7 @@ impl Driver {
                 unsynced: false,
             },
             assembler: Assembler::default(),
+            pool_grew: false,
             fetch_tx,
             fetch_rx,
         };
@@ -975,6 +981,7 @@ impl Driver {
         self.superseded();
         match admitted {
             Admitted::Added => {
+                self.pool_grew = true;
                 if let Some(encoded) = gossip {
                     self.outbox_bytes += encoded.len();
                     self.outbox.push(encoded);
@@ -1091,19 +1098,13 @@ impl Driver {
                 // (Other proposals these batches complete are rebuilt after this one's
                 // verdict, in `network_event`, so that a rejection of theirs is not
                 // taken for this message's.)
-                for _ in 0..MAX_BATCHES_BEFORE_FETCH {
-                    match events.try_recv_txs() {
-                        Some(Event::Gossip {
-                            topic: Topic::Txs,
-                            publisher,
-                            data,
-                            held,
-                            ..
-                        }) => self.gossiped_txs(publisher, &data, held).await,
-                        // (The queue holds transaction batches only.)
-                        Some(other) => Box::pin(self.network_event(other, events)).await?,
-                        None => break,
-                    }
+                let mut taken = 0;
+                while taken < MAX_BATCH_BYTES_BEFORE_FETCH {
+                    let Some(b) = events.try_recv_txs() else {
+                        break;
+                    };
+                    taken += b.data.len();
+                    self.gossiped_txs(b.publisher, &b.data, b.held).await;
                     if let Some(r) = self.assembler.refill_one(&block, &self.pool) {
                         return self.rebuilt(r).await;
                     }
@@ -1112,6 +1113,9 @@ impl Driver {
                     return Ok(());
                 };
                 tracing::debug!(%from, height, round, missing = indices.len(), "fetching a compact proposal's transactions");
+                self.metrics
+                    .proposal_txs_requested
+                    .inc_by(indices.len() as u64);
                 let net = self.net.clone();
                 let answers = self.fetch_tx.clone();
                 let task = tokio::spawn(async move {
@@ -1135,9 +1139,10 @@ impl Driver {
 
     /// Rebuilds the compact proposals whose missing transactions reached the pool since.
     async fn refill_waiting(&mut self) -> Result<(), Fatal> {
-        if !self.assembler.is_waiting() {
+        if !self.pool_grew || !self.assembler.is_waiting() {
             return Ok(());
         }
+        self.pool_grew = false;
         for r in self.assembler.refill(&self.pool) {
             self.rebuilt(r).await?;
         }

@@ -55,6 +55,9 @@ pub struct Metrics {
     pub proposal_txs_held: Counter,
     /// Transactions of compact proposals this node fetched from its peers.
     pub proposal_txs_fetched: Counter,
+    /// Transactions of compact proposals this node asked its peers for (some reach its
+    /// pool by gossip before the answer: those count as held).
+    pub proposal_txs_requested: Counter,
     /// Compact proposals dropped because their missing transactions could not be fetched
     /// (or were not fetched for: others nearer the current round waited).
     pub proposal_fetches_failed: Counter,
@@ -111,6 +114,7 @@ impl Metrics {
             rejected_messages: Counter::default(),
             proposal_txs_held: Counter::default(),
             proposal_txs_fetched: Counter::default(),
+            proposal_txs_requested: Counter::default(),
             proposal_fetches_failed: Counter::default(),
             dropped_tx_batches: Gauge::default(),
             rpc_proven_blocks: Counter::default(),
@@ -198,6 +202,11 @@ impl Metrics {
             "proposal_txs_fetched",
             "Transactions of compact proposals that this node did not hold and fetched from its peers",
             m.proposal_txs_fetched.clone(),
+        );
+        registry.register(
+            "proposal_txs_requested",
+            "Transactions of compact proposals that this node asked its peers for (those that reached its pool by gossip before the answer count as held, not fetched)",
+            m.proposal_txs_requested.clone(),
         );
         registry.register(
             "proposal_fetches_failed",

@@ -217,6 +217,32 @@ pub enum Event {
     Listening(Multiaddr),
 }
 
+/// A transaction batch from gossip, as queued for the node: an [`Event::Gossip`] on
+/// [`Topic::Txs`] (the fields are that event's).
+#[derive(Debug)]
+pub struct TxBatch {
+    /// The peer that sent it to this node.
+    pub from: PeerId,
+    /// `from`, when it claims to be the batch's author.
+    pub publisher: Option<PeerId>,
+    /// The payload.
+    pub data: Vec<u8>,
+    /// Its ticket for the node's verdict.
+    pub held: Option<Held>,
+}
+
+impl From<TxBatch> for Event {
+    fn from(b: TxBatch) -> Event {
+        Event::Gossip {
+            from: b.from,
+            publisher: b.publisher,
+            topic: Topic::Txs,
+            data: b.data,
+            held: b.held,
+        }
+    }
+}
+
 /// A gossip message gossipsub holds until the node judges it ([`Event::Gossip`]).
 #[derive(Debug)]
 pub struct Held(Box<HeldMessage>);
@@ -419,7 +445,8 @@ const TX_GOSSIP_QUEUE: usize = 1024;
 
 /// The events of the networking task, in two queues: control (consensus, evidence, sync,
 /// peers) and transaction gossip. [`Events::recv`] always takes a control event first, so
-/// a proposal or vote never waits behind a backlog of transactions to admit.
+/// a proposal or vote never waits behind a backlog of transactions to admit (the node
+/// may take a bounded number of queued batches itself, [`Events::try_recv_txs`]).
 ///
 /// The control queue is bounded with backpressure: if the node stops reading it, the
 /// network stops reading its peers. Transaction gossip is best effort, as in every
@@ -429,7 +456,7 @@ const TX_GOSSIP_QUEUE: usize = 1024;
 /// that carries them is still checked in full.
 pub struct Events {
     control: mpsc::Receiver<Event>,
-    txs: mpsc::Receiver<Event>,
+    txs: mpsc::Receiver<TxBatch>,
 }
 
 impl Events {
@@ -439,7 +466,7 @@ impl Events {
         tokio::select! {
             biased;
             e = self.control.recv() => e,
-            Some(e) = self.txs.recv() => Some(e),
+            Some(b) = self.txs.recv() => Some(b.into()),
         }
     }
 
@@ -447,7 +474,7 @@ impl Events {
     /// that lacks a proposal's transactions looks in its own queue before it asks its
     /// peers (transaction batches wait behind consensus messages, so a proposal can
     /// overtake the batch its proposer sent before it).
-    pub fn try_recv_txs(&mut self) -> Option<Event> {
+    pub fn try_recv_txs(&mut self) -> Option<TxBatch> {
         self.txs.try_recv().ok()
     }
 }
@@ -655,10 +682,10 @@ enum Queued {
 
 /// Queues a transaction batch from gossip for the node, or drops and counts it when the
 /// queue is full.
-fn queue_tx_gossip(queue: &mpsc::Sender<Event>, dropped: &AtomicU64, e: Event) -> Queued {
-    match queue.try_send(e) {
+fn queue_tx_gossip(queue: &mpsc::Sender<TxBatch>, dropped: &AtomicU64, b: TxBatch) -> Queued {
+    match queue.try_send(b) {
         Ok(()) => Queued::Sent,
-        Err(mpsc::error::TrySendError::Full(e)) => {
+        Err(mpsc::error::TrySendError::Full(b)) => {
             let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::warn!(
@@ -666,10 +693,7 @@ fn queue_tx_gossip(queue: &mpsc::Sender<Event>, dropped: &AtomicU64, e: Event) -
                     "the node is behind on transaction gossip: dropping batches"
                 );
             }
-            Queued::Dropped(match e {
-                Event::Gossip { held, .. } => held,
-                _ => None,
-            })
+            Queued::Dropped(b.held)
         }
         Err(mpsc::error::TrySendError::Closed(_)) => Queued::Closed,
     }
@@ -680,7 +704,7 @@ struct Actor {
     swarm: Swarm<Behaviour>,
     topics: HashMap<gossipsub::TopicHash, Topic>,
     events: mpsc::Sender<Event>,
-    tx_events: mpsc::Sender<Event>,
+    tx_events: mpsc::Sender<TxBatch>,
     dropped_tx_batches: Arc<AtomicU64>,
     pending:
         HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, P2pError>>>,
@@ -850,20 +874,30 @@ impl Actor {
             _ => None,
         };
         match event {
-            Some(
-                e @ Event::Gossip {
-                    topic: Topic::Txs, ..
-                },
-            ) => match queue_tx_gossip(&self.tx_events, &self.dropped_tx_batches, e) {
-                Queued::Sent => true,
-                Queued::Dropped(held) => {
-                    if let Some(held) = held {
-                        self.judge(held, Judgement::Ignored);
+            Some(Event::Gossip {
+                from,
+                publisher,
+                topic: Topic::Txs,
+                data,
+                held,
+            }) => {
+                let batch = TxBatch {
+                    from,
+                    publisher,
+                    data,
+                    held,
+                };
+                match queue_tx_gossip(&self.tx_events, &self.dropped_tx_batches, batch) {
+                    Queued::Sent => true,
+                    Queued::Dropped(held) => {
+                        if let Some(held) = held {
+                            self.judge(held, Judgement::Ignored);
+                        }
+                        true
                     }
-                    true
+                    Queued::Closed => false,
                 }
-                Queued::Closed => false,
-            },
+            }
             Some(e) => self.events.send(e).await.is_ok(),
             None => true,
         }
@@ -1010,6 +1044,15 @@ mod tests {
         }
     }
 
+    fn batch(data: u8) -> TxBatch {
+        TxBatch {
+            from: PeerId::random(),
+            publisher: None,
+            data: vec![data],
+            held: None,
+        }
+    }
+
     fn data(e: Option<Event>) -> (Topic, u8) {
         match e {
             Some(Event::Gossip { topic, data, .. }) => (topic, data[0]),
@@ -1098,13 +1141,11 @@ mod tests {
             txs: txs_rx,
         };
         for i in 0..2 {
-            let queued = queue_tx_gossip(&txs, &dropped, gossip(Topic::Txs, i));
+            let queued = queue_tx_gossip(&txs, &dropped, batch(i));
             assert!(matches!(queued, Queued::Sent));
         }
-        let mut held = gossip(Topic::Txs, 2);
-        if let Event::Gossip { held: h, .. } = &mut held {
-            *h = Some(Held::new(gossipsub::MessageId::new(b"m"), PeerId::random()));
-        }
+        let mut held = batch(2);
+        held.held = Some(Held::new(gossipsub::MessageId::new(b"m"), PeerId::random()));
         // The third batch found the queue full: dropped and counted, not waited for, and
         // handed back for gossipsub to be told (it will not be relayed).
         match queue_tx_gossip(&txs, &dropped, held) {
@@ -1118,7 +1159,7 @@ mod tests {
         control.send(gossip(Topic::Evidence, 8)).await.unwrap();
         // A queued batch can be taken without waiting, ahead of control events, which
         // stay where they are.
-        assert_eq!(data(events.try_recv_txs()), (Topic::Txs, 1));
+        assert_eq!(events.try_recv_txs().unwrap().data, vec![1]);
         assert!(events.try_recv_txs().is_none());
         assert_eq!(data(events.recv().await), (Topic::Evidence, 8));
         // The task stopped: both queues close, and the stream ends.
@@ -1127,7 +1168,7 @@ mod tests {
         // A closed queue tells the actor to stop.
         let (closed, _) = mpsc::channel(1);
         assert!(matches!(
-            queue_tx_gossip(&closed, &dropped, gossip(Topic::Txs, 0)),
+            queue_tx_gossip(&closed, &dropped, batch(0)),
             Queued::Closed
         ));
     }

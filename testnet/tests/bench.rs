@@ -128,7 +128,7 @@ fn the_bench_resends_what_a_full_pool_refused() {
         text.contains("resends of transactions refused for now"),
         "{text}"
     );
-    let (mut held, mut fetched) = (0.0, 0.0);
+    let (mut held, mut fetched, mut requested) = (0.0, 0.0, 0.0);
     for n in net.manifest().nodes {
         let m = fetch_metrics(&n.metrics);
         let count = |name: &str| metric(&m, name).unwrap_or_else(|| panic!("{name} in {m}"));
@@ -140,7 +140,14 @@ fn the_bench_resends_what_a_full_pool_refused() {
         );
         held += count("pyralog_proposal_txs_held_total");
         fetched += count("pyralog_proposal_txs_fetched_total");
+        requested += count("pyralog_proposal_txs_requested_total");
     }
     assert!(fetched > 0.0, "held {held}, fetched {fetched}");
-    eprintln!("proposals' transactions: held {held}, fetched {fetched}");
+    // What was fetched had been asked for (some of what was asked for may have come by
+    // gossip first).
+    assert!(
+        requested >= fetched,
+        "requested {requested}, fetched {fetched}"
+    );
+    eprintln!("proposals' transactions: held {held}, fetched {fetched}, requested {requested}");
 }
