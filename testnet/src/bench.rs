@@ -231,6 +231,34 @@ impl Bounds {
     pub fn cpu_us_per_tx_at_half_bound(&self) -> f64 {
         2e6 / self.sig_verify_per_core.max(1e-9)
     }
+
+    /// The bounds measured before and after a load, averaged. On a shared host the
+    /// machine's speed drifts by a third within minutes, so one measurement taken before
+    /// a load can be far from the speed the load got; the load lies between these two.
+    pub fn bracketing(before: &Bounds, after: &Bounds) -> Bounds {
+        let mean = |a: f64, b: f64| (a + b) / 2.0;
+        Bounds {
+            sig_verify_per_core: mean(before.sig_verify_per_core, after.sig_verify_per_core),
+            sig_verify_single_per_core: mean(
+                before.sig_verify_single_per_core,
+                after.sig_verify_single_per_core,
+            ),
+            cores: before.cores,
+            blake3_mib_per_sec: mean(before.blake3_mib_per_sec, after.blake3_mib_per_sec),
+            fsync_ms: mean(before.fsync_ms, after.fsync_ms),
+        }
+    }
+
+    /// The JSON object of these bounds (`bounds`, `bounds_before`, `bounds_after`).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "sig_verify_per_core": self.sig_verify_per_core,
+            "sig_verify_single_per_core": self.sig_verify_single_per_core,
+            "cores": self.cores,
+            "blake3_mib_per_sec": self.blake3_mib_per_sec,
+            "fsync_ms": self.fsync_ms,
+        })
+    }
 }
 
 /// Windows in which each signature rate is measured; the median counts.
@@ -993,13 +1021,7 @@ pub fn report_json(r: &BenchReport, b: &Bounds, transport: &str, command: &str) 
             "tx_per_sec": c.tx_per_sec(),
             "tx_ratio_to_load": c.tx_per_sec() / r.tx_per_sec().max(1e-9),
         })),
-        "bounds": {
-            "sig_verify_per_core": b.sig_verify_per_core,
-            "sig_verify_single_per_core": b.sig_verify_single_per_core,
-            "cores": b.cores,
-            "blake3_mib_per_sec": b.blake3_mib_per_sec,
-            "fsync_ms": b.fsync_ms,
-        },
+        "bounds": b.to_json(),
     })
 }
 

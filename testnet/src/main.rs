@@ -431,15 +431,18 @@ fn bench(
     use pyralog_testnet::bench;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let rt = runtime()?;
-    let bounds = bench::measure_bounds(&opts.home)?;
-    println!(
-        "machine: {} cores; ed25519 verify {:.0}/s per core in batches ({:.0}/s one by one); BLAKE3 {:.0} MiB/s per core; fsync {:.2} ms",
-        bounds.cores,
-        bounds.sig_verify_per_core,
-        bounds.sig_verify_single_per_core,
-        bounds.blake3_mib_per_sec,
-        bounds.fsync_ms
-    );
+    let machine = |when: &str, b: &bench::Bounds| {
+        println!(
+            "machine, {when}: {} cores; ed25519 verify {:.0}/s per core in batches ({:.0}/s one by one); BLAKE3 {:.0} MiB/s per core; fsync {:.2} ms",
+            b.cores,
+            b.sig_verify_per_core,
+            b.sig_verify_single_per_core,
+            b.blake3_mib_per_sec,
+            b.fsync_ms
+        )
+    };
+    let before = bench::measure_bounds(&opts.home)?;
+    machine("before the load", &before);
     let running = match Manifest::load(&opts.home) {
         Ok(m) => {
             if let Some(n) = m.nodes.iter().find(|n| !n.pid.is_some_and(alive)) {
@@ -497,6 +500,10 @@ fn bench(
             runs.push((name, rt.block_on(bench::run(&o, now_ms()))?));
         }
     }
+    let after = bench::measure_bounds(&opts.home)?;
+    machine("after the load", &after);
+    // The bounds are those of the machine while the load ran: the mean of the two.
+    let bounds = bench::Bounds::bracketing(&before, &after);
     let mut last = None;
     for (name, r) in &runs {
         let bound = bounds.signature_bound(r.validators);
@@ -566,7 +573,7 @@ fn bench(
             r.tx_bytes
         );
         println!(
-            "{name}: signature bound {bound:.0} tx/s ({} validators on {} cores): {:.2} of it",
+            "{name}: signature bound {bound:.0} tx/s ({} validators on {} cores, the batch rate measured before and after the load): {:.2} of it",
             r.validators,
             bounds.cores,
             r.tx_per_sec() / bound.max(1.0)
@@ -583,7 +590,12 @@ fn bench(
                 r.tx_per_sec()
             );
         }
-        last = Some(bench::report_json(r, &bounds, name, &command));
+        let mut report = bench::report_json(r, &bounds, name, &command);
+        if let serde_json::Value::Object(o) = &mut report {
+            o.insert("bounds_before".into(), before.to_json());
+            o.insert("bounds_after".into(), after.to_json());
+        }
+        last = Some(report);
     }
     if let [(_, tcp), (_, wg)] = runs.as_slice() {
         println!(

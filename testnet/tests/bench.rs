@@ -74,6 +74,22 @@ fn quick_bench_reports_every_figure() {
     );
     let rate = v["bounds"]["sig_verify_per_core"].as_f64().unwrap();
     assert!((num("cpu_us_per_tx_at_half_bound") - 2e6 / rate).abs() < 1e-6);
+    // The bounds were measured on both sides of the load, and their mean counts.
+    let side = |k: &str, f: &str| v[k][f].as_f64().unwrap_or_else(|| panic!("{k}.{f} in {v}"));
+    for f in [
+        "sig_verify_per_core",
+        "sig_verify_single_per_core",
+        "blake3_mib_per_sec",
+        "fsync_ms",
+    ] {
+        let (b, a) = (side("bounds_before", f), side("bounds_after", f));
+        assert!(b > 0.0 && a > 0.0, "{f}: {b}, {a}");
+        assert!((side("bounds", f) - (b + a) / 2.0).abs() < 1e-9, "{f}");
+    }
+    let cores = v["bounds"]["cores"].as_f64().unwrap();
+    assert!((num("signature_bound_tx_per_sec") - rate * cores / 4.0).abs() < 1e-6);
+    assert!(text.contains("machine, before the load:"), "{text}");
+    assert!(text.contains("machine, after the load:"), "{text}");
     assert!(text.contains("CPU per committed transaction:"), "{text}");
     // The bench submits and watches: it spends some CPU, and so does the machine.
     assert!(num("bench_cpu_seconds") > 0.0);
