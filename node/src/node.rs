@@ -35,6 +35,11 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("opening the database in {}", home.data().display()))?,
     );
     let chain = Chain::open(genesis.clone(), store.clone())?;
+    // Off the startup path: the first loaded blocks find the cache's memory mapped.
+    std::thread::spawn({
+        let store = store.clone();
+        move || store.prefault_state_cache()
+    });
     let genesis_hash = genesis.hash()?;
     let metrics = if config.mode == Mode::Auditor {
         Metrics::with_audit()
