@@ -36,10 +36,20 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
     );
     let chain = Chain::open(genesis.clone(), store.clone())?;
     // Off the startup path: the first loaded blocks find the cache's memory mapped.
-    std::thread::spawn({
-        let store = store.clone();
-        move || store.prefault_state_cache()
-    });
+    let prefault = std::thread::Builder::new()
+        .name("prefault-state-cache".into())
+        .spawn({
+            let store = store.clone();
+            move || {
+                let started = std::time::Instant::now();
+                store.prefault_state_cache();
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::info!(ms, "state cache memory mapped");
+            }
+        });
+    if let Err(e) = prefault {
+        tracing::warn!(error = %e, "the state cache's memory will be mapped as it fills");
+    }
     let genesis_hash = genesis.hash()?;
     let metrics = if config.mode == Mode::Auditor {
         Metrics::with_audit()

@@ -929,6 +929,8 @@ mod tests {
         let w = writes(3, vec![leaf(7, 1)]);
         put_pages(&store, 3, &w);
         assert_eq!(store.state_node(&w[0].0).unwrap(), Some(leaf(7, 1)));
+        // A cache in use is left alone.
+        store.prefault_state_cache();
         // Gone from sled, served from the cache: no placeholder took its place.
         store.db.remove(page_key(3, 0)).unwrap();
         assert_eq!(store.state_node(&w[0].0).unwrap(), Some(leaf(7, 1)));
