@@ -604,8 +604,8 @@ impl Driver {
                 let wire = match self.engine.compact_message(&message) {
                     Some((compact, block)) => {
                         self.assembler.remember(Arc::new(block));
-                        // The proposal names its transactions by hash: the ones this node
-                        // admitted since the last gossip flush go out first, on the same
+                        // The proposal names its transactions by hash: those submitted to
+                        // this node by RPC since the last gossip flush go out first, on the same
                         // connections, so the peers hold them when the proposal arrives
                         // instead of fetching them (a round trip before their prevotes).
                         self.flush_txs().await;
@@ -1093,8 +1093,8 @@ impl Driver {
             Received::Fetch { block, .. } => {
                 // Transaction batches wait behind consensus messages here, so the batch
                 // the proposer sent just before its proposal may still be queued: take
-                // queued batches first (a bounded number), and fetch only what is still
-                // missing after them.
+                // queued batches first (about MAX_BATCH_BYTES_BEFORE_FETCH of them), and
+                // fetch only what is still missing after them.
                 // (Other proposals these batches complete are rebuilt after this one's
                 // verdict, in `network_event`, so that a rejection of theirs is not
                 // taken for this message's.)
