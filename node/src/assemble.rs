@@ -452,10 +452,23 @@ mod tests {
         let (block, _) = chain.make_block(txs);
         let mut pool = Mempool::new(MempoolConfig::default());
         for &i in held {
-            let (h, len) = block.txs[i].hash_and_len();
-            pool.admit(block.txs[i].clone(), h, len, 0).unwrap();
+            hold(&mut pool, &block.txs[i]);
         }
         (block, pool)
+    }
+
+    /// Admits `tx` to `pool`, as gossip or RPC would.
+    fn hold(pool: &mut Mempool, tx: &Transaction) {
+        let (h, len) = tx.hash_and_len();
+        pool.admit(tx.clone(), h, len, 0).unwrap();
+    }
+
+    /// A runtime for fetch tasks and timers.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
     }
 
     const NOW: (u64, u32) = (1, 0);
@@ -537,24 +550,17 @@ mod tests {
 
     #[test]
     fn transactions_that_reach_the_pool_later_fill_a_waiting_proposal_in() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _guard = rt.enter();
         let (block, mut pool) = setup(5, 0, &[0, 2]);
         let hash = block.header.hash();
-        let admit = |pool: &mut Mempool, i: usize| {
-            let (h, len) = block.txs[i].hash_and_len();
-            pool.admit(block.txs[i].clone(), h, len, 0).unwrap();
-        };
         let mut a = Assembler::default();
         assert!(!a.is_waiting());
         let (_, indices, _) = wants(a.received(vec![1], CompactBlock::of(&block), 0, NOW, &pool));
         assert_eq!(indices, vec![1, 3, 4]);
         assert!(a.is_waiting());
         // Before its fetch starts, a proposal asks only for what is still missing.
-        admit(&mut pool, 3);
+        hold(&mut pool, &block.txs[3]);
         assert!(a.refill(&pool).is_empty());
         assert_eq!(
             a.to_fetch(&hash),
@@ -564,10 +570,10 @@ mod tests {
         a.fetching(&hash, task.abort_handle());
         // Once it started, what arrives is kept, and the last one completes the block:
         // rebuilt from the pool, the fetch ended, and a late answer finds nothing.
-        admit(&mut pool, 1);
+        hold(&mut pool, &block.txs[1]);
         assert!(a.refill(&pool).is_empty());
         assert_eq!(a.to_fetch(&hash).unwrap().0, vec![1, 4]);
-        admit(&mut pool, 4);
+        hold(&mut pool, &block.txs[4]);
         let rebuilt = a.refill(&pool);
         assert_eq!(rebuilt.len(), 1);
         assert_eq!(rebuilt[0].block, block);
@@ -587,8 +593,7 @@ mod tests {
         assert_eq!(indices, vec![1, 2, 3]);
         let task = rt.spawn(std::future::pending::<()>());
         a.fetching(&hash, task.abort_handle());
-        let (h, len) = block.txs[2].hash_and_len();
-        pool.admit(block.txs[2].clone(), h, len, 0).unwrap();
+        hold(&mut pool, &block.txs[2]);
         assert!(a.refill(&pool).is_empty());
         let answer = Ok(block.txs[1..].to_vec());
         let r = a.fetched(&hash, answer).unwrap().unwrap();
@@ -602,8 +607,7 @@ mod tests {
         let mut a = Assembler::default();
         wants(a.received(vec![3], CompactBlock::of(&block), 0, NOW, &pool));
         for i in [1, 3] {
-            let (h, len) = block.txs[i].hash_and_len();
-            pool.admit(block.txs[i].clone(), h, len, 0).unwrap();
+            hold(&mut pool, &block.txs[i]);
         }
         assert!(a.refill(&pool).is_empty());
         let (indices, expected) = a.to_fetch(&hash).unwrap();
@@ -626,8 +630,7 @@ mod tests {
         wants(a.received(vec![], CompactBlock::of(&two), 0, NOW, &empty));
         let mut pool = Mempool::new(MempoolConfig::default());
         for tx in &one.txs {
-            let (h, len) = tx.hash_and_len();
-            pool.admit(tx.clone(), h, len, 0).unwrap();
+            hold(&mut pool, tx);
         }
         let (h1, h2) = (one.header.hash(), two.header.hash());
         // The pool completes the first, but only the second is looked at.
@@ -667,10 +670,7 @@ mod tests {
 
     #[test]
     fn the_proposals_nearest_the_current_round_wait_and_fetch_tasks_end_with_them() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _guard = rt.enter();
         let empty = Mempool::new(MempoolConfig::default());
         let blocks: Vec<Block> = (0..MAX_WAITING as u8 + 2)
@@ -737,10 +737,7 @@ mod tests {
         Vec<usize>,
         usize,
     ) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let expected: Vec<Hash> = indices
             .iter()
             .map(|&i| block.txs[i as usize].hash())
