@@ -18,6 +18,25 @@ use pyralog_ledger::chain::Genesis;
 use pyralog_p2p::TransportKind;
 use pyralog_p2p::wg::WgConfig;
 
+/// Turns transparent huge pages off for the rest of this process's life. It is called
+/// once the state cache's tables are mapped, so that they keep their huge pages and
+/// what is allocated later gets pages of 4 KiB. The allocator asks the kernel for huge
+/// pages for all of its memory and hands memory unused for a second back to it; a
+/// fault then zeroes 2 MiB where the node needed a few kilobytes. In a 4-validator
+/// testnet on two cores that cost about a fifth of the CPU of a burst, and after an
+/// idle moment the first loaded heights took 150 to 320 ms, a p99 of 300 to 600 ms at
+/// 3,000 tx/s. The state cache's lookups, at random in some 400 MB, are where huge
+/// pages pay: with 4 KiB pages there too, the misses of the processor's page-table
+/// cache made a commit's state walk slower and the p99 at 3,000 tx/s rose again to
+/// 150 to 400 ms (docs/PERFORMANCE.md, twentieth session). Linux only; elsewhere, or
+/// should the kernel refuse, the node runs as it is.
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::warn!(error = %e, "transparent huge pages stay on for this process");
+    }
+}
+
 /// Runs a node from `home` with the effective `config` until a signal.
 pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
     let genesis = home.read_genesis()?;
@@ -45,10 +64,12 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
                 store.prefault_state_cache();
                 let ms = started.elapsed().as_millis() as u64;
                 tracing::info!(ms, "state cache memory mapped");
+                no_transparent_huge_pages();
             }
         });
     if let Err(e) = prefault {
         tracing::warn!(error = %e, "the state cache's memory will be mapped as it fills");
+        no_transparent_huge_pages();
     }
     let genesis_hash = genesis.hash()?;
     let metrics = if config.mode == Mode::Auditor {

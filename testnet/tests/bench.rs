@@ -124,6 +124,28 @@ fn the_bench_resends_what_a_full_pool_refused() {
         std::fs::write(&path, text.replace("max_txs = 100000", "max_txs = 100")).unwrap();
     }
     net.cli(&["start"]);
+    // Every node turns transparent huge pages off for itself once its state cache is
+    // mapped, a few seconds at most (docs/NODE.md); a kernel too old to report it
+    // (before 5.0) has no line.
+    for n in net.manifest().nodes {
+        let pid = n.pid.expect("started");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) else {
+                break;
+            };
+            if line.split_whitespace().nth(1) == Some("0") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: {line} after 60 s",
+                n.name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
     let json = net.dir.join("bench.json");
     let out = succeed(
         std::process::Command::new(EXE)
