@@ -128,15 +128,16 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
     /// makes distinct placeholder keys and `value` is their value; the tables are
     /// emptied again, keeping their memory. With the other table mapped already, the
     /// first generation makes no copies into it ([`WARM_EVERY`]). Does nothing once the
-    /// cache holds anything.
-    pub fn prefault(&mut self, key: impl Fn(u64) -> K, value: &V) {
+    /// cache holds anything. Returns whether it mapped both tables: false for a cache
+    /// in use, or when a table's allocation failed (the cache then grows as it fills).
+    pub fn prefault(&mut self, key: impl Fn(u64) -> K, value: &V) -> bool {
         if self.inserted > 0 || !self.young.is_empty() || !self.old.is_empty() {
-            return;
+            return false;
         }
         let room = self.room();
         for table in [&mut self.young, &mut self.old] {
             if table.try_reserve(room).is_err() {
-                return;
+                return false;
             }
             // Four placeholders for each 4-KiB page of the table's entries (a table has
             // about 8 slots for 7 of its capacity): landing at random, they leave about
@@ -151,6 +152,7 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
             table.clear();
         }
         self.warming = false;
+        true
     }
 
     /// Insertions a generation's table has room for.
@@ -266,7 +268,7 @@ mod tests {
     fn prefaulting_prepares_both_tables_and_keeps_nothing() {
         const CAPACITY: usize = 10_000;
         let mut cache: Recent<u64, [u8; 64]> = Recent::new(CAPACITY);
-        cache.prefault(|i| i, &[7; 64]);
+        assert!(cache.prefault(|i| i, &[7; 64]));
         assert!(cache.young.capacity() >= 2 * CAPACITY);
         assert!(cache.old.capacity() >= 2 * CAPACITY);
         assert!(cache.is_empty() && cache.young.is_empty() && cache.old.is_empty());
@@ -292,7 +294,7 @@ mod tests {
         assert_eq!(cache.get(&5), Some([1; 64]));
         // Once in use, a prefault changes nothing.
         let held = cache.len();
-        cache.prefault(|i| i, &[9; 64]);
+        assert!(!cache.prefault(|i| i, &[9; 64]));
         assert_eq!(cache.len(), held);
         assert_eq!(cache.get(&3), Some([1; 64]));
     }

@@ -18,22 +18,26 @@ use pyralog_ledger::chain::Genesis;
 use pyralog_p2p::TransportKind;
 use pyralog_p2p::wg::WgConfig;
 
-/// Turns transparent huge pages off for the rest of this process's life. It is called
-/// once the state cache's tables are mapped, so that they keep their huge pages and
-/// what is allocated later gets pages of 4 KiB. The allocator asks the kernel for huge
-/// pages for all of its memory and hands memory unused for a second back to it; a
-/// fault then zeroes 2 MiB where the node needed a few kilobytes. In a 4-validator
-/// testnet on two cores that cost about a fifth of the CPU of a burst, and after an
-/// idle moment the first loaded heights took 150 to 320 ms, a p99 of 300 to 600 ms at
-/// 3,000 tx/s. The state cache's lookups, at random in some 400 MB, are where huge
-/// pages pay: with 4 KiB pages there too, the misses of the processor's page-table
-/// cache made a commit's state walk slower and the p99 at 3,000 tx/s rose again to
-/// 150 to 400 ms (docs/PERFORMANCE.md, twentieth session). Linux only; elsewhere, or
-/// should the kernel refuse, the node runs as it is.
+/// Turns transparent huge pages off for the rest of this process's life (all of its
+/// threads). It is called once the state cache's two tables are mapped, so that they
+/// keep whatever huge pages the kernel gave them, and what is allocated later gets
+/// pages of 4 KiB. The allocator advises huge pages for its large regions and hands
+/// memory unused for a second back to the kernel; touching that memory again then
+/// faults in 2 MiB pages, each zeroed, where the node needed a few kilobytes. In a
+/// 4-validator testnet on two cores that cost about a fifth of the CPU of a burst, and
+/// after an idle moment the first loaded heights took 150 to 320 ms, a p99 of 300 to
+/// 600 ms at 3,000 tx/s. The state cache's lookups, at random in its 320 MB (at the
+/// default size), are where huge pages pay: with 4 KiB pages there too, commits were
+/// slower (most likely the misses of the processor's page-table cache) and the p99 at
+/// 3,000 tx/s rose again to 150 to 400 ms (docs/PERFORMANCE.md, twentieth session).
+/// Should the tables not have been mapped first, it is turned off all the same: pages
+/// of 4 KiB everywhere still measured better than the allocator's huge pages. Linux
+/// only; elsewhere, or should the kernel refuse, the node runs as it is.
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
-    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
-        tracing::warn!(error = %e, "transparent huge pages stay on for this process");
+    match nix::sys::prctl::set_thp_disable(true) {
+        Ok(()) => tracing::info!("transparent huge pages off for this process"),
+        Err(e) => tracing::warn!(error = %e, "transparent huge pages stay on for this process"),
     }
 }
 
@@ -61,9 +65,15 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
             let store = store.clone();
             move || {
                 let started = std::time::Instant::now();
-                store.prefault_state_cache();
-                let ms = started.elapsed().as_millis() as u64;
-                tracing::info!(ms, "state cache memory mapped");
+                if store.prefault_state_cache() {
+                    let ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(ms, "state cache memory mapped");
+                } else {
+                    tracing::warn!(
+                        "the state cache was in use or could not be allocated at once; \
+                         its memory will be mapped as it fills"
+                    );
+                }
                 no_transparent_huge_pages();
             }
         });

@@ -414,7 +414,9 @@ impl SledStore {
     /// Maps the state-node cache's memory now ([`Recent::prefault`]): a node calls this
     /// once when it starts, so that its first loaded blocks do not wait for the kernel
     /// to zero the cache's pages (it holds the cache meanwhile; a commit waits).
-    pub fn prefault_state_cache(&self) {
+    /// Returns whether it did: not for a cache in use, nor when its tables could not be
+    /// allocated.
+    pub fn prefault_state_cache(&self) -> bool {
         let placeholder = (
             Hash([0; 32]),
             StateNode::Leaf {
@@ -428,7 +430,7 @@ impl SledStore {
                 index: i as u32,
             },
             &placeholder,
-        );
+        )
     }
 
     /// Bytes the database occupies on disk.
@@ -924,13 +926,13 @@ mod tests {
     fn a_prefaulted_state_cache_starts_empty_and_caches() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open_with_cache(dir.path(), 4 << 20, 8 << 20).unwrap();
-        store.prefault_state_cache();
+        assert!(store.prefault_state_cache());
         assert!(store.node_cache().is_empty());
         let w = writes(3, vec![leaf(7, 1)]);
         put_pages(&store, 3, &w);
         assert_eq!(store.state_node(&w[0].0).unwrap(), Some(leaf(7, 1)));
         // A cache in use is left alone.
-        store.prefault_state_cache();
+        assert!(!store.prefault_state_cache());
         // Gone from sled, served from the cache: no placeholder took its place.
         store.db.remove(page_key(3, 0)).unwrap();
         assert_eq!(store.state_node(&w[0].0).unwrap(), Some(leaf(7, 1)));

@@ -112,7 +112,8 @@ fn quick_bench_reports_every_figure() {
 /// most of them. The bench sends what they refused again, in each sender's nonce order,
 /// and every transaction commits. Proposals travel compact (transactions by hash), and a
 /// validator whose full pool refused some of a proposal's transactions fetches them from
-/// the peer that sent it.
+/// the peer that sent it. Before the load, every node has turned transparent huge pages
+/// off for itself once its state cache was mapped.
 #[test]
 fn the_bench_resends_what_a_full_pool_refused() {
     let net = common::Net::up(4);
@@ -124,26 +125,35 @@ fn the_bench_resends_what_a_full_pool_refused() {
         std::fs::write(&path, text.replace("max_txs = 100000", "max_txs = 100")).unwrap();
     }
     net.cli(&["start"]);
-    // Every node turns transparent huge pages off for itself once its state cache is
-    // mapped, a few seconds at most (docs/NODE.md); a kernel too old to report it
-    // (before 5.0) has no line.
+    // Every node maps its state cache and then turns transparent huge pages off for
+    // itself (docs/NODE.md), within seconds; its log says both, in that order, and a
+    // kernel of 5.0 or later shows the switch in /proc/PID/status.
     for n in net.manifest().nodes {
-        let pid = n.pid.expect("started");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-            let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) else {
-                break;
-            };
-            if line.split_whitespace().nth(1) == Some("0") {
-                break;
+        let text = loop {
+            let text = net.log(&n.name);
+            if text.contains("transparent huge pages") {
+                break text;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "{}: {line} after 60 s",
+                "{}: no word on huge pages after 60 s:\n{text}",
                 n.name
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let mapped = text.find("state cache memory mapped");
+        let off = text.find("transparent huge pages off for this process");
+        assert!(
+            matches!((mapped, off), (Some(m), Some(o)) if m < o),
+            "{}:\n{text}",
+            n.name
+        );
+        let pid = n.pid.expect("started");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("{} (pid {pid}) is not running: {e}", n.name));
+        if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+            assert_eq!(line.split_whitespace().nth(1), Some("0"), "{}", n.name);
         }
     }
     let json = net.dir.join("bench.json");
