@@ -621,6 +621,35 @@ async fn subscribe_headers(
     Ok((client, sub))
 }
 
+/// The state of each validator `m` started, for an error about a load that stopped
+/// committing: its height, round, pending transactions and peers, or why it did not
+/// say (a node that is gone, or one that does not answer within 5 s).
+pub async fn validators_state(m: &Manifest) -> String {
+    let mut out = Vec::new();
+    for n in &m.nodes {
+        let (pyralog_node::config::Mode::Validator, Some(pid)) = (n.mode, n.pid) else {
+            continue;
+        };
+        let name = &n.name;
+        if !crate::alive(pid) {
+            out.push(format!("{name} not running (pid {pid})"));
+            continue;
+        }
+        let said = match Rpc::new(&n.rpc, Duration::from_secs(5)) {
+            Ok(rpc) => rpc.must("status", vec![]).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        out.push(match said {
+            Ok(s) => format!(
+                "{name} at height {}, round {}, {} pending, {} peers",
+                s["height"], s["round"], s["mempool_txs"], s["peers"]
+            ),
+            Err(e) => format!("{name} (pid {pid}) did not answer status: {e}"),
+        });
+    }
+    out.join("; ")
+}
+
 /// Runs the load against the running network `m`.
 pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let chain = ChainId::new(&m.chain_id)?;
@@ -706,8 +735,9 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         if Instant::now() > deadline {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             bail!(
-                "only {} of the {expected} transactions expected to commit did in 300 s after the submission",
-                size.saturating_sub(base)
+                "only {} of the {expected} transactions expected to commit did in 300 s after the submission; the validators: {}",
+                size.saturating_sub(base),
+                validators_state(m).await
             );
         }
         if size != last_size {

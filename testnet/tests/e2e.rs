@@ -463,6 +463,7 @@ async fn an_idle_chain_waits_for_transactions_before_proposing() {
 async fn two_of_four_down_halts_without_forks_and_progress_resumes() {
     let net = Net::up(4);
     let clients = net.clients();
+    let started = net.manifest();
     net.cli(&["kill", "node2"]);
     net.cli(&["kill", "node3"]);
     // A height that was in flight may still finish; then nothing commits.
@@ -474,6 +475,16 @@ async fn two_of_four_down_halts_without_forks_and_progress_resumes() {
         stuck,
         "two of four validators cannot commit"
     );
+    // What the bench says of the validators when a load stops committing.
+    let said = pyralog_testnet::bench::validators_state(&started).await;
+    for expected in [
+        format!("node0 at height {}, round ", stuck[0]),
+        format!("node1 at height {}, round ", stuck[1]),
+        "node2 not running (pid ".to_string(),
+        "node3 not running (pid ".to_string(),
+    ] {
+        assert!(said.contains(&expected), "{expected} in {said}");
+    }
     net.cli(&["restart", "node2"]);
     net.cli(&["restart", "node3"]);
     let goal = stuck[0].max(stuck[1]) + 3;

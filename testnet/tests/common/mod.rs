@@ -159,6 +159,26 @@ pub fn succeed(cmd: &mut Command, what: &str) -> std::process::Output {
 
 impl Drop for Net {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The temporary directory goes with the test: show the end of each node's
+            // log with the failure.
+            let mut logs: Vec<_> = std::fs::read_dir(&self.home)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("node.log"))
+                .filter(|p| p.exists())
+                .collect();
+            logs.sort();
+            for log in logs {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- the last lines of {}:", log.display());
+                for line in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
         let _ = Command::new(EXE)
             .args(["down", "--home"])
             .arg(&self.home)
