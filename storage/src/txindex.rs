@@ -20,11 +20,12 @@
 //!
 //! The recent entries take about 30 MB at most (a hash table of up to 2^19 slots of 57
 //! bytes, kept allocated between runs). The commit that writes a run sorts them
-//! and inserts 4,096 records (about 13.5 MB), once every 262,144 transactions: about a
-//! tenth of a second more than another commit on an idle machine (52 ms and 61 ms in a
-//! release build), but 1.5 to 1.9 s at every validator of a 4-validator testnet under
-//! 3,000 tx/s on two cores, which admitted nothing meanwhile (docs/PERFORMANCE.md,
-//! twentieth session). Writing a run a part at a time would spread that out.
+//! and inserts 4,096 records (about 13.5 MB), once every 262,144 transactions: on an
+//! idle machine about 0.11 s more than another commit (52 ms to sort, 61 ms for sled, in
+//! a release build), but under 3,000 tx/s on two cores it held every validator of a
+//! 4-validator testnet for 1.5 to 1.9 s, and their drivers admitted nothing meanwhile
+//! (docs/PERFORMANCE.md, twentieth session). Writing a run a part at a time would
+//! spread that out.
 
 use std::collections::HashMap;
 

@@ -621,16 +621,22 @@ async fn subscribe_headers(
     Ok((client, sub))
 }
 
-/// The state of each validator `m` started, for an error about a load that stopped
-/// committing: its height, round, pending transactions and peers, or why it did not
-/// say (a node that is gone, or one that does not answer within 5 s).
+/// The state of each validator of `m`, for an error about a load that stopped
+/// committing: its height, round, pending transactions and peers (its last published
+/// status: a node whose work is stuck shows the same figures each time), or why it did
+/// not say (stopped before the load, gone since, or no answer within 5 s; asked one
+/// after the other).
 pub async fn validators_state(m: &Manifest) -> String {
     let mut out = Vec::new();
     for n in &m.nodes {
-        let (pyralog_node::config::Mode::Validator, Some(pid)) = (n.mode, n.pid) else {
+        if n.mode != pyralog_node::config::Mode::Validator {
+            continue;
+        }
+        let name = &n.name;
+        let Some(pid) = n.pid else {
+            out.push(format!("{name} stopped before the load"));
             continue;
         };
-        let name = &n.name;
         if !crate::alive(pid) {
             out.push(format!("{name} not running (pid {pid})"));
             continue;
@@ -641,8 +647,16 @@ pub async fn validators_state(m: &Manifest) -> String {
         };
         out.push(match said {
             Ok(s) => format!(
-                "{name} at height {}, round {}, {} pending, {} peers",
-                s["height"], s["round"], s["mempool_txs"], s["peers"]
+                "{name} at height {}, round {}, {} pending, {} peers{}",
+                s["height"],
+                s["round"],
+                s["mempool_txs"],
+                s["peers"],
+                if s["catching_up"] == true {
+                    ", catching up"
+                } else {
+                    ""
+                }
             ),
             Err(e) => format!("{name} (pid {pid}) did not answer status: {e}"),
         });
@@ -725,7 +739,13 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
     let (mut last_size, mut last_growth) = (0, Instant::now());
     let mut recovered = 0;
     let (size, height) = loop {
-        let (size, height) = head(&rpcs[0]).await?;
+        let (size, height) = match head(&rpcs[0]).await {
+            Ok(head) => head,
+            Err(e) => {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                bail!("{e:#}; the validators: {}", validators_state(m).await);
+            }
+        };
         if size >= want {
             if let Ok(mut s) = seen.lock() {
                 s.entry(height).or_insert_with(Instant::now);
