@@ -633,33 +633,28 @@ pub async fn validators_state(m: &Manifest) -> String {
             continue;
         }
         let name = &n.name;
-        let Some(pid) = n.pid else {
-            out.push(format!("{name} stopped before the load"));
-            continue;
-        };
-        if !crate::alive(pid) {
-            out.push(format!("{name} not running (pid {pid})"));
-            continue;
-        }
-        let said = match Rpc::new(&n.rpc, Duration::from_secs(5)) {
-            Ok(rpc) => rpc.must("status", vec![]).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        out.push(match said {
-            Ok(s) => format!(
-                "{name} at height {}, round {}, {} pending, {} peers{}",
-                s["height"],
-                s["round"],
-                s["mempool_txs"],
-                s["peers"],
-                if s["catching_up"] == true {
-                    ", catching up"
-                } else {
-                    ""
+        out.push(
+            match (crate::node_state(n, Duration::from_secs(5)).await, n.pid) {
+                (crate::NodeState::Status(s), _) => format!(
+                    "{name} at height {}, round {}, {} pending, {} peers{}",
+                    s["height"],
+                    s["round"],
+                    s["mempool_txs"],
+                    s["peers"],
+                    if s["catching_up"] == true {
+                        ", catching up"
+                    } else {
+                        ""
+                    }
+                ),
+                (crate::NodeState::Down, None) => format!("{name} stopped before the load"),
+                (crate::NodeState::Down, Some(pid)) => format!("{name} not running (pid {pid})"),
+                (crate::NodeState::Silent(e), pid) => {
+                    let pid = pid.map_or(String::new(), |p| format!(" (pid {p})"));
+                    format!("{name}{pid} did not answer status: {e}")
                 }
-            ),
-            Err(e) => format!("{name} (pid {pid}) did not answer status: {e}"),
-        });
+            },
+        );
     }
     out.join("; ")
 }

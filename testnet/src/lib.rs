@@ -422,6 +422,34 @@ pub fn client(url: &str) -> anyhow::Result<HttpClient> {
         .build(url)?)
 }
 
+/// What a node says of itself, or why it says nothing.
+#[derive(Clone, Debug)]
+pub enum NodeState {
+    /// Its answer to `status`.
+    Status(serde_json::Value),
+    /// No answer, and no process: never started, or gone.
+    Down,
+    /// No answer from a running process (starting, or stuck): why.
+    Silent(String),
+}
+
+/// Asks node `n` for its `status`, waiting at most `timeout` for the answer
+/// (`pyralog-testnet status`, and the bench when a load stops committing).
+pub async fn node_state(n: &NodeEntry, timeout: Duration) -> NodeState {
+    let answer = match HttpClientBuilder::default()
+        .request_timeout(timeout)
+        .build(&n.rpc)
+    {
+        Ok(c) => call(&c, "status", vec![]).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match answer {
+        Ok(s) => NodeState::Status(s),
+        Err(_) if !n.pid.is_some_and(alive) => NodeState::Down,
+        Err(e) => NodeState::Silent(e),
+    }
+}
+
 /// Calls `method` on `url`.
 pub async fn call(
     c: &HttpClient,

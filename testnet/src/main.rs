@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use pyralog_ledger::{ChainParams, EngineId};
 use pyralog_node::config::Transport;
 use pyralog_testnet::{
-    Manifest, UpOptions, alive, call, client, down, height, kill_node, start_node, stop_node, up,
-    wait_height,
+    Manifest, NodeState, UpOptions, alive, client, down, height, kill_node, node_state, start_node,
+    stop_node, up, wait_height,
 };
 
 /// The nodes allocate with mimalloc rather than glibc's malloc: about a tenth less CPU
@@ -317,25 +317,15 @@ fn run(cmd: Commands) -> anyhow::Result<()> {
             println!("chain {}", m.chain_id);
             runtime()?.block_on(async {
                 for n in &m.nodes {
-                    let running = n.pid.is_some_and(alive);
-                    let st = match client(&n.rpc) {
-                        Ok(c) => call(&c, "status", vec![]).await.ok(),
-                        Err(_) => None,
-                    };
-                    match st {
-                        Some(s) => println!(
+                    match node_state(n, Duration::from_secs(60)).await {
+                        NodeState::Status(s) => println!(
                             "  {:<7} up    height {:>6}  round {:>3}  peers {}  mempool {}",
                             n.name, s["height"], s["round"], s["peers"], s["mempool_txs"]
                         ),
-                        None => println!(
-                            "  {:<7} {}",
-                            n.name,
-                            if running {
-                                "starting or not answering"
-                            } else {
-                                "down"
-                            }
-                        ),
+                        NodeState::Silent(_) => {
+                            println!("  {:<7} starting or not answering", n.name)
+                        }
+                        NodeState::Down => println!("  {:<7} down", n.name),
                     }
                 }
             });
