@@ -364,7 +364,17 @@ impl SledStore {
         self
     }
 
-    /// Runs of the transaction index (0 in format 2).
+    /// Sets the buckets of a run of the transaction index written a commit (format 3;
+    /// by default they follow the block's transactions), for tests that want runs
+    /// written over many commits.
+    pub fn with_tx_run_part(self, buckets: usize) -> SledStore {
+        if let Some(index) = &self.tx_index {
+            write(index).set_run_part(buckets);
+        }
+        self
+    }
+
+    /// Runs of the transaction index in sled (0 in format 2).
     pub fn tx_index_runs(&self) -> usize {
         self.tx_index.as_ref().map_or(0, |i| read(i).runs())
     }
@@ -512,6 +522,9 @@ fn load_tx_index(db: &::sled::Db) -> Result<TxIndex, StorageError> {
         let log_size = block.header.log_size.saturating_sub(hashes.len() as u64);
         index.add(&locations(height, log_size, &hashes));
     }
+    // A run that was being written is not listed: its blocks are read back with the
+    // ones after them, and the next commit seals them again into a run from the same
+    // height, whose buckets overwrite any of the run that were written.
     Ok(index)
 }
 
@@ -691,28 +704,25 @@ impl Store for SledStore {
         batch.insert(TIP_KEY, encode_tip(&new_tip));
         let located = locations(height, tip.log_size, &execution.tx_hashes);
         match &self.tx_index {
-            // Format 3: the index goes to sled a run at a time, in the batch of the block
-            // that fills a run (built last, once nothing can refuse the commit, and while
-            // lookups go on).
+            // Format 3: the index goes to sled a run at a time, each written a part at
+            // a time in the batches of the blocks after the one that filled it (built
+            // last, once nothing can refuse the commit, and while lookups go on).
             Some(index) => {
-                let run = read(index).run_for(height, &located);
-                if let Some(run) = &run {
-                    for (k, v) in &run.records {
-                        batch.insert(&k[..], &v[..]);
-                    }
-                    batch.insert(txindex::RUNS_KEY, &run.runs[..]);
+                let part = read(index).writes_for(&located);
+                for (k, v) in &part.records {
+                    batch.insert(&k[..], &v[..]);
+                }
+                if let Some(runs) = &part.runs {
+                    batch.insert(txindex::RUNS_KEY, &runs[..]);
                 }
                 // Lookups wait while the batch is applied: one that came after the block
                 // and the tip became readable must find the block's transactions, and
                 // none may find a transaction whose block is not stored. Only commits
                 // change the index, and `commit_lock` serialises them, so it is as
-                // `run_for` saw it.
+                // `writes_for` saw it.
                 let mut index = write(index);
                 self.db.apply_batch(batch)?;
-                match &run {
-                    Some(run) => index.ran(run),
-                    None => index.add(&located),
-                }
+                index.committed(height, &located, part);
             }
             // Format 2: a record per transaction.
             None => {

@@ -10,22 +10,33 @@
 //! | `x` ‖ run's first height (u64 BE) ‖ bucket (u16 BE) | the run's entries whose hash starts with the bucket's 12 bits, sorted by hash: (hash ‖ height u64 BE ‖ index u32 BE ‖ log index u64 BE)* |
 //! | `X` | the runs, oldest first: (first height ‖ last height)*, u64 BE each |
 //!
-//! A run is written in the batch of the block that fills it, so it is as atomic and as
-//! durable as that block. The transactions of the blocks after the last run are only in
-//! memory: on open they are read back from those blocks (fewer than a run of them: the
-//! block that fills a run goes into it, whole). A lookup checks memory, then each run from the newest, one sled read of a
-//! bucket each: a run of 262,144 transactions has about 64 in a bucket, so a lookup of a
-//! hash that is not there, in a chain of 100 million, reads some 380 records of 3.3 KB.
-//! Runs are never merged; merging them (a log-structured merge) would bound that.
+//! The block that fills a run seals it: its entries leave the recent table for a table
+//! by bucket, still in memory, and the commits after it write it to sled a part (some
+//! buckets) at a time, in their batches, so as atomic and as durable as their blocks.
+//! The batch that writes its last part lists it in `X`. A commit of `n` transactions
+//! writes `2 n / RUN_TXS` of the buckets, at least [`RUN_PART_MIN_BUCKETS`], so that a
+//! run is in sled by the time the next is half full; a block that fills the next run
+//! before that writes all that is left. The transactions of the blocks after the last
+//! listed run are only in memory: on open they are read back from those blocks (up to
+//! about two runs of them), and the next commit seals them again. That run starts at the
+//! same height as the one that was being written, and holds all its entries and more,
+//! so it writes every bucket of it again before it is listed. Bucket records of an
+//! unlisted run are never read.
+//!
+//! A lookup checks memory (recent, then sealed), then each run from the newest, one sled
+//! read of a bucket each: a run of 262,144 transactions has about 64 in a bucket, so a
+//! lookup of a hash that is not there, in a chain of 100 million, reads some 380 records
+//! of 3.3 KB. Runs are never merged; merging them (a log-structured merge) would bound
+//! that.
 //!
 //! The recent entries take about 30 MB at most (a hash table of up to 2^19 slots of 57
-//! bytes, kept allocated between runs). The commit that writes a run sorts them
-//! and inserts 4,096 records (about 13.5 MB), once every 262,144 transactions: on an
-//! idle machine about 0.11 s more than another commit (52 ms to sort, 61 ms for sled, in
-//! a release build), but under 3,000 tx/s on two cores it held every validator of a
-//! 4-validator testnet for 1.5 to 1.9 s, and their drivers admitted nothing meanwhile
-//! (docs/PERFORMANCE.md, twentieth session). Writing a run a part at a time would
-//! spread that out.
+//! bytes, kept allocated between runs), and a sealed run about 14 MB more. Writing a run
+//! whole, in the batch of the block that filled it (4,096 records, about 13.5 MB, after
+//! sorting 262,144 entries), cost that commit about 0.11 s more on an idle machine, but
+//! under 3,000 tx/s on two cores it held every validator of a 4-validator testnet for
+//! 1.5 to 1.9 s, and their drivers admitted nothing meanwhile (docs/PERFORMANCE.md,
+//! twentieth session). Sealing now costs a pass over the entries, and a commit sorts and
+//! writes only its part's buckets.
 
 use std::collections::HashMap;
 
@@ -143,23 +154,68 @@ fn find(record: &[u8], hash: &Hash) -> Result<Option<TxLocation>, StorageError> 
     decode_location(&entries[i][32..]).map(Some)
 }
 
-/// What a commit writes for a full run: its records and the new runs' list.
-pub(crate) struct NewRun {
-    pub records: Vec<([u8; 11], Vec<u8>)>,
-    pub runs: Vec<u8>,
+/// A run's buckets written in a commit, at least (unless fewer are left).
+pub const RUN_PART_MIN_BUCKETS: usize = 64;
+
+/// A run taken out of the recent entries, written to sled a part (some buckets) a commit.
+#[derive(Debug)]
+struct Sealed {
     first: u64,
     last: u64,
+    /// Its entries by bucket, in no order.
+    buckets: Vec<Vec<(Hash, TxLocation)>>,
+    /// Buckets `..written` are in sled.
+    written: usize,
+}
+
+impl Sealed {
+    /// `hash`'s place in the run.
+    fn find(&self, hash: &Hash) -> Option<TxLocation> {
+        let bucket = self.buckets.get(usize::from(bucket(hash)))?;
+        bucket.iter().find(|(h, _)| h == hash).map(|(_, l)| *l)
+    }
+
+    /// Bucket `b`'s record, sorted by hash, if it has entries. The entries came from
+    /// the recent table, so no hash is there twice.
+    fn record(&self, b: usize) -> Option<([u8; 11], Vec<u8>)> {
+        let mut entries = self.buckets.get(b)?.clone();
+        if entries.is_empty() {
+            return None;
+        }
+        entries.sort_unstable_by_key(|e| e.0.0);
+        let mut record = Vec::with_capacity(entries.len() * ENTRY);
+        for (hash, loc) in &entries {
+            record.extend_from_slice(&hash.0);
+            record.extend_from_slice(&encode_location(loc));
+        }
+        Some((run_key(self.first, b as u16), record))
+    }
+}
+
+/// What a commit writes of the index: a part of the sealed run, and the runs' list if
+/// that part completes it.
+#[derive(Debug, Default)]
+pub(crate) struct IndexWrite {
+    pub records: Vec<([u8; 11], Vec<u8>)>,
+    pub runs: Option<Vec<u8>>,
+    /// The sealed run's buckets in sled once the batch is.
+    written: usize,
 }
 
 /// The in-memory part of the index, and the runs' bounds.
 #[derive(Debug)]
 pub(crate) struct TxIndex {
-    /// Transactions of the blocks after the last run.
+    /// Transactions of the blocks after the last run, in sled or sealed.
     recent: HashMap<Hash, TxLocation>,
-    /// `(first, last)` heights of each run, oldest first.
+    /// The run being written, if any: listed in `X` once all of it is in sled.
+    sealed: Option<Sealed>,
+    /// `(first, last)` heights of each run in sled, oldest first.
     runs: Vec<(u64, u64)>,
     /// Transactions per run.
     run_txs: usize,
+    /// Buckets written a commit, if set; else from the block's transactions
+    /// ([`TxIndex::part_buckets`]).
+    part: Option<usize>,
 }
 
 impl TxIndex {
@@ -167,8 +223,10 @@ impl TxIndex {
     pub fn new(runs: Vec<(u64, u64)>) -> TxIndex {
         TxIndex {
             recent: HashMap::new(),
+            sealed: None,
             runs,
             run_txs: RUN_TXS,
+            part: None,
         }
     }
 
@@ -177,9 +235,20 @@ impl TxIndex {
         self.run_txs = n.max(1);
     }
 
-    /// The first height whose transactions are not in a run.
+    /// Sets the buckets of a run written a commit (at least 1), instead of a number
+    /// that follows the block's transactions.
+    pub fn set_run_part(&mut self, buckets: usize) {
+        self.part = Some(buckets.max(1));
+    }
+
+    /// The first height whose transactions are in no run, sealed or in sled.
     pub fn recent_from(&self) -> u64 {
-        self.runs.last().map_or(1, |r| r.1.saturating_add(1))
+        let last = self
+            .sealed
+            .as_ref()
+            .map(|s| s.last)
+            .or(self.runs.last().map(|r| r.1));
+        last.map_or(1, |l| l.saturating_add(1))
     }
 
     /// Notes committed (or, on open, re-read) locations.
@@ -187,65 +256,98 @@ impl TxIndex {
         self.recent.extend(locations.iter().copied());
     }
 
-    /// The run a commit of block `height` with `locations` must write, if the block fills
-    /// one: the recent transactions and the block's.
-    pub fn run_for(&self, height: u64, locations: &[(Hash, TxLocation)]) -> Option<NewRun> {
-        if self.recent.len() + locations.len() < self.run_txs {
-            return None;
+    /// Seals the recent transactions, up to height `height`, into a run if there are
+    /// enough of them and no other run is being written.
+    fn seal_if_full(&mut self, height: u64) {
+        if self.recent.len() < self.run_txs || self.sealed.is_some() {
+            return;
         }
-        let mut entries: Vec<(Hash, TxLocation)> = self
-            .recent
-            .iter()
-            .map(|(h, l)| (*h, *l))
-            .chain(locations.iter().copied())
-            .collect();
-        // By hash, then by place; a hash that is there twice (nonces make that
-        // impossible) keeps its newest place, as a lookup of memory before runs does.
-        entries.sort_unstable_by_key(|e| (e.0.0, e.1.height, e.1.index));
-        entries.dedup_by(|later, earlier| {
-            let same = later.0 == earlier.0;
-            if same {
-                *earlier = *later;
-            }
-            same
-        });
         let first = self.recent_from();
-        let mut records: Vec<([u8; 11], Vec<u8>)> = Vec::new();
-        for (hash, loc) in entries {
-            let k = run_key(first, bucket(&hash));
-            if records.last().is_none_or(|(last, _)| *last != k) {
-                records.push((k, Vec::new()));
-            }
-            if let Some((_, v)) = records.last_mut() {
-                v.extend_from_slice(&hash.0);
-                v.extend_from_slice(&encode_location(&loc));
+        // About 64 a bucket in a run of 262,144, with room for the bucket's spread.
+        let room = self.recent.len() / RUN_BUCKETS * 3 / 2;
+        let mut buckets: Vec<Vec<(Hash, TxLocation)>> =
+            (0..RUN_BUCKETS).map(|_| Vec::with_capacity(room)).collect();
+        // A later location of a hash replaced its earlier one in the table (nonces make
+        // that impossible, but a lookup of memory before runs would answer so too).
+        // Drained, not dropped: the table keeps its slots for the next run.
+        for (hash, loc) in self.recent.drain() {
+            if let Some(b) = buckets.get_mut(usize::from(bucket(&hash))) {
+                b.push((hash, loc));
             }
         }
-        let mut runs = self.runs.clone();
-        runs.push((first, height));
-        Some(NewRun {
-            records,
-            runs: encode_runs(&runs),
+        self.sealed = Some(Sealed {
             first,
             last: height,
+            buckets,
+            written: 0,
+        });
+    }
+
+    /// Buckets of the sealed run a commit of `block_txs` transactions writes: enough
+    /// that the run is in sled by the time the next is half full, so that the index
+    /// costs each commit about the same per transaction, and at least
+    /// [`RUN_PART_MIN_BUCKETS`].
+    fn part_buckets(&self, block_txs: usize) -> usize {
+        self.part.unwrap_or_else(|| {
+            let share = (RUN_BUCKETS * 2 * block_txs).div_ceil(self.run_txs);
+            share.max(RUN_PART_MIN_BUCKETS)
         })
     }
 
-    /// After the batch with `run` is stored: the recent transactions are in it.
-    pub fn ran(&mut self, run: &NewRun) {
-        self.runs.push((run.first, run.last));
-        self.recent.clear();
+    /// What the commit of a block with `locations` writes: the next part of the sealed
+    /// run, or all that is left of it if the block fills the next run.
+    pub fn writes_for(&self, locations: &[(Hash, TxLocation)]) -> IndexWrite {
+        let Some(sealed) = &self.sealed else {
+            return IndexWrite::default();
+        };
+        let fills = self.recent.len() + locations.len() >= self.run_txs;
+        let part = if fills {
+            RUN_BUCKETS
+        } else {
+            self.part_buckets(locations.len())
+        };
+        let written = sealed.written.saturating_add(part).min(RUN_BUCKETS);
+        let records = (sealed.written..written)
+            .filter_map(|b| sealed.record(b))
+            .collect();
+        let runs = (written == RUN_BUCKETS).then(|| {
+            let mut runs = self.runs.clone();
+            runs.push((sealed.first, sealed.last));
+            encode_runs(&runs)
+        });
+        IndexWrite {
+            records,
+            runs,
+            written,
+        }
     }
 
-    /// `hash`'s location if it is recent, or else the runs to search, newest first.
+    /// After the batch with `write` and the block at `height` with `locations` is
+    /// stored.
+    pub fn committed(&mut self, height: u64, locations: &[(Hash, TxLocation)], write: IndexWrite) {
+        if let Some(sealed) = &mut self.sealed {
+            sealed.written = sealed.written.max(write.written);
+            if sealed.written >= RUN_BUCKETS {
+                self.runs.push((sealed.first, sealed.last));
+                self.sealed = None;
+            }
+        }
+        self.add(locations);
+        self.seal_if_full(height);
+    }
+
+    /// `hash`'s location if it is in memory, or else the runs to search, newest first.
     pub fn lookup(&self, hash: &Hash) -> Result<TxLocation, Vec<u64>> {
-        match self.recent.get(hash) {
-            Some(loc) => Ok(*loc),
+        if let Some(loc) = self.recent.get(hash) {
+            return Ok(*loc);
+        }
+        match self.sealed.as_ref().and_then(|s| s.find(hash)) {
+            Some(loc) => Ok(loc),
             None => Err(self.runs.iter().rev().map(|r| r.0).collect()),
         }
     }
 
-    /// Number of runs.
+    /// Number of runs in sled.
     pub fn runs(&self) -> usize {
         self.runs.len()
     }
@@ -283,32 +385,126 @@ mod tests {
         }
     }
 
+    /// The index and what a store would hold of it: its records and runs' list.
+    #[derive(Default)]
+    struct Stored {
+        records: HashMap<[u8; 11], Vec<u8>>,
+        runs: Option<Vec<u8>>,
+    }
+
+    impl Stored {
+        /// Commits a block at `height` with `locations`, as the store's commit does.
+        fn commit(&mut self, index: &mut TxIndex, height: u64, locations: &[(Hash, TxLocation)]) {
+            let part = index.writes_for(locations);
+            self.records
+                .extend(part.records.iter().map(|(k, v)| (*k, v.clone())));
+            if let Some(runs) = &part.runs {
+                self.runs = Some(runs.clone());
+            }
+            index.committed(height, locations, part);
+        }
+
+        /// A lookup, as the store's.
+        fn find(&self, index: &TxIndex, hash: &Hash) -> Option<TxLocation> {
+            match index.lookup(hash) {
+                Ok(loc) => Some(loc),
+                Err(runs) => runs.into_iter().find_map(|first| {
+                    let r = self.records.get(&bucket_key(first, hash));
+                    search(r.map(Vec::as_slice), hash).unwrap()
+                }),
+            }
+        }
+
+        /// Entries in the records of the run starting at `first`.
+        fn entries(&self, first: u64) -> usize {
+            let of_run = |k: &&[u8; 11]| k[1..9] == first.to_be_bytes();
+            let records = self.records.iter().filter(|(k, _)| of_run(k));
+            records.map(|(_, r)| r.len() / ENTRY).sum()
+        }
+    }
+
     #[test]
-    fn a_run_holds_every_entry_in_its_bucket_and_nothing_else() {
+    fn a_run_is_written_a_part_a_commit_and_listed_once_whole() {
         let mut index = TxIndex::new(Vec::new());
         index.set_run_txs(5000);
-        let all: Vec<(Hash, TxLocation)> = (0..5000).map(|n| (h(n), loc(n))).collect();
-        index.add(&all[..4000]);
-        assert!(index.run_for(1000, &all[4000..4999]).is_none());
-        let run = index.run_for(1250, &all[4000..]).unwrap();
-        assert!(run.records.len() <= RUN_BUCKETS);
-        let records: HashMap<[u8; 11], Vec<u8>> = run.records.iter().cloned().collect();
-        for (hash, l) in &all {
-            let r = records.get(&bucket_key(1, hash)).map(Vec::as_slice);
-            assert_eq!(search(r, hash).unwrap(), Some(*l));
+        index.set_run_part(1024);
+        let mut stored = Stored::default();
+        let all: Vec<(Hash, TxLocation)> = (0..5008).map(|n| (h(n), loc(n))).collect();
+        stored.commit(&mut index, 1000, &all[..4000]);
+        stored.commit(&mut index, 1249, &all[4000..4999]);
+        // The block that fills a run goes into it, whole; nothing is written yet.
+        stored.commit(&mut index, 1250, &all[4999..5000]);
+        assert!(stored.records.is_empty() && stored.runs.is_none());
+        assert_eq!((index.runs(), index.recent_from()), (0, 1251));
+        // Four more commits write it, a quarter of its buckets each, and the last lists
+        // it; every entry is found all along, from memory or from the records.
+        for (i, n) in (5000..5004).enumerate() {
+            for (hash, l) in &all[..n] {
+                assert_eq!(stored.find(&index, hash), Some(*l));
+            }
+            stored.commit(&mut index, 1251 + i as u64, &all[n..n + 1]);
+            let whole = i == 3;
+            assert_eq!(stored.runs.is_some(), whole, "after part {i}");
+            assert_eq!(index.runs(), usize::from(whole));
+            assert!(stored.records.len() <= (i + 1) * 1024);
         }
-        let absent = h(99_999);
-        let r = records.get(&bucket_key(1, &absent)).map(Vec::as_slice);
-        assert_eq!(search(r, &absent).unwrap(), None);
-        assert_eq!(decode_runs(&run.runs).unwrap(), vec![(1, 1250)]);
-        index.ran(&run);
-        assert_eq!((index.runs(), index.recent_from()), (1, 1251));
+        assert_eq!(stored.entries(1), 5000);
+        assert_eq!(
+            decode_runs(stored.runs.as_ref().unwrap()).unwrap(),
+            vec![(1, 1250)]
+        );
         assert_eq!(index.lookup(&all[0].0), Err(vec![1]));
+        for (hash, l) in &all[..5004] {
+            assert_eq!(stored.find(&index, hash), Some(*l));
+        }
+        assert_eq!(stored.find(&index, &h(99_999)), None);
         // Truncated records and lists are corruption, never a panic.
-        let some = &run.records[0].1;
+        let some = stored.records.values().next().unwrap();
         assert!(find(&some[..some.len() - 1], &all[0].0).is_err());
-        assert!(decode_runs(&run.runs[..15]).is_err());
+        let runs = stored.runs.unwrap();
+        assert!(decode_runs(&runs[..15]).is_err());
         assert!(decode_runs(&encode_runs(&[(5, 9), (3, 4)])).is_err());
+    }
+
+    #[test]
+    fn a_block_that_fills_a_run_first_writes_all_of_the_one_before() {
+        let mut index = TxIndex::new(Vec::new());
+        index.set_run_txs(40);
+        index.set_run_part(1);
+        let mut stored = Stored::default();
+        let all: Vec<(Hash, TxLocation)> = (0..120).map(|n| (h(n), loc(n))).collect();
+        for (i, block) in all.chunks(20).enumerate() {
+            stored.commit(&mut index, i as u64 + 1, block);
+        }
+        // Runs sealed at heights 2, 4 and 6; the first two written whole by the blocks
+        // that filled the next, the third written one bucket so far (of 4,096).
+        assert_eq!(
+            decode_runs(stored.runs.as_ref().unwrap()).unwrap(),
+            vec![(1, 2), (3, 4)]
+        );
+        assert_eq!((stored.entries(1), stored.entries(3)), (40, 40));
+        assert_eq!(index.recent_from(), 7);
+        for (hash, l) in &all {
+            assert_eq!(stored.find(&index, hash), Some(*l));
+        }
+    }
+
+    /// Defaults: a run's parts follow the blocks' transactions, so that it is written
+    /// by the time the next is half full, and are never under the minimum.
+    #[test]
+    fn a_runs_parts_follow_the_blocks_transactions() {
+        let mut index = TxIndex::new(Vec::new());
+        assert_eq!(index.part_buckets(1), RUN_PART_MIN_BUCKETS);
+        assert_eq!(index.part_buckets(RUN_TXS / 64), 128);
+        assert_eq!(index.part_buckets(RUN_TXS), 2 * RUN_BUCKETS);
+        index.set_run_txs(1000);
+        index.add(&(0..1000).map(|n| (h(n), loc(n))).collect::<Vec<_>>());
+        index.seal_if_full(250);
+        // A block of 125 transactions writes a quarter of the buckets.
+        let block: Vec<(Hash, TxLocation)> = (1000..1125).map(|n| (h(n), loc(n))).collect();
+        let part = index.writes_for(&block);
+        assert_eq!(part.written, RUN_BUCKETS / 4);
+        assert!(part.runs.is_none());
     }
 
     #[test]
@@ -331,9 +527,12 @@ mod tests {
         // than searched.
         let mut index = TxIndex::new(Vec::new());
         index.set_run_txs(1);
+        index.set_run_part(RUN_BUCKETS);
         let all: Vec<(Hash, TxLocation)> = (0..5000).map(|n| (h(n), loc(n))).collect();
-        let run = index.run_for(1250, &all).unwrap();
-        let (key, record) = run
+        index.add(&all);
+        index.seal_if_full(1250);
+        let part = index.writes_for(&[]);
+        let (key, record) = part
             .records
             .iter()
             .find(|(_, r)| r.len() >= 2 * ENTRY)
@@ -344,7 +543,7 @@ mod tests {
         swapped.extend_from_slice(&record[..ENTRY]);
         swapped.extend_from_slice(&record[2 * ENTRY..]);
         assert!(find(&swapped, &first).is_err());
-        let other = run.records.iter().find(|(k, _)| k != key).unwrap();
+        let other = part.records.iter().find(|(k, _)| k != key).unwrap();
         assert!(find(&other.1, &first).is_err());
     }
 
@@ -352,6 +551,8 @@ mod tests {
     fn a_hash_there_twice_keeps_its_newest_place() {
         let mut index = TxIndex::new(Vec::new());
         index.set_run_txs(3);
+        index.set_run_part(RUN_BUCKETS);
+        let mut stored = Stored::default();
         let older = TxLocation {
             height: 1,
             index: 0,
@@ -362,12 +563,12 @@ mod tests {
             index: 1,
             log_index: 2,
         };
-        index.add(&[(h(1), older), (h(2), loc(1))]);
-        let run = index.run_for(2, &[(h(3), loc(2)), (h(1), newer)]).unwrap();
-        let records: HashMap<[u8; 11], Vec<u8>> = run.records.iter().cloned().collect();
-        let r = records.get(&bucket_key(1, &h(1))).map(Vec::as_slice);
-        assert_eq!(search(r, &h(1)).unwrap(), Some(newer));
-        let entries: usize = run.records.iter().map(|(_, r)| r.len() / ENTRY).sum();
-        assert_eq!(entries, 3);
+        stored.commit(&mut index, 1, &[(h(1), older), (h(2), loc(1))]);
+        stored.commit(&mut index, 2, &[(h(3), loc(2)), (h(1), newer)]);
+        assert_eq!(stored.find(&index, &h(1)), Some(newer));
+        stored.commit(&mut index, 3, &[]);
+        assert_eq!(index.runs(), 1);
+        assert_eq!(stored.find(&index, &h(1)), Some(newer));
+        assert_eq!(stored.entries(1), 3);
     }
 }
