@@ -14,14 +14,17 @@
 //! by bucket, still in memory, and the commits after it write it to sled a part (some
 //! buckets) at a time, in their batches, so as atomic and as durable as their blocks.
 //! The batch that writes its last part lists it in `X`. A commit of `n` transactions
-//! writes `2 n / RUN_TXS` of the buckets, at least [`RUN_PART_MIN_BUCKETS`], so that a
-//! run is in sled by the time the next is half full; a block that fills the next run
-//! before that writes all that is left. The transactions of the blocks after the last
-//! listed run are only in memory: on open they are read back from those blocks (up to
-//! about two runs of them), and the next commit seals them again. That run starts at the
-//! same height as the one that was being written, and holds all its entries and more,
-//! so it writes every bucket of it again before it is listed. Bucket records of an
-//! unlisted run are never read.
+//! writes the fraction `2 n / RUN_TXS` of the 4,096 buckets, rounded up, and at least
+//! [`RUN_PART_MIN_BUCKETS`], so that a run is in sled by the time the next is half full
+//! (at most 64 commits); a block that fills the next run before that writes all that is
+//! left. The transactions of the blocks after the last listed run are only in memory:
+//! on open they are read back from those blocks (fewer than a run of them, or up to
+//! about one and a half if the node stopped, cleanly or not, while a run was being
+//! written), and the next commit seals them again. That run starts at the same height
+//! as the one that was being written, and holds all its entries and more, so it writes
+//! every bucket of it again before it is listed. Bucket records of an unlisted run are
+//! never read. A node that stopped again and again within those commits would seal an
+//! ever larger run; nothing bounds that.
 //!
 //! A lookup checks memory (recent, then sealed), then each run from the newest, one sled
 //! read of a bucket each: a run of 262,144 transactions has about 64 in a bucket, so a
@@ -30,13 +33,15 @@
 //! that.
 //!
 //! The recent entries take about 30 MB at most (a hash table of up to 2^19 slots of 57
-//! bytes, kept allocated between runs), and a sealed run about 14 MB more. Writing a run
+//! bytes, kept allocated between runs), and a sealed run's table by bucket about 22 MB
+//! more (kept too, emptied, for the next run). Writing a run
 //! whole, in the batch of the block that filled it (4,096 records, about 13.5 MB, after
 //! sorting 262,144 entries), cost that commit about 0.11 s more on an idle machine, but
 //! under 3,000 tx/s on two cores it held every validator of a 4-validator testnet for
 //! 1.5 to 1.9 s, and their drivers admitted nothing meanwhile (docs/PERFORMANCE.md,
-//! twentieth session). Sealing now costs a pass over the entries, and a commit sorts and
-//! writes only its part's buckets.
+//! twentieth session). Sealing now costs a pass over the entries (under the index's
+//! write lock, so lookups wait for it), and a commit sorts and writes only its part's
+//! buckets.
 
 use std::collections::HashMap;
 
@@ -216,6 +221,9 @@ pub(crate) struct TxIndex {
     /// Buckets written a commit, if set; else from the block's transactions
     /// ([`TxIndex::part_buckets`]).
     part: Option<usize>,
+    /// The buckets of the last run written, emptied, for the next: fresh ones (about
+    /// 22 MB for a run of 262,144) cost the seal some 5,000 page faults.
+    spare: Vec<Vec<(Hash, TxLocation)>>,
 }
 
 impl TxIndex {
@@ -227,6 +235,7 @@ impl TxIndex {
             runs,
             run_txs: RUN_TXS,
             part: None,
+            spare: Vec::new(),
         }
     }
 
@@ -263,10 +272,12 @@ impl TxIndex {
             return;
         }
         let first = self.recent_from();
-        // About 64 a bucket in a run of 262,144, with room for the bucket's spread.
-        let room = self.recent.len() / RUN_BUCKETS * 3 / 2;
-        let mut buckets: Vec<Vec<(Hash, TxLocation)>> =
-            (0..RUN_BUCKETS).map(|_| Vec::with_capacity(room)).collect();
+        let mut buckets = std::mem::take(&mut self.spare);
+        if buckets.len() != RUN_BUCKETS {
+            // About 64 a bucket in a run of 262,144, with room for the bucket's spread.
+            let room = self.recent.len() / RUN_BUCKETS * 3 / 2;
+            buckets = (0..RUN_BUCKETS).map(|_| Vec::with_capacity(room)).collect();
+        }
         // A later location of a hash replaced its earlier one in the table (nonces make
         // that impossible, but a lookup of memory before runs would answer so too).
         // Drained, not dropped: the table keeps its slots for the next run.
@@ -289,7 +300,10 @@ impl TxIndex {
     /// [`RUN_PART_MIN_BUCKETS`].
     fn part_buckets(&self, block_txs: usize) -> usize {
         self.part.unwrap_or_else(|| {
-            let share = (RUN_BUCKETS * 2 * block_txs).div_ceil(self.run_txs);
+            let share = RUN_BUCKETS
+                .saturating_mul(2)
+                .saturating_mul(block_txs)
+                .div_ceil(self.run_txs);
             share.max(RUN_PART_MIN_BUCKETS)
         })
     }
@@ -329,7 +343,10 @@ impl TxIndex {
             sealed.written = sealed.written.max(write.written);
             if sealed.written >= RUN_BUCKETS {
                 self.runs.push((sealed.first, sealed.last));
-                self.sealed = None;
+                if let Some(mut done) = self.sealed.take() {
+                    done.buckets.iter_mut().for_each(Vec::clear);
+                    self.spare = done.buckets;
+                }
             }
         }
         self.add(locations);
@@ -487,6 +504,42 @@ mod tests {
         for (hash, l) in &all {
             assert_eq!(stored.find(&index, hash), Some(*l));
         }
+    }
+
+    /// A hash committed again is found at its newest place, whether the older one is
+    /// in a listed run, a sealed one or recent (nonces make that impossible, but the
+    /// answer must not depend on where the index keeps it).
+    #[test]
+    fn the_newest_place_wins_across_runs_sealed_and_recent() {
+        let mut index = TxIndex::new(Vec::new());
+        index.set_run_txs(2);
+        index.set_run_part(RUN_BUCKETS);
+        let mut stored = Stored::default();
+        let at = |height: u64| TxLocation {
+            height,
+            index: 0,
+            log_index: height,
+        };
+        stored.commit(&mut index, 1, &[(h(1), at(1)), (h(2), loc(2))]);
+        stored.commit(&mut index, 2, &[(h(1), at(2))]);
+        // Height 1's run is listed; the newer place is recent.
+        assert_eq!(index.runs(), 1);
+        assert_eq!(stored.find(&index, &h(1)), Some(at(2)));
+        // Sealed, over the listed run.
+        stored.commit(&mut index, 3, &[(h(3), loc(3))]);
+        assert!(index.sealed.is_some());
+        assert_eq!(stored.find(&index, &h(1)), Some(at(2)));
+        // Recent, over the sealed run (one bucket of it written) and the listed one.
+        index.set_run_part(1);
+        stored.commit(&mut index, 4, &[(h(1), at(4))]);
+        assert_eq!(stored.find(&index, &h(1)), Some(at(4)));
+        // All of it in runs: the newest run first.
+        stored.commit(&mut index, 5, &[(h(5), loc(5))]);
+        stored.commit(&mut index, 6, &[]);
+        index.set_run_part(RUN_BUCKETS);
+        stored.commit(&mut index, 7, &[]);
+        assert_eq!((index.runs(), index.sealed.is_none()), (3, true));
+        assert_eq!(stored.find(&index, &h(1)), Some(at(4)));
     }
 
     /// Defaults: a run's parts follow the blocks' transactions, so that it is written

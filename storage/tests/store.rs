@@ -257,7 +257,8 @@ fn the_transaction_index_finds_every_transaction_in_both_formats() {
         let chain = {
             // Four transactions a block and runs of at least ten: a run sealed every
             // third block (3, 6, ... 24), each written by the two commits after it, so
-            // the run of blocks 22 to 24 is half written, and block 25 in memory only.
+            // the run of blocks 22 to 24 is mostly written (3,277 of 4,096 buckets),
+            // and block 25 in memory only.
             let store = SledStore::open(dir.path()).unwrap().with_tx_run(10);
             assert_eq!(store.format(), format);
             let chain = build(&store, 25);
@@ -269,7 +270,7 @@ fn the_transaction_index_finds_every_transaction_in_both_formats() {
         let store = SledStore::open(dir.path()).unwrap();
         check(&store);
         // Blocks after it join the runs as before: the run sealed again at 26, from
-        // height 22, is written whole over the half written before.
+        // height 22, is written whole over the buckets written before.
         let store = store.with_tx_run(10);
         for h in 26..=28 {
             assert_eq!(common::commit_next(&store, &chain), h);
@@ -331,8 +332,11 @@ fn a_corrupt_transaction_index_run_list_is_refused_on_open() {
 
 /// A lookup that comes after a block became readable finds that block's transactions,
 /// while commits go on and write runs (the index is updated in the same step as the
-/// batch, as format 2's record per transaction was). The reader knows each block's
-/// transactions before the commit, and looks one up as soon as it sees the new tip.
+/// batch, as format 2's record per transaction was), and none finds a transaction whose
+/// block is not readable yet. The reader knows each block's transactions before the
+/// commit. It keeps looking up the next block's, and as soon as it sees a new tip it
+/// looks up that block's and those of a block eight heights back (in a run by then,
+/// sealed or written).
 #[test]
 fn a_readable_blocks_transactions_are_found_while_commits_go_on() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -346,26 +350,36 @@ fn a_readable_blocks_transactions_are_found_while_commits_go_on() {
     let next: std::sync::Mutex<std::collections::HashMap<u64, Vec<pyralog_ledger::Hash>>> =
         Default::default();
     let done = AtomicBool::new(false);
-    let seen = std::thread::scope(|s| {
+    let (seen, early) = std::thread::scope(|s| {
         let reader = s.spawn(|| {
-            let mut seen = 0u64;
+            let (mut seen, mut early) = (0u64, 0usize);
+            let hashes_of = |h: u64| next.lock().unwrap().get(&h).cloned();
             while !done.load(Ordering::Relaxed) {
                 let height = store.tip().unwrap().height;
+                // The next block's transactions: found only once it is readable.
+                for hash in hashes_of(height + 1).unwrap_or_default() {
+                    if store.tx_location(&hash).unwrap().is_some() {
+                        let tip = store.tip().unwrap().height;
+                        assert!(tip > height, "block {} found at tip {tip}", height + 1);
+                        early += 1;
+                    }
+                }
                 if height <= seen {
                     continue;
                 }
-                let hashes = next.lock().unwrap().remove(&height).unwrap();
-                for (index, hash) in hashes.iter().enumerate() {
-                    let loc = store.tx_location(hash).unwrap();
-                    assert_eq!(
-                        loc.map(|l| (l.height, l.index as usize)),
-                        Some((height, index)),
-                        "a transaction of readable block {height} not found"
-                    );
+                for h in [height, height.saturating_sub(8)] {
+                    for (index, hash) in hashes_of(h).unwrap_or_default().iter().enumerate() {
+                        let loc = store.tx_location(hash).unwrap();
+                        assert_eq!(
+                            loc.map(|l| (l.height, l.index as usize)),
+                            Some((h, index)),
+                            "a transaction of readable block {h} not found"
+                        );
+                    }
                 }
                 seen = height;
             }
-            seen
+            (seen, early)
         });
         let chain = common::test_chain();
         for _ in 0..200 {
@@ -378,8 +392,65 @@ fn a_readable_blocks_transactions_are_found_while_commits_go_on() {
         reader.join().unwrap()
     });
     assert!(seen > 0);
+    println!("{early} lookups found the next block's transactions, committed meanwhile");
     // The run sealed at height 200 is not written yet.
     assert_eq!(store.tx_index_runs(), 39);
+}
+
+/// A run not yet written when the block after it fills the next one is written whole
+/// in that block's batch, first; and a reopen with another run size, while a run is
+/// being written, writes it again. Every transaction is found at every step.
+#[test]
+fn a_run_behind_is_written_whole_and_a_reopen_changes_nothing_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |store: &SledStore| {
+        for h in 1..=store.tip().unwrap().height {
+            for (index, tx) in store.block(h).unwrap().unwrap().txs.iter().enumerate() {
+                let loc = store.tx_location(&tx.hash()).unwrap().unwrap();
+                assert_eq!((loc.height, loc.index as usize), (h, index));
+            }
+        }
+    };
+    let chain = common::test_chain();
+    {
+        // Runs of at least ten (three blocks of four), one bucket written a commit:
+        // sealed at 3, two buckets written by 4 and 5, all the rest by 6, which seals
+        // the next; that one has two buckets written by 7 and 8.
+        let store = SledStore::open(dir.path())
+            .unwrap()
+            .with_tx_run(10)
+            .with_tx_run_part(1);
+        for h in 1..=8 {
+            assert_eq!(common::commit_next(&store, &chain), h);
+            check(&store);
+            let runs = if h < 6 { 0 } else { 1 };
+            assert_eq!(store.tx_index_runs(), runs, "at height {h}");
+        }
+    }
+    {
+        // Reopened with runs of twenty: blocks 4 to 8 are read back, and block 9
+        // makes twenty-four recent, so it seals them again from height 4, over the
+        // two buckets written before; 10 to 12 write it (1,639 buckets a commit).
+        let store = SledStore::open(dir.path()).unwrap().with_tx_run(20);
+        check(&store);
+        for h in 9..=12 {
+            assert_eq!(common::commit_next(&store, &chain), h);
+            check(&store);
+        }
+        assert_eq!(store.tx_index_runs(), 2);
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    check(&store);
+    drop(store);
+    let runs = {
+        let db = sled::open(dir.path()).unwrap();
+        db.get(b"X").unwrap().unwrap().to_vec()
+    };
+    let listed: Vec<u64> = runs
+        .chunks(8)
+        .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(listed, vec![1, 3, 4, 9]);
 }
 
 /// The scan a tip cache's filter of present keys is built from finds the key of every
