@@ -399,7 +399,8 @@ fn a_readable_blocks_transactions_are_found_while_commits_go_on() {
 
 /// A run not yet written when the block after it fills the next one is written whole
 /// in that block's batch, first; and a reopen with another run size, while a run is
-/// being written, writes it again. Every transaction is found at every step.
+/// being written, writes it again over the buckets already written. Every transaction
+/// is found at every step.
 #[test]
 fn a_run_behind_is_written_whole_and_a_reopen_changes_nothing_found() {
     let dir = tempfile::tempdir().unwrap();
@@ -411,46 +412,62 @@ fn a_run_behind_is_written_whole_and_a_reopen_changes_nothing_found() {
             }
         }
     };
+    // The index's records in sled: bucket records of the run from `first`, and the
+    // runs' list as first and last heights.
+    let stored = |first: u64| {
+        let db = sled::open(dir.path()).unwrap();
+        let prefix: Vec<u8> = [b'x'].into_iter().chain(first.to_be_bytes()).collect();
+        let records = db.scan_prefix(prefix).count();
+        let list: Vec<u64> = db
+            .get(b"X")
+            .unwrap()
+            .unwrap()
+            .chunks(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .collect();
+        (records, list)
+    };
     let chain = common::test_chain();
     {
         // Runs of at least ten (three blocks of four), one bucket written a commit:
         // sealed at 3, two buckets written by 4 and 5, all the rest by 6, which seals
-        // the next; that one has two buckets written by 7 and 8.
+        // the next; 7 writes 3,000 of that one's buckets.
         let store = SledStore::open(dir.path())
             .unwrap()
             .with_tx_run(10)
             .with_tx_run_part(1);
-        for h in 1..=8 {
+        for h in 1..=6 {
             assert_eq!(common::commit_next(&store, &chain), h);
             check(&store);
             let runs = if h < 6 { 0 } else { 1 };
             assert_eq!(store.tx_index_runs(), runs, "at height {h}");
         }
+        let store = store.with_tx_run_part(3000);
+        assert_eq!(common::commit_next(&store, &chain), 7);
+        check(&store);
+        assert_eq!(store.tx_index_runs(), 1);
     }
+    let (records, list) = stored(4);
+    assert!(records > 0, "no bucket of the run from height 4 written");
+    assert_eq!(list, vec![1, 3]);
     {
-        // Reopened with runs of twenty: blocks 4 to 8 are read back, and block 9
-        // makes twenty-four recent, so it seals them again from height 4, over the
-        // two buckets written before; 10 to 12 write it (1,639 buckets a commit).
+        // Reopened with runs of twenty: blocks 4 to 7 are read back, and block 8
+        // makes twenty recent, so it seals them again from height 4; 9 to 11 write
+        // it (1,639 buckets a commit), over the records written before.
         let store = SledStore::open(dir.path()).unwrap().with_tx_run(20);
         check(&store);
-        for h in 9..=12 {
+        for h in 8..=11 {
             assert_eq!(common::commit_next(&store, &chain), h);
             check(&store);
         }
         assert_eq!(store.tx_index_runs(), 2);
     }
+    // Blocks 4 to 8 are now found through the run's records only.
+    let (records, list) = stored(4);
+    assert!(records <= 20);
+    assert_eq!(list, vec![1, 3, 4, 8]);
     let store = SledStore::open(dir.path()).unwrap();
     check(&store);
-    drop(store);
-    let runs = {
-        let db = sled::open(dir.path()).unwrap();
-        db.get(b"X").unwrap().unwrap().to_vec()
-    };
-    let listed: Vec<u64> = runs
-        .chunks(8)
-        .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
-        .collect();
-    assert_eq!(listed, vec![1, 3, 4, 9]);
 }
 
 /// The scan a tip cache's filter of present keys is built from finds the key of every
