@@ -318,9 +318,14 @@ fn run(cmd: Commands) -> anyhow::Result<()> {
             runtime()?.block_on(async {
                 for n in &m.nodes {
                     match node_state(n, Duration::from_secs(60)).await {
+                        // As strings: a JSON value's display ignores the widths.
                         NodeState::Status(s) => println!(
                             "  {:<7} up    height {:>6}  round {:>3}  peers {}  mempool {}",
-                            n.name, s["height"], s["round"], s["peers"], s["mempool_txs"]
+                            n.name,
+                            s["height"].to_string(),
+                            s["round"].to_string(),
+                            s["peers"],
+                            s["mempool_txs"]
                         ),
                         NodeState::Silent(_) => {
                             println!("  {:<7} starting or not answering", n.name)

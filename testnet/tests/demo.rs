@@ -56,8 +56,27 @@ fn the_demo_notarizes_and_verifies_and_runs_again_on_its_network() {
             .arg(net.manifest().genesis),
         "pyralog verify of the demo's receipt",
     );
+    // `status` lists every node as up, its figures in aligned columns.
+    let status = |what: &str| {
+        let out = succeed(
+            Command::new(EXE).arg("status").arg("--home").arg(&net.home),
+            what,
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = status("pyralog-testnet status");
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("  node")).collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    for line in &lines {
+        assert_eq!(&line[9..23], " up    height ", "{text}");
+        let height = line[23..29].trim_start();
+        assert!(height.parse::<u64>().is_ok(), "height {height:?} in {text}");
+        assert_eq!(&line[29..37], "  round ", "{text}");
+    }
     // On a stopped network the demo says what to do instead of failing half-way.
     net.down();
+    let text = status("pyralog-testnet status of a stopped testnet");
+    assert_eq!(text.matches(" down").count(), 4, "{text}");
     let out = demo(&net);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
