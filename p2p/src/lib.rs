@@ -126,6 +126,13 @@ pub struct Config {
     pub redial: Duration,
     /// Timeout of one sync request.
     pub request_timeout: Duration,
+    /// How often each connection is pinged.
+    pub ping_interval: Duration,
+    /// A ping unanswered this long closes its connection. Over the WireGuard overlay a
+    /// peer that died leaves its connections open (no kernel resets them), and
+    /// libp2p's ping reports a failure but closes nothing: without this a dead peer
+    /// stayed counted, and its connection kept, for as long as the node ran.
+    pub ping_timeout: Duration,
 }
 
 impl Default for Config {
@@ -143,6 +150,8 @@ impl Default for Config {
             ban: Duration::from_secs(60),
             redial: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -665,7 +674,11 @@ fn make_behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour,
             format!("/pyralog/{network}/1"),
             key.public(),
         )),
-        ping: ping::Behaviour::new(ping::Config::new()),
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(config.ping_interval)
+                .with_timeout(config.ping_timeout),
+        ),
         blocked: allow_block_list::Behaviour::default(),
     })
 }
@@ -871,6 +884,17 @@ impl Actor {
                 message,
             })) => self.gossip(propagation_source, message_id, message),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.sync_event(ev),
+            // A peer that does not answer pings is gone (see `Config::ping_timeout`); one
+            // that does not speak ping is still there.
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            })) if !matches!(e, ping::Failure::Unsupported) => {
+                tracing::info!(%peer, error = %e, "peer not answering pings: closing its connection");
+                self.swarm.close_connection(connection);
+                None
+            }
             _ => None,
         };
         match event {

@@ -485,6 +485,18 @@ async fn two_of_four_down_halts_without_forks_and_progress_resumes() {
     ] {
         assert!(said.contains(&expected), "{expected} in {said}");
     }
+    // The validators left count the dead ones out once those stop answering pings
+    // (every 5 s, each given 15 s; nothing resets their connections).
+    let peers = |c| async move {
+        let status = call(c, "status", vec![]).await.unwrap();
+        status["peers"].as_u64()
+    };
+    wait_until(
+        "the dead validators counted out of the peers",
+        Duration::from_secs(45),
+        || async { peers(&clients[0]).await == Some(1) && peers(&clients[1]).await == Some(1) },
+    )
+    .await;
     net.cli(&["restart", "node2"]);
     net.cli(&["restart", "node3"]);
     let goal = stuck[0].max(stuck[1]) + 3;
@@ -502,6 +514,19 @@ async fn two_of_four_down_halts_without_forks_and_progress_resumes() {
     )
     .await;
     assert_same_chain(&clients, goal).await;
+    wait_until(
+        "every peer counted again",
+        Duration::from_secs(30),
+        || async {
+            for c in &clients {
+                if peers(c).await != Some(3) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
 }
 
 fn decode<T: pyralog_ledger::Decode>(v: &Value) -> T {
