@@ -128,10 +128,12 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How often each connection is pinged.
     pub ping_interval: Duration,
-    /// A ping unanswered this long closes its connection. Over the WireGuard overlay a
-    /// peer that died leaves its connections open (no kernel resets them), and
-    /// libp2p's ping reports a failure but closes nothing: without this a dead peer
-    /// stayed counted, and its connection kept, for as long as the node ran.
+    /// How long a ping may go unanswered. A connection whose pings fail twice in a row
+    /// is closed (libp2p's ping reports only the second failure, and closes nothing
+    /// itself): over the WireGuard overlay nothing resets the connections of a peer
+    /// that died, and until the overlay's expiry (90 s without a packet from it) the
+    /// peer stayed counted. With 5 s and 15 s it goes after about 30 to 35 s (the
+    /// second failure is the new ping stream's negotiation timing out, after 10 s).
     pub ping_timeout: Duration,
 }
 
