@@ -893,7 +893,7 @@ impl Actor {
                 connection,
                 result: Err(e),
             })) if !matches!(e, ping::Failure::Unsupported) => {
-                tracing::info!(%peer, error = %e, "peer not answering pings: closing its connection");
+                tracing::info!(%peer, error = ?e, "peer not answering pings: closing its connection");
                 self.swarm.close_connection(connection);
                 None
             }
