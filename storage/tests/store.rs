@@ -221,6 +221,27 @@ fn unsynced_meta_values_are_read_at_once_and_kept_once_synced() {
     assert_eq!(store.tip().unwrap().height, 1);
 }
 
+/// Every transaction of every block `store` holds is found at its place (height, index
+/// and log index), and transactions it never had are not found.
+fn check_tx_index(store: &SledStore) {
+    let mut log_index = 0;
+    for h in 1..=store.tip().unwrap().height {
+        let block = store.block(h).unwrap().unwrap();
+        for (index, tx) in block.txs.iter().enumerate() {
+            let loc = store.tx_location(&tx.hash()).unwrap().unwrap();
+            assert_eq!(
+                (loc.height, loc.index as usize, loc.log_index),
+                (h, index, log_index)
+            );
+            log_index += 1;
+        }
+    }
+    for n in 0..50u32 {
+        let unknown = content_digest(&n.to_be_bytes());
+        assert_eq!(store.tx_location(&unknown).unwrap(), None);
+    }
+}
+
 /// Format 3's transaction index in runs: every transaction is found whether it is in
 /// memory or in a run, before and after a reopen (which reads the recent ones back from
 /// their blocks); a database of format 2 keeps a record per transaction, and both answer
@@ -234,25 +255,6 @@ fn the_transaction_index_finds_every_transaction_in_both_formats() {
             db.insert(b"F", &[2u8][..]).unwrap();
             db.flush().unwrap();
         }
-        // Every transaction of every stored block is found at its place.
-        let check = |store: &SledStore| {
-            let mut log_index = 0;
-            for h in 1..=store.tip().unwrap().height {
-                let block = store.block(h).unwrap().unwrap();
-                for (index, tx) in block.txs.iter().enumerate() {
-                    let loc = store.tx_location(&tx.hash()).unwrap().unwrap();
-                    assert_eq!(
-                        (loc.height, loc.index as usize, loc.log_index),
-                        (h, index, log_index)
-                    );
-                    log_index += 1;
-                }
-            }
-            for n in 0..50u32 {
-                let unknown = content_digest(&n.to_be_bytes());
-                assert_eq!(store.tx_location(&unknown).unwrap(), None);
-            }
-        };
         let runs = |n: usize| if format == 3 { n } else { 0 };
         let chain = {
             // Four transactions a block and runs of at least ten: a run sealed every
@@ -262,25 +264,25 @@ fn the_transaction_index_finds_every_transaction_in_both_formats() {
             let store = SledStore::open(dir.path()).unwrap().with_tx_run(10);
             assert_eq!(store.format(), format);
             let chain = build(&store, 25);
-            check(&store);
+            check_tx_index(&store);
             assert_eq!(store.tx_index_runs(), runs(7));
             chain
         };
         // A reopen reads blocks 22 to 25 back into memory.
         let store = SledStore::open(dir.path()).unwrap();
-        check(&store);
+        check_tx_index(&store);
         // Blocks after it join the runs as before: the run sealed again at 26, from
         // height 22, is written whole over the buckets written before.
         let store = store.with_tx_run(10);
         for h in 26..=28 {
             assert_eq!(common::commit_next(&store, &chain), h);
-            check(&store);
+            check_tx_index(&store);
         }
         assert_eq!(store.tx_index_runs(), runs(8));
         drop(store);
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.tx_index_runs(), runs(8));
-        check(&store);
+        check_tx_index(&store);
     }
 }
 
@@ -404,14 +406,6 @@ fn a_readable_blocks_transactions_are_found_while_commits_go_on() {
 #[test]
 fn a_run_behind_is_written_whole_and_a_reopen_changes_nothing_found() {
     let dir = tempfile::tempdir().unwrap();
-    let check = |store: &SledStore| {
-        for h in 1..=store.tip().unwrap().height {
-            for (index, tx) in store.block(h).unwrap().unwrap().txs.iter().enumerate() {
-                let loc = store.tx_location(&tx.hash()).unwrap().unwrap();
-                assert_eq!((loc.height, loc.index as usize), (h, index));
-            }
-        }
-    };
     // The index's records in sled: bucket records of the run from `first`, and the
     // runs' list as first and last heights.
     let stored = |first: u64| {
@@ -438,13 +432,13 @@ fn a_run_behind_is_written_whole_and_a_reopen_changes_nothing_found() {
             .with_tx_run_part(1);
         for h in 1..=6 {
             assert_eq!(common::commit_next(&store, &chain), h);
-            check(&store);
+            check_tx_index(&store);
             let runs = if h < 6 { 0 } else { 1 };
             assert_eq!(store.tx_index_runs(), runs, "at height {h}");
         }
         let store = store.with_tx_run_part(3000);
         assert_eq!(common::commit_next(&store, &chain), 7);
-        check(&store);
+        check_tx_index(&store);
         assert_eq!(store.tx_index_runs(), 1);
     }
     let (records, list) = stored(4);
@@ -455,10 +449,10 @@ fn a_run_behind_is_written_whole_and_a_reopen_changes_nothing_found() {
         // makes twenty recent, so it seals them again from height 4; 9 to 11 write
         // it (1,639 buckets a commit), over the records written before.
         let store = SledStore::open(dir.path()).unwrap().with_tx_run(20);
-        check(&store);
+        check_tx_index(&store);
         for h in 8..=11 {
             assert_eq!(common::commit_next(&store, &chain), h);
-            check(&store);
+            check_tx_index(&store);
         }
         assert_eq!(store.tx_index_runs(), 2);
     }
@@ -467,7 +461,7 @@ fn a_run_behind_is_written_whole_and_a_reopen_changes_nothing_found() {
     assert!(records <= 20);
     assert_eq!(list, vec![1, 3, 4, 8]);
     let store = SledStore::open(dir.path()).unwrap();
-    check(&store);
+    check_tx_index(&store);
 }
 
 /// The scan a tip cache's filter of present keys is built from finds the key of every
