@@ -200,6 +200,20 @@ pub trait StateNodes {
     /// [`StoreError::Corrupt`] rather than a node whose hash is not `node.hash`
     /// ([`check_node`]).
     fn state_node(&self, node: &Subtree) -> Result<Option<StateNode>, StoreError>;
+
+    /// [`StateNodes::state_node`] for a node the caller reached from a root: it is at
+    /// `depth` on the path of `key` (its place in the tree is the first `depth` bits of
+    /// `key`). A store may keep nodes by their place; the default ignores it. The walks
+    /// of this module ([`get`], [`update`], [`prove`]) read through this.
+    fn state_node_on_path(
+        &self,
+        node: &Subtree,
+        depth: usize,
+        key: &Hash,
+    ) -> Result<Option<StateNode>, StoreError> {
+        let _ = (depth, key);
+        self.state_node(node)
+    }
 }
 
 /// `stored` if its hash is `expected.hash`, else the corruption error stores return.
@@ -219,15 +233,27 @@ pub fn check_node(expected: &Subtree, stored: StateNode) -> Result<StateNode, St
 }
 
 fn load<S: StateNodes + ?Sized>(store: &S, node: &Subtree) -> Result<StateNode, StoreError> {
-    store
-        .state_node(node)?
-        .ok_or_else(|| StoreError::MissingNode {
-            what: "state node",
-            at: format!(
-                "{} (version {} index {})",
-                node.hash, node.at.version, node.at.index
-            ),
-        })
+    found(node, store.state_node(node)?)
+}
+
+/// [`load`] of the node at `depth` on `key`'s path ([`StateNodes::state_node_on_path`]).
+fn load_on_path<S: StateNodes + ?Sized>(
+    store: &S,
+    node: &Subtree,
+    depth: usize,
+    key: &Hash,
+) -> Result<StateNode, StoreError> {
+    found(node, store.state_node_on_path(node, depth, key)?)
+}
+
+fn found(node: &Subtree, stored: Option<StateNode>) -> Result<StateNode, StoreError> {
+    stored.ok_or_else(|| StoreError::MissingNode {
+        what: "state node",
+        at: format!(
+            "{} (version {} index {})",
+            node.hash, node.at.version, node.at.index
+        ),
+    })
 }
 
 /// State nodes in memory (tests and tools).
@@ -277,7 +303,7 @@ pub fn get<S: StateNodes + ?Sized>(
     let mut current = *root;
     let mut depth = 0;
     while !current.is_empty() {
-        match load(store, &current)? {
+        match load_on_path(store, &current, depth, key)? {
             StateNode::Leaf { key: k, value } => return Ok((k == *key).then_some(value)),
             StateNode::Internal { left, right } => {
                 current = if key.bit(depth) { right } else { left };
@@ -399,7 +425,8 @@ fn update_at<S: StateNodes + ?Sized>(
             .collect();
         return Ok(build(depth, &leaves, writes));
     }
-    match load(store, &current)? {
+    // Every update here shares the first `depth` bits: the node's place.
+    match load_on_path(store, &current, depth, updates[0].0)? {
         StateNode::Leaf { key, value } => {
             // Merge the existing leaf into the updates unless an update replaces it.
             let mut leaves: Vec<(&Hash, &[u8])> = updates
@@ -525,7 +552,7 @@ pub fn prove<S: StateNodes + ?Sized>(
     let mut siblings = Vec::new();
     let mut current = *root;
     while !current.is_empty() {
-        match load(store, &current)? {
+        match load_on_path(store, &current, siblings.len(), key)? {
             StateNode::Leaf { key: k, value } => {
                 let proof = StateProof {
                     leaf: Some((k, value_hash(&value))),

@@ -12,6 +12,7 @@
 pub mod arrow;
 pub mod sled;
 pub mod txindex;
+pub mod upper;
 
 use pyralog_ledger::log::LogNodes;
 use pyralog_ledger::state::{StateNodes, Subtree};

@@ -40,6 +40,7 @@ use pyralog_ledger::state::{self, NodeRef, StateNode, StateNodes, Subtree};
 use pyralog_ledger::{Block, Certificate, Execution, Hash, Header, StoreError, Tip};
 
 use crate::txindex::{self, TxIndex};
+use crate::upper::UpperNodes;
 use crate::{StorageError, Store, TxLocation};
 
 const TIP_KEY: &[u8] = b"T";
@@ -77,7 +78,49 @@ pub struct SledStore {
     /// Decoded state nodes with their hashes, the hot ones: every transaction walks the
     /// tree from the root, so its upper levels are read for every key. A stored node
     /// never changes, so a cached node is never stale.
-    nodes: std::sync::Mutex<NodeCache>,
+    nodes: std::sync::Mutex<StateCache>,
+}
+
+/// The state-node caches: the tree's top levels by place ([`UpperNodes`]), and the
+/// recently used nodes below them and leaves ([`NodeCache`]).
+struct StateCache {
+    upper: UpperNodes,
+    recent: NodeCache,
+}
+
+impl StateCache {
+    /// Caches in about `bytes`: the most top levels that fit in half of it, and recent
+    /// nodes in the rest.
+    fn new(bytes: usize) -> StateCache {
+        let upper = UpperNodes::new(UpperNodes::levels_for(bytes / 2));
+        let recent = bytes.saturating_sub(upper.bytes()) / 2 / STATE_CACHE_BYTES_PER_NODE;
+        StateCache {
+            upper,
+            recent: Recent::new(recent),
+        }
+    }
+
+    /// Takes in a commit at `version`: its new nodes (`writes`, to the tree `root`) and
+    /// the nodes they replaced.
+    fn committed(
+        &mut self,
+        version: u64,
+        root: &Subtree,
+        writes: &[(Subtree, StateNode)],
+        replaced: &[NodeRef],
+    ) {
+        for at in replaced {
+            self.recent.remove(at);
+        }
+        let kept = self.upper.put_writes(version, root, writes);
+        for ((at, node), _) in writes
+            .iter()
+            .zip(kept)
+            .filter(|((_, n), kept)| !kept && cacheable(n))
+        {
+            self.recent.insert(at.at, (at.hash, node.clone()));
+        }
+    }
 }
 
 /// The state-node cache: a node's hash and decoded form under its location.
@@ -118,18 +161,22 @@ impl Hasher for NodeRefHasher {
     }
 }
 
-/// Memory a cached state node takes, for sizing the cache from a byte budget: an entry
+/// Memory a recently used state node takes, for sizing that cache ([`Recent`]) from
+/// what of the budget the top levels ([`UpperNodes`]) leave: an entry
 /// (location, hash and decoded node) is 152 bytes, and a generation's table is sized for
 /// twice its nodes (so that removals never make it rehash, see [`Recent`]) and rounded
 /// up to a power-of-two number of slots, 2.3 to 4.6 slots per node. At the default
-/// budget that is 2.35 (1,048,576 slots for 447,392 nodes), about 360 bytes a node: the
-/// cache takes about 320 MB, not 256 MiB, as it did before once its tables had grown. A
-/// leaf's value, up to `NODE_CACHE_VALUE_BYTES` (256 bytes), is on the heap besides.
+/// budget the top levels leave room for 321,563 nodes a generation, in 1,048,576 slots
+/// (3.3 a node): the two tables take about 320 MB, and with the top levels' 75 MB the
+/// caches take about 395 MB, not 256 MiB. A leaf's value, up to
+/// `NODE_CACHE_VALUE_BYTES` (256 bytes), is on the heap besides.
 pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 
-/// The state-node cache of [`SledStore::open`].
+/// The state-node caches' budget in [`SledStore::open`]: the most top levels of the tree
+/// whose places fit in half of it ([`UpperNodes`]: 19 levels, 75 MB at this default),
+/// and recently used nodes in the rest (about 321,600 a generation).
 ///
-/// Every read walks the state tree from its root, and a node the cache does not hold
+/// Every read walks the state tree from its root, and a node the caches do not hold
 /// costs a sled read of its 64-node page. Once the live tree (about two nodes per key)
 /// outgrows the cache, the reads of a validator under load slow down several times:
 /// a 4-validator testnet fed 1,200 tx/s fell behind at about 110,000 keys with 200,000
@@ -343,9 +390,7 @@ impl SledStore {
             commit_lock: std::sync::Mutex::new(()),
             format,
             tx_index,
-            nodes: std::sync::Mutex::new(Recent::new(
-                state_cache_bytes / 2 / STATE_CACHE_BYTES_PER_NODE,
-            )),
+            nodes: std::sync::Mutex::new(StateCache::new(state_cache_bytes)),
         })
     }
 
@@ -434,13 +479,16 @@ impl SledStore {
                 value: Vec::new(),
             },
         );
-        self.node_cache().prefault(
+        let mut cache = self.node_cache();
+        let upper = cache.upper.prefault();
+        let recent = cache.recent.prefault(
             |i| NodeRef {
                 version: u64::MAX,
                 index: i as u32,
             },
             &placeholder,
-        )
+        );
+        upper || recent
     }
 
     /// Bytes the database occupies on disk.
@@ -448,7 +496,7 @@ impl SledStore {
         Ok(self.db.size_on_disk()?)
     }
 
-    fn node_cache(&self) -> std::sync::MutexGuard<'_, NodeCache> {
+    fn node_cache(&self) -> std::sync::MutexGuard<'_, StateCache> {
         // The cache holds only immutable nodes; one left mid-update by a panic is
         // still correct.
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
@@ -553,7 +601,36 @@ impl LogNodes for SledStore {
 
 impl StateNodes for SledStore {
     fn state_node(&self, node: &Subtree) -> Result<Option<StateNode>, StoreError> {
-        if let Some((hash, cached)) = self.node_cache().get(&node.at) {
+        self.read_state_node(node, None)
+    }
+
+    fn state_node_on_path(
+        &self,
+        node: &Subtree,
+        depth: usize,
+        key: &Hash,
+    ) -> Result<Option<StateNode>, StoreError> {
+        self.read_state_node(node, Some((depth, key)))
+    }
+}
+
+impl SledStore {
+    /// A state node from the caches, else from its page, which the caches then keep: at
+    /// its place (`depth` on `key`'s path) if that is one of the top levels and holds no
+    /// node yet, else with the recent ones.
+    fn read_state_node(
+        &self,
+        node: &Subtree,
+        place: Option<(usize, &Hash)>,
+    ) -> Result<Option<StateNode>, StoreError> {
+        let cached = {
+            let mut cache = self.node_cache();
+            match place.and_then(|(depth, key)| cache.upper.get(node, depth, key)) {
+                Some(found) => Some(found),
+                None => cache.recent.get(&node.at),
+            }
+        };
+        if let Some((hash, cached)) = cached {
             return if hash == node.hash {
                 Ok(Some(cached))
             } else {
@@ -572,9 +649,11 @@ impl StateNodes for SledStore {
             return Ok(None);
         };
         let checked = state::check_node(node, stored)?;
-        if cacheable(&checked) {
-            self.node_cache()
-                .insert(node.at, (node.hash, checked.clone()));
+        let mut cache = self.node_cache();
+        let kept =
+            place.is_some_and(|(depth, key)| cache.upper.put(node, &checked, depth, key, true));
+        if !kept && cacheable(&checked) {
+            cache.recent.insert(node.at, (node.hash, checked.clone()));
         }
         Ok(Some(checked))
     }
@@ -738,13 +817,12 @@ impl Store for SledStore {
         // they would fill most of the cache (a transaction replaces about as many nodes
         // as it writes) and push out the live nodes deep in the tree, which the next
         // writes to those keys need.
-        let mut cache = self.node_cache();
-        for at in &execution.state_replaced {
-            cache.remove(at);
-        }
-        for (at, node) in execution.state_writes.iter().filter(|(_, n)| cacheable(n)) {
-            cache.insert(at.at, (at.hash, node.clone()));
-        }
+        self.node_cache().committed(
+            height,
+            &root,
+            &execution.state_writes,
+            &execution.state_replaced,
+        );
         Ok(())
     }
 
@@ -867,6 +945,65 @@ mod tests {
         }
     }
 
+    /// Reads and proofs through the caches agree with a plain store of every node, at
+    /// the tip and at older roots, while blocks insert, change and delete keys. The
+    /// caches are small (7 top levels, about 80 recent nodes a generation), so walks go
+    /// through places, recent nodes and pages, and places are left holding nodes of
+    /// older trees.
+    #[test]
+    fn cached_reads_agree_with_every_stored_node_at_every_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_with_cache(dir.path(), 64 << 10, 8 << 20).unwrap();
+        assert_eq!(store.node_cache().upper.levels(), 7);
+        let mut plain = state::MemState::new();
+        let key = |i: u64| state::value_hash(&i.to_be_bytes());
+        let mut roots = vec![Subtree::EMPTY];
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for version in 1..=60u64 {
+            let mut updates = std::collections::BTreeMap::new();
+            for _ in 0..1 + next() % 40 {
+                let k = next() % 600;
+                // One update in four deletes, so leaves move up and places empty.
+                let value = (next() % 4 != 0).then(|| vec![version as u8; 1 + k as usize % 9]);
+                updates.insert(key(k), value);
+            }
+            let root = *roots.last().unwrap();
+            let up = state::update_tracked(&store, &root, version, &updates).unwrap();
+            let expected = state::update_tracked(&plain, &root, version, &updates).unwrap();
+            assert_eq!(up.root, expected.root);
+            assert_eq!(up.writes, expected.writes);
+            assert_eq!(up.replaced, expected.replaced);
+            put_pages(&store, version, &up.writes);
+            store
+                .node_cache()
+                .committed(version, &up.root, &up.writes, &up.replaced);
+            plain.insert_all(up.writes);
+            roots.push(up.root);
+            for (age, root) in roots.iter().rev().enumerate().take(3) {
+                for k in (0..600).step_by(if age == 0 { 1 } else { 7 }) {
+                    let k = key(k);
+                    assert_eq!(
+                        state::get(&store, root, &k).unwrap(),
+                        state::get(&plain, root, &k).unwrap()
+                    );
+                    assert_eq!(
+                        state::prove(&store, root, &k).unwrap(),
+                        state::prove(&plain, root, &k).unwrap()
+                    );
+                }
+            }
+        }
+        let cache = store.node_cache();
+        assert!(cache.upper.len() > 60, "{}", cache.upper.len());
+        assert!(!cache.recent.is_empty());
+    }
+
     #[test]
     fn pages_hold_64_nodes_and_every_slot_reads_back() {
         let nodes: Vec<StateNode> = (0..150).map(|i| leaf(i as u8, i % 7)).collect();
@@ -937,7 +1074,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open_with_cache(dir.path(), 4 << 20, 8 << 20).unwrap();
         assert!(store.prefault_state_cache());
-        assert!(store.node_cache().is_empty());
+        assert!(store.node_cache().recent.is_empty());
+        assert!(store.node_cache().upper.is_empty());
         let w = writes(3, vec![leaf(7, 1)]);
         put_pages(&store, 3, &w);
         assert_eq!(store.state_node(&w[0].0).unwrap(), Some(leaf(7, 1)));
@@ -946,7 +1084,7 @@ mod tests {
         // Gone from sled, served from the cache: no placeholder took its place.
         store.db.remove(page_key(3, 0)).unwrap();
         assert_eq!(store.state_node(&w[0].0).unwrap(), Some(leaf(7, 1)));
-        assert_eq!(store.node_cache().len(), 1);
+        assert_eq!(store.node_cache().recent.len(), 1);
     }
 
     #[test]
@@ -981,20 +1119,34 @@ mod tests {
         let (before, second) = &executions[1];
         assert!(!second.state_replaced.is_empty());
         for at in &second.state_replaced {
-            assert_eq!(store.node_cache().get(at), None, "{at:?}");
+            assert_eq!(store.node_cache().recent.get(at), None, "{at:?}");
         }
         // Every node of the new tree is still cached: block 2's and those of block 1 it
-        // kept.
-        let mut live = vec![store.tip().unwrap().state()];
-        let mut kept_from_block_1 = 0;
-        while let Some(at) = live.pop() {
-            let (_, node) = store.node_cache().get(&at.at).expect("a live node cached");
+        // kept, the internal ones at their places.
+        let mut live = vec![(store.tip().unwrap().state(), 0, Hash::ZERO)];
+        let (mut kept_from_block_1, mut at_places) = (0, 0);
+        while let Some((at, depth, path)) = live.pop() {
+            let mut cache = store.node_cache();
+            let (_, node) = match cache.upper.get(&at, depth, &path) {
+                Some(found) => {
+                    at_places += 1;
+                    found
+                }
+                None => cache.recent.get(&at.at).expect("a live node cached"),
+            };
             kept_from_block_1 += usize::from(at.at.version == 1);
             if let StateNode::Internal { left, right } = node {
-                live.extend([left, right].into_iter().filter(|t| !t.is_empty()));
+                for (child, bit) in [(left, false), (right, true)] {
+                    let mut child_path = path;
+                    crate::upper::set_bit(&mut child_path, depth, bit);
+                    if !child.is_empty() {
+                        live.push((child, depth + 1, child_path));
+                    }
+                }
             }
         }
         assert!(kept_from_block_1 > 0);
+        assert!(at_places > 0);
         // Out of the cache, the tree at height 1 is still read from the pages.
         for i in 10..18 {
             let key = state::state_key(state::Namespace::Notarization, &[i; 32]);
