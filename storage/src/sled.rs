@@ -180,7 +180,7 @@ pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 /// costs a sled read of its 64-node page. Once the live tree (about two nodes per key)
 /// outgrows the cache, the reads of a validator under load slow down several times:
 /// a 4-validator testnet fed 1,200 tx/s fell behind at about 110,000 keys with 200,000
-/// nodes per generation, at 160,000 to 190,000 with this default (about 447,000), and at
+/// nodes per generation, at 160,000 to 190,000 with this default (then about 447,000), and at
 /// about 250,000 with 1,000,000, while commits left replaced nodes in the cache. Since
 /// they drop them, and with sled's cache at [`DEFAULT_DB_CACHE_BYTES`], this default
 /// kept up to about 345,000 keys, and with a cheaper proposal build besides, through a
@@ -466,11 +466,12 @@ impl SledStore {
         Ok(leaves)
     }
 
-    /// Maps the state-node cache's memory now ([`Recent::prefault`]): a node calls this
-    /// once when it starts, so that its first loaded blocks do not wait for the kernel
-    /// to zero the cache's pages (it holds the cache meanwhile; a commit waits).
-    /// Returns whether it did: not for a cache in use, nor when its tables could not be
-    /// allocated.
+    /// Maps the state-node caches' memory now ([`UpperNodes::prefault`],
+    /// [`Recent::prefault`]): a node calls this once when it starts, so that its first
+    /// loaded blocks do not wait for the kernel to zero the caches' pages (it holds the
+    /// caches meanwhile; a commit waits). Returns whether it mapped anything: the recent
+    /// nodes' tables not once in use, nor when they could not be allocated; the places'
+    /// memory not yet taken, as far as it can be allocated.
     pub fn prefault_state_cache(&self) -> bool {
         let placeholder = (
             Hash([0; 32]),
@@ -617,7 +618,7 @@ impl StateNodes for SledStore {
 impl SledStore {
     /// A state node from the caches, else from its page, which the caches then keep: at
     /// its place (`depth` on `key`'s path) if that is one of the top levels and holds no
-    /// node yet, else with the recent ones.
+    /// newer node, else with the recent ones.
     fn read_state_node(
         &self,
         node: &Subtree,
@@ -650,8 +651,7 @@ impl SledStore {
         };
         let checked = state::check_node(node, stored)?;
         let mut cache = self.node_cache();
-        let kept =
-            place.is_some_and(|(depth, key)| cache.upper.put(node, &checked, depth, key, true));
+        let kept = place.is_some_and(|(depth, key)| cache.upper.put(node, &checked, depth, key));
         if !kept && cacheable(&checked) {
             cache.recent.insert(node.at, (node.hash, checked.clone()));
         }
@@ -1002,6 +1002,66 @@ mod tests {
         let cache = store.node_cache();
         assert!(cache.upper.len() > 60, "{}", cache.upper.len());
         assert!(!cache.recent.is_empty());
+    }
+
+    /// Walks find the top levels at their places: with the tree's internal nodes at
+    /// their places down to depth 14, and its leaves and the nodes below among the
+    /// recent nodes (which hold no node a place holds), reads and proofs at the tip
+    /// need no page; a walk that asked for another place would read a deleted page. Two
+    /// keys share their first 70 bits, so a path runs deeper than any place (and than
+    /// 64 bits).
+    #[test]
+    fn walks_read_the_top_levels_at_their_places() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_with_cache(dir.path(), 8 << 20, 8 << 20).unwrap();
+        let levels = store.node_cache().upper.levels();
+        assert_eq!(levels, 14);
+        let mut plain = state::MemState::new();
+        let mut keys: Vec<Hash> = (0..300u64)
+            .map(|i| state::value_hash(&i.to_be_bytes()))
+            .collect();
+        let mut twin = keys[0];
+        twin.0[8] ^= 0x02; // bit 70
+        keys.push(twin);
+        let mut root = Subtree::EMPTY;
+        for version in 1..=30u64 {
+            let updates: std::collections::BTreeMap<_, _> = keys
+                .iter()
+                .skip(version as usize % 7)
+                .step_by(7)
+                .chain([&keys[0], &twin])
+                .map(|k| (*k, Some(vec![version as u8])))
+                .collect();
+            let up = state::update_tracked(&store, &root, version, &updates).unwrap();
+            put_pages(&store, version, &up.writes);
+            store
+                .node_cache()
+                .committed(version, &up.root, &up.writes, &up.replaced);
+            plain.insert_all(up.writes);
+            root = up.root;
+        }
+        let (_, proof) = state::prove(&plain, &root, &twin).unwrap();
+        assert!(proof.siblings.len() > 70, "{}", proof.siblings.len());
+        let pages: Vec<_> = store
+            .db
+            .scan_prefix(b"S")
+            .keys()
+            .map(|k| k.unwrap())
+            .collect();
+        for k in &pages {
+            store.db.remove(k).unwrap();
+        }
+        for k in &keys {
+            assert_eq!(
+                state::get(&store, &root, k).unwrap(),
+                state::get(&plain, &root, k).unwrap()
+            );
+            assert_eq!(
+                state::prove(&store, &root, k).unwrap(),
+                state::prove(&plain, &root, k).unwrap()
+            );
+        }
+        assert_eq!(state::get(&store, &root, &twin).unwrap(), Some(vec![30]));
     }
 
     #[test]

@@ -11,11 +11,13 @@
 //!
 //! [`UpperNodes`] keeps one internal node for each place in the top `levels` levels of
 //! the tree, in an array where the place's index is computed from the path, with no key
-//! and no hashing: the node each commit wrote there last, which is the tip's. There are
+//! and no hashing: of the nodes written or read there, the one of the highest version.
+//! The tip's node at a place is the last written there, so it is always kept once
+//! written or read, and a node an older root's walk reads never displaces it. There are
 //! at most `2^levels - 1` places, so its memory has a bound that does not grow with the
-//! tree. A node is returned only for the exact location asked for (and its hash), so an
-//! entry left at a place that the tip's tree no longer uses, or read for an older root,
-//! is still the node stored at its location: a stored node never changes.
+//! tree. A node is returned only for the exact location asked for (and its hash is then
+//! checked), so an entry left at a place that the tip's tree no longer uses is still the
+//! node stored at its location: a stored node never changes.
 //!
 //! Memory is taken a chunk of places at a time as commits first write into it, or all at
 //! once by [`UpperNodes::prefault`].
@@ -48,7 +50,7 @@ pub struct UpperNodes {
 impl UpperNodes {
     /// Room for the nodes at depths `0..levels` (at most 32 levels).
     pub fn new(levels: usize) -> UpperNodes {
-        let levels = levels.min(32);
+        let levels = levels.min(32).min(usize::BITS as usize - 2);
         let places = (1usize << levels) - 1;
         UpperNodes {
             levels,
@@ -76,7 +78,8 @@ impl UpperNodes {
 
     /// The index of the place at `depth` on `key`'s path, if kept.
     fn place(&self, depth: usize, key: &Hash) -> Option<usize> {
-        self.place_of(depth, prefix(key, depth))
+        // Paths run to 256 bits; only the kept depths (at most 32) have places.
+        (depth < self.levels).then(|| (1usize << depth) - 1 + prefix(key, depth))
     }
 
     /// The index of the place at `depth` whose path bits are `bits`, if kept.
@@ -99,36 +102,34 @@ impl UpperNodes {
         ))
     }
 
-    /// Keeps `node` (stored at `at`) at `depth` on `key`'s path, replacing what was
-    /// there, if it is internal and the depth is kept. With `only_empty`, a place
-    /// already holding a node keeps it (for nodes read, which may be an older root's).
-    /// Returns whether the node is kept.
-    pub fn put(
-        &mut self,
-        at: &Subtree,
-        node: &StateNode,
-        depth: usize,
-        key: &Hash,
-        only_empty: bool,
-    ) -> bool {
+    /// Keeps `node` (stored at `at`) at `depth` on `key`'s path if it is internal, the
+    /// depth is kept, and the place holds no node of the same or a higher version (the
+    /// tip's node at a place has the highest: see the [module docs](self)). Returns
+    /// whether the node is kept; not if the place's memory could not be allocated.
+    pub fn put(&mut self, at: &Subtree, node: &StateNode, depth: usize, key: &Hash) -> bool {
         match self.place(depth, key) {
-            Some(i) => self.put_at(i, at, node, only_empty),
+            Some(i) => self.put_at(i, at, node),
             None => false,
         }
     }
 
     /// [`UpperNodes::put`] at place index `i`.
-    fn put_at(&mut self, i: usize, at: &Subtree, node: &StateNode, only_empty: bool) -> bool {
+    fn put_at(&mut self, i: usize, at: &Subtree, node: &StateNode) -> bool {
         let StateNode::Internal { left, right } = node else {
             return false;
         };
         if at.at.version == 0 {
             return false;
         }
-        let chunk = self.chunks[i / CHUNK]
-            .get_or_insert_with(|| vec![Slot::default(); CHUNK].into_boxed_slice());
+        let chunk = &mut self.chunks[i / CHUNK];
+        if chunk.is_none() {
+            *chunk = new_chunk();
+        }
+        let Some(chunk) = chunk else {
+            return false;
+        };
         let slot = &mut chunk[i % CHUNK];
-        if only_empty && slot.at.version != 0 {
+        if slot.at.version >= at.at.version {
             return false;
         }
         *slot = Slot {
@@ -168,7 +169,7 @@ impl UpperNodes {
                 continue;
             };
             let (at, node) = &writes[i];
-            kept[i] = self.put_at(place, at, node, false);
+            kept[i] = self.put_at(place, at, node);
             let StateNode::Internal { left, right } = node else {
                 continue;
             };
@@ -184,11 +185,15 @@ impl UpperNodes {
     }
 
     /// Takes all the places' memory now, so that commits do not wait for the kernel to
-    /// zero it page by page. Returns whether anything was taken.
+    /// zero it page by page. Returns whether anything was taken; it stops at the first
+    /// allocation that fails (places then take memory as they are first used).
     pub fn prefault(&mut self) -> bool {
         let mut any = false;
         for chunk in self.chunks.iter_mut().filter(|c| c.is_none()) {
-            *chunk = Some(vec![Slot::default(); CHUNK].into_boxed_slice());
+            *chunk = new_chunk();
+            if chunk.is_none() {
+                break;
+            }
             any = true;
         }
         any
@@ -207,6 +212,14 @@ impl UpperNodes {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A chunk of empty places, written (so mapped) now; `None` if it cannot be allocated.
+fn new_chunk() -> Option<Box<[Slot]>> {
+    let mut chunk = Vec::new();
+    chunk.try_reserve_exact(CHUNK).ok()?;
+    chunk.resize(CHUNK, Slot::default());
+    Some(chunk.into_boxed_slice())
 }
 
 /// The first `depth` bits of `key` as a number (`depth` < 64).
@@ -335,25 +348,15 @@ mod tests {
                     .unwrap_or_else(|| panic!("version {version}: depth {depth} not kept"));
                 assert_eq!(hash, tree.hash);
                 assert_eq!(&found, node);
-                // Another location at the same place is not this node.
-                let other = Subtree {
-                    hash: tree.hash,
-                    at: NodeRef {
-                        version: tree.at.version + 1000,
-                        index: 0,
-                    },
-                };
-                assert!(upper.get(&other, *depth, path).is_none());
             }
-            // Places beyond the tip's are left from older trees, never more than the
-            // kept levels hold.
-            assert!(upper.len() >= tip.len() && upper.len() < (1 << levels));
+            // Places the tip no longer uses keep nodes of older trees.
+            assert!(upper.len() >= tip.len());
         }
         assert!(upper.len() > 20, "{}", upper.len());
     }
 
     #[test]
-    fn a_node_read_fills_only_an_empty_place() {
+    fn a_place_keeps_the_newest_node() {
         let mut upper = UpperNodes::new(3);
         let node = |v: u64| {
             (
@@ -373,23 +376,30 @@ mod tests {
         let (a, n) = node(1);
         let (b, _) = node(2);
         let path = Hash::ZERO;
-        assert!(upper.put(&a, &n, 2, &path, true));
-        assert!(!upper.put(&b, &n, 2, &path, true));
-        assert!(upper.get(&a, 2, &path).is_some());
-        assert!(upper.get(&b, 2, &path).is_none());
-        assert!(upper.put(&b, &n, 2, &path, false));
+        assert!(upper.put(&b, &n, 2, &path));
+        // An older root's node read there does not displace the newer one...
+        assert!(!upper.put(&a, &n, 2, &path));
         assert!(upper.get(&b, 2, &path).is_some());
+        assert!(upper.get(&a, 2, &path).is_none());
+        // ...and a newer one does.
+        let (c, _) = node(3);
+        assert!(upper.put(&c, &n, 2, &path));
+        assert!(upper.get(&c, 2, &path).is_some());
+        assert!(upper.get(&b, 2, &path).is_none());
         // Leaves and places beyond the levels are not kept.
         let leaf = StateNode::Leaf {
             key: path,
             value: vec![],
         };
-        assert!(!upper.put(&a, &leaf, 0, &path, false));
-        assert!(!upper.put(&a, &n, 3, &path, false));
+        assert!(!upper.put(&a, &leaf, 0, &path));
+        assert!(!upper.put(&a, &n, 3, &path));
+        // Paths deeper than 64 bits (two keys sharing that much) have no place.
+        assert!(!upper.put(&a, &n, 200, &path));
+        assert!(upper.get(&a, 200, &path).is_none());
         assert_eq!(upper.len(), 1);
         // A prefault takes the chunks not taken yet, and keeps what is held.
         let mut upper = UpperNodes::new(14);
-        assert!(upper.put(&a, &n, 0, &path, true));
+        assert!(upper.put(&a, &n, 0, &path));
         assert_eq!(upper.chunks.iter().flatten().count(), 1);
         assert!(upper.prefault());
         assert_eq!(upper.chunks.iter().flatten().count(), 4);
