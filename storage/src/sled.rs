@@ -82,7 +82,8 @@ pub struct SledStore {
 }
 
 /// The state-node caches: the tree's top levels by place ([`UpperNodes`]), and the
-/// recently used nodes below them and leaves ([`NodeCache`]).
+/// recently used nodes the places do not hold: leaves, nodes below the top levels, and
+/// nodes read without their place ([`NodeCache`]).
 struct StateCache {
     upper: UpperNodes,
     recent: NodeCache,
@@ -180,11 +181,13 @@ pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 /// costs a sled read of its 64-node page. Once the live tree (about two nodes per key)
 /// outgrows the cache, the reads of a validator under load slow down several times:
 /// a 4-validator testnet fed 1,200 tx/s fell behind at about 110,000 keys with 200,000
-/// nodes per generation, at 160,000 to 190,000 with this default (then about 447,000), and at
-/// about 250,000 with 1,000,000, while commits left replaced nodes in the cache. Since
-/// they drop them, and with sled's cache at [`DEFAULT_DB_CACHE_BYTES`], this default
-/// kept up to about 345,000 keys, and with a cheaper proposal build besides, through a
-/// whole run to 480,000 (docs/PERFORMANCE.md; one run each).
+/// nodes per generation, at 160,000 to 190,000 with this default (then about 447,000),
+/// and at about 250,000 with 1,000,000, while commits left replaced nodes in the cache.
+/// Since they drop them, and with sled's cache at [`DEFAULT_DB_CACHE_BYTES`], this
+/// default kept up to about 345,000 keys, and with a cheaper proposal build besides,
+/// through a whole run to 480,000 (docs/PERFORMANCE.md; one run each). With the top
+/// levels by place, 3,000 tx/s held through 180 s (540,000 keys), the p50 by the
+/// second at 40 to 110 ms outside a few slow stretches.
 pub const DEFAULT_STATE_CACHE_BYTES: usize = 256 << 20;
 
 /// sled's own cache of its B-tree pages, which hold the records (state pages, blocks,
