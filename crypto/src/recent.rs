@@ -2,7 +2,7 @@
 //! their key (decompressed public keys, state nodes at their storage location), or, with
 //! a removal before each change, of values that do (the tip's state values).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, RandomState};
 
 /// In the first generation, one insertion in this many is copied into the other table,
@@ -11,13 +11,18 @@ use std::hash::{BuildHasher, Hash, RandomState};
 /// `capacity` entries has filled.
 pub const WARM_EVERY: usize = 4;
 
-/// The values most recently inserted or hit, up to two generations of `capacity`.
+/// The values most recently inserted or hit, up to two generations of `capacity` (or
+/// more, [`Recent::with_generations`]).
 ///
 /// Two generations approximate least-recently-used at the cost of a hash lookup: a hit
 /// in the old generation moves to the young one, and a full young generation becomes
-/// the old one while the old one is dropped. Nothing here invalidates an entry: a value
-/// that changes under its key must be [`Recent::remove`]d before the new one is inserted
-/// (the old generation may still hold the former one).
+/// the old one while the old one is dropped. That drops about half of what the cache
+/// holds at once, and each of the state-node cache's changes slowed every validator for
+/// 2 to 5 s under load (docs/PERFORMANCE.md). With more generations of a smaller
+/// capacity, a change drops only the oldest, and a lookup that misses probes each.
+/// Nothing here invalidates an entry: a value that changes under its key must be
+/// [`Recent::remove`]d before the new one is inserted (an older generation may still
+/// hold the former one).
 ///
 /// A generation ends when it holds `capacity` entries or after `2 × capacity` insertions,
 /// whichever comes first, and its table is sized for `2 × capacity` entries when it
@@ -29,7 +34,7 @@ pub const WARM_EVERY: usize = 4;
 /// generation), that allocation and the page faults of its fresh memory held a commit
 /// for 1.3 s (docs/PERFORMANCE.md).
 ///
-/// The two tables are allocated once and reused, but a new table's memory is only
+/// The tables are allocated once and reused, but a new table's memory is only
 /// mapped by the kernel as it is first touched, and a hash table's inserts land all over
 /// it. The second table was first used when the first generation ended, and then nearly
 /// every lookup moved a hot entry into it: the state-node cache of every validator (they
@@ -40,7 +45,7 @@ pub const WARM_EVERY: usize = 4;
 /// touches its memory a little at a time. That work is done once in a cache's life, but
 /// earlier: a burst on a fresh network, which ended before the first change, paid it and
 /// committed about 5% fewer transactions a second. A node does better when it starts:
-/// [`Recent::prefault`] maps both tables at once, and no copies are made after it.
+/// [`Recent::prefault`] maps every table at once, and no copies are made after it.
 ///
 /// `S` hashes the keys: SipHash by default, which keys a peer can choose need; a cache of
 /// keys the node assigns itself may use a cheaper one.
@@ -52,6 +57,8 @@ pub struct Recent<K, V, S = RandomState> {
     /// The old generation; in the first one, copies of some young entries, never
     /// returned (see `warming`).
     old: HashMap<K, V, S>,
+    /// Generations older than `old`, newest first (none for two generations).
+    older: VecDeque<HashMap<K, V, S>>,
     /// Whether this is the first generation, in which `old` holds copies of young
     /// entries only to touch its memory. A lookup finds a key in `young` before it could
     /// find the copy, a removal takes both, and the first change drops the copies.
@@ -65,9 +72,18 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
     /// An empty cache of at most `2 × capacity` entries. It allocates nothing until the
     /// first insertion.
     pub fn new(capacity: usize) -> Recent<K, V, S> {
+        Recent::with_generations(capacity, 2)
+    }
+
+    /// An empty cache of at most `generations × capacity` entries (at least two
+    /// generations). Only the first two tables are prepared during the first generation
+    /// ([`WARM_EVERY`]); the others are mapped as they are first used, unless
+    /// [`Recent::prefault`] mapped them.
+    pub fn with_generations(capacity: usize, generations: usize) -> Recent<K, V, S> {
         Recent {
             young: HashMap::default(),
             old: HashMap::default(),
+            older: (2..generations).map(|_| HashMap::default()).collect(),
             warming: true,
             capacity: capacity.max(1),
             inserted: 0,
@@ -79,7 +95,10 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
         if let Some(v) = self.young.get(key) {
             return Some(v.clone());
         }
-        let v = self.old.remove(key)?;
+        let v = match self.old.remove(key) {
+            Some(v) => v,
+            None => self.older.iter_mut().find_map(|g| g.remove(key))?,
+        };
         self.insert(key.clone(), v.clone());
         Some(v)
     }
@@ -91,7 +110,18 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
             // (tombstones too), the young one: it keeps its allocation, so a cache of a
             // million entries does not build a new table and free the old one every
             // generation.
-            std::mem::swap(&mut self.young, &mut self.old);
+            if self.warming {
+                // The copies are dropped at the first change, wherever `old` goes.
+                self.old.clear();
+            }
+            match self.older.pop_back() {
+                None => std::mem::swap(&mut self.young, &mut self.old),
+                Some(oldest) => {
+                    let young = std::mem::replace(&mut self.young, oldest);
+                    let old = std::mem::replace(&mut self.old, young);
+                    self.older.push_front(old);
+                }
+            }
             self.young.clear();
             self.warming = false;
             if self.young.capacity() < self.room() {
@@ -120,7 +150,7 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
         self.inserted += 1;
     }
 
-    /// Allocates both generations' tables now and writes to all of their memory, so
+    /// Allocates every generation's table now and writes to all of their memory, so
     /// that the kernel maps (and zeroes) it now rather than under the first insertions.
     /// A fresh table's pages are mapped as they are first written, and inserts land all
     /// over it: the state-node cache of a validator spent its first loaded blocks on
@@ -128,14 +158,17 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
     /// makes distinct placeholder keys and `value` is their value; the tables are
     /// emptied again, keeping their memory. With the other table mapped already, the
     /// first generation makes no copies into it ([`WARM_EVERY`]). Does nothing once the
-    /// cache holds anything. Returns whether it mapped both tables: false for a cache
+    /// cache holds anything. Returns whether it mapped every table: false for a cache
     /// in use, or when a table's allocation failed (the cache then grows as it fills).
     pub fn prefault(&mut self, key: impl Fn(u64) -> K, value: &V) -> bool {
-        if self.inserted > 0 || !self.young.is_empty() || !self.old.is_empty() {
+        if self.inserted > 0 || !self.is_empty() || self.older.iter().any(|g| !g.is_empty()) {
             return false;
         }
         let room = self.room();
-        for table in [&mut self.young, &mut self.old] {
+        let tables = [&mut self.young, &mut self.old]
+            .into_iter()
+            .chain(self.older.iter_mut());
+        for table in tables {
             if table.try_reserve(room).is_err() {
                 return false;
             }
@@ -165,6 +198,9 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
     pub fn remove(&mut self, key: &K) {
         self.young.remove(key);
         self.old.remove(key);
+        for g in &mut self.older {
+            g.remove(key);
+        }
     }
 
     /// Number of entries held.
@@ -172,7 +208,7 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
         if self.warming {
             self.young.len()
         } else {
-            self.young.len() + self.old.len()
+            self.young.len() + self.old.len() + self.older.iter().map(HashMap::len).sum::<usize>()
         }
     }
 
@@ -334,6 +370,51 @@ mod tests {
         assert_eq!(cache.get(&0), Some(100));
         assert_eq!(cache.get(&4), None);
         assert_eq!(cache.get(&8), Some(8));
+    }
+
+    /// With four generations a change drops only the oldest: what was used in the three
+    /// before the young one is still found, where two generations have dropped it, a
+    /// hit there moves to the young one, and a removal takes a key from all of them.
+    #[test]
+    fn more_generations_drop_only_the_oldest() {
+        let mut four: Recent<u64, u64> = Recent::with_generations(2, 4);
+        let mut two: Recent<u64, u64> = Recent::new(2);
+        // Generations of two: {0, 1}, {2, 3}, {4, 5}, {6, 7}, then {8} drops {0, 1}.
+        for k in 0..9 {
+            four.insert(k, k * 10);
+            two.insert(k, k * 10);
+        }
+        assert_eq!((four.len(), two.len()), (7, 3));
+        assert_eq!((four.get(&0), four.get(&1)), (None, None));
+        assert_eq!(two.get(&2), None);
+        // Found three generations back, and moved to the young one beside 8.
+        assert_eq!(four.get(&2), Some(20));
+        assert_eq!(four.young.len(), 2);
+        assert_eq!(four.len(), 7);
+        four.remove(&5);
+        assert_eq!(four.get(&5), None);
+        assert_eq!(four.len(), 6);
+        for k in [8, 2] {
+            assert_eq!(four.get(&k), Some(k * 10));
+        }
+    }
+
+    #[test]
+    fn prefaulting_prepares_every_generation() {
+        const CAPACITY: usize = 1_000;
+        let mut cache: Recent<u64, u64> = Recent::with_generations(CAPACITY, 4);
+        assert!(cache.prefault(|i| i, &0));
+        assert_eq!(cache.older.len(), 2);
+        for table in [&cache.young, &cache.old].into_iter().chain(&cache.older) {
+            assert!(table.capacity() >= 2 * CAPACITY && table.is_empty());
+        }
+        // Four generations' worth stays held, nothing reallocated.
+        for k in 0..4 * CAPACITY as u64 {
+            cache.insert(k, k);
+        }
+        assert_eq!(cache.len(), 4 * CAPACITY);
+        assert_eq!(cache.get(&0), Some(0));
+        assert!(!cache.prefault(|i| i, &0));
     }
 
     #[test]
