@@ -89,15 +89,22 @@ struct StateCache {
     recent: NodeCache,
 }
 
+/// Generations of the recent-node cache ([`Recent::with_generations`]). With two, each
+/// change dropped half of what it held at once, leaves a new key's insertion needs
+/// among them, and every validator slowed for 2 to 5 s at each change under load
+/// (docs/PERFORMANCE.md); with four, a change drops a quarter, for the same memory.
+const RECENT_GENERATIONS: usize = 4;
+
 impl StateCache {
     /// Caches in about `bytes`: the most top levels that fit in half of it, and recent
     /// nodes in the rest.
     fn new(bytes: usize) -> StateCache {
         let upper = UpperNodes::new(UpperNodes::levels_for(bytes / 2));
-        let recent = bytes.saturating_sub(upper.bytes()) / 2 / STATE_CACHE_BYTES_PER_NODE;
+        let recent =
+            bytes.saturating_sub(upper.bytes()) / RECENT_GENERATIONS / STATE_CACHE_BYTES_PER_NODE;
         StateCache {
             upper,
-            recent: Recent::new(recent),
+            recent: Recent::with_generations(recent, RECENT_GENERATIONS),
         }
     }
 
@@ -167,15 +174,15 @@ impl Hasher for NodeRefHasher {
 /// (location, hash and decoded node) is 152 bytes, and a generation's table is sized for
 /// twice its nodes (so that removals never make it rehash, see [`Recent`]) and rounded
 /// up to a power-of-two number of slots, 2.3 to 4.6 slots per node. At the default
-/// budget the top levels leave room for 321,563 nodes a generation, in 1,048,576 slots
-/// (3.3 a node): the two tables take about 320 MB, and with the top levels' 75 MB the
-/// caches take about 395 MB, not 256 MiB. A leaf's value, up to
+/// budget the top levels leave room for four generations of 160,781 nodes, each in a
+/// table of 524,288 slots (3.3 a node): the four tables take about 320 MB, and with the
+/// top levels' 75 MB the caches take about 395 MB, not 256 MiB. A leaf's value, up to
 /// `NODE_CACHE_VALUE_BYTES` (256 bytes), is on the heap besides.
 pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 
 /// The state-node caches' budget in [`SledStore::open`]: the most top levels of the tree
 /// whose places fit in half of it ([`UpperNodes`]: 19 levels, 75 MB at this default),
-/// and recently used nodes in the rest (about 321,600 a generation).
+/// and recently used nodes in the rest (four generations of about 160,800).
 ///
 /// Every read walks the state tree from its root, and a node the caches do not hold
 /// costs a sled read of its 64-node page. Once the live tree (about two nodes per key)
