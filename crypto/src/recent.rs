@@ -30,8 +30,8 @@ pub const WARM_EVERY: usize = 4;
 /// the room of an entry removed between live ones (it leaves a tombstone): a generation
 /// that only counted entries, while [`remove`] dropped others, ran out of free slots
 /// before it was full and rehashed, into a new table twice the size when most of its
-/// entries were live. For the state-node cache of a validator (about 450,000 nodes a
-/// generation), that allocation and the page faults of its fresh memory held a commit
+/// entries were live. For the state-node cache of a validator (then about 450,000
+/// nodes a generation), that allocation and the page faults of its fresh memory held a commit
 /// for 1.3 s (docs/PERFORMANCE.md).
 ///
 /// The tables are allocated once and reused, but a new table's memory is only
@@ -75,10 +75,10 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
         Recent::with_generations(capacity, 2)
     }
 
-    /// An empty cache of at most `generations × capacity` entries (at least two
-    /// generations). Only the first two tables are prepared during the first generation
-    /// ([`WARM_EVERY`]); the others are mapped as they are first used, unless
-    /// [`Recent::prefault`] mapped them.
+    /// An empty cache of at most `generations × capacity` entries (fewer than two
+    /// generations count as two). The first generation prepares only the table the
+    /// first change uses ([`WARM_EVERY`]); the others are mapped as they are first used,
+    /// unless [`Recent::prefault`] mapped them.
     pub fn with_generations(capacity: usize, generations: usize) -> Recent<K, V, S> {
         Recent {
             young: HashMap::default(),
@@ -110,16 +110,18 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
             // (tombstones too), the young one: it keeps its allocation, so a cache of a
             // million entries does not build a new table and free the old one every
             // generation.
-            if self.warming {
-                // The copies are dropped at the first change, wherever `old` goes.
-                self.old.clear();
-            }
+            // The oldest table is emptied and becomes the young one. At the first
+            // change that is `old`, the table the copies prepared (the older ones are
+            // still empty then), and the copies go with the emptying.
             match self.older.pop_back() {
-                None => std::mem::swap(&mut self.young, &mut self.old),
-                Some(oldest) => {
+                Some(oldest) if !self.warming => {
                     let young = std::mem::replace(&mut self.young, oldest);
                     let old = std::mem::replace(&mut self.old, young);
                     self.older.push_front(old);
+                }
+                popped => {
+                    self.older.extend(popped);
+                    std::mem::swap(&mut self.young, &mut self.old);
                 }
             }
             self.young.clear();
@@ -399,12 +401,47 @@ mod tests {
         }
     }
 
+    /// With four generations, the first change still uses the table the first
+    /// generation prepared, and its copies are neither returned nor counted.
+    #[test]
+    fn the_first_change_of_four_generations_uses_the_prepared_table() {
+        const CAPACITY: usize = 1_000;
+        let mut cache: Recent<u64, u64> = Recent::with_generations(CAPACITY, 4);
+        let mut next = 0u64;
+        while cache.warming {
+            cache.insert(next, next);
+            next += 1;
+        }
+        assert!(cache.young.capacity() >= 2 * CAPACITY);
+        assert_eq!(cache.young.len(), 1);
+        assert_eq!(cache.len(), CAPACITY + 1);
+        // The older tables are still the untouched defaults.
+        assert!(cache.older.iter().all(|g| g.capacity() == 0));
+        // The next changes hold every generation: nothing was lost to the copies.
+        while next < 4 * CAPACITY as u64 {
+            cache.insert(next, next);
+            next += 1;
+        }
+        assert_eq!(cache.len(), 4 * CAPACITY);
+        assert_eq!(cache.get(&1), Some(1));
+    }
+
     #[test]
     fn prefaulting_prepares_every_generation() {
         const CAPACITY: usize = 1_000;
         let mut cache: Recent<u64, u64> = Recent::with_generations(CAPACITY, 4);
         assert!(cache.prefault(|i| i, &0));
         assert_eq!(cache.older.len(), 2);
+        let capacities = |c: &Recent<u64, u64>| {
+            let mut all: Vec<usize> = [&c.young, &c.old]
+                .into_iter()
+                .chain(&c.older)
+                .map(HashMap::capacity)
+                .collect();
+            all.sort_unstable();
+            all
+        };
+        let prepared = capacities(&cache);
         for table in [&cache.young, &cache.old].into_iter().chain(&cache.older) {
             assert!(table.capacity() >= 2 * CAPACITY && table.is_empty());
         }
@@ -413,6 +450,7 @@ mod tests {
             cache.insert(k, k);
         }
         assert_eq!(cache.len(), 4 * CAPACITY);
+        assert_eq!(capacities(&cache), prepared);
         assert_eq!(cache.get(&0), Some(0));
         assert!(!cache.prefault(|i| i, &0));
     }
