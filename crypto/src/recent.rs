@@ -31,8 +31,8 @@ pub const WARM_EVERY: usize = 4;
 /// that only counted entries, while [`remove`] dropped others, ran out of free slots
 /// before it was full and rehashed, into a new table twice the size when most of its
 /// entries were live. For the state-node cache of a validator (then about 450,000
-/// nodes a generation), that allocation and the page faults of its fresh memory held a commit
-/// for 1.3 s (docs/PERFORMANCE.md).
+/// nodes a generation), that allocation and the page faults of its fresh memory held a
+/// commit for 1.3 s (docs/PERFORMANCE.md).
 ///
 /// The tables are allocated once and reused, but a new table's memory is only
 /// mapped by the kernel as it is first touched, and a hash table's inserts land all over
