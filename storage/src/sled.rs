@@ -957,7 +957,7 @@ mod tests {
 
     /// Reads and proofs through the caches agree with a plain store of every node, at
     /// the tip and at older roots, while blocks insert, change and delete keys. The
-    /// caches are small (7 top levels, about 80 recent nodes a generation), so walks go
+    /// caches are small (7 top levels, four generations of 39 recent nodes), so walks go
     /// through places, recent nodes and pages, and places are left holding nodes of
     /// older trees.
     #[test]
