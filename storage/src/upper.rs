@@ -78,8 +78,12 @@ impl UpperNodes {
 
     /// The index of the place at `depth` on `key`'s path, if kept.
     fn place(&self, depth: usize, key: &Hash) -> Option<usize> {
-        // Paths run to 256 bits; only the kept depths (at most 32) have places.
-        (depth < self.levels).then(|| (1usize << depth) - 1 + prefix(key, depth))
+        // Paths run to 256 bits; only the kept depths (at most 32) have places, and
+        // `prefix` takes fewer than 64.
+        if depth >= self.levels {
+            return None;
+        }
+        self.place_of(depth, prefix(key, depth))
     }
 
     /// The index of the place at `depth` whose path bits are `bits`, if kept.
