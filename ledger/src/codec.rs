@@ -138,6 +138,18 @@ pub fn put_seq<T: Encode>(out: &mut Vec<u8>, items: &[T]) {
     }
 }
 
+/// The most memory a [`Decoder::seq`] reserves before its items decode.
+const SEQ_PREALLOC_BYTES: usize = 1 << 20;
+
+/// The items a [`Decoder::seq`] of `count` items of `T`, with `remaining` bytes left,
+/// reserves before they decode: no more than those bytes could encode (every item takes
+/// at least one), nor than [`SEQ_PREALLOC_BYTES`] hold (but room for one item always).
+/// Beyond that the vector grows as items actually decode.
+fn seq_reserve<T>(count: usize, remaining: usize) -> usize {
+    let fits = (SEQ_PREALLOC_BYTES / std::mem::size_of::<T>().max(1)).max(1);
+    count.min(remaining).min(fits)
+}
+
 /// A strict reader over a byte slice.
 pub struct Decoder<'a> {
     buf: &'a [u8],
@@ -247,8 +259,9 @@ impl<'a> Decoder<'a> {
     /// Reads a sequence of at most `max` items.
     pub fn seq<T: Decode>(&mut self, what: &'static str, max: usize) -> Result<Vec<T>, CodecError> {
         let n = self.count(what, max)?;
-        // No pre-allocation from an untrusted count: grow as items actually decode.
-        let mut out = Vec::new();
+        // A block's transactions fill their vector without a copy of it at each
+        // doubling; an untrusted count reserves little (see `seq_reserve`).
+        let mut out = Vec::with_capacity(seq_reserve::<T>(n, self.remaining()));
         for _ in 0..n {
             out.push(T::decode(self)?);
         }
@@ -335,5 +348,29 @@ mod tests {
             Hash::from_bytes(&[0; 33]),
             Err(CodecError::TrailingBytes { count: 1 })
         );
+    }
+
+    #[test]
+    fn a_sequence_reserves_what_its_bytes_can_hold_and_no_more() {
+        let hashes: Vec<Hash> = (0..5u8).map(|i| Hash([i; 32])).collect();
+        let mut bytes = Vec::new();
+        put_seq(&mut bytes, &hashes);
+        let decoded = Decoder::new(&bytes).seq::<Hash>("s", 10).unwrap();
+        assert_eq!(decoded, hashes);
+        assert_eq!(decoded.capacity(), 5, "reserved for the count at once");
+
+        // A count far beyond the bytes that follow reserves no more than those bytes
+        // (and fails on the missing items); a large item type no more than the budget.
+        let mut lying = Vec::new();
+        put_count(&mut lying, 1_000_000);
+        lying.extend_from_slice(&[7; 40]);
+        assert_eq!(
+            Decoder::new(&lying).seq::<Hash>("s", 1 << 20),
+            Err(CodecError::UnexpectedEnd { what: "hash" })
+        );
+        assert_eq!(seq_reserve::<Hash>(1_000_000, 40), 40);
+        assert_eq!(seq_reserve::<Hash>(1_000_000, 1 << 30), (1 << 20) / 32);
+        assert_eq!(seq_reserve::<[u8; 4 << 20]>(10, 1 << 30), 1);
+        assert_eq!(seq_reserve::<Hash>(3, 1 << 30), 3);
     }
 }
