@@ -190,6 +190,33 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
         true
     }
 
+    /// Raises each generation's capacity to what the tables already allocated have room
+    /// for (half their slots' capacity, so that removals still never make one rehash),
+    /// and returns it. A hash table rounds its slots up to a power of two, so a table
+    /// sized for `2 × capacity` insertions holds 1 to 2 times that many: after
+    /// [`Recent::prefault`] the memory is mapped and paid for whole, and this lets the
+    /// cache use it. For the state-node cache at its default size: 229,376 nodes a
+    /// generation instead of 160,781, in the same 524,288 slots. Never lowers the
+    /// capacity, and changes nothing while any table is unallocated or holds an entry.
+    pub fn fill_tables(&mut self) -> usize {
+        let tables = || {
+            [&self.young, &self.old]
+                .into_iter()
+                .chain(self.older.iter())
+        };
+        if tables().any(|t| t.capacity() == 0 || !t.is_empty()) || self.inserted > 0 {
+            return self.capacity;
+        }
+        let fits = tables().map(HashMap::capacity).min().unwrap_or(0) / 2;
+        self.capacity = self.capacity.max(fits);
+        self.capacity
+    }
+
+    /// Entries a generation holds, at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Insertions a generation's table has room for.
     fn room(&self) -> usize {
         self.capacity.saturating_mul(2)
@@ -424,6 +451,38 @@ mod tests {
         }
         assert_eq!(cache.len(), 4 * CAPACITY);
         assert_eq!(cache.get(&1), Some(1));
+    }
+
+    #[test]
+    fn generations_fill_the_tables_prefaulted_for_them() {
+        const CAPACITY: usize = 1_000;
+        let mut cache: Recent<u64, u64> = Recent::with_generations(CAPACITY, 4);
+        // Nothing allocated yet: nothing to fill.
+        assert_eq!(cache.fill_tables(), CAPACITY);
+        assert!(cache.prefault(|i| i, &0));
+        let slots = cache.young.capacity();
+        let filled = cache.fill_tables();
+        // Room for 2,000 insertions rounds up to tables of 3,584 (4,096 slots).
+        assert!(
+            filled > CAPACITY && 2 * filled <= slots,
+            "{filled} of {slots}"
+        );
+        assert_eq!(cache.fill_tables(), filled);
+        // Each generation now holds `filled` entries, without a table growing.
+        let held = 4 * filled as u64;
+        for k in 0..held {
+            cache.insert(k, k);
+        }
+        assert_eq!(cache.len(), 4 * filled);
+        // The first entry is still held (a hit moves it, which starts a generation).
+        assert_eq!(cache.get(&0), Some(0));
+        for table in [&cache.young, &cache.old].into_iter().chain(&cache.older) {
+            assert_eq!(table.capacity(), slots);
+        }
+        // Once in use, it changes nothing.
+        let mut used: Recent<u64, u64> = Recent::with_generations(CAPACITY, 4);
+        used.insert(1, 1);
+        assert_eq!(used.fill_tables(), CAPACITY);
     }
 
     #[test]

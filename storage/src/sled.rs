@@ -176,13 +176,16 @@ impl Hasher for NodeRefHasher {
 /// up to a power-of-two number of slots, 2.3 to 4.6 slots per node. At the default
 /// budget the top levels leave room for four generations of 160,781 nodes, each in a
 /// table of 524,288 slots (3.3 a node): the four tables take about 320 MB, and with the
-/// top levels' 75 MB the caches take about 395 MB, not 256 MiB. A leaf's value, up to
-/// `NODE_CACHE_VALUE_BYTES` (256 bytes), is on the heap besides.
+/// top levels' 75 MB the caches take about 395 MB, not 256 MiB. Once a node has mapped
+/// the tables ([`SledStore::prefault_state_cache`]), its generations fill them: 229,376
+/// nodes each (2.3 slots a node), in the same memory ([`Recent::fill_tables`]). A leaf's
+/// value, up to `NODE_CACHE_VALUE_BYTES` (256 bytes), is on the heap besides.
 pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 
 /// The state-node caches' budget in [`SledStore::open`]: the most top levels of the tree
 /// whose places fit in half of it ([`UpperNodes`]: 19 levels, 75 MB at this default),
-/// and recently used nodes in the rest (four generations of about 160,800).
+/// and recently used nodes in the rest (four generations of about 160,800, 229,376 once
+/// the node has mapped their tables).
 ///
 /// Every read walks the state tree from its root, and a node the caches do not hold
 /// costs a sled read of its 64-node page. Once the live tree (about two nodes per key)
@@ -194,7 +197,10 @@ pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 /// default kept up to about 345,000 keys, and with a cheaper proposal build besides,
 /// through a whole run to 480,000 (docs/PERFORMANCE.md; one run each). With the top
 /// levels by place, 3,000 tx/s held through 180 s (540,000 keys), the p50 by the
-/// second at 40 to 110 ms outside a few slow stretches.
+/// second at 40 to 110 ms outside a few slow stretches. Under overload for 180 s (to
+/// 1.44 million keys) the network committed about 5,300 to 5,700 tx/s, and late in such
+/// a run 40% of a validator's CPU went to sled reads of nodes the caches did not hold;
+/// with the generations filling their tables, 5,800 to 6,200; with 1,024 MiB, 7,200.
 pub const DEFAULT_STATE_CACHE_BYTES: usize = 256 << 20;
 
 /// sled's own cache of its B-tree pages, which hold the records (state pages, blocks,
@@ -479,9 +485,10 @@ impl SledStore {
     /// Maps the state-node caches' memory now ([`UpperNodes::prefault`],
     /// [`Recent::prefault`]): a node calls this once when it starts, so that its first
     /// loaded blocks do not wait for the kernel to zero the caches' pages (it holds the
-    /// caches meanwhile; a commit waits). Returns whether it mapped anything: the recent
-    /// nodes' tables not once in use, nor when they could not be allocated; the places'
-    /// memory not yet taken, as far as it can be allocated.
+    /// caches meanwhile; a commit waits). The recent nodes' generations then fill the
+    /// tables it mapped ([`Recent::fill_tables`]). Returns whether it mapped anything:
+    /// the recent nodes' tables not once in use, nor when they could not be allocated;
+    /// the places' memory not yet taken, as far as it can be allocated.
     pub fn prefault_state_cache(&self) -> bool {
         let placeholder = (
             Hash([0; 32]),
@@ -499,6 +506,10 @@ impl SledStore {
             },
             &placeholder,
         );
+        if recent {
+            // The tables are mapped whole now: let the generations fill them.
+            cache.recent.fill_tables();
+        }
         upper || recent
     }
 
@@ -1146,6 +1157,12 @@ mod tests {
         assert!(store.prefault_state_cache());
         assert!(store.node_cache().recent.is_empty());
         assert!(store.node_cache().upper.is_empty());
+        // The generations fill the tables mapped for them, beyond what the budget
+        // counted (a table's slots round up to a power of two).
+        let counted = ((4 << 20) - store.node_cache().upper.bytes())
+            / RECENT_GENERATIONS
+            / STATE_CACHE_BYTES_PER_NODE;
+        assert!(store.node_cache().recent.capacity() > counted);
         let w = writes(3, vec![leaf(7, 1)]);
         put_pages(&store, 3, &w);
         assert_eq!(store.state_node(&w[0].0).unwrap(), Some(leaf(7, 1)));
