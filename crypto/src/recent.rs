@@ -69,14 +69,14 @@ pub struct Recent<K, V, S = RandomState> {
 }
 
 impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
-    /// An empty cache of at most `2 × capacity` entries. It allocates nothing until the
-    /// first insertion.
+    /// An empty cache of at most `2 × capacity` entries (more after
+    /// [`Recent::fill_tables`]). It allocates nothing until the first insertion.
     pub fn new(capacity: usize) -> Recent<K, V, S> {
         Recent::with_generations(capacity, 2)
     }
 
     /// An empty cache of at most `generations × capacity` entries (fewer than two
-    /// generations count as two). The first generation prepares only the table the
+    /// generations count as two; [`Recent::fill_tables`] may raise `capacity`). The first generation prepares only the table the
     /// first change uses ([`WARM_EVERY`]); the others are mapped as they are first used,
     /// unless [`Recent::prefault`] mapped them.
     pub fn with_generations(capacity: usize, generations: usize) -> Recent<K, V, S> {
@@ -191,13 +191,15 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
     }
 
     /// Raises each generation's capacity to what the tables already allocated have room
-    /// for (half their slots' capacity, so that removals still never make one rehash),
-    /// and returns it. A hash table rounds its slots up to a power of two, so a table
-    /// sized for `2 × capacity` insertions holds 1 to 2 times that many: after
-    /// [`Recent::prefault`] the memory is mapped and paid for whole, and this lets the
-    /// cache use it. For the state-node cache at its default size: 229,376 nodes a
-    /// generation instead of 160,781, in the same 524,288 slots. Never lowers the
-    /// capacity, and changes nothing while any table is unallocated or holds an entry.
+    /// for (half of a table's capacity, so that a generation's insertions, removed ones
+    /// included, still never make it rehash), and returns it. A hash table rounds its
+    /// slots up to a power of two, so a table sized for `2 × capacity` insertions holds
+    /// 1 to 2 times that many: after [`Recent::prefault`] the tables are mapped and paid
+    /// for whole, and this lets the cache use them. For the state-node cache at its
+    /// default size: 229,376 nodes a generation instead of 160,781, in the same 524,288
+    /// slots (values the entries own, on the heap, grow with their count). A fuller
+    /// table makes a miss probe a little longer. Never lowers the capacity, and changes
+    /// nothing while any table is unallocated or holds an entry.
     pub fn fill_tables(&mut self) -> usize {
         let tables = || {
             [&self.young, &self.old]
@@ -325,6 +327,31 @@ mod tests {
         assert_eq!(cache.get(&Counted(next - 1)), Some(next - 1));
         assert_eq!(cache.get(&Counted(next - 2)), None);
         assert!(cache.len() <= 2 * CAPACITY);
+    }
+
+    /// The same pattern in tables the generations fill: a generation's insertions then
+    /// take every slot its table has room for, and still none rehashes.
+    #[test]
+    fn removals_never_make_a_filled_generation_rehash() {
+        const CAPACITY: usize = 10_000;
+        const ROUNDS: usize = 20 * CAPACITY;
+        let mut cache: Recent<Counted, u64> = Recent::new(CAPACITY);
+        assert!(cache.prefault(Counted, &0));
+        let filled = cache.fill_tables();
+        assert_eq!(2 * filled, cache.young.capacity());
+        let mut next = 0u64;
+        let before = HASHED.with(|n| n.get());
+        for _ in 0..ROUNDS {
+            for _ in 0..3 {
+                cache.insert(Counted(next), next);
+                next += 1;
+            }
+            cache.remove(&Counted(next - 2));
+            cache.remove(&Counted(next.saturating_sub(5_001)));
+        }
+        let hashed = HASHED.with(|n| n.get()) - before;
+        assert_eq!(hashed, 7 * ROUNDS, "a table rehashed its entries");
+        assert_eq!(cache.get(&Counted(next - 1)), Some(next - 1));
     }
 
     /// Prefaulting reserves both tables at a generation's full size and leaves them
@@ -460,12 +487,12 @@ mod tests {
         // Nothing allocated yet: nothing to fill.
         assert_eq!(cache.fill_tables(), CAPACITY);
         assert!(cache.prefault(|i| i, &0));
-        let slots = cache.young.capacity();
+        let table = cache.young.capacity();
         let filled = cache.fill_tables();
         // Room for 2,000 insertions rounds up to tables of 3,584 (4,096 slots).
         assert!(
-            filled > CAPACITY && 2 * filled <= slots,
-            "{filled} of {slots}"
+            filled > CAPACITY && 2 * filled <= table,
+            "{filled} of {table}"
         );
         assert_eq!(cache.fill_tables(), filled);
         // Each generation now holds `filled` entries, without a table growing.
@@ -474,11 +501,11 @@ mod tests {
             cache.insert(k, k);
         }
         assert_eq!(cache.len(), 4 * filled);
+        for t in [&cache.young, &cache.old].into_iter().chain(&cache.older) {
+            assert_eq!(t.capacity(), table);
+        }
         // The first entry is still held (a hit moves it, which starts a generation).
         assert_eq!(cache.get(&0), Some(0));
-        for table in [&cache.young, &cache.old].into_iter().chain(&cache.older) {
-            assert_eq!(table.capacity(), slots);
-        }
         // Once in use, it changes nothing.
         let mut used: Recent<u64, u64> = Recent::with_generations(CAPACITY, 4);
         used.insert(1, 1);

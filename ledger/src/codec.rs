@@ -138,13 +138,17 @@ pub fn put_seq<T: Encode>(out: &mut Vec<u8>, items: &[T]) {
     }
 }
 
-/// The most memory a [`Decoder::seq`] reserves before its items decode.
+/// The most memory a [`Decoder::seq`] reserves before its items decode (unless one item
+/// takes more).
 const SEQ_PREALLOC_BYTES: usize = 1 << 20;
 
 /// The items a [`Decoder::seq`] of `count` items of `T`, with `remaining` bytes left,
-/// reserves before they decode: no more than those bytes could encode (every item takes
-/// at least one), nor than [`SEQ_PREALLOC_BYTES`] hold (but room for one item always).
-/// Beyond that the vector grows as items actually decode.
+/// reserves before they decode: no more items than bytes left (every item takes at
+/// least one), nor than [`SEQ_PREALLOC_BYTES`] hold (but room for one item always).
+/// Beyond that the vector grows as items actually decode. So a false count costs at
+/// most 1 MiB for each sequence being decoded, freed when the decoding fails; an item
+/// is larger in memory than encoded (a transaction about three times), so a few
+/// kilobytes can reserve that much.
 fn seq_reserve<T>(count: usize, remaining: usize) -> usize {
     let fits = (SEQ_PREALLOC_BYTES / std::mem::size_of::<T>().max(1)).max(1);
     count.min(remaining).min(fits)
@@ -351,7 +355,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sequence_reserves_what_its_bytes_can_hold_and_no_more() {
+    fn a_sequence_reserves_its_count_within_its_bytes_and_budget() {
         let hashes: Vec<Hash> = (0..5u8).map(|i| Hash([i; 32])).collect();
         let mut bytes = Vec::new();
         put_seq(&mut bytes, &hashes);

@@ -178,7 +178,7 @@ impl Hasher for NodeRefHasher {
 /// table of 524,288 slots (3.3 a node): the four tables take about 320 MB, and with the
 /// top levels' 75 MB the caches take about 395 MB, not 256 MiB. Once a node has mapped
 /// the tables ([`SledStore::prefault_state_cache`]), its generations fill them: 229,376
-/// nodes each (2.3 slots a node), in the same memory ([`Recent::fill_tables`]). A leaf's
+/// nodes each (2.3 slots a node), in the same table memory ([`Recent::fill_tables`]). A leaf's
 /// value, up to `NODE_CACHE_VALUE_BYTES` (256 bytes), is on the heap besides.
 pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 
@@ -200,7 +200,8 @@ pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 /// second at 40 to 110 ms outside a few slow stretches. Under overload for 180 s (to
 /// 1.44 million keys) the network committed about 5,300 to 5,700 tx/s, and late in such
 /// a run 40% of a validator's CPU went to sled reads of nodes the caches did not hold;
-/// with the generations filling their tables, 5,800 to 6,200; with 1,024 MiB, 7,200.
+/// with the generations filling their tables, 5,800 to 6,200; with 1,024 MiB (before
+/// they filled them), 7,200.
 pub const DEFAULT_STATE_CACHE_BYTES: usize = 256 << 20;
 
 /// sled's own cache of its B-tree pages, which hold the records (state pages, blocks,
