@@ -76,9 +76,10 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
     }
 
     /// An empty cache of at most `generations × capacity` entries (fewer than two
-    /// generations count as two; [`Recent::fill_tables`] may raise `capacity`). The first generation prepares only the table the
-    /// first change uses ([`WARM_EVERY`]); the others are mapped as they are first used,
-    /// unless [`Recent::prefault`] mapped them.
+    /// generations count as two; [`Recent::fill_tables`] may raise `capacity`). The
+    /// first generation prepares only the table the first change uses ([`WARM_EVERY`]);
+    /// the others are mapped as they are first used, unless [`Recent::prefault`] mapped
+    /// them.
     pub fn with_generations(capacity: usize, generations: usize) -> Recent<K, V, S> {
         Recent {
             young: HashMap::default(),

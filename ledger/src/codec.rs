@@ -147,8 +147,8 @@ const SEQ_PREALLOC_BYTES: usize = 1 << 20;
 /// least one), nor than [`SEQ_PREALLOC_BYTES`] hold (but room for one item always).
 /// Beyond that the vector grows as items actually decode. So a false count costs at
 /// most 1 MiB for each sequence being decoded, freed when the decoding fails; an item
-/// is larger in memory than encoded (a transaction about three times), so a few
-/// kilobytes can reserve that much.
+/// can take more memory than its encoding (a transaction does), so a few kilobytes can
+/// reserve that much.
 fn seq_reserve<T>(count: usize, remaining: usize) -> usize {
     let fits = (SEQ_PREALLOC_BYTES / std::mem::size_of::<T>().max(1)).max(1);
     count.min(remaining).min(fits)

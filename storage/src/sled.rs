@@ -178,8 +178,8 @@ impl Hasher for NodeRefHasher {
 /// table of 524,288 slots (3.3 a node): the four tables take about 320 MB, and with the
 /// top levels' 75 MB the caches take about 395 MB, not 256 MiB. Once a node has mapped
 /// the tables ([`SledStore::prefault_state_cache`]), its generations fill them: 229,376
-/// nodes each (2.3 slots a node), in the same table memory ([`Recent::fill_tables`]). A leaf's
-/// value, up to `NODE_CACHE_VALUE_BYTES` (256 bytes), is on the heap besides.
+/// nodes each (2.3 slots a node), in the same table memory ([`Recent::fill_tables`]).
+/// A leaf's value, up to `NODE_CACHE_VALUE_BYTES` (256 bytes), is on the heap besides.
 pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 
 /// The state-node caches' budget in [`SledStore::open`]: the most top levels of the tree
