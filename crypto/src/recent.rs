@@ -202,15 +202,10 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
     /// table makes a miss probe a little longer. Never lowers the capacity, and changes
     /// nothing while any table is unallocated or holds an entry.
     pub fn fill_tables(&mut self) -> usize {
-        let tables = || {
-            [&self.young, &self.old]
-                .into_iter()
-                .chain(self.older.iter())
-        };
-        if tables().any(|t| t.capacity() == 0 || !t.is_empty()) || self.inserted > 0 {
+        if self.tables().any(|t| t.capacity() == 0 || !t.is_empty()) || self.inserted > 0 {
             return self.capacity;
         }
-        let fits = tables().map(HashMap::capacity).min().unwrap_or(0) / 2;
+        let fits = self.tables().map(HashMap::capacity).min().unwrap_or(0) / 2;
         self.capacity = self.capacity.max(fits);
         self.capacity
     }
@@ -218,6 +213,11 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
     /// Entries a generation holds, at most.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Every generation's table, young to oldest.
+    fn tables(&self) -> impl Iterator<Item = &HashMap<K, V, S>> {
+        [&self.young, &self.old].into_iter().chain(&self.older)
     }
 
     /// Insertions a generation's table has room for.
@@ -502,7 +502,7 @@ mod tests {
             cache.insert(k, k);
         }
         assert_eq!(cache.len(), 4 * filled);
-        for t in [&cache.young, &cache.old].into_iter().chain(&cache.older) {
+        for t in cache.tables() {
             assert_eq!(t.capacity(), table);
         }
         // The first entry is still held (a hit moves it, which starts a generation).
@@ -520,16 +520,12 @@ mod tests {
         assert!(cache.prefault(|i| i, &0));
         assert_eq!(cache.older.len(), 2);
         let capacities = |c: &Recent<u64, u64>| {
-            let mut all: Vec<usize> = [&c.young, &c.old]
-                .into_iter()
-                .chain(&c.older)
-                .map(HashMap::capacity)
-                .collect();
+            let mut all: Vec<usize> = c.tables().map(HashMap::capacity).collect();
             all.sort_unstable();
             all
         };
         let prepared = capacities(&cache);
-        for table in [&cache.young, &cache.old].into_iter().chain(&cache.older) {
+        for table in cache.tables() {
             assert!(table.capacity() >= 2 * CAPACITY && table.is_empty());
         }
         // Four generations' worth stays held, nothing reallocated.
