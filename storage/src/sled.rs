@@ -6,9 +6,9 @@
 //! | `h` | height | canonical header |
 //! | `c` | height | canonical certificate |
 //! | `t` | transaction hash | height, index, log index (format 2) |
-//! | `x`, `X` | run, bucket | the transaction index in runs (format 3, [`crate::txindex`]) |
+//! | `x`, `X` | run, bucket | the transaction index in runs (formats 3 and 4, [`crate::txindex`]) |
 //! | `L` | level (u8), page (u64 BE) | up to 64 log node hashes, nodes `64 × page` on |
-//! | `S` | version (u64 BE), page (u32 BE) | up to 64 state nodes ([`NODES_PER_PAGE`]) |
+//! | `S` | version (u64 BE), page (u32 BE) | up to 32 state nodes ([`NODES_PER_PAGE`]; 64 before format 4) |
 //! | `r` | height | the state root: hash, version, index |
 //! | `m` | name | node-local metadata ([`Store::meta`]) |
 //! | `T` | (none) | the committed tip: height, log size, state root and its location |
@@ -19,12 +19,18 @@
 //! batch: sled otherwise persists only every 500 ms.
 //!
 //! **State nodes in pages.** A block's new state nodes are numbered 0, 1, 2... at the
-//! block's height ([`NodeRef`]), and nodes `64k..64k+63` are one record: a page is
-//! `1 ‖ (u32 BE length ‖ node)*`. sled spends several µs on every record it inserts
-//! whatever its size (6 to 15 µs, measured in different sessions), and a transaction
-//! writes about 16 nodes, so one record per node made the commit most of a validator's
-//! work; in pages a block's nodes cost a few sequential records. A node is read by
-//! decoding its page up to it, and checked against the hash its parent names.
+//! block's height ([`NodeRef`]), and nodes `32k..32k+31` are one record (`64k..64k+63`
+//! before format 4): a page is `1 ‖ (u32 BE length ‖ node)*`. sled spends several µs on
+//! every record it inserts whatever its size (6 to 15 µs, measured in different
+//! sessions), and a transaction writes about 16 nodes, so one record per node made the
+//! commit most of a validator's work; in pages a block's nodes cost a few sequential
+//! records. A node is read by decoding its page up to it, and checked against the hash
+//! its parent names. A node that the node caches do not hold is read from sled, which
+//! reads and decodes the B-tree leaf holding its page whole unless its own cache holds
+//! that leaf, and a leaf holds 8 to 16 records: so such a node costs a read of that many
+//! pages. With 64 nodes a page (a leaf of 50 to 100 KB), those reads took 40% of a
+//! validator's CPU late in a long overload. Format 4's pages of 32 nodes halve them, for
+//! twice the records a commit inserts (docs/PERFORMANCE.md).
 //!
 //! **Log nodes in pages** for the same reason: a level's nodes are written once, in index
 //! order, so page `p` of a level holds the hashes of nodes `64p..64p+63` back to back and
@@ -46,17 +52,30 @@ use crate::{StorageError, Store, TxLocation};
 const TIP_KEY: &[u8] = b"T";
 const FORMAT_KEY: &[u8] = b"F";
 
-/// The storage format of a new database. Format 3 (2026-12) keeps the transaction index
-/// in runs ([`crate::txindex`]). Format 2 (2026-11) has a record per transaction, and is
-/// still read and written as such. Format 1 (until 2026-11) kept state nodes under their
-/// hashes; it is not read.
-pub const FORMAT: u8 = 3;
+/// The storage format of a new database. Format 4 (2026-12-07) writes state pages of
+/// [`NODES_PER_PAGE`] nodes. Format 3 (2026-12) keeps the transaction index in runs
+/// ([`crate::txindex`]), with pages of 64 nodes, and format 2 (2026-11) a record per
+/// transaction; both are still read and written as such. Format 1 (until 2026-11) kept
+/// state nodes under their hashes; it is not read.
+pub const FORMAT: u8 = 4;
 
 /// The formats [`SledStore::open`] opens, for messages.
-pub const FORMATS_READ: &str = "2 and 3";
+pub const FORMATS_READ: &str = "2 to 4";
 
-/// State nodes per page record.
-pub const NODES_PER_PAGE: u32 = 64;
+/// State nodes per page record (format 4).
+pub const NODES_PER_PAGE: u32 = 32;
+
+/// State nodes per page record in formats 2 and 3.
+const NODES_PER_PAGE_BEFORE_4: u32 = 64;
+
+/// State nodes per page record in a database of `format`.
+fn nodes_per_page(format: u8) -> u32 {
+    if format >= 4 {
+        NODES_PER_PAGE
+    } else {
+        NODES_PER_PAGE_BEFORE_4
+    }
+}
 
 /// Page encoding version.
 const PAGE_VERSION: u8 = 1;
@@ -71,7 +90,9 @@ pub struct SledStore {
     commit_lock: std::sync::Mutex<()>,
     /// The database's storage format.
     format: u8,
-    /// The transaction index's runs and recent entries (format 3; `None` in format 2).
+    /// State nodes per page record ([`nodes_per_page`] of the format).
+    page_nodes: u32,
+    /// The transaction index's runs and recent entries (formats 3 and 4; `None` in format 2).
     /// A commit holds it for writing from its batch until the index has the batch's
     /// transactions, so no lookup sees a stored block without them.
     tx_index: Option<std::sync::RwLock<TxIndex>>,
@@ -188,7 +209,7 @@ pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 /// the node has mapped their tables).
 ///
 /// Every read walks the state tree from its root, and a node the caches do not hold
-/// costs a sled read of its 64-node page. Once the live tree (about two nodes per key)
+/// costs a sled read of its page. Once the live tree (about two nodes per key)
 /// outgrows the cache, the reads of a validator under load slow down several times:
 /// a 4-validator testnet fed 1,200 tx/s fell behind at about 110,000 keys with 200,000
 /// nodes per generation, at 160,000 to 190,000 with this default (then about 447,000),
@@ -201,7 +222,9 @@ pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 /// 1.44 million keys) the network committed about 5,300 to 5,700 tx/s, and late in such
 /// a run 40% of a validator's CPU went to sled reads of nodes the caches did not hold;
 /// with the generations filling their tables, 5,800 to 6,200; with 1,024 MiB (before
-/// they filled them), 7,200.
+/// they filled them), 7,200. In a slower hour, with state pages of 32 nodes rather than
+/// 64 (format 4, so that sled reads half the bytes a miss), 5,900 to 6,100 against
+/// 4,600 to 4,700.
 pub const DEFAULT_STATE_CACHE_BYTES: usize = 256 << 20;
 
 /// sled's own cache of its B-tree pages, which hold the records (state pages, blocks,
@@ -255,10 +278,15 @@ fn page_key(version: u64, page: u32) -> [u8; 13] {
     k
 }
 
-/// The page records of a block's new state nodes (numbered 0, 1, 2... in order).
-fn encode_pages(version: u64, writes: &[(Subtree, StateNode)]) -> Vec<([u8; 13], Vec<u8>)> {
+/// The page records of a block's new state nodes (numbered 0, 1, 2... in order),
+/// `page_nodes` to a page.
+fn encode_pages(
+    version: u64,
+    writes: &[(Subtree, StateNode)],
+    page_nodes: u32,
+) -> Vec<([u8; 13], Vec<u8>)> {
     writes
-        .chunks(NODES_PER_PAGE as usize)
+        .chunks(page_nodes as usize)
         .enumerate()
         .map(|(page, nodes)| {
             let mut out = Vec::with_capacity(1 + nodes.len() * 96);
@@ -381,7 +409,7 @@ impl SledStore {
         };
         let format = match db.get(FORMAT_KEY)? {
             Some(v) => match v.as_ref() {
-                [f @ (2 | 3)] => Ok(*f),
+                [f @ (2..=4)] => Ok(*f),
                 [f] => Err(f.to_string()),
                 other => Err(format!("{other:?}")),
             },
@@ -406,6 +434,7 @@ impl SledStore {
             db,
             commit_lock: std::sync::Mutex::new(()),
             format,
+            page_nodes: nodes_per_page(format),
             tx_index,
             nodes: std::sync::Mutex::new(StateCache::new(state_cache_bytes)),
         })
@@ -416,7 +445,7 @@ impl SledStore {
         self.format
     }
 
-    /// Sets the transactions per run of the transaction index (format 3; default
+    /// Sets the transactions per run of the transaction index (formats 3 and 4; default
     /// [`crate::txindex::RUN_TXS`]), for tests and tools that want runs from few
     /// transactions. Runs already written keep their size.
     pub fn with_tx_run(self, txs: usize) -> SledStore {
@@ -426,7 +455,7 @@ impl SledStore {
         self
     }
 
-    /// Sets the buckets of a run of the transaction index written a commit (format 3;
+    /// Sets the buckets of a run of the transaction index written a commit (formats 3 and 4;
     /// by default they follow the block's transactions), for tests that want runs
     /// written over many commits.
     pub fn with_tx_run_part(self, buckets: usize) -> SledStore {
@@ -561,7 +590,7 @@ fn locations(height: u64, log_size: u64, tx_hashes: &[Hash]) -> Vec<(Hash, TxLoc
         .collect()
 }
 
-/// The transaction index of a format-3 database: its runs, and the transactions of the
+/// The transaction index of a database of format 3 or 4: its runs, and the transactions of the
 /// blocks after them, read back from those blocks.
 fn load_tx_index(db: &::sled::Db) -> Result<TxIndex, StorageError> {
     let runs = match db.get(txindex::RUNS_KEY)? {
@@ -663,12 +692,12 @@ impl SledStore {
         let NodeRef { version, index } = node.at;
         let Some(page) = self
             .db
-            .get(page_key(version, index / NODES_PER_PAGE))
+            .get(page_key(version, index / self.page_nodes))
             .map_err(backend)?
         else {
             return Ok(None);
         };
-        let Some(stored) = decode_page_slot(&page, index % NODES_PER_PAGE)? else {
+        let Some(stored) = decode_page_slot(&page, index % self.page_nodes)? else {
             return Ok(None);
         };
         let checked = state::check_node(node, stored)?;
@@ -798,14 +827,14 @@ impl Store for SledStore {
         for (k, page) in log_pages {
             batch.insert(&k[..], page);
         }
-        for (k, page) in encode_pages(height, &execution.state_writes) {
+        for (k, page) in encode_pages(height, &execution.state_writes, self.page_nodes) {
             batch.insert(&k[..], page);
         }
         batch.insert(height_key(b'r', height), root.to_bytes());
         batch.insert(TIP_KEY, encode_tip(&new_tip));
         let located = locations(height, tip.log_size, &execution.tx_hashes);
         match &self.tx_index {
-            // Format 3: the index goes to sled a run at a time, each written a part at
+            // Formats 3 and 4: the index goes to sled a run at a time, each written a part at
             // a time in the batches of the blocks after the one that filled it (built
             // last, once nothing can refuse the commit, and while lookups go on).
             Some(index) => {
@@ -962,7 +991,7 @@ mod tests {
     }
 
     fn put_pages(store: &SledStore, version: u64, w: &[(Subtree, StateNode)]) {
-        for (k, page) in encode_pages(version, w) {
+        for (k, page) in encode_pages(version, w, store.page_nodes) {
             store.db.insert(k, page).unwrap();
         }
     }
@@ -1087,31 +1116,38 @@ mod tests {
     }
 
     #[test]
-    fn pages_hold_64_nodes_and_every_slot_reads_back() {
+    fn pages_hold_their_formats_nodes_and_every_slot_reads_back() {
+        assert_eq!(nodes_per_page(FORMAT), 32);
+        assert_eq!(nodes_per_page(3), 64);
+        assert_eq!(nodes_per_page(2), 64);
         let nodes: Vec<StateNode> = (0..150).map(|i| leaf(i as u8, i % 7)).collect();
         let w = writes(9, nodes);
-        let pages = encode_pages(9, &w);
-        assert_eq!(pages.len(), 3);
-        assert_eq!(pages[2].0, page_key(9, 2));
-        for (at, node) in &w {
-            let (_, page) = &pages[(at.at.index / NODES_PER_PAGE) as usize];
-            let got = decode_page_slot(page, at.at.index % NODES_PER_PAGE).unwrap();
-            assert_eq!(got.as_ref(), Some(node));
+        for (page_nodes, count) in [(32, 5), (64, 3)] {
+            let pages = encode_pages(9, &w, page_nodes);
+            assert_eq!(pages.len(), count);
+            assert_eq!(pages[2].0, page_key(9, 2));
+            for (at, node) in &w {
+                let (_, page) = &pages[(at.at.index / page_nodes) as usize];
+                let got = decode_page_slot(page, at.at.index % page_nodes).unwrap();
+                assert_eq!(got.as_ref(), Some(node));
+            }
+            // Past the last node of a page, or of the last page: nothing.
+            let last = &pages[count - 1].1;
+            assert_eq!(decode_page_slot(last, 150 % page_nodes).unwrap(), None);
+            assert_eq!(decode_page_slot(&pages[0].1, page_nodes).unwrap(), None);
+            // Truncated or mislabelled pages are corruption, never a panic.
+            let page = &pages[0].1;
+            for cut in 1..page.len() {
+                let got = decode_page_slot(&page[..cut], page_nodes - 1);
+                assert!(
+                    matches!(got, Err(StoreError::Corrupt { .. }) | Ok(None)),
+                    "{cut}"
+                );
+            }
+            let mut other = page.clone();
+            other[0] = 7;
+            assert!(decode_page_slot(&other, 0).is_err());
         }
-        // Past the last node of a page, or of the last page: nothing.
-        assert_eq!(decode_page_slot(&pages[2].1, 22).unwrap(), None);
-        // Truncated or mislabelled pages are corruption, never a panic.
-        let page = &pages[0].1;
-        for cut in 1..page.len() {
-            let got = decode_page_slot(&page[..cut], 63);
-            assert!(
-                matches!(got, Err(StoreError::Corrupt { .. }) | Ok(None)),
-                "{cut}"
-            );
-        }
-        let mut other = page.clone();
-        other[0] = 7;
-        assert!(decode_page_slot(&other, 0).is_err());
     }
 
     #[test]
@@ -1268,7 +1304,7 @@ mod tests {
             matches!(&err, StorageError::Format { found, .. } if found == "9"),
             "{err}"
         );
-        assert!(err.to_string().contains("reads formats 2 and 3"), "{err}");
+        assert!(err.to_string().contains("reads formats 2 to 4"), "{err}");
         // A fresh directory is marked with this format and opens again.
         let fresh = tempfile::tempdir().unwrap();
         drop(SledStore::open(fresh.path()).unwrap());
@@ -1277,6 +1313,7 @@ mod tests {
             store.db.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
             [FORMAT]
         );
-        assert_eq!(store.format(), 3);
+        assert_eq!(store.format(), 4);
+        assert_eq!(store.page_nodes, NODES_PER_PAGE);
     }
 }

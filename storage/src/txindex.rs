@@ -1,4 +1,4 @@
-//! The transaction index of storage format 3: a transaction's hash → where it is.
+//! The transaction index of storage formats 3 and 4: a transaction's hash → where it is.
 //!
 //! sled spends about 6 µs on every record it inserts, whatever its size, and format 2's
 //! record per transaction (`t ‖ hash`) took about 15% of a loaded validator's CPU

@@ -242,20 +242,20 @@ fn check_tx_index(store: &SledStore) {
     }
 }
 
-/// Format 3's transaction index in runs: every transaction is found whether it is in
-/// memory or in a run, before and after a reopen (which reads the recent ones back from
-/// their blocks); a database of format 2 keeps a record per transaction, and both answer
-/// alike.
+/// The transaction index in runs (formats 3 and 4): every transaction is found whether
+/// it is in memory or in a run, before and after a reopen (which reads the recent ones
+/// back from their blocks); a database of format 2 keeps a record per transaction, and
+/// all answer alike.
 #[test]
-fn the_transaction_index_finds_every_transaction_in_both_formats() {
-    for format in [2u8, 3] {
+fn the_transaction_index_finds_every_transaction_in_every_format() {
+    for format in [2u8, 3, 4] {
         let dir = tempfile::tempdir().unwrap();
-        if format == 2 {
+        if format < 4 {
             let db = sled::open(dir.path()).unwrap();
-            db.insert(b"F", &[2u8][..]).unwrap();
+            db.insert(b"F", &[format][..]).unwrap();
             db.flush().unwrap();
         }
-        let runs = |n: usize| if format == 3 { n } else { 0 };
+        let runs = |n: usize| if format >= 3 { n } else { 0 };
         let chain = {
             // Four transactions a block and runs of at least ten: a run sealed every
             // third block (3, 6, ... 24), each written by the two commits after it, so
@@ -576,4 +576,74 @@ fn a_block_copy_without_the_executed_transactions_is_refused_as_such() {
         assert!(store.block(2).unwrap().is_none());
     }
     store.commit_block(&block, &cert, &exec).unwrap();
+}
+
+/// State pages in each format a node writes: a format-4 database stores a block's state
+/// nodes 32 to a record, a format-3 one (marked so before it opened) 64, and both read
+/// every key back at every height, with proofs, after a reopen.
+#[test]
+fn state_pages_of_both_formats_read_back_at_every_height() {
+    for (format, page_nodes) in [(4u8, 32usize), (3, 64)] {
+        let dir = tempfile::tempdir().unwrap();
+        if format == 3 {
+            let db = sled::open(dir.path()).unwrap();
+            db.insert(b"F", &[3u8][..]).unwrap();
+            db.flush().unwrap();
+        }
+        let mut chain = common::test_chain();
+        let digest = |h: u64, i: u64| content_digest(&[h as u8, i as u8, 0xee]);
+        let mut writes = Vec::new();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert_eq!(store.format(), format);
+            // Blocks of 40 notarizations: each writes more than a 64-node page.
+            for h in 1..=5u64 {
+                let txs = (0..40)
+                    .map(|i| {
+                        let key = pyralog_ledger::testing::user(h * 100 + i);
+                        chain.notarize(&key, 0, digest(h, i), "p")
+                    })
+                    .collect();
+                let (block, cert, exec) = common::next_block(&store, &chain, txs);
+                store.commit_block(&block, &cert, &exec).unwrap();
+                writes.push(exec.state_writes.len());
+                chain.apply_committed(block, cert, exec);
+            }
+        }
+        assert!(writes.iter().all(|&n| n > 64), "{writes:?}");
+        // The records per version are the format's pages.
+        {
+            let db = sled::open(dir.path()).unwrap();
+            for (i, &n) in writes.iter().enumerate() {
+                let mut prefix = vec![b'S'];
+                prefix.extend_from_slice(&(i as u64 + 1).to_be_bytes());
+                let pages = db.scan_prefix(&prefix).count();
+                assert_eq!(pages, n.div_ceil(page_nodes), "format {format}, {n} nodes");
+            }
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        for h in 1..=5u64 {
+            let header = &chain.blocks[h as usize - 1].header;
+            let root = store.state_root(h).unwrap().unwrap();
+            assert_eq!(root.hash, header.state_root);
+            for b in 1..=5u64 {
+                for i in 0..40 {
+                    let key = state_key(Namespace::Notarization, &digest(b, i).0);
+                    let ours = state::get(&store, &root, &key).unwrap();
+                    assert_eq!(ours.is_some(), b <= h, "format {format}, {b}/{i} at {h}");
+                    assert_eq!(ours, state::get(&chain.state, &root, &key).unwrap());
+                    let (value, proof) = state::prove(&store, &root, &key).unwrap();
+                    assert_eq!(value, ours);
+                    verify::verify_state(
+                        header,
+                        Namespace::Notarization,
+                        &digest(b, i).0,
+                        value.as_deref(),
+                        &proof,
+                    )
+                    .unwrap();
+                }
+            }
+        }
+    }
 }
