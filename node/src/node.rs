@@ -57,6 +57,11 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
         )
         .with_context(|| format!("opening the database in {}", home.data().display()))?,
     );
+    tracing::info!(
+        format = store.format(),
+        newest = pyralog_storage::sled::FORMAT,
+        "database opened"
+    );
     let chain = Chain::open(genesis.clone(), store.clone())?;
     // Off the startup path: the first loaded blocks find the cache's memory mapped.
     let prefault = std::thread::Builder::new()

@@ -74,6 +74,20 @@ pub enum StorageError {
         /// The format found.
         found: String,
     },
+    /// A database written by a newer build, in a storage format this one does not know.
+    #[error(
+        "the database in {} has storage format {found}, newer than this build reads \
+         (formats {}): it was written by a newer build, so run that build or a later one; \
+         nothing converts a database back",
+        path.display(),
+        crate::sled::FORMATS_READ
+    )]
+    NewerFormat {
+        /// The database directory.
+        path: std::path::PathBuf,
+        /// The format found.
+        found: u8,
+    },
     /// Writing an export failed.
     #[error("export: {0}")]
     Export(String),

@@ -8,7 +8,7 @@
 //! | `t` | transaction hash | height, index, log index (format 2) |
 //! | `x`, `X` | run, bucket | the transaction index in runs (formats 3 and 4, [`crate::txindex`]) |
 //! | `L` | level (u8), page (u64 BE) | up to 64 log node hashes, nodes `64 × page` on |
-//! | `S` | version (u64 BE), page (u32 BE) | up to 32 state nodes ([`NODES_PER_PAGE`]; 64 before format 4) |
+//! | `S` | version (u64 BE), page (u32 BE) | up to 32 state nodes (64 before format 4) |
 //! | `r` | height | the state root: hash, version, index |
 //! | `m` | name | node-local metadata ([`Store::meta`]) |
 //! | `T` | (none) | the committed tip: height, log size, state root and its location |
@@ -29,8 +29,10 @@
 //! reads and decodes the B-tree leaf holding its page whole unless its own cache holds
 //! that leaf, and a leaf holds 8 to 16 records: so such a node costs a read of that many
 //! pages. With 64 nodes a page (a leaf of 50 to 100 KB), those reads took 40% of a
-//! validator's CPU late in a long overload. Format 4's pages of 32 nodes halve them, for
-//! twice the records a commit inserts (docs/PERFORMANCE.md).
+//! validator's CPU late in a long overload. Format 4's pages of 32 nodes halve the
+//! bytes of each such read, for twice the records a commit inserts
+//! (docs/PERFORMANCE.md). The page size is not part of any hash: nodes of formats 3 and
+//! 4 compute the same roots and proofs.
 //!
 //! **Log nodes in pages** for the same reason: a level's nodes are written once, in index
 //! order, so page `p` of a level holds the hashes of nodes `64p..64p+63` back to back and
@@ -410,6 +412,12 @@ impl SledStore {
         let format = match db.get(FORMAT_KEY)? {
             Some(v) => match v.as_ref() {
                 [f @ (2..=4)] => Ok(*f),
+                [f] if *f > FORMAT => {
+                    return Err(StorageError::NewerFormat {
+                        path: path.to_path_buf(),
+                        found: *f,
+                    });
+                }
                 [f] => Err(f.to_string()),
                 other => Err(format!("{other:?}")),
             },
@@ -1298,13 +1306,22 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("moved away"), "{err}");
-        // A marker of a format this code does not know is refused too.
-        let err = refused(FORMAT_KEY, &[9]);
+        // A marker of a format this code does not know is refused too: an older one
+        // with the advice to start over, a newer one with the advice to run the build
+        // that wrote it.
+        let err = refused(FORMAT_KEY, &[0]);
         assert!(
-            matches!(&err, StorageError::Format { found, .. } if found == "9"),
+            matches!(&err, StorageError::Format { found, .. } if found == "0"),
             "{err}"
         );
         assert!(err.to_string().contains("reads formats 2 to 4"), "{err}");
+        let err = refused(FORMAT_KEY, &[FORMAT + 1]);
+        assert!(
+            matches!(&err, StorageError::NewerFormat { found, .. } if *found == FORMAT + 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer build"), "{err}");
+        assert!(!err.to_string().contains("moved away"), "{err}");
         // A fresh directory is marked with this format and opens again.
         let fresh = tempfile::tempdir().unwrap();
         drop(SledStore::open(fresh.path()).unwrap());

@@ -579,8 +579,8 @@ fn a_block_copy_without_the_executed_transactions_is_refused_as_such() {
 }
 
 /// State pages in each format a node writes: a format-4 database stores a block's state
-/// nodes 32 to a record, a format-3 one (marked so before it opened) 64, and both read
-/// every key back at every height, with proofs, after a reopen.
+/// nodes 32 to a record, a format-3 one (marked so before it opened) 64, before and after
+/// a reopen, and both read every key back at every height, with proofs.
 #[test]
 fn state_pages_of_both_formats_read_back_at_every_height() {
     for (format, page_nodes) in [(4u8, 32usize), (3, 64)] {
@@ -593,11 +593,12 @@ fn state_pages_of_both_formats_read_back_at_every_height() {
         let mut chain = common::test_chain();
         let digest = |h: u64, i: u64| content_digest(&[h as u8, i as u8, 0xee]);
         let mut writes = Vec::new();
-        {
+        // Blocks of 40 notarizations, each writing more than a 64-node page: three, then
+        // two more after a reopen, which must write pages of the same size.
+        for heights in [1..=3u64, 4..=5] {
             let store = SledStore::open(dir.path()).unwrap();
             assert_eq!(store.format(), format);
-            // Blocks of 40 notarizations: each writes more than a 64-node page.
-            for h in 1..=5u64 {
+            for h in heights {
                 let txs = (0..40)
                     .map(|i| {
                         let key = pyralog_ledger::testing::user(h * 100 + i);
