@@ -411,7 +411,7 @@ impl SledStore {
         };
         let format = match db.get(FORMAT_KEY)? {
             Some(v) => match v.as_ref() {
-                [f @ (2..=4)] => Ok(*f),
+                [f @ 2..=FORMAT] => Ok(*f),
                 [f] if *f > FORMAT => {
                     return Err(StorageError::NewerFormat {
                         path: path.to_path_buf(),
