@@ -94,9 +94,9 @@ pub struct SledStore {
     format: u8,
     /// State nodes per page record ([`nodes_per_page`] of the format).
     page_nodes: u32,
-    /// The transaction index's runs and recent entries (formats 3 and 4; `None` in format 2).
-    /// A commit holds it for writing from its batch until the index has the batch's
-    /// transactions, so no lookup sees a stored block without them.
+    /// The transaction index's runs and recent entries (formats 3 and 4; `None` in
+    /// format 2). A commit holds it for writing from its batch until the index has the
+    /// batch's transactions, so no lookup sees a stored block without them.
     tx_index: Option<std::sync::RwLock<TxIndex>>,
     /// Decoded state nodes with their hashes, the hot ones: every transaction walks the
     /// tree from the root, so its upper levels are read for every key. A stored node
@@ -225,7 +225,7 @@ pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 /// a run 40% of a validator's CPU went to sled reads of nodes the caches did not hold;
 /// with the generations filling their tables, 5,800 to 6,200; with 1,024 MiB (before
 /// they filled them), 7,200. In a slower hour, with state pages of 32 nodes rather than
-/// 64 (format 4, so that sled reads half the bytes a miss), 5,900 to 6,100 against
+/// 64 (format 4, so that sled reads half the bytes a miss), about 5,900 to 6,100 against
 /// 4,600 to 4,700.
 pub const DEFAULT_STATE_CACHE_BYTES: usize = 256 << 20;
 
@@ -463,8 +463,8 @@ impl SledStore {
         self
     }
 
-    /// Sets the buckets of a run of the transaction index written a commit (formats 3 and 4;
-    /// by default they follow the block's transactions), for tests that want runs
+    /// Sets the buckets of a run of the transaction index written a commit (formats 3
+    /// and 4; by default they follow the block's transactions), for tests that want runs
     /// written over many commits.
     pub fn with_tx_run_part(self, buckets: usize) -> SledStore {
         if let Some(index) = &self.tx_index {
@@ -598,8 +598,8 @@ fn locations(height: u64, log_size: u64, tx_hashes: &[Hash]) -> Vec<(Hash, TxLoc
         .collect()
 }
 
-/// The transaction index of a database of format 3 or 4: its runs, and the transactions of the
-/// blocks after them, read back from those blocks.
+/// The transaction index of a database of format 3 or 4: its runs, and the transactions
+/// of the blocks after them, read back from those blocks.
 fn load_tx_index(db: &::sled::Db) -> Result<TxIndex, StorageError> {
     let runs = match db.get(txindex::RUNS_KEY)? {
         Some(v) => txindex::decode_runs(&v)?,
