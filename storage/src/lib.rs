@@ -62,11 +62,12 @@ pub enum StorageError {
     },
     /// A database written in another storage format.
     #[error(
-        "the database in {} has storage format {found}, and this build reads formats {}. \
+        "the database in {} has storage format {found}, and this build reads formats {} to {}. \
          A full node can start over with the directory moved away (it syncs from its peers); \
          a validator keeps its double-sign record there, so it starts over only on a new chain",
         path.display(),
-        crate::sled::FORMATS_READ
+        crate::sled::OLDEST_FORMAT,
+        crate::sled::FORMAT
     )]
     Format {
         /// The database directory.
@@ -77,10 +78,11 @@ pub enum StorageError {
     /// A database written by a newer build, in a storage format this one does not know.
     #[error(
         "the database in {} has storage format {found}, newer than this build reads \
-         (formats {}): it was written by a newer build, so run that build or a later one; \
+         (formats {} to {}): it was written by a newer build, so run that build or a later one; \
          nothing converts a database back",
         path.display(),
-        crate::sled::FORMATS_READ
+        crate::sled::OLDEST_FORMAT,
+        crate::sled::FORMAT
     )]
     NewerFormat {
         /// The database directory.

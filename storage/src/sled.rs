@@ -61,8 +61,8 @@ const FORMAT_KEY: &[u8] = b"F";
 /// state nodes under their hashes; it is not read.
 pub const FORMAT: u8 = 4;
 
-/// The formats [`SledStore::open`] opens, for messages.
-pub const FORMATS_READ: &str = "2 to 4";
+/// The oldest format [`SledStore::open`] opens; it opens every one up to [`FORMAT`].
+pub const OLDEST_FORMAT: u8 = 2;
 
 /// State nodes per page record (format 4).
 pub const NODES_PER_PAGE: u32 = 32;
@@ -92,8 +92,6 @@ pub struct SledStore {
     commit_lock: std::sync::Mutex<()>,
     /// The database's storage format.
     format: u8,
-    /// State nodes per page record ([`nodes_per_page`] of the format).
-    page_nodes: u32,
     /// The transaction index's runs and recent entries (formats 3 and 4; `None` in
     /// format 2). A commit holds it for writing from its batch until the index has the
     /// batch's transactions, so no lookup sees a stored block without them.
@@ -411,7 +409,7 @@ impl SledStore {
         };
         let format = match db.get(FORMAT_KEY)? {
             Some(v) => match v.as_ref() {
-                [f @ 2..=FORMAT] => Ok(*f),
+                [f @ OLDEST_FORMAT..=FORMAT] => Ok(*f),
                 [f] if *f > FORMAT => {
                     return Err(StorageError::NewerFormat {
                         path: path.to_path_buf(),
@@ -442,7 +440,6 @@ impl SledStore {
             db,
             commit_lock: std::sync::Mutex::new(()),
             format,
-            page_nodes: nodes_per_page(format),
             tx_index,
             nodes: std::sync::Mutex::new(StateCache::new(state_cache_bytes)),
         })
@@ -451,6 +448,11 @@ impl SledStore {
     /// The database's storage format: [`FORMAT`] for one this code created.
     pub fn format(&self) -> u8 {
         self.format
+    }
+
+    /// State nodes per page record in this database ([`nodes_per_page`] of its format).
+    fn page_nodes(&self) -> u32 {
+        nodes_per_page(self.format)
     }
 
     /// Sets the transactions per run of the transaction index (formats 3 and 4; default
@@ -698,14 +700,15 @@ impl SledStore {
             };
         }
         let NodeRef { version, index } = node.at;
+        let per_page = self.page_nodes();
         let Some(page) = self
             .db
-            .get(page_key(version, index / self.page_nodes))
+            .get(page_key(version, index / per_page))
             .map_err(backend)?
         else {
             return Ok(None);
         };
-        let Some(stored) = decode_page_slot(&page, index % self.page_nodes)? else {
+        let Some(stored) = decode_page_slot(&page, index % per_page)? else {
             return Ok(None);
         };
         let checked = state::check_node(node, stored)?;
@@ -835,7 +838,7 @@ impl Store for SledStore {
         for (k, page) in log_pages {
             batch.insert(&k[..], page);
         }
-        for (k, page) in encode_pages(height, &execution.state_writes, self.page_nodes) {
+        for (k, page) in encode_pages(height, &execution.state_writes, self.page_nodes()) {
             batch.insert(&k[..], page);
         }
         batch.insert(height_key(b'r', height), root.to_bytes());
@@ -999,7 +1002,7 @@ mod tests {
     }
 
     fn put_pages(store: &SledStore, version: u64, w: &[(Subtree, StateNode)]) {
-        for (k, page) in encode_pages(version, w, store.page_nodes) {
+        for (k, page) in encode_pages(version, w, store.page_nodes()) {
             store.db.insert(k, page).unwrap();
         }
     }
@@ -1331,6 +1334,6 @@ mod tests {
             [FORMAT]
         );
         assert_eq!(store.format(), 4);
-        assert_eq!(store.page_nodes, NODES_PER_PAGE);
+        assert_eq!(store.page_nodes(), NODES_PER_PAGE);
     }
 }

@@ -242,6 +242,14 @@ fn check_tx_index(store: &SledStore) {
     }
 }
 
+/// Marks the empty directory `dir` as a database of `format`, which the store then
+/// opens and writes as such.
+fn mark_format(dir: &std::path::Path, format: u8) {
+    let db = sled::open(dir).unwrap();
+    db.insert(b"F", &[format][..]).unwrap();
+    db.flush().unwrap();
+}
+
 /// The transaction index in runs (formats 3 and 4): every transaction is found whether
 /// it is in memory or in a run, before and after a reopen (which reads the recent ones
 /// back from their blocks); a database of format 2 keeps a record per transaction, and
@@ -251,9 +259,7 @@ fn the_transaction_index_finds_every_transaction_in_every_format() {
     for format in [2u8, 3, 4] {
         let dir = tempfile::tempdir().unwrap();
         if format < 4 {
-            let db = sled::open(dir.path()).unwrap();
-            db.insert(b"F", &[format][..]).unwrap();
-            db.flush().unwrap();
+            mark_format(dir.path(), format);
         }
         let runs = |n: usize| if format >= 3 { n } else { 0 };
         let chain = {
@@ -586,9 +592,7 @@ fn state_pages_of_both_formats_read_back_at_every_height() {
     for (format, page_nodes) in [(4u8, 32usize), (3, 64)] {
         let dir = tempfile::tempdir().unwrap();
         if format == 3 {
-            let db = sled::open(dir.path()).unwrap();
-            db.insert(b"F", &[3u8][..]).unwrap();
-            db.flush().unwrap();
+            mark_format(dir.path(), 3);
         }
         let mut chain = common::test_chain();
         let digest = |h: u64, i: u64| content_digest(&[h as u8, i as u8, 0xee]);
