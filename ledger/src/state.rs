@@ -14,6 +14,10 @@
 //!   a path is O(log n) long, so an update costs O(log n) hashes, not 256.
 //! - Nodes never change once written, so the tree at every height stays readable from
 //!   that height's root: proofs of a value or of absence work at any height.
+//! - A leaf's hash does not depend on its depth, so a leaf that moves (up when its
+//!   sibling goes, down when a key is inserted beside it) keeps its node: the new tree
+//!   names it where it was stored. An insertion writes the new leaf and the internal
+//!   nodes above it, not the leaf it displaced.
 //! - A node is stored at a [`NodeRef`]: the height whose block wrote it (its version) and
 //!   its position among that block's new nodes. An internal node holds its children's
 //!   hashes and locations ([`Subtree`]); only the hashes are hashed. Stores can then keep a
@@ -423,7 +427,7 @@ fn update_at<S: StateNodes + ?Sized>(
             .iter()
             .filter_map(|(k, v)| v.as_deref().map(|v| (*k, v)))
             .collect();
-        return Ok(build(depth, &leaves, writes));
+        return Ok(build(depth, &leaves, None, writes));
     }
     // Every update here shares the first `depth` bits: the node's place.
     match load_on_path(store, &current, depth, updates[0].0)? {
@@ -439,9 +443,15 @@ fn update_at<S: StateNodes + ?Sized>(
                 if leaves.len() == 1 {
                     return Ok(Sub::Leaf(current));
                 }
+                // The stored leaf moves down among the new ones, and keeps its node: a
+                // leaf's hash does not depend on its depth, and a node is found by the
+                // location its parent names. Writing it again would cost a node, a
+                // cache entry and its value's bytes on disk for every key inserted
+                // beside one.
+                return Ok(build(depth, &leaves, Some((&key, current)), writes));
             }
             writes.replaced.push(current.at);
-            Ok(build(depth, &leaves, writes))
+            Ok(build(depth, &leaves, None, writes))
         }
         StateNode::Internal { left, right } => {
             // With updates below it, an internal node is always rewritten (or collapses).
@@ -483,21 +493,31 @@ fn join(l: Sub, r: Sub, writes: &mut Writes) -> Sub {
     }
 }
 
-/// The subtree at `depth` holding exactly `leaves` (sorted by key, distinct).
-fn build(depth: usize, leaves: &[(&Hash, &[u8])], writes: &mut Writes) -> Sub {
+/// The subtree at `depth` holding exactly `leaves` (sorted by key, distinct). `stored`
+/// names one of them that is stored already, at that location, with that value: it is
+/// used where it is rather than written again.
+fn build(
+    depth: usize,
+    leaves: &[(&Hash, &[u8])],
+    stored: Option<(&Hash, Subtree)>,
+    writes: &mut Writes,
+) -> Sub {
     match leaves {
         [] => Sub::Empty,
-        [(key, value)] => Sub::Leaf(put(
-            writes,
-            StateNode::Leaf {
-                key: **key,
-                value: value.to_vec(),
-            },
-        )),
+        [(key, value)] => match stored {
+            Some((k, at)) if k == *key => Sub::Leaf(at),
+            _ => Sub::Leaf(put(
+                writes,
+                StateNode::Leaf {
+                    key: **key,
+                    value: value.to_vec(),
+                },
+            )),
+        },
         _ => {
             let split = leaves.partition_point(|(k, _)| !k.bit(depth));
-            let l = build(depth + 1, &leaves[..split], writes);
-            let r = build(depth + 1, &leaves[split..], writes);
+            let l = build(depth + 1, &leaves[..split], stored, writes);
+            let r = build(depth + 1, &leaves[split..], stored, writes);
             join(l, r, writes)
         }
     }

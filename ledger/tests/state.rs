@@ -175,6 +175,7 @@ fn a_single_update_writes_o_log_n_nodes() {
     for (height, k) in (2..).zip(0..50u32) {
         let key = content_digest(&(k * 7919).to_be_bytes());
         let single: BTreeMap<Hash, Option<Vec<u8>>> = [(key, Some(vec![2, k as u8]))].into();
+        let existed = state::get(&store, &root, &key).unwrap().is_some();
         let counted = Counted(store, Cell::new(0));
         let state::Update {
             root: new_root,
@@ -188,12 +189,68 @@ fn a_single_update_writes_o_log_n_nodes() {
             "{} nodes written for one update in a tree of {n} keys",
             writes.len()
         );
-        // Only the nodes on the key's path are read, and each is replaced; their
-        // siblings are not: a sibling's hash is in its parent already.
-        assert_eq!(counted.1.get(), replaced.len(), "nodes read for one update");
+        // Only the nodes on the key's path are read, and each is replaced (their
+        // siblings are not read: a sibling's hash is in its parent already), but for
+        // the leaf a new key's path may end at, which moves down and keeps its node.
+        let read = counted.1.get();
+        let kept = usize::from(!existed);
+        assert!(
+            read == replaced.len() || read == replaced.len() + kept,
+            "{read} nodes read for one update, {} replaced",
+            replaced.len()
+        );
         store.insert_all(writes);
         root = new_root;
     }
+}
+
+/// A key inserted beside a stored leaf moves that leaf down without writing it again:
+/// the new tree names the leaf's node where it was stored, nothing replaces it, and the
+/// root is the one the same contents give written afresh.
+#[test]
+fn a_key_inserted_beside_a_leaf_keeps_that_leafs_node() {
+    let mut store = MemState::new();
+    let one: BTreeMap<Hash, Option<Vec<u8>>> = [(key(1), Some(b"one".to_vec()))].into();
+    let (first, writes) = state::update(&store, &Subtree::EMPTY, 1, &one).unwrap();
+    store.insert_all(writes);
+    // One key: the root is its leaf.
+    assert_eq!(
+        first.at,
+        NodeRef {
+            version: 1,
+            index: 0
+        }
+    );
+    let two: BTreeMap<Hash, Option<Vec<u8>>> = [(key(2), Some(b"two".to_vec()))].into();
+    let state::Update {
+        root,
+        writes,
+        replaced,
+    } = state::update_tracked(&store, &first, 2, &two).unwrap();
+    assert!(replaced.is_empty(), "{replaced:?}");
+    let leaves: Vec<Hash> = writes
+        .iter()
+        .filter_map(|(_, n)| match n {
+            StateNode::Leaf { key, .. } => Some(*key),
+            StateNode::Internal { .. } => None,
+        })
+        .collect();
+    assert_eq!(leaves, [key(2)]);
+    store.insert_all(writes);
+    assert!(reachable(&store, &root).contains(&first.at));
+    for (k, v) in [(1, b"one"), (2, b"two")] {
+        assert_eq!(
+            state::get(&store, &root, &key(k)).unwrap().as_deref(),
+            Some(&v[..])
+        );
+        let (value, proof) = state::prove(&store, &root, &key(k)).unwrap();
+        verify_state_proof(&root.hash, &key(k), value.as_deref(), &proof).unwrap();
+    }
+    // The old version still reads as it was.
+    assert_eq!(state::get(&store, &first, &key(2)).unwrap(), None);
+    let both: BTreeMap<Hash, Option<Vec<u8>>> = one.into_iter().chain(two).collect();
+    let (fresh, _) = state::update(&MemState::new(), &Subtree::EMPTY, 1, &both).unwrap();
+    assert_eq!(fresh.hash, root.hash);
 }
 
 /// A store that counts the nodes read from it.
