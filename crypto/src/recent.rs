@@ -1,14 +1,16 @@
 //! A bounded map of recently used values, for caches: of things that never change under
-//! their key (decompressed public keys, state nodes at their storage location), or, with
-//! a removal before each change, of values that do (the tip's state values).
+//! their key (decompressed public keys), or, with a removal before each change, of values
+//! that do (the tip's state values). The state-node cache, which used it until
+//! 2026-12-08 and taught most of what is below, now keeps its nodes in slabs
+//! (`pyralog_storage::recent`), in less than half the memory a node.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, RandomState};
 
 /// In the first generation, one insertion in this many is copied into the other table,
-/// to map its memory before it is used (see [`Recent`]): for the state-node cache's
-/// 152-byte entries, enough to touch about 94% of its pages by the time a generation of
-/// `capacity` entries has filled.
+/// to map its memory before it is used (see [`Recent`]): for entries of about 150 bytes,
+/// enough to touch about 94% of its pages by the time a generation of `capacity` entries
+/// has filled.
 pub const WARM_EVERY: usize = 4;
 
 /// The values most recently inserted or hit, up to two generations of `capacity` (or
@@ -44,8 +46,7 @@ pub const WARM_EVERY: usize = 4;
 /// table (and dropped from it at the first change, like any old generation), which
 /// touches its memory a little at a time. That work is done once in a cache's life, but
 /// earlier: a burst on a fresh network, which ended before the first change, paid it and
-/// committed about 5% fewer transactions a second. A node does better when it starts:
-/// [`Recent::prefault`] maps every table at once, and no copies are made after it.
+/// committed about 5% fewer transactions a second.
 ///
 /// `S` hashes the keys: SipHash by default, which keys a peer can choose need; a cache of
 /// keys the node assigns itself may use a cheaper one.
@@ -69,17 +70,16 @@ pub struct Recent<K, V, S = RandomState> {
 }
 
 impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
-    /// An empty cache of at most `2 × capacity` entries (more after
-    /// [`Recent::fill_tables`]). It allocates nothing until the first insertion.
+    /// An empty cache of at most `2 × capacity` entries. It allocates nothing until the
+    /// first insertion.
     pub fn new(capacity: usize) -> Recent<K, V, S> {
         Recent::with_generations(capacity, 2)
     }
 
     /// An empty cache of at most `generations × capacity` entries (fewer than two
-    /// generations count as two; [`Recent::fill_tables`] may raise `capacity`). The
-    /// first generation prepares only the table the first change uses ([`WARM_EVERY`]);
-    /// the others are mapped as they are first used, unless [`Recent::prefault`] mapped
-    /// them.
+    /// generations count as two). The first generation prepares only the table the
+    /// first change uses ([`WARM_EVERY`]); the others are mapped as they are first
+    /// used.
     pub fn with_generations(capacity: usize, generations: usize) -> Recent<K, V, S> {
         Recent {
             young: HashMap::default(),
@@ -153,71 +153,9 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Recent<K, V, S> {
         self.inserted += 1;
     }
 
-    /// Allocates every generation's table now and writes to all of their memory, so
-    /// that the kernel maps (and zeroes) it now rather than under the first insertions.
-    /// A fresh table's pages are mapped as they are first written, and inserts land all
-    /// over it: the state-node cache of a validator spent its first loaded blocks on
-    /// that, about half of the network's CPU for 0.4 s (docs/PERFORMANCE.md). `key`
-    /// makes distinct placeholder keys and `value` is their value; the tables are
-    /// emptied again, keeping their memory. With the other table mapped already, the
-    /// first generation makes no copies into it ([`WARM_EVERY`]). Does nothing once the
-    /// cache holds anything. Returns whether it mapped every table: false for a cache
-    /// in use, or when a table's allocation failed (the cache then grows as it fills).
-    pub fn prefault(&mut self, key: impl Fn(u64) -> K, value: &V) -> bool {
-        if self.inserted > 0 || !self.is_empty() || self.older.iter().any(|g| !g.is_empty()) {
-            return false;
-        }
-        let room = self.room();
-        let tables = [&mut self.young, &mut self.old]
-            .into_iter()
-            .chain(self.older.iter_mut());
-        for table in tables {
-            if table.try_reserve(room).is_err() {
-                return false;
-            }
-            // Four placeholders for each 4-KiB page of the table's entries (a table has
-            // about 8 slots for 7 of its capacity): landing at random, they leave about
-            // 3% of its pages untouched (none with huge pages).
-            let bytes = table
-                .capacity()
-                .saturating_mul(std::mem::size_of::<(K, V)>());
-            let n = bytes / 4096 * 4;
-            for i in 0..n.min(room) as u64 {
-                table.insert(key(i), value.clone());
-            }
-            table.clear();
-        }
-        self.warming = false;
-        true
-    }
-
-    /// Raises each generation's capacity to what the tables already allocated have room
-    /// for (half of a table's capacity, so that a generation's insertions, removed ones
-    /// included, still never make it rehash), and returns it. A hash table rounds its
-    /// slots up to a power of two, so a table sized for `2 × capacity` insertions holds
-    /// 1 to 2 times that many: after [`Recent::prefault`] the tables are mapped and paid
-    /// for whole, and this lets the cache use them. For the state-node cache at its
-    /// default size: 229,376 nodes a generation instead of 160,781, in the same 524,288
-    /// slots (values the entries own, on the heap, grow with their count). A fuller
-    /// table makes a miss probe a little longer. Never lowers the capacity, and changes
-    /// nothing while any table is unallocated or holds an entry.
-    pub fn fill_tables(&mut self) -> usize {
-        if self.tables().any(|t| t.capacity() == 0 || !t.is_empty()) || self.inserted > 0 {
-            return self.capacity;
-        }
-        let fits = self.tables().map(HashMap::capacity).min().unwrap_or(0) / 2;
-        self.capacity = self.capacity.max(fits);
-        self.capacity
-    }
-
     /// Entries a generation holds, at most.
     pub fn capacity(&self) -> usize {
         self.capacity
-    }
-
-    /// Every generation's table, young to oldest.
-    fn tables(&self) -> impl Iterator<Item = &HashMap<K, V, S>> {
-        [&self.young, &self.old].into_iter().chain(&self.older)
     }
 
     /// Insertions a generation's table has room for.
@@ -330,68 +268,6 @@ mod tests {
         assert!(cache.len() <= 2 * CAPACITY);
     }
 
-    /// The same pattern in tables the generations fill: a generation's insertions then
-    /// take every slot its table has room for, and still none rehashes.
-    #[test]
-    fn removals_never_make_a_filled_generation_rehash() {
-        const CAPACITY: usize = 10_000;
-        const ROUNDS: usize = 20 * CAPACITY;
-        let mut cache: Recent<Counted, u64> = Recent::new(CAPACITY);
-        assert!(cache.prefault(Counted, &0));
-        let filled = cache.fill_tables();
-        assert_eq!(2 * filled, cache.young.capacity());
-        let mut next = 0u64;
-        let before = HASHED.with(|n| n.get());
-        for _ in 0..ROUNDS {
-            for _ in 0..3 {
-                cache.insert(Counted(next), next);
-                next += 1;
-            }
-            cache.remove(&Counted(next - 2));
-            cache.remove(&Counted(next.saturating_sub(5_001)));
-        }
-        let hashed = HASHED.with(|n| n.get()) - before;
-        assert_eq!(hashed, 7 * ROUNDS, "a table rehashed its entries");
-        assert_eq!(cache.get(&Counted(next - 1)), Some(next - 1));
-    }
-
-    /// Prefaulting reserves both tables at a generation's full size and leaves them
-    /// empty, so the first insertions allocate nothing; a cache in use is left alone.
-    #[test]
-    fn prefaulting_prepares_both_tables_and_keeps_nothing() {
-        const CAPACITY: usize = 10_000;
-        let mut cache: Recent<u64, [u8; 64]> = Recent::new(CAPACITY);
-        assert!(cache.prefault(|i| i, &[7; 64]));
-        assert!(cache.young.capacity() >= 2 * CAPACITY);
-        assert!(cache.old.capacity() >= 2 * CAPACITY);
-        assert!(cache.is_empty() && cache.young.is_empty() && cache.old.is_empty());
-        assert!(!cache.warming);
-        let (young, old) = (cache.young.capacity(), cache.old.capacity());
-        for k in 0..CAPACITY as u64 {
-            assert_eq!(cache.get(&k), None);
-            cache.insert(k, [1; 64]);
-        }
-        assert_eq!((cache.young.capacity(), cache.old.capacity()), (young, old));
-        assert_eq!(cache.get(&3), Some([1; 64]));
-        // No copies into the other table, which is mapped already.
-        assert!(cache.old.is_empty());
-        assert_eq!(cache.len(), CAPACITY);
-        // The first change reuses it: nothing allocated, and the old generation's
-        // entries are still found.
-        for k in CAPACITY as u64..CAPACITY as u64 + 10 {
-            cache.insert(k, [2; 64]);
-        }
-        assert_eq!((cache.young.len(), cache.old.len()), (10, CAPACITY));
-        assert_eq!((cache.young.capacity(), cache.old.capacity()), (old, young));
-        assert_eq!(cache.get(&(CAPACITY as u64 + 9)), Some([2; 64]));
-        assert_eq!(cache.get(&5), Some([1; 64]));
-        // Once in use, a prefault changes nothing.
-        let held = cache.len();
-        assert!(!cache.prefault(|i| i, &[9; 64]));
-        assert_eq!(cache.len(), held);
-        assert_eq!(cache.get(&3), Some([1; 64]));
-    }
-
     /// The first generation touches the other table as it fills, and its first change
     /// reuses that table rather than allocating one; the copies are never seen.
     #[test]
@@ -479,63 +355,6 @@ mod tests {
         }
         assert_eq!(cache.len(), 4 * CAPACITY);
         assert_eq!(cache.get(&1), Some(1));
-    }
-
-    #[test]
-    fn generations_fill_the_tables_prefaulted_for_them() {
-        const CAPACITY: usize = 1_000;
-        let mut cache: Recent<u64, u64> = Recent::with_generations(CAPACITY, 4);
-        // Nothing allocated yet: nothing to fill.
-        assert_eq!(cache.fill_tables(), CAPACITY);
-        assert!(cache.prefault(|i| i, &0));
-        let table = cache.young.capacity();
-        let filled = cache.fill_tables();
-        // Room for 2,000 insertions rounds up to tables of 3,584 (4,096 slots).
-        assert!(
-            filled > CAPACITY && 2 * filled <= table,
-            "{filled} of {table}"
-        );
-        assert_eq!(cache.fill_tables(), filled);
-        // Each generation now holds `filled` entries, without a table growing.
-        let held = 4 * filled as u64;
-        for k in 0..held {
-            cache.insert(k, k);
-        }
-        assert_eq!(cache.len(), 4 * filled);
-        for t in cache.tables() {
-            assert_eq!(t.capacity(), table);
-        }
-        // The first entry is still held (a hit moves it, which starts a generation).
-        assert_eq!(cache.get(&0), Some(0));
-        // Once in use, it changes nothing.
-        let mut used: Recent<u64, u64> = Recent::with_generations(CAPACITY, 4);
-        used.insert(1, 1);
-        assert_eq!(used.fill_tables(), CAPACITY);
-    }
-
-    #[test]
-    fn prefaulting_prepares_every_generation() {
-        const CAPACITY: usize = 1_000;
-        let mut cache: Recent<u64, u64> = Recent::with_generations(CAPACITY, 4);
-        assert!(cache.prefault(|i| i, &0));
-        assert_eq!(cache.older.len(), 2);
-        let capacities = |c: &Recent<u64, u64>| {
-            let mut all: Vec<usize> = c.tables().map(HashMap::capacity).collect();
-            all.sort_unstable();
-            all
-        };
-        let prepared = capacities(&cache);
-        for table in cache.tables() {
-            assert!(table.capacity() >= 2 * CAPACITY && table.is_empty());
-        }
-        // Four generations' worth stays held, nothing reallocated.
-        for k in 0..4 * CAPACITY as u64 {
-            cache.insert(k, k);
-        }
-        assert_eq!(cache.len(), 4 * CAPACITY);
-        assert_eq!(capacities(&cache), prepared);
-        assert_eq!(cache.get(&0), Some(0));
-        assert!(!cache.prefault(|i| i, &0));
     }
 
     #[test]

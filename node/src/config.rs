@@ -204,11 +204,12 @@ impl Default for MempoolConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Memory for decoded state-tree nodes, in MiB (about 300 bytes a node, in two
-    /// generations of half each). Every state read walks the tree from its root, and a
-    /// node not held here costs a database read of its page: a validator whose live tree
-    /// (about two nodes per state key) outgrows this falls behind under load long before
-    /// its CPU would (docs/PERFORMANCE.md has the figures). 0 keeps a single node.
+    /// Memory for decoded state-tree nodes, in MiB: the tree's top levels by place in
+    /// half of it, and recently used nodes (about 240 bytes each, in four generations) in
+    /// the rest. Every state read walks the tree from its root, and a node not held here
+    /// costs a database read of its page: a validator whose live tree (about two nodes
+    /// per state key) outgrows this falls behind under load long before its CPU would
+    /// (docs/NODE.md and docs/PERFORMANCE.md have the figures). 0 keeps a single node.
     pub state_cache_mb: usize,
     /// Memory for the database's own cache of its pages, in MiB. A state node missing from
     /// the node cache is read from here, or else from the file, several times slower.
@@ -320,7 +321,7 @@ mod tests {
         let partial: Config = toml::from_str("[rpc]\nlisten = \"127.0.0.1:9\"\n").unwrap();
         assert_eq!(partial.rpc.listen.port(), 9);
         assert_eq!(partial.mempool, MempoolConfig::default());
-        assert_eq!(partial.storage.state_cache_mb, 256);
+        assert_eq!(partial.storage.state_cache_mb, 448);
         assert_eq!(partial.storage.db_cache_mb, 512);
         let sized: Config = toml::from_str("[storage]\nstate_cache_mb = 64\n").unwrap();
         assert_eq!(sized.storage.state_cache_mb, 64);

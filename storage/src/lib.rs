@@ -10,6 +10,7 @@
 //! [`arrow`] exports blocks and transactions for analytics.
 
 pub mod arrow;
+pub mod recent;
 pub mod sled;
 pub mod txindex;
 pub mod upper;

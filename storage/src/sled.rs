@@ -38,15 +38,14 @@
 //! order, so page `p` of a level holds the hashes of nodes `64p..64p+63` back to back and
 //! grows by appending until it is full.
 
-use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
-use pyralog_crypto::recent::Recent;
 use pyralog_ledger::codec::{Decode, Encode};
 use pyralog_ledger::log::{LogNodes, NodeId};
 use pyralog_ledger::state::{self, NodeRef, StateNode, StateNodes, Subtree};
 use pyralog_ledger::{Block, Certificate, Execution, Hash, Header, StoreError, Tip};
 
+use crate::recent::RecentNodes;
 use crate::txindex::{self, TxIndex};
 use crate::upper::UpperNodes;
 use crate::{StorageError, Store, TxLocation};
@@ -104,13 +103,13 @@ pub struct SledStore {
 
 /// The state-node caches: the tree's top levels by place ([`UpperNodes`]), and the
 /// recently used nodes the places do not hold: leaves, nodes below the top levels, and
-/// nodes read without their place ([`NodeCache`]).
+/// nodes read without their place ([`RecentNodes`]).
 struct StateCache {
     upper: UpperNodes,
-    recent: NodeCache,
+    recent: RecentNodes,
 }
 
-/// Generations of the recent-node cache ([`Recent::with_generations`]). With two, each
+/// Generations of the recent-node cache ([`RecentNodes`]). With two, each
 /// change dropped half of what it held at once, leaves a new key's insertion needs
 /// among them, and every validator slowed for 2 to 5 s at each change under load
 /// (docs/PERFORMANCE.md); with four, a change drops a quarter, for the same memory.
@@ -125,7 +124,7 @@ impl StateCache {
             bytes.saturating_sub(upper.bytes()) / RECENT_GENERATIONS / STATE_CACHE_BYTES_PER_NODE;
         StateCache {
             upper,
-            recent: Recent::with_generations(recent, RECENT_GENERATIONS),
+            recent: RecentNodes::new(recent, RECENT_GENERATIONS),
         }
     }
 
@@ -147,66 +146,28 @@ impl StateCache {
             .zip(kept)
             .filter(|((_, n), kept)| !kept && cacheable(n))
         {
-            self.recent.insert(at.at, (at.hash, node.clone()));
+            self.recent.insert(at.at, at.hash, node.clone());
         }
     }
 }
 
-/// The state-node cache: a node's hash and decoded form under its location.
-type NodeCache = Recent<NodeRef, (Hash, StateNode), BuildHasherDefault<NodeRefHasher>>;
-
-/// Hashes a [`NodeRef`] with one multiply per word rather than SipHash. A transaction
-/// asks the cache for about a hundred nodes on each validator (every read walks the
-/// tree from its root), and the locations are numbers the store assigns itself (a
-/// height and a position in its block), so no peer can choose them to collide.
-#[derive(Default)]
-struct NodeRefHasher(u64);
-
-impl NodeRefHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-impl Hasher for NodeRefHasher {
-    fn finish(&self) -> u64 {
-        // The multiply carries only upward: fold the high bits into the low ones, which
-        // pick the bucket.
-        self.0 ^ (self.0 >> 29)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.add(u64::from(b));
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.add(u64::from(n));
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-}
-
-/// Memory a recently used state node takes, for sizing that cache ([`Recent`]) from
-/// what of the budget the top levels ([`UpperNodes`]) leave: an entry
-/// (location, hash and decoded node) is 152 bytes, and a generation's table is sized for
-/// twice its nodes (so that removals never make it rehash, see [`Recent`]) and rounded
-/// up to a power-of-two number of slots, 2.3 to 4.6 slots per node. At the default
-/// budget the top levels leave room for four generations of 160,781 nodes, each in a
-/// table of 524,288 slots (3.3 a node): the four tables take about 320 MB, and with the
-/// top levels' 75 MB the caches take about 395 MB, not 256 MiB. Once a node has mapped
-/// the tables ([`SledStore::prefault_state_cache`]), its generations fill them: 229,376
-/// nodes each (2.3 slots a node), in the same table memory ([`Recent::fill_tables`]).
-/// A leaf's value, up to `NODE_CACHE_VALUE_BYTES` (256 bytes), is on the heap besides.
-pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
+/// Memory a recently used state node takes, for sizing that cache ([`RecentNodes`]) from
+/// what of the budget the top levels ([`UpperNodes`]) leave: 152 bytes in its
+/// generation's slab (location, hash and decoded node), 6 to 11 bytes of table, and a
+/// leaf's value on the heap, up to `NODE_CACHE_VALUE_BYTES` (256 bytes). A notarization's
+/// record is 93 bytes (a 112-byte allocation), and leaves are 60 to 75% of the nodes
+/// below the top levels, so a node takes about 240 bytes on average. (Until 2026-12-08
+/// the cache kept its nodes in its hash tables, sized for twice their nodes and rounded
+/// up to a power of two: about 350 bytes a node besides the leaf's value, and the
+/// default budget, then 256 MiB, used about 460 MB.)
+pub const STATE_CACHE_BYTES_PER_NODE: usize = 240;
 
 /// The state-node caches' budget in [`SledStore::open`]: the most top levels of the tree
-/// whose places fit in half of it ([`UpperNodes`]: 19 levels, 75 MB at this default),
-/// and recently used nodes in the rest (four generations of about 160,800, 229,376 once
-/// the node has mapped their tables).
+/// whose places fit in half of it ([`UpperNodes`]: 20 levels, 151 MB at this default),
+/// and recently used nodes in the rest (four generations of 332,049, 212 MB with their
+/// tables, and about 100 MB of leaf values once full): about 470 MB in all, what the
+/// former layout's default of 256 MiB used for 19 levels and four generations of 229,376
+/// ([`STATE_CACHE_BYTES_PER_NODE`]).
 ///
 /// Every read walks the state tree from its root, and a node the caches do not hold
 /// costs a sled read of its page. Once the live tree (about two nodes per key)
@@ -225,7 +186,7 @@ pub const STATE_CACHE_BYTES_PER_NODE: usize = 300;
 /// they filled them), 7,200. In a slower hour, with state pages of 32 nodes rather than
 /// 64 (format 4, so that sled reads half the bytes a miss), about 5,900 to 6,100 against
 /// 4,600 to 4,700.
-pub const DEFAULT_STATE_CACHE_BYTES: usize = 256 << 20;
+pub const DEFAULT_STATE_CACHE_BYTES: usize = 448 << 20;
 
 /// sled's own cache of its B-tree pages, which hold the records (state pages, blocks,
 /// indexes), for [`SledStore::open`].
@@ -377,10 +338,10 @@ impl SledStore {
         SledStore::open_with_cache(path, DEFAULT_STATE_CACHE_BYTES, DEFAULT_DB_CACHE_BYTES)
     }
 
-    /// Opens (or creates) the store in directory `path`, with a state-node cache of about
-    /// `state_cache_bytes` (two generations of `state_cache_bytes / 2 /
-    /// STATE_CACHE_BYTES_PER_NODE` nodes, [`Recent`]) and `db_cache_bytes` (at least
-    /// 8 MiB) for sled's cache of its pages.
+    /// Opens (or creates) the store in directory `path`, with state-node caches of about
+    /// `state_cache_bytes` (the top levels that fit in half of it, [`UpperNodes`], and
+    /// recent nodes at [`STATE_CACHE_BYTES_PER_NODE`] in the rest, [`RecentNodes`]) and
+    /// `db_cache_bytes` (at least 8 MiB) for sled's cache of its pages.
     ///
     /// sled holds the directory's lock until its background flusher lets go of a dropped
     /// database, which can take a moment after the previous owner (a process still
@@ -523,33 +484,15 @@ impl SledStore {
     }
 
     /// Maps the state-node caches' memory now ([`UpperNodes::prefault`],
-    /// [`Recent::prefault`]): a node calls this once when it starts, so that its first
-    /// loaded blocks do not wait for the kernel to zero the caches' pages (it holds the
-    /// caches meanwhile; a commit waits). The recent nodes' generations then fill the
-    /// tables it mapped ([`Recent::fill_tables`]). Returns whether it mapped anything:
-    /// the recent nodes' tables not once in use, nor when they could not be allocated;
-    /// the places' memory not yet taken, as far as it can be allocated.
+    /// [`RecentNodes::prefault`]): a node calls this once when it starts, so that its
+    /// first loaded blocks do not wait for the kernel to zero the caches' pages (it
+    /// holds the caches meanwhile; a commit waits). Returns whether it mapped anything:
+    /// the recent nodes' memory not once in use, nor when it could not be allocated; the
+    /// places' memory not yet taken, as far as it can be allocated.
     pub fn prefault_state_cache(&self) -> bool {
-        let placeholder = (
-            Hash([0; 32]),
-            StateNode::Leaf {
-                key: Hash([0; 32]),
-                value: Vec::new(),
-            },
-        );
         let mut cache = self.node_cache();
         let upper = cache.upper.prefault();
-        let recent = cache.recent.prefault(
-            |i| NodeRef {
-                version: u64::MAX,
-                index: i as u32,
-            },
-            &placeholder,
-        );
-        if recent {
-            // The tables are mapped whole now: let the generations fill them.
-            cache.recent.fill_tables();
-        }
+        let recent = cache.recent.prefault();
         upper || recent
     }
 
@@ -715,7 +658,7 @@ impl SledStore {
         let mut cache = self.node_cache();
         let kept = place.is_some_and(|(depth, key)| cache.upper.put(node, &checked, depth, key));
         if !kept && cacheable(&checked) {
-            cache.recent.insert(node.at, (node.hash, checked.clone()));
+            cache.recent.insert(node.at, node.hash, checked.clone());
         }
         Ok(Some(checked))
     }
@@ -969,7 +912,8 @@ mod tests {
 
     #[test]
     fn node_locations_spread_over_the_cache_buckets() {
-        use std::hash::BuildHasher;
+        use crate::recent::NodeRefHasher;
+        use std::hash::{BuildHasher, BuildHasherDefault};
         let hasher = BuildHasherDefault::<NodeRefHasher>::default();
         // A thousand blocks of 64 nodes, into 2^16 buckets picked by the low bits, as
         // the map picks them: a uniform hash fills about 63% of the buckets (40,800).
@@ -1009,7 +953,7 @@ mod tests {
 
     /// Reads and proofs through the caches agree with a plain store of every node, at
     /// the tip and at older roots, while blocks insert, change and delete keys. The
-    /// caches are small (7 top levels, four generations of 39 recent nodes), so walks go
+    /// caches are small (7 top levels, four generations of 49 recent nodes), so walks go
     /// through places, recent nodes and pages, and places are left holding nodes of
     /// older trees.
     #[test]
@@ -1205,12 +1149,6 @@ mod tests {
         assert!(store.prefault_state_cache());
         assert!(store.node_cache().recent.is_empty());
         assert!(store.node_cache().upper.is_empty());
-        // The generations fill the tables mapped for them, beyond what the budget
-        // counted (a table's slots round up to a power of two).
-        let counted = ((4 << 20) - store.node_cache().upper.bytes())
-            / RECENT_GENERATIONS
-            / STATE_CACHE_BYTES_PER_NODE;
-        assert!(store.node_cache().recent.capacity() > counted);
         let w = writes(3, vec![leaf(7, 1)]);
         put_pages(&store, 3, &w);
         assert_eq!(store.state_node(&w[0].0).unwrap(), Some(leaf(7, 1)));
