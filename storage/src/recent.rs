@@ -20,7 +20,9 @@
 //! its generation is emptied.
 //!
 //! The slab fills in order, so its memory is mapped by the kernel a page at a time as
-//! it fills, rather than all over a table at once: there is nothing to map ahead.
+//! it fills, rather than all over a table at once: a generation could start unmapped at
+//! little cost. A node maps them all when it starts all the same
+//! ([`RecentNodes::prefault`]), so that they get huge pages.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -57,18 +59,16 @@ impl Generation {
     fn find(&self, hash: u64, at: &NodeRef) -> Option<usize> {
         let slots = &self.slots;
         self.index
-            .find(hash, |&i| slots[i as usize].at == *at)
+            .find(hash, |&i| holds(slots, i, at))
             .map(|&i| i as usize)
     }
 
     /// Takes the node at `at` out of this generation, if it holds it.
     fn take(&mut self, hash: u64, at: &NodeRef) -> Option<Slot> {
         let Generation { slots, index } = self;
-        let entry = index
-            .find_entry(hash, |&i| slots[i as usize].at == *at)
-            .ok()?;
+        let entry = index.find_entry(hash, |&i| holds(slots, i, at)).ok()?;
         let (i, _) = entry.remove();
-        let slot = &mut slots[i as usize];
+        let slot = slots.get_mut(i as usize)?;
         Some(Slot {
             at: slot.at,
             hash: slot.hash,
@@ -80,7 +80,6 @@ impl Generation {
     /// else the slab and table grow as they fill). Returns whether it has that room.
     fn restart(&mut self, room: usize) -> bool {
         let used = !self.slots.is_empty();
-        self.slots.clear();
         if used && self.index.is_empty() {
             // Every node was removed. `HashTable::clear` leaves an empty table as it is,
             // tombstones included, which would shorten the room of the insertions to
@@ -88,7 +87,9 @@ impl Generation {
             // if that insertion has to clean the tombstones out first.)
             self.index.insert_unique(0, 0, |_| 0);
         }
+        // The index first: it must never name an entry the slab no longer has.
         self.index.clear();
+        self.slots.clear();
         let slab = self.slots.try_reserve_exact(room).is_ok();
         // An empty table: no entry to hash again.
         let table = self.index.capacity() >= room || self.index.try_reserve(room, |_| 0).is_ok();
@@ -158,7 +159,10 @@ impl RecentNodes {
     }
 
     /// Holds `node`, whose hash is `hash`, under its location `at` (once: a node the
-    /// young generation holds already is left as it is).
+    /// young generation holds already is left as it is). An older generation may hold it
+    /// too when two readers missed it at once (the store lets go of the cache while it
+    /// reads a page): that copy takes a slab entry until its generation is emptied, and
+    /// [`RecentNodes::remove`] takes both.
     pub fn insert(&mut self, at: NodeRef, hash: Hash, node: StateNode) {
         let h = hash_of(&at);
         if self.generations[0].find(h, &at).is_none() {
@@ -191,7 +195,11 @@ impl RecentNodes {
         let i = slots.len() as u32;
         slots.push(slot);
         // The table has room for every entry of the slab: it never rehashes.
-        index.insert_unique(hash, i, |&j| hash_of(&slots[j as usize].at));
+        index.insert_unique(hash, i, |&j| {
+            #[cfg(test)]
+            tests::REHASHED.with(|n| n.set(n.get() + 1));
+            slots.get(j as usize).map_or(0, |s| hash_of(&s.at))
+        });
     }
 
     /// Allocates every generation's slab and table now and writes to all of their
@@ -229,6 +237,13 @@ impl RecentNodes {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Whether slab entry `i` holds the node at `at` (an index entry names a slab entry;
+/// `get` rather than indexing, so that a cache left half-updated by a panic elsewhere
+/// misses rather than panics).
+fn holds(slots: &[Slot], i: u32, at: &NodeRef) -> bool {
+    slots.get(i as usize).is_some_and(|s| s.at == *at)
 }
 
 fn hash_of(at: &NodeRef) -> u64 {
@@ -273,6 +288,21 @@ impl Hasher for NodeRefHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Entries a generation's table hashed again (it grew or cleaned out tombstones).
+        pub(super) static REHASHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    fn rehashed() -> usize {
+        REHASHED.with(|n| n.get())
+    }
+
+    /// The size the memory figures of the docs count on (STATE_CACHE_BYTES_PER_NODE).
+    #[test]
+    fn a_slab_entry_is_152_bytes() {
+        assert_eq!(SLOT_BYTES, 152);
+    }
 
     fn at(version: u64) -> NodeRef {
         NodeRef { version, index: 7 }
@@ -358,11 +388,13 @@ mod tests {
 
     /// The state-node cache's pattern: each round inserts new nodes and removes one of
     /// them and one inserted long before (a commit's new nodes, and the nodes they
-    /// replaced). No generation's slab or table ever grows or is allocated again, so
-    /// none rehashes, and every live node of the last generations is found.
+    /// replaced). No generation's table ever hashes an entry again (it never grows, nor
+    /// cleans out the tombstones the removals leave) and no slab moves, and every live
+    /// node of the last generations is found.
     #[test]
     fn generations_never_grow_under_removals() {
         const ROOM: usize = 10_000;
+        let before = rehashed();
         let mut cache = RecentNodes::new(ROOM, 4);
         let mut next = 0u64;
         // Every generation in use.
@@ -371,17 +403,20 @@ mod tests {
             next += 1;
         }
         let sizes = |c: &RecentNodes| -> Vec<(usize, usize, *const Slot)> {
-            c.generations
+            let mut all: Vec<_> = c
+                .generations
                 .iter()
-                .map(|g| (g.slots.capacity(), g.index.capacity(), g.slots.as_ptr()))
-                .collect()
+                .map(|g| (g.slots.capacity(), g.index.num_buckets(), g.slots.as_ptr()))
+                .collect();
+            all.sort();
+            all
         };
-        let mut before = sizes(&cache);
-        before.sort();
+        let first = sizes(&cache);
+        // A table sized for the generation: 10,000 entries need 16,384 buckets.
         assert!(
-            before
+            first
                 .iter()
-                .all(|&(slab, table, _)| slab == ROOM && table >= ROOM)
+                .all(|&(slab, buckets, _)| slab == ROOM && buckets == 16_384)
         );
         for _ in 0..20 * ROOM {
             for _ in 0..3 {
@@ -391,9 +426,8 @@ mod tests {
             cache.remove(&at(next - 2));
             cache.remove(&at(next.saturating_sub(5_001)));
         }
-        let mut after = sizes(&cache);
-        after.sort();
-        assert_eq!(before, after);
+        assert_eq!(sizes(&cache), first);
+        assert_eq!(rehashed() - before, 0, "a table hashed its entries again");
         assert_eq!(got(&mut cache, next - 1), Some(next - 1));
         assert_eq!(got(&mut cache, next - 2), None);
         assert_eq!(got(&mut cache, next - 5_001), None);
@@ -401,25 +435,33 @@ mod tests {
         assert!(cache.len() <= 4 * ROOM);
     }
 
-    /// A generation whose nodes were all removed is reused as any other: it holds a
-    /// whole generation again in the same memory.
+    /// A generation whose nodes were all removed from a full table (so that the
+    /// removals left tombstones rather than free slots) holds a whole generation again
+    /// in the same table. `HashTable::clear` leaves an empty table as it is, tombstones
+    /// and all: reserving a generation's room in it then grew it to twice the buckets.
     #[test]
     fn an_emptied_generation_holds_a_whole_one_again() {
-        const ROOM: usize = 1_000;
+        // 896 entries fill a table of 1,024 buckets to its load limit.
+        const ROOM: usize = 896;
         let mut cache = RecentNodes::new(ROOM, 2);
         for n in 0..ROOM as u64 {
             put(&mut cache, n);
+        }
+        let buckets = cache.generations[0].index.num_buckets();
+        assert_eq!(buckets, 1_024);
+        for n in 0..ROOM as u64 {
             cache.remove(&at(n));
         }
         assert!(cache.is_empty());
-        let table = cache.generations[0].index.capacity();
-        // Two changes later that table is the young one again.
+        // Tombstones: the table's room is short of a generation.
+        assert!(cache.generations[0].index.capacity() < ROOM);
+        // Two changes later that table is the young one again, and fills.
         for n in ROOM as u64..4 * ROOM as u64 {
             put(&mut cache, n);
         }
         assert_eq!(cache.len(), 2 * ROOM);
         for g in &cache.generations {
-            assert_eq!((g.index.capacity(), g.slots.capacity()), (table, ROOM));
+            assert_eq!((g.index.num_buckets(), g.slots.capacity()), (buckets, ROOM));
         }
     }
 

@@ -154,12 +154,13 @@ impl StateCache {
 /// Memory a recently used state node takes, for sizing that cache ([`RecentNodes`]) from
 /// what of the budget the top levels ([`UpperNodes`]) leave: 152 bytes in its
 /// generation's slab (location, hash and decoded node), 6 to 11 bytes of table, and a
-/// leaf's value on the heap, up to `NODE_CACHE_VALUE_BYTES` (256 bytes). A notarization's
-/// record is 93 bytes (a 112-byte allocation), and leaves are 60 to 75% of the nodes
-/// below the top levels, so a node takes about 240 bytes on average. (Until 2026-12-08
-/// the cache kept its nodes in its hash tables, sized for twice their nodes and rounded
-/// up to a power of two: about 350 bytes a node besides the leaf's value, and the
-/// default budget, then 256 MiB, used about 460 MB.)
+/// leaf's value on the heap, up to `NODE_CACHE_VALUE_BYTES` (256 bytes). Under a
+/// notarization load a leaf's value is a 93-byte record (a 96-byte block of the node's
+/// allocator), and leaves are 60 to 75% of the nodes below the top levels, so a node
+/// takes about 240 bytes on average; a workload of larger values takes more, up to about
+/// 420 bytes a leaf. (Until 2026-12-08 the cache kept its nodes in its hash tables,
+/// sized for twice their nodes and rounded up to a power of two: about 350 bytes a node
+/// besides the leaf's value, and the default budget, then 256 MiB, used about 470 MB.)
 pub const STATE_CACHE_BYTES_PER_NODE: usize = 240;
 
 /// The state-node caches' budget in [`SledStore::open`]: the most top levels of the tree
@@ -171,21 +172,21 @@ pub const STATE_CACHE_BYTES_PER_NODE: usize = 240;
 ///
 /// Every read walks the state tree from its root, and a node the caches do not hold
 /// costs a sled read of its page. Once the live tree (about two nodes per key)
-/// outgrows the cache, the reads of a validator under load slow down several times:
-/// a 4-validator testnet fed 1,200 tx/s fell behind at about 110,000 keys with 200,000
-/// nodes per generation, at 160,000 to 190,000 with this default (then about 447,000),
-/// and at about 250,000 with 1,000,000, while commits left replaced nodes in the cache.
-/// Since they drop them, and with sled's cache at [`DEFAULT_DB_CACHE_BYTES`], this
-/// default kept up to about 345,000 keys, and with a cheaper proposal build besides,
-/// through a whole run to 480,000 (docs/PERFORMANCE.md; one run each). With the top
-/// levels by place, 3,000 tx/s held through 180 s (540,000 keys), the p50 by the
-/// second at 40 to 110 ms outside a few slow stretches. Under overload for 180 s (to
-/// 1.44 million keys) the network committed about 5,300 to 5,700 tx/s, and late in such
-/// a run 40% of a validator's CPU went to sled reads of nodes the caches did not hold;
-/// with the generations filling their tables, 5,800 to 6,200; with 1,024 MiB (before
-/// they filled them), 7,200. In a slower hour, with state pages of 32 nodes rather than
-/// 64 (format 4, so that sled reads half the bytes a miss), about 5,900 to 6,100 against
-/// 4,600 to 4,700.
+/// outgrows the cache, the reads of a validator under load slow down several times. The
+/// figures of the defaults of their time (docs/PERFORMANCE.md; one run each unless
+/// said): a 4-validator testnet fed 1,200 tx/s fell behind at about 110,000 keys with
+/// 200,000 nodes per generation, at 160,000 to 190,000 with about 447,000, and at about
+/// 250,000 with 1,000,000, while commits left replaced nodes in the cache. Since they
+/// drop them, and with sled's cache at [`DEFAULT_DB_CACHE_BYTES`], 447,000 kept up to
+/// about 345,000 keys, and with a cheaper proposal build besides, through a whole run to
+/// 480,000. With the top levels by place, 3,000 tx/s held through 180 s (540,000 keys).
+/// Under overload for 180 s (to 1.44 million keys), at 256 MiB in the former layout: about
+/// 5,300 to 6,200 tx/s, late in such a run 40% of a validator's CPU on sled reads of
+/// nodes the caches did not hold, and 7,200 with 1,024 MiB; with state pages of 32 nodes
+/// (format 4, so that sled reads half the bytes a miss), 5,900 to 6,100 against 4,600 to
+/// 4,700 in a slower hour. This default, in slabs and with a displaced leaf kept where
+/// it is, committed 6,435 to 6,736 tx/s against 6,100 to 6,341 for that last build at
+/// its 256 MiB, in three alternated rounds.
 pub const DEFAULT_STATE_CACHE_BYTES: usize = 448 << 20;
 
 /// sled's own cache of its B-tree pages, which hold the records (state pages, blocks,

@@ -2,8 +2,8 @@
 //!
 //! Every read and write walks the state tree from its root to a key's leaf, and the keys
 //! of notarizations are hashes, spread evenly over the tree: with `N` keys a path is about
-//! `log2 N + 1` nodes long. A cache of recently used nodes ([`crate::sled`]'s
-//! [`Recent`](pyralog_crypto::recent::Recent)) keeps the levels every few thousand
+//! `log2 N + 1` nodes long. A cache of recently used nodes
+//! ([`RecentNodes`](crate::recent::RecentNodes)) keeps the levels every few thousand
 //! transactions pass through, but a node at depth 18 is on the path of one key in
 //! 262,144, so it is read again only long after such a cache dropped it. Once the tree
 //! held some 400,000 keys, each transaction of a validator read four or five nodes from
