@@ -504,7 +504,8 @@ impl SledStore {
 
     fn node_cache(&self) -> std::sync::MutexGuard<'_, StateCache> {
         // The cache holds only immutable nodes; one left mid-update by a panic is
-        // still correct.
+        // still correct: a lookup returns a node only under the location it was
+        // stored at, and the reader checks its hash.
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
