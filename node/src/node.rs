@@ -20,16 +20,16 @@ use pyralog_p2p::wg::WgConfig;
 
 /// Turns transparent huge pages off for the rest of this process's life (all of its
 /// threads). It is called once the state caches are mapped, so that they keep whatever
-/// huge pages the kernel gave them, and what is allocated later gets
-/// pages of 4 KiB. The allocator advises huge pages for its large regions and hands
-/// memory unused for a second back to the kernel; touching that memory again then
-/// faults in 2 MiB pages, each zeroed, where the node needed a few kilobytes. In a
-/// 4-validator testnet on two cores that cost about a fifth of the CPU of a burst, and
-/// after an idle moment the first loaded heights took 150 to 320 ms, a p99 of 300 to
-/// 600 ms at 3,000 tx/s. The state caches' lookups, at random in their 360 MB mapped
-/// at start (at the default size), are where huge pages pay: with 4 KiB pages there too, commits were
-/// slower (most likely the misses of the processor's page-table cache) and the p99 at
-/// 3,000 tx/s rose again to 150 to 400 ms (docs/PERFORMANCE.md, twentieth session).
+/// huge pages the kernel gave them, and what is allocated later gets pages of 4 KiB.
+/// The allocator advises huge pages for its large regions and hands memory unused for a
+/// second back to the kernel; touching that memory again then faults in 2 MiB pages,
+/// each zeroed, where the node needed a few kilobytes. In a 4-validator testnet on two
+/// cores that cost about a fifth of the CPU of a burst, and after an idle moment the
+/// first loaded heights took 150 to 320 ms, a p99 of 300 to 600 ms at 3,000 tx/s. The
+/// state caches' lookups, at random in the 360 MB they map at start (at the default
+/// size), are where huge pages pay: with 4 KiB pages there too, commits were slower
+/// (most likely the misses of the processor's page-table cache) and the p99 at 3,000
+/// tx/s rose again to 150 to 400 ms (docs/PERFORMANCE.md, twentieth session).
 /// Should the caches not have been mapped first, it is turned off all the same: pages
 /// of 4 KiB everywhere still measured better than the allocator's huge pages. Linux
 /// only; elsewhere, or should the kernel refuse, the node runs as it is.
