@@ -71,6 +71,9 @@ pub struct Metrics {
     pub state_key_filter_keys: Gauge,
     /// The WireGuard overlay, read at each scrape.
     overlay: std::sync::OnceLock<pyralog_p2p::wg::Overlay>,
+    /// The store, whose state-node reads are read at each scrape.
+    store: std::sync::OnceLock<Arc<pyralog_storage::SledStore>>,
+    state_node_reads: Family<Vec<(String, String)>, Gauge>,
     wg_dropped: Family<Vec<(String, String)>, Gauge>,
     wg_cookies: Gauge,
     wg_handshakes: Family<Vec<(String, String)>, Gauge>,
@@ -121,6 +124,8 @@ impl Metrics {
             rpc_proof_cache_bytes: Gauge::default(),
             state_key_filter_keys: Gauge::default(),
             overlay: std::sync::OnceLock::new(),
+            store: std::sync::OnceLock::new(),
+            state_node_reads: Family::default(),
             wg_dropped: Family::default(),
             wg_cookies: Gauge::default(),
             wg_handshakes: Family::default(),
@@ -234,6 +239,11 @@ impl Metrics {
             m.state_key_filter_keys.clone(),
         );
         registry.register(
+            "state_node_reads",
+            "State-tree nodes read, by where they were found (running count): at their place in the top levels, among the recent nodes, or from their page in the database; the database's share is the state caches' miss rate (storage.state_cache_mb)",
+            m.state_node_reads.clone(),
+        );
+        registry.register(
             "wg_dropped_datagrams",
             "Datagrams the WireGuard overlay dropped without a reply, by reason (running count)",
             m.wg_dropped.clone(),
@@ -276,6 +286,30 @@ impl Metrics {
         let _ = self.overlay.set(overlay);
     }
 
+    /// Exports the store's state-node reads from now on.
+    pub fn watch_store(&self, store: Arc<pyralog_storage::SledStore>) {
+        let _ = self.store.set(store);
+    }
+
+    fn read_store(&self) {
+        let Some(store) = self.store.get() else {
+            return;
+        };
+        let reads = store.state_node_reads();
+        for (from, n) in [
+            ("place", reads.places),
+            ("recent", reads.recent),
+            ("database", reads.pages),
+        ] {
+            set(
+                &self
+                    .state_node_reads
+                    .get_or_create(&vec![("from".to_string(), from.to_string())]),
+                n,
+            );
+        }
+    }
+
     fn read_overlay(&self) {
         let Some(o) = self.overlay.get() else { return };
         let st = o.stats();
@@ -316,6 +350,7 @@ impl Metrics {
     /// The text exposition.
     pub fn render(&self) -> String {
         self.read_overlay();
+        self.read_store();
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out

@@ -92,6 +92,7 @@ pub async fn start(home: &Home, config: Config) -> anyhow::Result<()> {
     } else {
         Metrics::new()
     };
+    metrics.watch_store(store.clone());
     let audit = match &metrics.audit {
         Some(m) => Some(node_audit(home, &config, &genesis, m.clone())?),
         None => None,

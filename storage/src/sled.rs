@@ -107,6 +107,22 @@ pub struct SledStore {
 struct StateCache {
     upper: UpperNodes,
     recent: RecentNodes,
+    /// Nodes read so far, by where they were found (counted under the cache's lock,
+    /// which every read takes anyway).
+    reads: StateNodeReads,
+}
+
+/// State-tree nodes read through a [`SledStore`] since it opened, by where they were
+/// found: `pages` is how often the caches missed (the share that
+/// `storage.state_cache_mb` decides).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateNodeReads {
+    /// Found at their place in the top levels ([`UpperNodes`]).
+    pub places: u64,
+    /// Found among the recent nodes ([`RecentNodes`]).
+    pub recent: u64,
+    /// Read from their page in the database.
+    pub pages: u64,
 }
 
 /// Generations of the recent-node cache ([`RecentNodes`]). With two, each
@@ -125,6 +141,7 @@ impl StateCache {
         StateCache {
             upper,
             recent: RecentNodes::new(recent, RECENT_GENERATIONS),
+            reads: StateNodeReads::default(),
         }
     }
 
@@ -407,6 +424,11 @@ impl SledStore {
         })
     }
 
+    /// The state-tree nodes read so far, by where they were found.
+    pub fn state_node_reads(&self) -> StateNodeReads {
+        self.node_cache().reads
+    }
+
     /// The database's storage format: [`FORMAT`] for one this code created.
     pub fn format(&self) -> u8 {
         self.format
@@ -633,8 +655,15 @@ impl SledStore {
         let cached = {
             let mut cache = self.node_cache();
             match place.and_then(|(depth, key)| cache.upper.get(node, depth, key)) {
-                Some(found) => Some(found),
-                None => cache.recent.get(&node.at),
+                Some(found) => {
+                    cache.reads.places += 1;
+                    Some(found)
+                }
+                None => {
+                    let found = cache.recent.get(&node.at);
+                    cache.reads.recent += u64::from(found.is_some());
+                    found
+                }
             }
         };
         if let Some((hash, cached)) = cached {
@@ -658,6 +687,7 @@ impl SledStore {
         };
         let checked = state::check_node(node, stored)?;
         let mut cache = self.node_cache();
+        cache.reads.pages += 1;
         let kept = place.is_some_and(|(depth, key)| cache.upper.put(node, &checked, depth, key));
         if !kept && cacheable(&checked) {
             cache.recent.insert(node.at, node.hash, checked.clone());
@@ -1059,6 +1089,7 @@ mod tests {
         for k in &pages {
             store.db.remove(k).unwrap();
         }
+        let before = store.state_node_reads();
         for k in &keys {
             assert_eq!(
                 state::get(&store, &root, k).unwrap(),
@@ -1070,6 +1101,11 @@ mod tests {
             );
         }
         assert_eq!(state::get(&store, &root, &twin).unwrap(), Some(vec![30]));
+        // The reads counted where they found their nodes: places and recent nodes, no
+        // page.
+        let after = store.state_node_reads();
+        assert_eq!(after.pages, before.pages);
+        assert!(after.places > before.places && after.recent > before.recent);
     }
 
     #[test]
@@ -1154,12 +1190,19 @@ mod tests {
         let w = writes(3, vec![leaf(7, 1)]);
         put_pages(&store, 3, &w);
         assert_eq!(store.state_node(&w[0].0).unwrap(), Some(leaf(7, 1)));
+        let read = |places, recent, pages| StateNodeReads {
+            places,
+            recent,
+            pages,
+        };
+        assert_eq!(store.state_node_reads(), read(0, 0, 1));
         // A cache in use is left alone.
         assert!(!store.prefault_state_cache());
         // Gone from sled, served from the cache: no placeholder took its place.
         store.db.remove(page_key(3, 0)).unwrap();
         assert_eq!(store.state_node(&w[0].0).unwrap(), Some(leaf(7, 1)));
         assert_eq!(store.node_cache().recent.len(), 1);
+        assert_eq!(store.state_node_reads(), read(0, 1, 1));
     }
 
     #[test]

@@ -352,6 +352,15 @@ async fn four_validators_commit_2000_txs_exactly_once_survive_a_crash_and_reject
         filter_keys().await > 0.0
     })
     .await;
+    // Its state walks are counted by where they found their nodes.
+    let m = reqwest_metrics(&net.manifest().nodes[3].metrics).await;
+    let reads =
+        |from: &str| common::metric(&m, &format!("pyralog_state_node_reads{{from=\"{from}\"}}"));
+    assert!(reads("place").is_some_and(|n| n > 0.0), "{m}");
+    assert!(
+        reads("recent").is_some() && reads("database").is_some(),
+        "{m}"
+    );
     assert_eq!(
         reason(
             call(
