@@ -296,36 +296,30 @@ impl Metrics {
             return;
         };
         let reads = store.state_node_reads();
-        for (from, n) in [
-            ("place", reads.places),
-            ("recent", reads.recent),
-            ("database", reads.pages),
-        ] {
-            set(
-                &self
-                    .state_node_reads
-                    .get_or_create(&vec![("from".to_string(), from.to_string())]),
-                n,
-            );
-        }
+        set_each(
+            &self.state_node_reads,
+            "from",
+            [
+                ("place", reads.places),
+                ("recent", reads.recent),
+                ("database", reads.pages),
+            ],
+        );
     }
 
     fn read_overlay(&self) {
         let Some(o) = self.overlay.get() else { return };
         let st = o.stats();
-        for (reason, n) in [
-            ("garbage", st.garbage),
-            ("unknown_key", st.unknown_key),
-            ("unauthenticated", st.unauthenticated),
-            ("bad_inner", st.bad_inner),
-        ] {
-            set(
-                &self
-                    .wg_dropped
-                    .get_or_create(&vec![("reason".to_string(), reason.to_string())]),
-                n,
-            );
-        }
+        set_each(
+            &self.wg_dropped,
+            "reason",
+            [
+                ("garbage", st.garbage),
+                ("unknown_key", st.unknown_key),
+                ("unauthenticated", st.unauthenticated),
+                ("bad_inner", st.bad_inner),
+            ],
+        );
         set(&self.wg_cookies, st.cookies_sent);
         let mut live = 0;
         for p in &st.peers {
@@ -354,6 +348,20 @@ impl Metrics {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Sets each gauge of `family` whose `label` is the value's name.
+fn set_each<const N: usize>(
+    family: &Family<Vec<(String, String)>, Gauge>,
+    label: &str,
+    values: [(&str, u64); N],
+) {
+    for (name, n) in values {
+        set(
+            &family.get_or_create(&vec![(label.to_string(), name.to_string())]),
+            n,
+        );
     }
 }
 
