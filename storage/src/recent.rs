@@ -223,11 +223,6 @@ impl RecentNodes {
         all
     }
 
-    /// Nodes a generation holds, at most.
-    pub fn capacity(&self) -> usize {
-        self.per_generation
-    }
-
     /// Number of nodes held.
     pub fn len(&self) -> usize {
         self.generations.iter().map(|g| g.index.len()).sum()
@@ -319,6 +314,18 @@ mod tests {
         cache.insert(at(n), Hash([n as u8; 32]), leaf(n));
     }
 
+    /// Each generation's memory, sorted: where its slab is, the slab's capacity and its
+    /// table's buckets (a slab or table allocated again changes it).
+    fn memory(c: &RecentNodes) -> Vec<(*const Slot, usize, usize)> {
+        let mut all: Vec<_> = c
+            .generations
+            .iter()
+            .map(|g| (g.slots.as_ptr(), g.slots.capacity(), g.index.num_buckets()))
+            .collect();
+        all.sort();
+        all
+    }
+
     /// Whether any generation holds node `n` (without moving it).
     fn holds(cache: &RecentNodes, n: u64) -> bool {
         let hash = hash_of(&at(n));
@@ -402,21 +409,12 @@ mod tests {
             put(&mut cache, next);
             next += 1;
         }
-        let sizes = |c: &RecentNodes| -> Vec<(usize, usize, *const Slot)> {
-            let mut all: Vec<_> = c
-                .generations
-                .iter()
-                .map(|g| (g.slots.capacity(), g.index.num_buckets(), g.slots.as_ptr()))
-                .collect();
-            all.sort();
-            all
-        };
-        let first = sizes(&cache);
+        let first = memory(&cache);
         // A table sized for the generation: 10,000 entries need 16,384 buckets.
         assert!(
             first
                 .iter()
-                .all(|&(slab, buckets, _)| slab == ROOM && buckets == 16_384)
+                .all(|&(_, slab, buckets)| slab == ROOM && buckets == 16_384)
         );
         for _ in 0..20 * ROOM {
             for _ in 0..3 {
@@ -426,7 +424,7 @@ mod tests {
             cache.remove(&at(next - 2));
             cache.remove(&at(next.saturating_sub(5_001)));
         }
-        assert_eq!(sizes(&cache), first);
+        assert_eq!(memory(&cache), first);
         assert_eq!(rehashed() - before, 0, "a table hashed its entries again");
         assert_eq!(got(&mut cache, next - 1), Some(next - 1));
         assert_eq!(got(&mut cache, next - 2), None);
@@ -473,21 +471,9 @@ mod tests {
         let mut cache = RecentNodes::new(ROOM, 4);
         assert!(cache.prefault());
         assert!(cache.is_empty());
-        let memory = |c: &RecentNodes| -> Vec<(*const Slot, usize, usize)> {
-            let mut all: Vec<_> = c
-                .generations
-                .iter()
-                .map(|g| (g.slots.as_ptr(), g.slots.capacity(), g.index.capacity()))
-                .collect();
-            all.sort();
-            all
-        };
         let prepared = memory(&cache);
-        assert!(
-            prepared
-                .iter()
-                .all(|&(_, slab, table)| slab == ROOM && table >= ROOM)
-        );
+        assert!(prepared.iter().all(|&(_, slab, _)| slab == ROOM));
+        assert!(cache.generations.iter().all(|g| g.index.capacity() >= ROOM));
         for n in 0..4 * ROOM as u64 {
             assert_eq!(got(&mut cache, n), None);
             put(&mut cache, n);
