@@ -454,6 +454,11 @@ struct Behaviour {
 /// Transaction batches from gossip waiting for the node; more are dropped (counted).
 const TX_GOSSIP_QUEUE: usize = 1024;
 
+/// How long a connected peer may go without telling its gossip topics before it is
+/// disconnected, so that it connects afresh (see `Actor::reconnect_peers_without_topics`).
+/// A peer tells them in the first message of its first connection.
+const TOPICS_WITHIN: Duration = Duration::from_secs(5);
+
 /// The events of the networking task, in two queues: control (consensus, evidence, sync,
 /// peers) and transaction gossip. [`Events::recv`] always takes a control event first, so
 /// a proposal or vote never waits behind a backlog of transactions to admit (the node
@@ -555,6 +560,7 @@ pub async fn spawn(seed: &[u8; 32], config: Config) -> Result<(Network, Events),
         inbound: HashMap::new(),
         next_inbound: 0,
         relays: Relays::default(),
+        connected_at: HashMap::new(),
     };
     tokio::spawn(actor.run(cmd_rx));
     Ok((
@@ -727,6 +733,8 @@ struct Actor {
     next_inbound: u64,
     limits: PeerLimits,
     relays: Relays,
+    /// When each connected peer's first connection opened.
+    connected_at: HashMap<PeerId, Instant>,
 }
 
 /// Valid transaction batches waiting out [`RELAY_AFTER`], in the order judged.
@@ -801,6 +809,7 @@ impl Actor {
     }
 
     fn housekeeping(&mut self) {
+        self.reconnect_peers_without_topics(Instant::now());
         for peer in self.limits.expired_bans() {
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             tracing::info!(%peer, "ban lifted");
@@ -808,6 +817,46 @@ impl Actor {
         // Answers the node never gave (it should always answer) are dropped eventually.
         if self.inbound.len() > 10_000 {
             self.inbound.clear();
+        }
+    }
+
+    /// Disconnects the peers that have not told their gossip topics [`TOPICS_WITHIN`]
+    /// after they connected.
+    ///
+    /// Gossipsub tells a peer this node's topics only when the peer's first connection
+    /// opens. A peer that restarted may find an older connection of its previous process
+    /// still open on the other side: over the WireGuard overlay nothing resets it until
+    /// a packet reaches the new process or pings fail. The other side then takes the new
+    /// connection for a second one and never tells its topics. This node's messages
+    /// then reach no one (gossipsub finds no subscriber and drops them), while it still
+    /// hears everyone: a validator that restarted in that window never voted again.
+    ///
+    /// Every node subscribes to every topic before it connects, so a peer still without
+    /// topics is such a peer. Disconnected, it is dialed again (or dials); once the old
+    /// connection is gone, the next one is a first one to both sides.
+    fn reconnect_peers_without_topics(&mut self, now: Instant) {
+        let silent: Vec<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossip
+            .all_peers()
+            .filter(|(peer, topics)| {
+                topics.is_empty()
+                    && self
+                        .connected_at
+                        .get(peer)
+                        .is_some_and(|at| now.duration_since(*at) >= TOPICS_WITHIN)
+            })
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in silent {
+            tracing::info!(
+                %peer,
+                "peer has not told its gossip topics since it connected: reconnecting it"
+            );
+            // Not asked again before it reconnects.
+            self.connected_at.remove(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 
@@ -870,6 +919,7 @@ impl Actor {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     None
                 } else if num_established.get() == 1 {
+                    self.connected_at.insert(peer_id, Instant::now());
                     Some(Event::PeerConnected(peer_id))
                 } else {
                     None
@@ -879,7 +929,10 @@ impl Actor {
                 peer_id,
                 num_established: 0,
                 ..
-            } => Some(Event::PeerDisconnected(peer_id)),
+            } => {
+                self.connected_at.remove(&peer_id);
+                Some(Event::PeerDisconnected(peer_id))
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
                 propagation_source,
                 message_id,

@@ -1,13 +1,18 @@
 //! Gossip between three libp2p networks on 127.0.0.1 (TCP), in a line A — B — C: who
 //! a message is blamed on, that a relayed message still arrives, and that B relays a
-//! transaction batch only once it judged it valid.
+//! transaction batch only once it judged it valid. And a peer that restarted while its
+//! old connection outlived it is heard again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pyralog_p2p::{
     Address as Multiaddr, Config, Event, Held, Judgement, Network, PeerId, Topic, TransportKind,
 };
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// A gossip message as a node saw it: (from, publisher, data).
@@ -191,4 +196,102 @@ async fn a_transaction_batch_is_relayed_only_once_judged_valid() {
     assert_eq!((from, publisher), (b.id(), None));
     // C holds it in turn (it has no one to relay it to; the verdict is still its own).
     assert!(held.is_some());
+}
+
+/// A TCP proxy in front of a node. Told to, it keeps open the node's side of the next
+/// connection whose dialer goes away, as the WireGuard overlay does for a peer whose
+/// process died (nothing resets it), and closes it a second after the next connection
+/// arrives, as the restarted peer's new stack resets it on the next packet.
+struct Proxy {
+    addr: SocketAddr,
+    hold_next: Arc<Mutex<bool>>,
+    held: Arc<Mutex<Vec<OwnedWriteHalf>>>,
+}
+
+impl Proxy {
+    async fn start(to: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Proxy {
+            addr: listener.local_addr().unwrap(),
+            hold_next: Arc::new(Mutex::new(false)),
+            held: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (hold_next, held) = (proxy.hold_next.clone(), proxy.held.clone());
+        tokio::spawn(async move {
+            while let Ok((dialer, _)) = listener.accept().await {
+                let Ok(node) = TcpStream::connect(to).await else {
+                    continue;
+                };
+                if !held.lock().unwrap().is_empty() {
+                    let held = held.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        held.lock().unwrap().clear();
+                    });
+                }
+                let (hold_next, held) = (hold_next.clone(), held.clone());
+                tokio::spawn(async move {
+                    let (mut from_dialer, mut to_dialer) = dialer.into_split();
+                    let (mut from_node, mut to_node) = node.into_split();
+                    let down = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut from_node, &mut to_dialer).await;
+                    });
+                    // `copy` leaves the node's side open at the dialer's end of stream;
+                    // dropping that write half closes it.
+                    let _ = tokio::io::copy(&mut from_dialer, &mut to_node).await;
+                    let mut hold = hold_next.lock().unwrap();
+                    if *hold {
+                        *hold = false;
+                        down.abort();
+                        held.lock().unwrap().push(to_node);
+                    }
+                });
+            }
+        });
+        proxy
+    }
+
+    /// Holds the next connection whose dialer goes away.
+    fn hold_next(&self) {
+        *self.hold_next.lock().unwrap() = true;
+    }
+
+    fn holds(&self) -> bool {
+        !self.held.lock().unwrap().is_empty()
+    }
+}
+
+/// The TCP address in a `/ip4/A/tcp/P/...` address.
+fn tcp_addr(a: &Multiaddr) -> SocketAddr {
+    let s = a.to_string();
+    let parts: Vec<&str> = s.split('/').collect();
+    format!("{}:{}", parts[2], parts[4]).parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_restarted_behind_its_old_connection_is_heard_again() {
+    let mut b = node(11, vec![]).await;
+    let b_addr = b.addr().await;
+    let proxy = Proxy::start(tcp_addr(&b_addr)).await;
+    let via: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", proxy.addr.port(), b.id())
+        .parse()
+        .unwrap();
+    let mut a = node(10, vec![via.clone()]).await;
+    deliver(&a, &mut b, 1).await;
+    deliver(&b, &mut a, 2).await;
+
+    // A's process ends; B's side of its connection stays open.
+    proxy.hold_next();
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.holds() {
+        assert!(Instant::now() < deadline, "A's connection did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A restarts with the same key. B takes its new connection for a second one, and
+    // tells A no topics on it; the old one closes a second later.
+    let mut a = node(10, vec![via]).await;
+    // B hears A again (A reconnects once it sees B has told no topics), and A hears B.
+    deliver(&a, &mut b, 3).await;
+    deliver(&b, &mut a, 4).await;
 }

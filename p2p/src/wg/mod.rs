@@ -928,6 +928,11 @@ impl State {
     /// then, or [`PROBE_WINDOW`], new connections from the peer wait, so libp2p sees the
     /// old connection close before the new one opens (gossipsub, for one, announces its
     /// subscriptions only on a peer's first connection).
+    ///
+    /// smoltcp sends the probe only on an idle connection: one with data in flight to
+    /// the dead process waits for its next retransmission, which may come after the new
+    /// connection opened. The p2p task reconnects a peer left without topics that way
+    /// (`Actor::reconnect_peers_without_topics`).
     fn probe(&mut self, index: usize) {
         let mut any = false;
         for (h, p) in &self.conns {
