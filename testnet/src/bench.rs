@@ -467,6 +467,15 @@ fn cpu_since(pid: u32, before: Option<f64>) -> f64 {
         .map_or(0.0, |(now, then)| now - then)
 }
 
+/// CPU seconds (user + system) of this process so far, to the microsecond (`/proc`
+/// counts in hundredths: the bench itself may spend less than one during a short run).
+fn own_cpu_secs() -> Option<f64> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    use nix::sys::time::TimeValLike;
+    let u = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    Some((u.user_time().num_microseconds() + u.system_time().num_microseconds()) as f64 / 1e6)
+}
+
 /// CPU seconds (user + system) of process `pid` so far (`/proc`, 100 ticks a second).
 fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -699,7 +708,7 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         .collect();
     let overlay_before = overlay_bytes_sent(&metrics_urls).await;
     let cpu_before: Vec<Option<f64>> = pids.iter().map(|(_, p)| cpu_secs(*p)).collect();
-    let bench_before = cpu_secs(std::process::id());
+    let bench_before = own_cpu_secs();
     let machine_before = MachineTicks::now();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (seen, watcher) = watch_heights(urls[0], rpcs[0].clone(), stop.clone()).await;
@@ -772,7 +781,9 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         .zip(cpu_before)
         .map(|((name, pid), before)| (name.clone(), cpu_since(*pid, before)))
         .collect();
-    let bench_cpu_secs = cpu_since(std::process::id(), bench_before);
+    let bench_cpu_secs = own_cpu_secs()
+        .zip(bench_before)
+        .map_or(0.0, |(now, then)| now - then);
     let overlay_bytes = overlay_before
         .zip(overlay_bytes_sent(&metrics_urls).await)
         .map(|(a, b)| b.saturating_sub(a));
