@@ -161,9 +161,12 @@ impl Drop for Net {
     fn drop(&mut self) {
         if std::thread::panicking() {
             // The temporary directory goes with the test: show the end of each node's
-            // log with the failure (its last 64 KiB, 40 lines of at most 500 bytes).
+            // log with the failure (from its last 4 MiB, at most 500 bytes a line): its
+            // last 30 lines other than routine commits, which would crowd out the rest
+            // (a node commits several blocks a second), then its last commit.
             // Nothing here may panic: a panic while panicking aborts, before `down`.
             use std::io::{Read, Seek, SeekFrom, Write};
+            const COMMIT: &str = "pyralog_node::driver: committed height";
             let mut logs: Vec<_> = std::fs::read_dir(&self.home)
                 .into_iter()
                 .flatten()
@@ -177,14 +180,18 @@ impl Drop for Net {
                 let mut tail = Vec::new();
                 if let Ok(mut f) = std::fs::File::open(&log) {
                     let _ = f
-                        .seek(SeekFrom::End(-(64 << 10)))
+                        .seek(SeekFrom::End(-(4 << 20)))
                         .or_else(|_| f.rewind().map(|()| 0));
                     let _ = f.read_to_end(&mut tail);
                 }
                 let text = String::from_utf8_lossy(&tail);
-                let lines: Vec<&str> = text.lines().collect();
+                let other: Vec<&str> = text.lines().filter(|l| !l.contains(COMMIT)).collect();
+                let last_commit = text.lines().rev().find(|l| l.contains(COMMIT));
                 let _ = writeln!(err, "--- the last lines of {}:", log.display());
-                for line in &lines[lines.len().saturating_sub(40)..] {
+                for line in other[other.len().saturating_sub(30)..]
+                    .iter()
+                    .chain(&last_commit)
+                {
                     let cut = line.floor_char_boundary(500);
                     let _ = writeln!(err, "{}", &line[..cut]);
                 }
