@@ -456,8 +456,11 @@ const TX_GOSSIP_QUEUE: usize = 1024;
 
 /// How long a connected peer may go without telling its gossip topics before it is
 /// disconnected, so that it connects afresh (see `Actor::reconnect_peers_without_topics`).
-/// A peer tells them in the first message of its first connection.
+/// A peer tells them as its first connection opens, in its first messages.
 const TOPICS_WITHIN: Duration = Duration::from_secs(5);
+
+/// How often the p2p task does its housekeeping (bans lifted, peers without topics).
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// The events of the networking task, in two queues: control (consensus, evidence, sync,
 /// peers) and transaction gossip. [`Events::recv`] always takes a control event first, so
@@ -561,6 +564,7 @@ pub async fn spawn(seed: &[u8; 32], config: Config) -> Result<(Network, Events),
         next_inbound: 0,
         relays: Relays::default(),
         connected_at: HashMap::new(),
+        last_housekeeping: Instant::now(),
     };
     tokio::spawn(actor.run(cmd_rx));
     Ok((
@@ -733,8 +737,11 @@ struct Actor {
     next_inbound: u64,
     limits: PeerLimits,
     relays: Relays,
-    /// When each connected peer's first connection opened.
+    /// Since when each connected peer is expected to have told its gossip topics: when
+    /// its first connection opened, or when it was last found without them.
     connected_at: HashMap<PeerId, Instant>,
+    /// When housekeeping last ran.
+    last_housekeeping: Instant,
 }
 
 /// Valid transaction batches waiting out [`RELAY_AFTER`], in the order judged.
@@ -769,7 +776,9 @@ impl Actor {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         self.dial_bootstrap();
         let mut redial = tokio::time::interval(self.config.redial);
-        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        // After a stall, one late tick rather than a burst of them (see `housekeeping`).
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_relay = self.relays.next();
             let relay_at = tokio::time::Instant::from_std(next_relay.unwrap_or_else(Instant::now));
@@ -809,7 +818,13 @@ impl Actor {
     }
 
     fn housekeeping(&mut self) {
-        self.reconnect_peers_without_topics(Instant::now());
+        let now = Instant::now();
+        // A late tick means this task was stalled (the node did not read its events):
+        // peers' topics may be waiting unread, so they are not judged on this tick.
+        if now.duration_since(self.last_housekeeping) < 2 * HOUSEKEEPING {
+            self.reconnect_peers_without_topics(now);
+        }
+        self.last_housekeeping = now;
         for peer in self.limits.expired_bans() {
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             tracing::info!(%peer, "ban lifted");
@@ -821,7 +836,7 @@ impl Actor {
     }
 
     /// Disconnects the peers that have not told their gossip topics [`TOPICS_WITHIN`]
-    /// after they connected.
+    /// after they connected (checked every [`HOUSEKEEPING`], so up to a second later).
     ///
     /// Gossipsub tells a peer this node's topics only when the peer's first connection
     /// opens. A peer that restarted may find an older connection of its previous process
@@ -832,8 +847,12 @@ impl Actor {
     /// hears everyone: a validator that restarted in that window never voted again.
     ///
     /// Every node subscribes to every topic before it connects, so a peer still without
-    /// topics is such a peer. Disconnected, it is dialed again (or dials); once the old
-    /// connection is gone, the next one is a first one to both sides.
+    /// topics is most likely such a peer (or one whose announcement was
+    /// slow; reconnecting costs it little). Disconnected, it is dialed again by the side
+    /// that has the other among its bootstrap peers (the restarted node dialed, so it
+    /// does); once the old connection is gone, the next one is a first one to both
+    /// sides. (A peer that never tells topics, one that does not speak gossipsub, has
+    /// no place in this network: it is disconnected again every time.)
     fn reconnect_peers_without_topics(&mut self, now: Instant) {
         let silent: Vec<PeerId> = self
             .swarm
@@ -854,8 +873,8 @@ impl Actor {
                 %peer,
                 "peer has not told its gossip topics since it connected: reconnecting it"
             );
-            // Not asked again before it reconnects.
-            self.connected_at.remove(&peer);
+            // Judged again later if a connection of it is still open then.
+            self.connected_at.insert(peer, now);
             let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
@@ -918,11 +937,11 @@ impl Actor {
                     tracing::debug!(peer = %peer_id, "too many peers: closing");
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     None
-                } else if num_established.get() == 1 {
-                    self.connected_at.insert(peer_id, Instant::now());
-                    Some(Event::PeerConnected(peer_id))
                 } else {
-                    None
+                    self.connected_at
+                        .entry(peer_id)
+                        .or_insert_with(Instant::now);
+                    (num_established.get() == 1).then_some(Event::PeerConnected(peer_id))
                 }
             }
             SwarmEvent::ConnectionClosed {

@@ -200,8 +200,10 @@ async fn a_transaction_batch_is_relayed_only_once_judged_valid() {
 
 /// A TCP proxy in front of a node. Told to, it keeps open the node's side of the next
 /// connection whose dialer goes away, as the WireGuard overlay does for a peer whose
-/// process died (nothing resets it), and closes it a second after the next connection
-/// arrives, as the restarted peer's new stack resets it on the next packet.
+/// process died (nothing resets it), and closes it 3 s after the next connection
+/// arrives (time for that connection to open on a busy machine, and less than the 5 s
+/// a peer has to tell its topics), as the restarted peer's new stack resets it on the
+/// next packet.
 struct Proxy {
     addr: SocketAddr,
     hold_next: Arc<Mutex<bool>>,
@@ -225,7 +227,7 @@ impl Proxy {
                 if !held.lock().unwrap().is_empty() {
                     let held = held.clone();
                     tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::time::sleep(Duration::from_secs(3)).await;
                         held.lock().unwrap().clear();
                     });
                 }
@@ -289,7 +291,7 @@ async fn a_peer_restarted_behind_its_old_connection_is_heard_again() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A restarts with the same key. B takes its new connection for a second one, and
-    // tells A no topics on it; the old one closes a second later.
+    // tells A no topics on it; the old one closes 3 s later.
     let mut a = node(10, vec![via]).await;
     // B hears A again (A reconnects once it sees B has told no topics), and A hears B.
     deliver(&a, &mut b, 3).await;
