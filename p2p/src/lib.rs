@@ -847,12 +847,12 @@ impl Actor {
     /// hears everyone: a validator that restarted in that window never voted again.
     ///
     /// Every node subscribes to every topic before it connects, so a peer still without
-    /// topics is most likely such a peer (or one whose announcement was
-    /// slow; reconnecting costs it little). Disconnected, it is dialed again by the side
-    /// that has the other among its bootstrap peers (the restarted node dialed, so it
-    /// does); once the old connection is gone, the next one is a first one to both
-    /// sides. (A peer that never tells topics, one that does not speak gossipsub, has
-    /// no place in this network: it is disconnected again every time.)
+    /// topics is most likely such a peer (or one whose announcement was slow;
+    /// reconnecting costs it little). Disconnected, it is dialed again by the side that
+    /// has the other among its bootstrap peers (the restarted node dialed, so it does);
+    /// once the old connection is gone, the next one is a first one to both sides. (A
+    /// peer that never tells topics, one that does not speak gossipsub, has no place in
+    /// this network: it is disconnected again every time.)
     fn reconnect_peers_without_topics(&mut self, now: Instant) {
         let silent: Vec<PeerId> = self
             .swarm
