@@ -854,6 +854,10 @@ impl Driver {
             &self.metrics.dropped_tx_batches,
             self.net.dropped_tx_batches(),
         );
+        set(
+            &self.metrics.reconnected_without_topics,
+            self.net.peers_reconnected_without_topics(),
+        );
         self.pool_gauges();
         let (latest_hash, latest_time_ms, log_size, state_root) = match self.chain.last() {
             Some((h, _)) => (

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub proposal_fetches_failed: Counter,
     /// Transaction batches from gossip dropped while the node was behind (running count).
     pub dropped_tx_batches: Gauge,
+    /// Peers reconnected because they had not told their gossip topics (running count).
+    pub reconnected_without_topics: Gauge,
     /// Blocks the RPC server built to prove their transactions (its proof cache's misses).
     pub rpc_proven_blocks: Counter,
     /// Bytes of the blocks the RPC server holds ready to prove.
@@ -120,6 +122,7 @@ impl Metrics {
             proposal_txs_requested: Counter::default(),
             proposal_fetches_failed: Counter::default(),
             dropped_tx_batches: Gauge::default(),
+            reconnected_without_topics: Gauge::default(),
             rpc_proven_blocks: Counter::default(),
             rpc_proof_cache_bytes: Gauge::default(),
             state_key_filter_keys: Gauge::default(),
@@ -222,6 +225,11 @@ impl Metrics {
             "p2p_dropped_tx_batches",
             "Transaction batches from gossip dropped because the node was behind on admitting them (running count)",
             m.dropped_tx_batches.clone(),
+        );
+        registry.register(
+            "p2p_peers_reconnected_without_topics",
+            "Peers disconnected because they had not told their gossip topics 5 s after they connected, so that they connect afresh (running count)",
+            m.reconnected_without_topics.clone(),
         );
         registry.register(
             "rpc_proven_blocks",

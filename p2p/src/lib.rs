@@ -340,9 +340,17 @@ pub struct Network {
     local: PeerId,
     overlay: Option<wg::Overlay>,
     dropped_tx_batches: Arc<AtomicU64>,
+    reconnected_without_topics: Arc<AtomicU64>,
 }
 
 impl Network {
+    /// Peers disconnected because they had not told their gossip topics 5 s after they
+    /// connected (a peer that restarted behind its old connection, see
+    /// `Actor::reconnect_peers_without_topics`); a running count.
+    pub fn peers_reconnected_without_topics(&self) -> u64 {
+        self.reconnected_without_topics.load(Ordering::Relaxed)
+    }
+
     /// Transaction batches from gossip dropped because the node had this many waiting
     /// ([`Events`]); a running count.
     pub fn dropped_tx_batches(&self) -> u64 {
@@ -551,6 +559,7 @@ pub async fn spawn(seed: &[u8; 32], config: Config) -> Result<(Network, Events),
     let (ev_tx, ev_rx) = mpsc::channel(4096);
     let (tx_ev_tx, tx_ev_rx) = mpsc::channel(TX_GOSSIP_QUEUE);
     let dropped_tx_batches = Arc::new(AtomicU64::new(0));
+    let reconnected_without_topics = Arc::new(AtomicU64::new(0));
     let actor = Actor {
         limits: PeerLimits::new(config.peer_messages_per_sec, config.ban),
         config,
@@ -559,6 +568,7 @@ pub async fn spawn(seed: &[u8; 32], config: Config) -> Result<(Network, Events),
         events: ev_tx,
         tx_events: tx_ev_tx,
         dropped_tx_batches: dropped_tx_batches.clone(),
+        reconnected_without_topics: reconnected_without_topics.clone(),
         pending: HashMap::new(),
         inbound: HashMap::new(),
         next_inbound: 0,
@@ -573,6 +583,7 @@ pub async fn spawn(seed: &[u8; 32], config: Config) -> Result<(Network, Events),
             local,
             overlay,
             dropped_tx_batches,
+            reconnected_without_topics,
         },
         Events {
             control: ev_rx,
@@ -731,6 +742,7 @@ struct Actor {
     events: mpsc::Sender<Event>,
     tx_events: mpsc::Sender<TxBatch>,
     dropped_tx_batches: Arc<AtomicU64>,
+    reconnected_without_topics: Arc<AtomicU64>,
     pending:
         HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, P2pError>>>,
     inbound: HashMap<InboundId, request_response::ResponseChannel<Vec<u8>>>,
@@ -873,6 +885,8 @@ impl Actor {
                 %peer,
                 "peer has not told its gossip topics since it connected: reconnecting it"
             );
+            self.reconnected_without_topics
+                .fetch_add(1, Ordering::Relaxed);
             // Judged again later if a connection of it is still open then.
             self.connected_at.insert(peer, now);
             let _ = self.swarm.disconnect_peer_id(peer);

@@ -296,4 +296,7 @@ async fn a_peer_restarted_behind_its_old_connection_is_heard_again() {
     // B hears A again (A reconnects once it sees B has told no topics), and A hears B.
     deliver(&a, &mut b, 3).await;
     deliver(&b, &mut a, 4).await;
+    // A reconnected B (counted); B, told A's topics on A's new connection, did not.
+    assert!(a.net.peers_reconnected_without_topics() >= 1);
+    assert_eq!(b.net.peers_reconnected_without_topics(), 0);
 }

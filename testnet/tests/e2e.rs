@@ -361,6 +361,12 @@ async fn four_validators_commit_2000_txs_exactly_once_survive_a_crash_and_reject
         reads("recent").is_some() && reads("database").is_some(),
         "{m}"
     );
+    // Peers it reconnected for want of their topics (after a restart like this one, it
+    // may have had to).
+    assert!(
+        common::metric(&m, "pyralog_p2p_peers_reconnected_without_topics").is_some(),
+        "{m}"
+    );
     assert_eq!(
         reason(
             call(
