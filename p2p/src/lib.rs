@@ -574,7 +574,6 @@ pub async fn spawn(seed: &[u8; 32], config: Config) -> Result<(Network, Events),
         next_inbound: 0,
         relays: Relays::default(),
         connected_at: HashMap::new(),
-        last_housekeeping: Instant::now(),
     };
     tokio::spawn(actor.run(cmd_rx));
     Ok((
@@ -752,8 +751,6 @@ struct Actor {
     /// Since when each connected peer is expected to have told its gossip topics: when
     /// its first connection opened, or when it was last found without them.
     connected_at: HashMap<PeerId, Instant>,
-    /// When housekeeping last ran.
-    last_housekeeping: Instant,
 }
 
 /// Valid transaction batches waiting out [`RELAY_AFTER`], in the order judged.
@@ -805,7 +802,7 @@ impl Actor {
                     }
                 }
                 _ = redial.tick() => self.dial_bootstrap(),
-                _ = housekeeping.tick() => self.housekeeping(),
+                due = housekeeping.tick() => self.housekeeping(due.into_std()),
                 _ = tokio::time::sleep_until(relay_at), if next_relay.is_some() => {
                     for held in self.relays.due(Instant::now()) {
                         self.report(held, Judgement::Valid);
@@ -829,14 +826,15 @@ impl Actor {
         }
     }
 
-    fn housekeeping(&mut self) {
+    /// Housekeeping on the tick that was `due` (run late if the task was busy).
+    fn housekeeping(&mut self, due: Instant) {
         let now = Instant::now();
-        // A late tick means this task was stalled (the node did not read its events):
-        // peers' topics may be waiting unread, so they are not judged on this tick.
-        if now.duration_since(self.last_housekeeping) < 2 * HOUSEKEEPING {
+        // A tick late by a period or more means this task was stalled (the node did not
+        // read its events): peers' topics may be waiting unread, so they are not judged
+        // on this tick.
+        if now.duration_since(due) < HOUSEKEEPING {
             self.reconnect_peers_without_topics(now);
         }
-        self.last_housekeeping = now;
         for peer in self.limits.expired_bans() {
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             tracing::info!(%peer, "ban lifted");

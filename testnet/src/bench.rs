@@ -460,11 +460,9 @@ impl MachineTicks {
     }
 }
 
-/// CPU seconds process `pid` spent since it had spent `before` (0 where unreadable).
-fn cpu_since(pid: u32, before: Option<f64>) -> f64 {
-    cpu_secs(pid)
-        .zip(before)
-        .map_or(0.0, |(now, then)| now - then)
+/// CPU seconds spent between two readings (0 where either was unreadable).
+fn cpu_spent(before: Option<f64>, now: Option<f64>) -> f64 {
+    now.zip(before).map_or(0.0, |(now, then)| now - then)
 }
 
 /// CPU seconds (user + system) of this process so far, to the microsecond (`/proc`
@@ -779,11 +777,9 @@ pub async fn load(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<BenchRepo
     let cpu = pids
         .iter()
         .zip(cpu_before)
-        .map(|((name, pid), before)| (name.clone(), cpu_since(*pid, before)))
+        .map(|((name, pid), before)| (name.clone(), cpu_spent(before, cpu_secs(*pid))))
         .collect();
-    let bench_cpu_secs = own_cpu_secs()
-        .zip(bench_before)
-        .map_or(0.0, |(now, then)| now - then);
+    let bench_cpu_secs = cpu_spent(bench_before, own_cpu_secs());
     let overlay_bytes = overlay_before
         .zip(overlay_bytes_sent(&metrics_urls).await)
         .map(|(a, b)| b.saturating_sub(a));
